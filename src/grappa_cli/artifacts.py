@@ -1,0 +1,84 @@
+"""Names for everything a project produces, and their provenance records.
+
+An artifact id names one output of a stage:
+
+* ``features/train``, ``features/test/<task>``, ``clusters/k<K>``, ``eval/<model>/<task>``,
+  ``knn/<name>``: groups in ``store.zarr`` (record in the group's ``attrs["grappa"]``);
+* ``adaptors/k<K>``, ``fusion/<strategy>``: safetensors files under ``checkpoints/``
+  (record in the file's metadata under ``"grappa"``);
+* ``results/<model>/<task>``: JSON files (record under ``"provenance"``).
+
+A record's ``inputs`` maps the ids of the artifacts it was made from to their
+fingerprints at that time; an artifact is *stale* when an input's current fingerprint
+differs. This one rule drives ``grappa status`` and ``grappa run``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+STORE_PREFIXES = ("features/", "clusters/", "eval/", "knn/", "cache/")
+
+
+def checkpoint_path(project: Any, artifact_id: str) -> Path:
+    """``adaptors/k256`` -> ``<project>/checkpoints/adaptors/k256.safetensors``."""
+    return project.checkpoints / f"{artifact_id}.safetensors"
+
+
+def result_path(project: Any, artifact_id: str) -> Path:
+    """``results/backbone/cub`` -> ``<project>/results/backbone/cub.json``."""
+    return project.root / f"{artifact_id}.json"
+
+
+def read_checkpoint_record(path: Path) -> dict[str, Any] | None:
+    """The provenance stored in a safetensors file's metadata (no tensors are read)."""
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+    except Exception:
+        return None
+    raw = meta.get("grappa")
+    return json.loads(raw) if raw else None
+
+
+def record(project: Any, artifact_id: str, store: Any | None = None) -> dict[str, Any] | None:
+    """The provenance record of an artifact, or None when it does not exist."""
+    if artifact_id.startswith(STORE_PREFIXES):
+        if store is None:
+            if not project.store_path.exists():
+                return None
+            store = project.store(mode="r")
+        return store.provenance(artifact_id)
+    if artifact_id.startswith(("adaptors/", "fusion/")):
+        return read_checkpoint_record(checkpoint_path(project, artifact_id))
+    if artifact_id.startswith("results/"):
+        path = result_path(project, artifact_id)
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text()).get("provenance")
+    raise ValueError(f"unknown artifact id {artifact_id!r}")
+
+
+def fingerprint(project: Any, artifact_id: str, store: Any | None = None) -> str | None:
+    """The current fingerprint of a complete artifact (None if missing or partial)."""
+    rec = record(project, artifact_id, store)
+    if not rec or not rec.get("complete"):
+        return None
+    return rec.get("fingerprint")
+
+
+def stale_inputs(project: Any, rec: dict[str, Any], store: Any | None = None) -> list[str]:
+    """Input artifacts of ``rec`` whose current fingerprint differs from the recorded one."""
+    stale = []
+    for input_id, recorded in (rec.get("inputs") or {}).items():
+        if not input_id.startswith((*STORE_PREFIXES, "adaptors/", "fusion/", "results/")):
+            continue
+        if fingerprint(project, input_id, store) != recorded:
+            stale.append(input_id)
+    return stale

@@ -1,0 +1,105 @@
+"""The root ``grappa`` app: global options, command registration and the error wrapper.
+
+Commands are registered through the ``register_commands`` hook, built-in ones included,
+so ``grappa --help`` lists third-party commands too. Nothing here imports torch, timm,
+faiss or zarr: command modules import those inside their function bodies.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from grappa_cli import __version__
+
+app = typer.Typer(
+    name="grappa",
+    help=(
+        "Adapt a frozen pretrained image model to many retrieval tasks at once, without labels "
+        "(Grappa, ECCV 2022): extract -> cluster -> adapt -> fuse -> eval."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"grappa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    project: Annotated[
+        Path | None,
+        typer.Option("--project", "-C", help="Project directory (default: $GRAPPA_PROJECT, then the "
+                     "nearest parent holding grappa.toml).", show_default=False),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Global options."""
+    ctx.obj = {"project": project}
+
+
+_registered = False
+
+
+def register_all() -> None:
+    """Register every plugin's commands on the app (once)."""
+    global _registered
+    if _registered:
+        return
+    from grappa_cli.plugins import get_plugin_manager
+
+    get_plugin_manager().hook.register_commands(cli=app)
+    _registered = True
+
+
+def _print_error(message: str) -> None:
+    from grappa_cli.console import err
+
+    err.print(f"[bold red]Error:[/bold red] {message}", highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``grappa`` console script."""
+    import click
+
+    from grappa_cli.errors import GrappaError
+
+    debug = os.environ.get("GRAPPA_DEBUG") == "1"
+    try:
+        register_all()
+        app(args=argv, prog_name="grappa", standalone_mode=False)
+    except GrappaError as exc:
+        if debug:
+            raise
+        _print_error(str(exc))
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _print_error("interrupted; rerun the same command to resume.")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        _print_error("interrupted; rerun the same command to resume.")
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if debug:
+            raise
+        _print_error(f"unexpected {type(exc).__name__}: {exc} (set GRAPPA_DEBUG=1 to see the traceback).")
+        sys.exit(1)

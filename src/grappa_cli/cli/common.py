@@ -1,0 +1,35 @@
+"""Pieces shared by command modules: the project option, JSON output, parsing helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+ProjectOption = Annotated[
+    Path | None,
+    typer.Option("--project", "-C", help="Project directory (overrides the global -C).", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Redo work that is already complete.")]
+
+
+def resolve_project(ctx: typer.Context, project: Path | None) -> Any:
+    """The project named on this command, else globally, else discovered."""
+    from grappa_cli.project import discover
+
+    explicit = project if project is not None else (ctx.obj or {}).get("project")
+    return discover(explicit)
+
+
+def print_json(data: Any) -> None:
+    """One JSON document on stdout (no rich markup, no wrapping)."""
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def split_csv(value: str | None) -> list[str]:
+    if not value:
+        return []
+    return [v.strip() for v in value.split(",") if v.strip()]

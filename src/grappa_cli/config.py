@@ -1,0 +1,383 @@
+"""The project's configuration: a typed schema for ``grappa.toml``, read and written.
+
+Every field carries its default, a one-line explanation and, where the value comes from
+the paper (or a paper it cites), that reference. ``grappa init`` writes the file with
+those explanations as comments; loading checks unknown keys, types and impossible values
+and names the file and the key in the error.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grappa_cli.errors import ConfigError
+
+CONFIG_NAME = "grappa.toml"
+
+#: The paper's pseudo-granularities for the 133,339 MRT training images (section 4).
+PAPER_K = [256, 1024, 4096, 8192, 16384, 32768, 65536, 131072]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One key of a section: its type, default, documentation and validity check."""
+
+    name: str
+    kind: str  # "str" | "int" | "float" | "bool" | "list[int]" | "list[str]" | "table" | "k"
+    default: Any
+    doc: str
+    paper: str = ""
+    check: Callable[[Any], str | None] | None = None
+    choices: tuple[str, ...] = ()
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _probability(value: Any) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+def _k_list(value: Any) -> str | None:
+    if value == "auto":
+        return None
+    if not value:
+        return "must list at least one k (or be \"auto\")"
+    for prev, cur in zip(value, value[1:], strict=False):
+        if cur <= prev:
+            return f"values must increase strictly (got {cur} after {prev})"
+    if value[0] < 2:
+        return f"every k must be >= 2 (got {value[0]})"
+    return None
+
+
+def _layer_sizes(value: Any) -> str | None:
+    if not value:
+        return "must list at least one layer size"
+    if any(v <= 0 for v in value):
+        return "layer sizes must be > 0"
+    return None
+
+
+SCHEMA: dict[str, list[FieldSpec]] = {
+    "backbone": [
+        FieldSpec("name", "str", "vit_small_patch16_224.dino",
+                  "timm model name of the frozen backbone M",
+                  "DINO ViT-S/16, section 4 'Implementation details'"),
+        FieldSpec("provider", "str", "auto",
+                  "backbone plugin that builds it; \"auto\" picks the first plugin that supports the name"),
+        FieldSpec("pretrained", "bool", True,
+                  "load pretrained weights (from `weights`, else timm's hub); false = random weights"),
+        FieldSpec("weights", "str", "",
+                  "local weights file (.safetensors, or a torch checkpoint read with weights_only=True)"),
+        FieldSpec("kwargs", "table", {},
+                  "extra keyword arguments for timm.create_model (e.g. img_size, depth for tiny models)"),
+    ],
+    "data": [
+        FieldSpec("train", "list[str]", ["mrt"],
+                  "tasks whose train splits, with labels dropped, form the unlabeled training set D",
+                  "the union of the six MRT train splits, 133,339 images (section 4.1)"),
+        FieldSpec("batch_size", "int", 256, "images per batch for feature extraction and evaluation",
+                  check=_positive),
+        FieldSpec("num_workers", "int", 4, "DataLoader worker processes decoding images", check=_non_negative),
+        FieldSpec("feature_dtype", "str", "float16", "dtype of stored features",
+                  choices=("float16", "float32")),
+        FieldSpec("chunk_size", "int", 4096,
+                  "rows per stored chunk; the unit of resumption after an interruption", check=_positive),
+    ],
+    "runtime": [
+        FieldSpec("device", "str", "auto", "\"auto\" (CUDA when available), \"cpu\", \"cuda\" or \"cuda:N\""),
+        FieldSpec("seed", "int", 0, "random seed; runs on the CPU are repeatable for a given seed",
+                  check=_non_negative),
+        FieldSpec("amp", "bool", True, "bf16 autocast on CUDA (ignored on the CPU)"),
+    ],
+    "cluster": [
+        FieldSpec("k", "k", "auto",
+                  "numbers of clusters, one pseudo-label set P_i each, increasing; \"auto\" = a geometric "
+                  "ladder from about n/512 to n/2 for n training images",
+                  "256, 1024, 4096, 8192, 16384, 32768, 65536, 131072 on MRT (section 4)", check=_k_list),
+        FieldSpec("auto_count", "int", 8, "how many k values \"auto\" chooses", "N = 8 (section 4)",
+                  check=_positive),
+        FieldSpec("backend", "str", "faiss", "clusterer plugin (see `grappa plugins`)"),
+        FieldSpec("niter", "int", 25, "k-means (Lloyd) iterations", check=_positive),
+        FieldSpec("seed", "int", 0, "k-means++ seeding seed", "k-means++ initialisation (section 3.3)",
+                  check=_non_negative),
+    ],
+    "adapt": [
+        FieldSpec("bottleneck", "int", 64,
+                  "adaptor bottleneck width D' (< D); the paper does not state its value",
+                  "D' < D (section 3.4)", check=_positive),
+        FieldSpec("epochs", "int", 5, "training epochs per adaptor set", check=_positive),
+        FieldSpec("batch_size", "int", 256, "images per training batch", check=_positive),
+        FieldSpec("lr", "float", 0.001, "Adam learning rate", "0.001 (section 4)", check=_positive),
+        FieldSpec("weight_decay", "float", 0.001, "Adam weight decay", "0.001 (section 4)",
+                  check=_non_negative),
+        FieldSpec("schedule", "str", "constant", "learning-rate schedule", choices=("constant", "cosine")),
+        FieldSpec("scale", "float", 20.0, "norm-softmax scale gamma (eq. 2)",
+                  "temperature 0.05 of ref. [69]", check=_positive),
+        FieldSpec("grad_clip", "float", 0.0, "clip the gradient norm to this value (0 = off)",
+                  check=_non_negative),
+    ],
+    "fuse": [
+        FieldSpec("strategies", "list[str]", ["avg", "neighbor"],
+                  "fusion strategies `grappa run` trains (see `grappa plugins`)",
+                  "Grappa-avg and Grappa-N (section 3.5)"),
+        FieldSpec("epochs", "int", 5, "fusion training epochs", check=_positive),
+        FieldSpec("batch_size", "int", 256, "pairs per batch (Barlow Twins statistics need a large batch)",
+                  check=_positive),
+        FieldSpec("lr", "float", 0.5, "LARS learning rate", "0.5 (section 4)", check=_positive),
+        FieldSpec("weight_decay", "float", 0.001, "LARS weight decay", "0.001 (section 4)",
+                  check=_non_negative),
+        FieldSpec("warmup_epochs", "float", 1.0, "linear warm-up before the cosine decay", check=_non_negative),
+        FieldSpec("lambd", "float", 0.0051, "Barlow Twins off-diagonal weight (the paper's beta, eq. 4)",
+                  "as in Barlow Twins [68], 0.0051", check=_positive),
+        FieldSpec("loss_scale", "float", 0.024, "Barlow Twins loss scaling", "as in Barlow Twins [68], 0.024",
+                  check=_positive),
+        FieldSpec("projector", "list[int]", [1536, 1536, 1536],
+                  "widths of the MLP projector g, discarded after training",
+                  "three layers as in Barlow Twins [68] (4x the embedding width)", check=_layer_sizes),
+        FieldSpec("neighbors", "int", 5, "k of the k-NN graph whose pairs Grappa-N trains on",
+                  "x_j in N_k(x_i; D), section 3.5", check=_positive),
+    ],
+    "eval": [
+        FieldSpec("tasks", "list[str]", [],
+                  "tasks to evaluate (empty = every configured task with a test split)",
+                  "leave-one-out retrieval on each test split (section 4.1)"),
+        FieldSpec("batch_size", "int", 256, "images per batch when embedding test images", check=_positive),
+        FieldSpec("recall_at", "list[int]", [1],
+                  "k values of Recall@k reported besides MAP@R and R-Precision", check=_layer_sizes),
+    ],
+}
+
+TASK_KEYS_DOC = (
+    "one table per task: [tasks.NAME] with `root` (the dataset directory) and optionally `type` "
+    "(the task plugin, default NAME) and the plugin's own options"
+)
+
+
+@dataclass
+class Section:
+    """Values of one section, accessible as attributes."""
+
+    name: str
+    values: dict[str, Any]
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.__dict__["values"][key]
+        except KeyError:
+            raise AttributeError(f"[{self.__dict__['name']}] has no key {key!r}") from None
+
+
+@dataclass
+class TaskEntry:
+    """A configured task: which plugin reads it, from where, with which options."""
+
+    name: str
+    type: str
+    root: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GrappaConfig:
+    """The validated content of ``grappa.toml`` (missing keys take their defaults)."""
+
+    sections: dict[str, Section]
+    tasks: dict[str, TaskEntry]
+    path: Path | None = None
+
+    def __getattr__(self, key: str) -> Any:
+        sections = self.__dict__.get("sections", {})
+        if key in sections:
+            return sections[key]
+        raise AttributeError(key)
+
+    @classmethod
+    def default(cls) -> GrappaConfig:
+        return from_dict({})
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {name: dict(sec.values) for name, sec in self.sections.items()}
+        data["tasks"] = {
+            t.name: {"type": t.type, "root": t.root, **t.options} for t in self.tasks.values()
+        }
+        return data
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "table":
+        return isinstance(value, dict)
+    if kind == "list[int]":
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if kind == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "k":
+        return value == "auto" or _type_ok("list[int]", value)
+    raise AssertionError(kind)
+
+
+_KIND_WORDS = {
+    "str": "a string", "bool": "true or false", "int": "an integer", "float": "a number",
+    "table": "a table", "list[int]": "a list of integers", "list[str]": "a list of strings",
+    "k": "a list of increasing integers or \"auto\"",
+}
+
+
+def from_dict(data: dict[str, Any], path: Path | None = None) -> GrappaConfig:
+    """Validate a parsed TOML document; every problem names the file and the key."""
+    where = str(path) if path else CONFIG_NAME
+
+    def fail(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{where}: {key}: {problem}", hint=f"edit {where}")
+
+    known = set(SCHEMA) | {"tasks"}
+    for name in data:
+        if name not in known:
+            from grappa_cli.suggest import did_you_mean
+
+            raise fail(f"[{name}]", f"unknown section{did_you_mean(name, known)}")
+    sections: dict[str, Section] = {}
+    for name, specs in SCHEMA.items():
+        raw = data.get(name, {})
+        if not isinstance(raw, dict):
+            raise fail(name, "must be a table")
+        by_name = {s.name: s for s in specs}
+        for key in raw:
+            if key not in by_name:
+                from grappa_cli.suggest import did_you_mean
+
+                raise fail(f"{name}.{key}", f"unknown key{did_you_mean(key, by_name)}")
+        values: dict[str, Any] = {}
+        for spec in specs:
+            value = raw.get(spec.name, spec.default)
+            if not _type_ok(spec.kind, value):
+                raise fail(f"{name}.{spec.name}", f"must be {_KIND_WORDS[spec.kind]} (got {value!r})")
+            if spec.kind == "float":
+                value = float(value)
+            if spec.choices and value not in spec.choices:
+                raise fail(f"{name}.{spec.name}", f"must be one of {', '.join(spec.choices)} (got {value!r})")
+            if spec.check is not None and (problem := spec.check(value)):
+                raise fail(f"{name}.{spec.name}", problem)
+            values[spec.name] = value
+        sections[name] = Section(name, values)
+    tasks: dict[str, TaskEntry] = {}
+    raw_tasks = data.get("tasks", {})
+    if not isinstance(raw_tasks, dict):
+        raise fail("tasks", "must be a table of tables ([tasks.NAME])")
+    for task_name, entry in raw_tasks.items():
+        if not isinstance(entry, dict):
+            raise fail(f"tasks.{task_name}", "must be a table with at least `root`")
+        entry = dict(entry)
+        task_type = entry.pop("type", task_name)
+        root = entry.pop("root", "")
+        if not isinstance(task_type, str) or not isinstance(root, str):
+            raise fail(f"tasks.{task_name}", "`type` and `root` must be strings")
+        tasks[task_name] = TaskEntry(task_name, task_type, root, entry)
+    return GrappaConfig(sections=sections, tasks=tasks, path=path)
+
+
+def load(path: Path) -> GrappaConfig:
+    """Read and validate ``grappa.toml``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist", hint="run `grappa init` to create a project") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})", hint=f"fix the syntax in {path}") from None
+    return from_dict(data, path)
+
+
+def render(config: GrappaConfig | None = None, *, overrides: dict[str, dict[str, Any]] | None = None) -> str:
+    """The TOML text of a config, every key preceded by its documentation."""
+    import tomlkit
+
+    config = config or GrappaConfig.default()
+    values = config.to_dict()
+    for section, changes in (overrides or {}).items():
+        values.setdefault(section, {}).update(changes)
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("grappa project configuration. Each key is documented with its default and,"))
+    doc.add(tomlkit.comment("where it has one, the value the paper (Almazan et al., ECCV 2022) uses."))
+    for name, specs in SCHEMA.items():
+        doc.add(tomlkit.nl())
+        table = tomlkit.table()
+        for spec in specs:
+            note = f"{spec.doc}. Default: {_toml_literal(spec.default)}."
+            if spec.paper:
+                note += f" Paper: {spec.paper}."
+            if spec.choices:
+                note += f" One of: {', '.join(spec.choices)}."
+            table.add(tomlkit.comment(note))
+            value = values[name][spec.name]
+            table.add(spec.name, _inline(value) if spec.kind == "table" else value)
+        doc.add(name, table)
+    doc.add(tomlkit.nl())
+    doc.add(tomlkit.comment(TASK_KEYS_DOC + "."))
+    doc.add(tomlkit.comment("Example: [tasks.cub]  root = \"/data/CUB_200_2011\""))
+    tasks = tomlkit.table(is_super_table=True)
+    for task_name, entry in values.get("tasks", {}).items():
+        t = tomlkit.table()
+        for key, val in entry.items():
+            t.add(key, _inline(val) if isinstance(val, dict) else val)
+        tasks.add(task_name, t)
+    doc.add("tasks", tasks)
+    return tomlkit.dumps(doc)
+
+
+def _inline(value: dict[str, Any]) -> Any:
+    import tomlkit
+
+    table = tomlkit.inline_table()
+    table.update(value)
+    return table
+
+
+def _toml_literal(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{}" if not value else json.dumps(value)
+    return json.dumps(value)
+
+
+def update_file(path: Path, changes: Callable[[Any], None]) -> GrappaConfig:
+    """Edit ``grappa.toml`` in place, keeping the user's comments, then re-validate.
+
+    ``changes`` receives the tomlkit document. The file is only replaced when the edited
+    document validates, so a bad edit never leaves a broken config behind.
+    """
+    import tomlkit
+
+    from grappa_cli.fsutil import atomic_write_text
+
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    changes(doc)
+    text = tomlkit.dumps(doc)
+    config = from_dict(tomllib.loads(text), path)
+    atomic_write_text(path, text)
+    return config

@@ -1,0 +1,148 @@
+"""Where output goes: results to stdout, progress/warnings/hints to stderr.
+
+Stages never print; they receive a :class:`Reporter` and call it. The CLI passes a
+:class:`RichReporter` (rich progress bars on stderr); tests and library users get
+:class:`NullReporter` by default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from rich.console import Console
+
+#: Results (tables, JSON) go here.
+out = Console(soft_wrap=True)
+#: Progress, warnings and hints go here.
+err = Console(stderr=True, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    """Print a one-line warning on stderr."""
+    err.print(f"[yellow]Warning:[/yellow] {message}", highlight=False)
+
+
+def hint(message: str) -> None:
+    """Print a one-line hint (what to run next) on stderr."""
+    err.print(f"[dim]{message}[/dim]", highlight=False)
+
+
+class ProgressTask(Protocol):
+    """One progress line: advance it and attach live fields (loss, images/s, ...)."""
+
+    def advance(self, n: float = 1) -> None: ...
+
+    def update(self, **fields: Any) -> None: ...
+
+
+class Reporter(Protocol):
+    """What stages use to show progress; they never print directly."""
+
+    @contextmanager
+    def task(self, description: str, total: float | None = None, unit: str = "it") -> Iterator[ProgressTask]:
+        ...
+
+    def log(self, message: str) -> None: ...
+
+
+class _NullTask:
+    def __init__(self) -> None:
+        self.completed = 0.0
+        self.fields: dict[str, Any] = {}
+
+    def advance(self, n: float = 1) -> None:
+        self.completed += n
+
+    def update(self, **fields: Any) -> None:
+        self.fields.update(fields)
+
+
+class NullReporter:
+    """Reports nothing (library use, tests, non-zero ranks under torchrun)."""
+
+    @contextmanager
+    def task(self, description: str, total: float | None = None, unit: str = "it") -> Iterator[ProgressTask]:
+        yield _NullTask()
+
+    def log(self, message: str) -> None:
+        pass
+
+
+class _RichTask:
+    def __init__(self, progress: Any, task_id: Any, unit: str) -> None:
+        self._progress = progress
+        self._id = task_id
+        self._unit = unit
+        self._start = time.perf_counter()
+        self._done = 0.0
+        self._fields: dict[str, Any] = {}
+
+    def advance(self, n: float = 1) -> None:
+        self._done += n
+        rate = self._done / max(time.perf_counter() - self._start, 1e-9)
+        self._progress.update(self._id, advance=n, rate=f"{rate:,.1f} {self._unit}/s")
+
+    def update(self, **fields: Any) -> None:
+        self._fields.update(fields)
+        text = "  ".join(f"{k}={_fmt(v)}" for k, v in self._fields.items())
+        self._progress.update(self._id, info=text)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class RichReporter:
+    """rich progress bars on stderr: description, bar, count, rate, ETA and live fields."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or err
+
+    @contextmanager
+    def task(self, description: str, total: float | None = None, unit: str = "it") -> Iterator[ProgressTask]:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=False,
+            disable=not _progress_enabled(self.console),
+        )
+        with progress:
+            task_id = progress.add_task(description, total=total, rate="", info="")
+            yield _RichTask(progress, task_id, unit)
+
+    def log(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
+
+def _progress_enabled(console: Console) -> bool:
+    """Bars only on a terminal (or when forced), so logs and CI output stay readable."""
+    if os.environ.get("GRAPPA_PROGRESS") == "1":
+        return True
+    if os.environ.get("GRAPPA_PROGRESS") == "0":
+        return False
+    return console.is_terminal or sys.stderr.isatty()

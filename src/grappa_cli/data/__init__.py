@@ -1,0 +1,1 @@
+"""Images and datasets: robust decoding, task readers (DML splits), transforms, caches."""

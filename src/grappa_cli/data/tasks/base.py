@@ -1,0 +1,70 @@
+"""What a task reader returns, and the protocol task plugins implement.
+
+A task reads one dataset from a root the user gives (never downloads) and returns its
+deep-metric-learning split: classes sorted alphabetically, first half for training (labels
+never used for training), second half for testing (section 4.1 of the paper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class ImageList:
+    """Images of one split: absolute paths, integer labels (or None) and class names.
+
+    ``labels[i]`` indexes ``classes``; unlabeled lists (the training union) have
+    ``labels is None``.
+    """
+
+    paths: list[str]
+    labels: np.ndarray | None = None
+    classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def fingerprint(self) -> str:
+        """Hash of the paths, their sizes and the labels: what an artifact was made from."""
+        import hashlib
+        import os
+
+        digest = hashlib.sha256()
+        for path in self.paths:
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = -1
+            digest.update(f"{path}\t{size}\n".encode())
+        if self.labels is not None:
+            digest.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
+
+
+@dataclass
+class TaskSplits:
+    """The train and test splits of one task (``test`` is None for training-only sources)."""
+
+    name: str
+    train: ImageList
+    test: ImageList | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class TaskReader(Protocol):
+    """A task plugin: reads a dataset root into :class:`TaskSplits`.
+
+    ``name`` is the key users write (``grappa eval --task cub``); ``load`` raises
+    :class:`grappa_cli.errors.DataError` naming the expected file when the root is wrong.
+    """
+
+    name: str
+    description: str
+
+    def load(self, root: Path, **options: Any) -> TaskSplits: ...

@@ -1,0 +1,99 @@
+"""What each stage has produced, what is stale or missing, and what to run next."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from grappa_cli import artifacts
+from grappa_cli.project import Project
+
+
+@dataclass
+class ArtifactStatus:
+    """One produced (or expected) artifact."""
+
+    stage: str
+    id: str
+    state: str  # complete | partial | stale | missing
+    detail: str = ""
+    stale_inputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ProjectStatus:
+    root: str
+    artifacts: list[ArtifactStatus]
+    next_steps: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root": self.root, "artifacts": [asdict(a) for a in self.artifacts], "next": self.next_steps}
+
+
+def _state(project: Project, rec: dict[str, Any] | None, store: Any) -> tuple[str, list[str]]:
+    if rec is None:
+        return "missing", []
+    if not rec.get("complete"):
+        return "partial", []
+    stale = artifacts.stale_inputs(project, rec, store)
+    return ("stale" if stale else "complete"), stale
+
+
+def _detail(rec: dict[str, Any] | None) -> str:
+    if not rec:
+        return ""
+    summary = rec.get("summary") or {}
+    return ", ".join(f"{k}={v}" for k, v in summary.items())
+
+
+def collect(project: Project) -> ProjectStatus:
+    """Inspect the store, checkpoints and results of ``project`` (reads metadata only)."""
+    config = project.config()
+    store = project.store(mode="r") if project.store_path.exists() else None
+    items: list[ArtifactStatus] = []
+
+    def add(stage: str, artifact_id: str) -> ArtifactStatus:
+        rec = artifacts.record(project, artifact_id, store) if store is not None or not artifact_id.startswith(
+            artifacts.STORE_PREFIXES) else None
+        state, stale = _state(project, rec, store)
+        item = ArtifactStatus(stage, artifact_id, state, _detail(rec), stale)
+        items.append(item)
+        return item
+
+    add("extract", "features/train")
+    if store is not None:
+        for task in store.children("features/test"):
+            add("extract", f"features/test/{task}")
+        for name in store.children("clusters"):
+            add("cluster", f"clusters/{name}")
+    for path in sorted(project.adaptors_dir.glob("*.safetensors")):
+        add("adapt", f"adaptors/{path.stem}")
+    for path in sorted(project.fusion_dir.glob("*.safetensors")):
+        add("fuse", f"fusion/{path.stem}")
+    for path in sorted(project.results_dir.glob("*/*.json")):
+        add("eval", f"results/{path.parent.name}/{path.stem}")
+
+    return ProjectStatus(str(project.root), items, _next_steps(config, items))
+
+
+def _next_steps(config: Any, items: list[ArtifactStatus]) -> list[str]:
+    by_stage: dict[str, list[ArtifactStatus]] = {}
+    for item in items:
+        by_stage.setdefault(item.stage, []).append(item)
+    steps: list[str] = []
+    if not config.tasks and config.data.train == ["mrt"]:
+        steps.append("add the tasks' dataset roots: `grappa task add cub /data/CUB_200_2011` (or edit grappa.toml)")
+    for stage, command in (("extract", "grappa extract"), ("cluster", "grappa cluster"),
+                           ("adapt", "grappa adapt"), ("fuse", "grappa fuse"), ("eval", "grappa eval")):
+        entries = by_stage.get(stage, [])
+        if not entries or any(e.state != "complete" for e in entries):
+            bad = [e for e in entries if e.state in ("stale", "partial")]
+            reason = f" ({', '.join(f'{e.id} is {e.state}' for e in bad)})" if bad else ""
+            steps.append(f"run `{command}`{reason}")
+            break
+    return steps
+
+
+def dumps(status: ProjectStatus) -> str:
+    return json.dumps(status.to_dict(), indent=2)

@@ -1,0 +1,130 @@
+"""Shared fixtures: tiny random ViTs, synthetic image folders, projects and an in-process CLI."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("GRAPPA_PROGRESS", "0")
+
+#: timm kwargs of the tiny random ViT tests use instead of ViT-S/16.
+TINY_VIT_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 2}
+TINY_VIT_NAME = "vit_small_patch16_224"
+
+
+def make_image_folder(
+    root: Path, n_classes: int = 4, per_class: int = 6, size: int = 40, seed: int = 0, fmt: str = "png",
+) -> Path:
+    """Write a ``class/image`` tree of synthetic images whose classes differ visibly.
+
+    Each class has its own base colour and stripe frequency; images of one class vary by
+    noise and offset, so features of a random ViT already separate the classes a little.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for c in range(n_classes):
+        cdir = root / f"class_{c:03d}"
+        cdir.mkdir(exist_ok=True)
+        base = rng.integers(0, 256, size=3)
+        freq = 1 + c
+        for i in range(per_class):
+            phase = rng.uniform(0, 2 * np.pi)
+            stripes = (np.sin(xx * freq * 2 * np.pi / size + phase) > 0)[..., None]
+            img = base[None, None, :] * (0.6 + 0.4 * stripes) + rng.normal(0, 12, (size, size, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(cdir / f"img_{i:03d}.{fmt}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``grappa ARGS`` in-process; returns exit code, stdout and stderr."""
+    from grappa_cli.cli.app import main
+
+    def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def run_subprocess(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 300):
+    """Run ``python -m grappa_cli ARGS`` in a fresh interpreter (for lock, import and kill tests)."""
+    import subprocess
+
+    full_env = {**os.environ, "GRAPPA_PROGRESS": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "grappa_cli", *map(str, args)],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def tiny_config_overrides() -> dict:
+    """``[backbone]`` settings for a tiny random ViT (no download)."""
+    return {"name": TINY_VIT_NAME, "pretrained": False, "kwargs": dict(TINY_VIT_KWARGS)}
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, image_folder: Path):
+    """A project on a synthetic image folder with a tiny random ViT and small settings."""
+    import tomlkit
+
+    from grappa_cli.stages.init import create_project
+
+    project = create_project(tmp_path / "proj")
+    doc = tomlkit.parse(project.config_path.read_text())
+    doc["backbone"]["name"] = TINY_VIT_NAME
+    doc["backbone"]["pretrained"] = False
+    kwargs = tomlkit.inline_table()
+    kwargs.update(TINY_VIT_KWARGS)
+    doc["backbone"]["kwargs"] = kwargs
+    doc["data"]["train"] = ["shapes"]
+    doc["data"]["batch_size"] = 8
+    doc["data"]["num_workers"] = 0
+    doc["data"]["chunk_size"] = 8
+    doc["runtime"]["device"] = "cpu"
+    doc["adapt"]["bottleneck"] = 16
+    doc["adapt"]["batch_size"] = 8
+    doc["adapt"]["epochs"] = 1
+    doc["fuse"]["batch_size"] = 8
+    doc["fuse"]["epochs"] = 1
+    doc["fuse"]["projector"] = [32, 32]
+    tasks = tomlkit.table(is_super_table=True)
+    shapes = tomlkit.table()
+    shapes["type"] = "imagefolder"
+    shapes["root"] = str(image_folder)
+    tasks["shapes"] = shapes
+    doc["tasks"] = tasks
+    project.config_path.write_text(tomlkit.dumps(doc))
+    project.config()  # validates
+    return project
