@@ -29,7 +29,7 @@ def make_image_folder(
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:size, 0:size]
+    _, xx = np.mgrid[0:size, 0:size]
     for c in range(n_classes):
         cdir = root / f"class_{c:03d}"
         cdir.mkdir(exist_ok=True)

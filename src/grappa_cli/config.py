@@ -8,6 +8,7 @@ and names the file and the key in the error.
 
 from __future__ import annotations
 
+import itertools
 import math
 import tomllib
 from collections.abc import Callable
@@ -53,7 +54,7 @@ def _k_list(value: Any) -> str | None:
         return None
     if not value:
         return "must list at least one k (or be \"auto\")"
-    for prev, cur in zip(value, value[1:], strict=False):
+    for prev, cur in itertools.pairwise(value):
         if cur <= prev:
             return f"values must increase strictly (got {cur} after {prev})"
     if value[0] < 2:
@@ -165,18 +166,24 @@ TASK_KEYS_DOC = (
 )
 
 
-@dataclass
 class Section:
-    """Values of one section, accessible as attributes."""
+    """Values of one section, accessible as attributes (``config.adapt.lr``)."""
 
-    name: str
-    values: dict[str, Any]
+    def __init__(self, section: str, values: dict[str, Any]) -> None:
+        self.__dict__["_section"] = section
+        self.__dict__["values"] = values
 
     def __getattr__(self, key: str) -> Any:
         try:
             return self.__dict__["values"][key]
         except KeyError:
-            raise AttributeError(f"[{self.__dict__['name']}] has no key {key!r}") from None
+            raise AttributeError(f"[{self.__dict__['_section']}] has no key {key!r}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("configuration sections are read-only; edit grappa.toml")
+
+    def __repr__(self) -> str:
+        return f"Section({self._section!r}, {self.values!r})"
 
 
 @dataclass

@@ -132,7 +132,7 @@ def collect(kind: str, pm: pluggy.PluginManager | None = None) -> Registry:
     items: dict[str, Any] = {}
     owners: dict[str, str] = {}
     hook = getattr(pm.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):  # registration order
+    for impl in hook.get_hookimpls():  # in registration order
         owner = impl.plugin_name
 
         def register(obj: Any, _owner: str = owner) -> None:
@@ -169,6 +169,8 @@ def describe_plugins(*, include_builtin: bool) -> list[PluginInfo]:
     registries = {kind: collect(kind, pm) for kind in KINDS}
     infos = []
     for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked by GRAPPA_DISABLE_PLUGINS / GRAPPA_LOAD_PLUGINS
+            continue
         builtin = name in BUILTIN_MODULES
         if builtin and not include_builtin:
             continue

@@ -74,8 +74,7 @@ def _print_error(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``grappa`` console script."""
-    import click
-
+    from grappa_cli.cli.clickcompat import Abort, ClickException, Exit
     from grappa_cli.errors import GrappaError
 
     debug = os.environ.get("GRAPPA_DEBUG") == "1"
@@ -87,15 +86,15 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _print_error(str(exc))
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except Abort:
         _print_error("interrupted; rerun the same command to resume.")
         sys.exit(130)
     except KeyboardInterrupt:
         _print_error("interrupted; rerun the same command to resume.")
         sys.exit(130)
-    except click.exceptions.ClickException as exc:
+    except ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except Exception as exc:
