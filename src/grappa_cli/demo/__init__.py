@@ -1,0 +1,1 @@
+"""``grappa demo``: a small project on data that ships with the install, run end to end."""

@@ -1,0 +1,201 @@
+"""Embed a list of images with a model into a store group, resumably and in parallel.
+
+Shared by ``grappa extract`` (the frozen backbone over the training set and test splits)
+and ``grappa eval`` (any model over a task's test split). The group holds:
+
+* ``embeddings`` [n, D] (float16 or float32), filled chunk by chunk (``ChunkedArray``);
+* ``valid`` [n] bool and ``error`` [n] str: which images could not be decoded, and why;
+* ``paths`` [n] str and, for labelled splits, ``labels`` [n] int32.
+
+Interrupted work resumes from the chunks still pending and ends with exactly the values an
+uninterrupted run writes (every chunk is a pure function of its images and the model).
+Under ``torchrun`` each rank embeds a disjoint share of the pending chunks; rank 0 alone
+writes metadata.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from grappa_cli import provenance as prov
+from grappa_cli.console import NullReporter, Reporter
+from grappa_cli.errors import DataError, StoreError
+from grappa_cli.store import ChunkedArray, Store
+
+
+@dataclass
+class EmbedResult:
+    key: str
+    images: int
+    bad: list[dict[str, str]] = field(default_factory=list)
+    dim: int = 0
+    seconds: float = 0.0
+    skipped: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class EmbedJob:
+    """What to embed and where: one store group."""
+
+    key: str
+    stage: str
+    paths: list[str]
+    labels: np.ndarray | None
+    params: dict[str, Any]
+    inputs: dict[str, str]
+    summary_name: str = ""
+
+
+def _dist() -> tuple[int, int]:
+    from grappa_cli.train import distributed
+
+    return distributed.rank(), distributed.world_size()
+
+
+def _barrier() -> None:
+    from grappa_cli.train import distributed
+
+    distributed.barrier()
+
+
+def prepare(store: Store, job: EmbedJob, *, dim: int, dtype: str, chunk_rows: int, force: bool) -> str:
+    """Create the group's arrays unless a matching partial/complete fill exists.
+
+    Returns the state found: ``complete`` (nothing to do), ``partial`` (resume) or
+    ``missing``/``stale`` (created afresh; stale only with ``force``).
+    """
+    state = store.state(job.key, job.params, job.inputs)
+    if state == "stale" and not force:
+        old = store.provenance(job.key) or {}
+        raise StoreError(
+            f"{job.key} was made from other inputs ({prov.describe_mismatch(old, job.params, job.inputs)})",
+            hint=f"rerun with --force to redo it (this makes what was built from {job.key} stale)",
+        )
+    if state == "complete" and not force:
+        return "complete"
+    if state == "partial" and not force:
+        return "partial"
+    n = len(job.paths)
+    store.delete(job.key)
+    store.begin(job.key, job.stage, job.params, job.inputs)
+    ChunkedArray.create(store, f"{job.key}/embeddings", (n, dim), dtype, chunk_rows)
+    rows = max(1, min(chunk_rows, max(n, 1)))
+    store.create_array(f"{job.key}/valid", (n,), bool, (rows,), fill_value=False)
+    store.create_array(f"{job.key}/error", (n,), str, (rows,))
+    store.write_array(f"{job.key}/paths", np.asarray(job.paths, dtype=str), (rows,))
+    if job.labels is not None:
+        store.write_array(f"{job.key}/labels", np.asarray(job.labels, dtype=np.int32), (rows,))
+    return state
+
+
+def run_embedding(
+    store: Store, job: EmbedJob, model: Any, transform: Any, *, dim: int, dtype: str = "float16",
+    chunk_rows: int = 4096, batch_size: int = 256, num_workers: int = 0, device: Any = None,
+    amp: bool = True, min_side: int | None = None, force: bool = False, reporter: Reporter | None = None,
+) -> EmbedResult:
+    """Fill ``job.key`` with ``model(images)`` for every image (see module docstring)."""
+    import torch
+
+    from grappa_cli.data.images import ImageDataset, make_loader
+    from grappa_cli.runtime import autocast
+
+    reporter = reporter or NullReporter()
+    rank, world = _dist()
+    if not job.paths:
+        raise DataError(f"{job.key}: no images to embed", hint="check the task's dataset root")
+    state = prepare(store, job, dim=dim, dtype=dtype, chunk_rows=chunk_rows, force=force) if rank == 0 else None
+    _barrier()
+    if rank != 0:
+        state = "partial"
+    if state == "complete":
+        return _result(store, job.key, skipped=True)
+    chunks = ChunkedArray(store, f"{job.key}/embeddings")
+    valid = store.array(f"{job.key}/valid")
+    errors = store.array(f"{job.key}/error")
+    mine = [c for c in chunks.pending() if c % world == rank]
+    indices = [i for c in mine for i in range(chunks.rows(c).start, chunks.rows(c).stop)]
+    start = time.perf_counter()
+    if indices:
+        dataset = ImageDataset(job.paths, transform, indices, min_side=min_side)
+        loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
+        pending_rows = {c: chunks.rows(c) for c in mine}
+        buffers = {c: np.zeros((r.stop - r.start, dim), np.float32) for c, r in pending_rows.items()}
+        ok = {c: np.zeros(r.stop - r.start, bool) for c, r in pending_rows.items()}
+        why = {c: np.full(r.stop - r.start, "", dtype=object) for c, r in pending_rows.items()}
+        remaining = {c: r.stop - r.start for c, r in pending_rows.items()}
+        model = model.to(device).eval()
+        with reporter.task(f"embedding {job.summary_name or job.key}", total=len(indices), unit="img") as bar:
+            for batch in loader:
+                done_rows: list[int] = [int(i) for i in batch.indices]
+                if len(batch.indices):
+                    with torch.inference_mode(), autocast(device, amp):
+                        out = model(batch.images.to(device, non_blocking=True))
+                    out = out.float().cpu().numpy()
+                    for row, index in enumerate(done_rows):
+                        c = index // chunks.chunk_rows
+                        buffers[c][index - pending_rows[c].start] = out[row]
+                        ok[c][index - pending_rows[c].start] = True
+                for index, error in batch.bad:
+                    c = index // chunks.chunk_rows
+                    why[c][index - pending_rows[c].start] = error
+                    done_rows.append(index)
+                for index in done_rows:
+                    c = index // chunks.chunk_rows
+                    remaining[c] -= 1
+                    if remaining[c] == 0:
+                        rows = pending_rows[c]
+                        valid[rows] = ok[c]
+                        errors[rows] = why[c].astype(str)
+                        chunks.write(c, buffers.pop(c).astype(dtype))
+                bar.advance(len(done_rows))
+                if not len(batch.indices) and not batch.bad:
+                    continue
+    seconds = time.perf_counter() - start
+    _barrier()
+    if rank == 0:
+        if not chunks.complete():
+            raise StoreError(f"{job.key}: some chunks were not written", hint="rerun the same command to resume")
+        valid_mask = np.asarray(valid[:])
+        if not valid_mask.any():
+            raise DataError(f"{job.key}: none of the {len(job.paths)} images could be read",
+                            hint="check the dataset root and the image files")
+        bad = _bad_files(store, job.key, valid_mask)
+        store.finish(job.key, summary={"images": int(valid_mask.sum()), "bad": len(bad), "dim": dim},
+                     images=len(job.paths), bad_files=bad[:1000], dim=dim, dtype=dtype)
+    result = _result(store, job.key)
+    result.seconds = seconds
+    result.images = len(indices)
+    return result
+
+
+def _bad_files(store: Store, key: str, valid_mask: np.ndarray) -> list[dict[str, str]]:
+    bad_rows = np.flatnonzero(~valid_mask)
+    if not len(bad_rows):
+        return []
+    paths = store.read(f"{key}/paths", bad_rows)
+    errors = store.read(f"{key}/error", bad_rows)
+    return [{"path": str(p), "error": str(e)} for p, e in zip(paths, errors, strict=True)]
+
+
+def _result(store: Store, key: str, skipped: bool = False) -> EmbedResult:
+    record = store.provenance(key) or {}
+    return EmbedResult(key, int(record.get("images", 0)), list(record.get("bad_files", [])),
+                       int(record.get("dim", 0)), 0.0, skipped)
+
+
+def read_embeddings(store: Store, key: str, *, only_valid: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """float32 embeddings of a complete group and the row indices they belong to."""
+    embeddings = store.read(f"{key}/embeddings").astype(np.float32)
+    rows = np.arange(len(embeddings))
+    if only_valid:
+        mask = store.read(f"{key}/valid")
+        return embeddings[mask], rows[mask]
+    return embeddings, rows

@@ -1,0 +1,83 @@
+"""``grappa extract``: features of the frozen backbone M for the training set and test splits.
+
+The training set is the union of the configured tasks' train splits with labels dropped
+(the paper's D, section 4.1); each evaluation task's test split is extracted with its labels.
+Features are ``z = LN(h^L)[class]`` of the frozen backbone, stored un-normalised (retrieval
+and clustering L2-normalise them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from grappa_cli.console import Reporter
+from grappa_cli.project import Project
+from grappa_cli.stages.embed import EmbedJob, EmbedResult, run_embedding
+
+TRAIN_KEY = "features/train"
+
+
+def test_key(task: str) -> str:
+    return f"features/test/{task}"
+
+
+@dataclass
+class ExtractOptions:
+    splits: tuple[str, ...] = ("train", "test")
+    tasks: list[str] | None = None
+    device: str | None = None
+    batch_size: int | None = None
+    num_workers: int | None = None
+    weights: str | None = None
+    force: bool = False
+
+
+def backbone_params(backbone: Any, config: Any) -> dict[str, Any]:
+    """What determines a backbone feature: the weights and the preprocessing."""
+    return {
+        "backbone": backbone.model_id,
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()},
+        "dtype": config.data.feature_dtype,
+        "chunk_size": config.data.chunk_size,
+    }
+
+
+def extract(project: Project, options: ExtractOptions, reporter: Reporter | None = None) -> list[EmbedResult]:
+    """Run (or resume) extraction of every requested split; returns one result per split."""
+    from grappa_cli.data import sources
+    from grappa_cli.data.images import decode_min_side
+    from grappa_cli.data.transforms import eval_transform
+    from grappa_cli.model.backbone import build_backbone, spec_from_config
+    from grappa_cli.runtime import resolve_device
+    from grappa_cli.train import distributed
+
+    config = project.config()
+    distributed.init_distributed()
+    spec = spec_from_config(config.backbone, weights=options.weights)
+    backbone = build_backbone(spec)
+    device = resolve_device(options.device or config.runtime.device)
+    transform = eval_transform(backbone.data_config)
+    params = backbone_params(backbone, config)
+    store = project.store()
+
+    jobs: list[EmbedJob] = []
+    if "train" in options.splits:
+        train = sources.training_set(config)
+        jobs.append(EmbedJob(TRAIN_KEY, "extract", train.paths, None, params,
+                             {"images": train.fingerprint()}, "training set"))
+    if "test" in options.splits:
+        for task in options.tasks or sources.evaluation_tasks(config):
+            test = sources.test_set(config, task)
+            jobs.append(EmbedJob(test_key(task), "extract", test.paths, test.labels, params,
+                                 {"images": test.fingerprint()}, f"{task} test split"))
+    results = []
+    for job in jobs:
+        results.append(run_embedding(
+            store, job, backbone, transform, dim=backbone.embed_dim, dtype=config.data.feature_dtype,
+            chunk_rows=config.data.chunk_size, batch_size=options.batch_size or config.data.batch_size,
+            num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
+            device=device, amp=config.runtime.amp, min_side=decode_min_side(backbone.data_config),
+            force=options.force, reporter=reporter,
+        ))
+    return results
