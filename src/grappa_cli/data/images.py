@@ -88,10 +88,7 @@ class Batch:
 def collate_samples(samples: list[Sample]) -> Batch:
     good = [s for s in samples if s.image is not None]
     bad = [(s.index, s.error or "unknown error") for s in samples if s.image is None]
-    if good:
-        images = torch.stack([s.image for s in good])
-    else:
-        images = torch.empty(0)
+    images = torch.stack([s.image for s in good]) if good else torch.empty(0)
     indices = torch.tensor([s.index for s in good], dtype=torch.long)
     return Batch(indices, images, bad)
 
