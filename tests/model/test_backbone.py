@@ -64,6 +64,11 @@ def test_auto_without_a_supporting_provider_lists_providers():
     assert "timm-vit" in message
 
 
+def test_mistyped_model_name_gets_a_suggestion():
+    with pytest.raises(ConfigError, match=r"did you mean 'vit_small_patch16_224\.dino'\?"):
+        build_backbone(tiny_spec(name="vit_smal_patch16_224.dino"))
+
+
 def test_unknown_provider_suggests_the_closest():
     with pytest.raises(PluginError, match=r"unknown backbone provider 'timm-vti'.*did you mean 'timm-vit'"):
         build_backbone(tiny_spec(provider="timm-vti"))

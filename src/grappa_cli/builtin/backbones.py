@@ -22,6 +22,14 @@ class TimmViTProvider:
 
         return is_timm_vit(model_name)
 
+    def model_names(self) -> list[str]:
+        """timm's ViT names, plain and with pretrained tags (for "did you mean" suggestions)."""
+        import timm
+
+        return timm.list_models(module="vision_transformer") + timm.list_models(
+            module="vision_transformer", pretrained=True
+        )
+
     def build(self, spec: Any) -> Any:
         from grappa_cli.model.vit import build_vit_backbone
 

@@ -191,6 +191,10 @@ class BackboneProvider(Protocol):
         ...
 
 
+# Optional provider method: ``model_names() -> list[str]``, the names it knows, used for
+# "did you mean" suggestions when no provider supports a name.
+
+
 def weights_digest(module: nn.Module) -> str:
     """SHA-256 over the module's state dict (names, dtypes, shapes and bytes, sorted by name)."""
     digest = hashlib.sha256()
@@ -231,8 +235,13 @@ def resolve_provider(
     for provider in providers.values():
         if provider.supports(spec.name):
             return provider
+    known: list[str] = []
+    for provider in providers.values():  # optional: providers may list the names they know
+        names = getattr(provider, "model_names", None)
+        known.extend(names() if callable(names) else [])
     raise ConfigError(
-        f"{spec.where}: backbone.name: no backbone provider supports {spec.name!r} (installed: {listed})",
+        f"{spec.where}: backbone.name: no backbone provider supports {spec.name!r}"
+        f"{did_you_mean(spec.name, known)} (installed: {listed})",
         hint="choose a supported model name, set backbone.provider, or install a plugin that provides it",
     )
 
