@@ -1,0 +1,82 @@
+"""One Grappa layer (Fig. 3, Algorithm 1): adaptors and fusion around one backbone layer.
+
+The paper's layer, given the backbone layer's parts ``x~`` (``base``) and ``y`` (``branch``)::
+
+    h_bar = x~ + y
+    U_i   = A_i(h_bar) + y                                   i = 1..N
+    h     = F(h_bar, U) + x~,     F(h_bar, U) = sum_i alpha_i U_i
+
+Because the alphas sum to 1 (mean: 1/N each; attention: a softmax), ``sum_i alpha_i U_i =
+y + sum_i alpha_i A_i(h_bar)``, and we compute the layer as
+
+    h = x~ + (y + sum_i alpha_i A_i(h_bar))
+
+with the attention keys ``pool(U_i) = pool(A_i(h_bar)) + pool(y)`` (pool: mean over the
+tokens; the up projection is affine, so ``pool(A_i(h_bar))`` is the up projection of the
+pooled hidden activations). The two forms are equal in exact arithmetic; the rewritten one
+has two advantages in floating point and speed:
+
+* with zero-initialised adaptors the sum is exactly 0, so ``h = x~ + y`` is bit-identical to
+  the backbone's own block (averaging N float copies of ``y`` is not);
+* the N outputs ``U [N, B, T, D]`` are never materialised: the alpha-weighted sum is a single
+  ``N*D' -> D`` matrix product (:meth:`AdaptorBank.mix`).
+
+:meth:`GrappaLayer.reference_forward` keeps the literal formula for tests and inspection.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from grappa_cli.model.adaptor import AdaptorBank
+
+
+def token_mean(x: torch.Tensor, feature_dims: int = 1) -> torch.Tensor:
+    """Average over the positions: every dimension between batch and the last ``feature_dims``."""
+    dims = tuple(range(1, x.dim() - feature_dims))
+    return x.mean(dim=dims) if dims else x
+
+
+class GrappaLayer(nn.Module):
+    """The N adaptors of one layer (an :class:`AdaptorBank`) and their fusion layer."""
+
+    def __init__(self, bank: AdaptorBank, fusion: nn.Module) -> None:
+        super().__init__()
+        if fusion.num_sets != bank.num_adaptors:
+            raise ValueError(
+                f"fusion expects {fusion.num_sets} adaptor sets, the bank holds {bank.num_adaptors}"
+            )
+        self.bank = bank
+        self.fusion = fusion
+
+    def attention(self, h_bar: torch.Tensor, branch: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """``alpha [B, N]`` from the layer output and the adaptors' hidden activations."""
+        query = token_mean(h_bar)
+        if not self.fusion.needs_keys:
+            return self.fusion(query)
+        keys = self.bank.project(token_mean(hidden, feature_dims=2)) + token_mean(branch).unsqueeze(1)
+        return self.fusion(query, keys)
+
+    def forward(self, base: torch.Tensor, branch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, alpha)``: the layer output ``x~ + (y + sum_i alpha_i A_i(h_bar))`` and ``alpha [B, N]``."""
+        h_bar = base + branch
+        hidden = self.bank.hidden(h_bar)
+        alpha = self.attention(h_bar, branch, hidden)
+        delta = self.bank.mix(hidden, alpha)
+        return base + (branch + delta), alpha
+
+    def reference_forward(
+        self, base: torch.Tensor, branch: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The paper's literal layer: ``U_i = A_i(h_bar) + y``, ``h = sum_i alpha_i U_i + x~``."""
+        h_bar = base + branch
+        U = self.bank(h_bar) + branch.unsqueeze(0)  # [N, B, *pos, D]
+        query = token_mean(h_bar)
+        if self.fusion.needs_keys:
+            keys = token_mean(U.movedim(0, -2), feature_dims=2)  # [B, N, D]
+            alpha = self.fusion(query, keys)
+        else:
+            alpha = self.fusion(query)
+        weights = alpha.t().reshape(alpha.shape[1], alpha.shape[0], *([1] * (U.dim() - 2)))
+        return (weights * U).sum(dim=0) + base, alpha
