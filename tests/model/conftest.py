@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME
+from tests.conftest import TINY_VIT_KWARGS, TINY_VIT_NAME
 
 
 def tiny_spec(**changes):

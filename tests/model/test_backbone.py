@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from conftest import TINY_VIT_KWARGS, TINY_VIT_NAME
+from tests.conftest import TINY_VIT_KWARGS, TINY_VIT_NAME
 from grappa_cli import config as config_mod
 from grappa_cli.errors import ConfigError, GrappaError, PluginError
 from grappa_cli.model import BackboneSpec, build_backbone, resolve_provider

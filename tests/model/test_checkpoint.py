@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import TINY_VIT_KWARGS
+from tests.conftest import TINY_VIT_KWARGS
 from grappa_cli.artifacts import read_checkpoint_record
 from grappa_cli.errors import GrappaError, StoreError
 from grappa_cli.model import (

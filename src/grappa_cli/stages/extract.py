@@ -33,6 +33,19 @@ class ExtractOptions:
     force: bool = False
 
 
+def backbone_spec(config: Any, weights: str | None = None) -> Any:
+    """The configured backbone, with ``--weights`` overriding ``backbone.weights``."""
+    import dataclasses
+    from pathlib import Path
+
+    from grappa_cli.model.backbone import BackboneSpec
+
+    spec = BackboneSpec.from_config(config)
+    if weights:
+        spec = dataclasses.replace(spec, weights=Path(weights).expanduser().resolve(), pretrained=True)
+    return spec
+
+
 def backbone_params(backbone: Any, config: Any) -> dict[str, Any]:
     """What determines a backbone feature: the weights and the preprocessing."""
     return {
@@ -48,14 +61,13 @@ def extract(project: Project, options: ExtractOptions, reporter: Reporter | None
     from grappa_cli.data import sources
     from grappa_cli.data.images import decode_min_side
     from grappa_cli.data.transforms import eval_transform
-    from grappa_cli.model.backbone import build_backbone, spec_from_config
+    from grappa_cli.model.backbone import build_backbone
     from grappa_cli.runtime import resolve_device
     from grappa_cli.train import distributed
 
     config = project.config()
     distributed.init_distributed()
-    spec = spec_from_config(config.backbone, weights=options.weights)
-    backbone = build_backbone(spec)
+    backbone = build_backbone(backbone_spec(config, options.weights))
     device = resolve_device(options.device or config.runtime.device)
     transform = eval_transform(backbone.data_config)
     params = backbone_params(backbone, config)
