@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -12,14 +12,27 @@ from torch import nn
 
 from grappa_cli.console import Reporter
 from grappa_cli.errors import TrainingError
+from grappa_cli.runtime import autocast
 from grappa_cli.train import distributed as dist_utils
 from grappa_cli.train.checkpoint import RunDir
-from grappa_cli.train.device import autocast, move_to
 
 if TYPE_CHECKING:
     from grappa_cli.train.loop import TrainConfig
 
-__all__ = ["run_epoch"]
+__all__ = ["move_to", "run_epoch"]
+
+
+def move_to(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """``batch`` with every tensor inside tuples, lists and dicts moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, Mapping):
+        return {k: move_to(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(move_to(v, device, non_blocking) for v in batch))
+    if isinstance(batch, list | tuple):
+        return type(batch)(move_to(v, device, non_blocking) for v in batch)
+    return batch
 
 
 def _current_lr(optimizer: torch.optim.Optimizer) -> float:

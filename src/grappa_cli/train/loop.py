@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +32,12 @@ from torch.utils.data import Dataset
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import TrainingError
 from grappa_cli.provenance import fingerprint
+from grappa_cli.runtime import resolve_device
 from grappa_cli.train import distributed as dist_utils
 from grappa_cli.train.checkpoint import RunDir
 from grappa_cli.train.data import EpochShuffleSampler, make_loader
-from grappa_cli.train.device import resolve_device
-from grappa_cli.train.objective import load_trainable_state, trainable_state
 from grappa_cli.train.epoch import run_epoch
+from grappa_cli.train.objective import load_trainable_state, trainable_state
 from grappa_cli.train.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
@@ -224,6 +223,8 @@ def _wrap_ddp(objective: nn.Module, device: torch.device) -> nn.Module:
         return objective
     from torch.nn.parallel import DistributedDataParallel
 
-    device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(objective, device_ids=device_ids)
+    if device.type != "cuda":
+        return DistributedDataParallel(objective)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return DistributedDataParallel(objective, device_ids=[index], output_device=index)
 

@@ -15,6 +15,7 @@ lose their meaning at bf16 precision.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -87,13 +88,31 @@ def off_diagonal(x: Tensor) -> Tensor:
     return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
 
 
-def _all_reduce_sum(x: Tensor) -> Tensor:
-    """Sum over ranks, differentiable (the gradient is summed back), identity on one process."""
-    if dist_utils.world_size() > 1:
-        from torch.distributed.nn.functional import all_reduce
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the gradients over ranks too.
 
-        return all_reduce(x)
-    return x
+    Every rank computes the same loss from the summed statistics, so the gradient of that
+    loss with respect to one rank's inputs is the sum of every rank's upstream gradient;
+    after DDP averages the parameter gradients, each rank holds the gradient of the loss
+    that one process would compute on the whole batch.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        out = x.clone()
+        torch.distributed.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        out = grad.clone()
+        torch.distributed.all_reduce(out)
+        return out
+
+
+def _all_reduce_sum(x: Tensor) -> Tensor:
+    """Differentiable sum over ranks; the identity on one process."""
+    return _AllReduceSum.apply(x) if dist_utils.world_size() > 1 else x
 
 
 def _global_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -115,17 +134,22 @@ def _standardize(z: Tensor, eps: float) -> Tensor:
     return (z - mean) / torch.sqrt(var + eps)
 
 
+def _require_pairs(per_process: int) -> None:
+    """Batch statistics need at least two pairs on every process."""
+    if per_process < 2:
+        ranks = dist_utils.world_size()
+        raise TrainingError(
+            f"Barlow Twins needs batch statistics but got {per_process} pair(s) per process",
+            hint=f"use a batch size of at least {2 * ranks} pairs ({ranks} process(es) x 2)",
+        )
+
+
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
     """Barlow Twins' C = bn(z1).T @ bn(z2) / N over the global batch of N pairs (all ranks)."""
     if z1.shape != z2.shape or z1.dim() != 2:
         raise TrainingError(f"paired embeddings must have equal [batch, dim] shapes, got {tuple(z1.shape)} "
                             f"and {tuple(z2.shape)}")
-    ranks = dist_utils.world_size()
-    if z1.shape[0] < 2:
-        raise TrainingError(
-            f"Barlow Twins needs batch statistics but got {z1.shape[0]} pair(s) per process",
-            hint=f"use a batch size of at least {2 * ranks} pairs ({ranks} process(es) x 2)",
-        )
+    _require_pairs(z1.shape[0])
     with torch.autocast(z1.device.type, enabled=False):
         a = _standardize(_float32(z1), eps)
         b = _standardize(_float32(z2), eps)
@@ -218,13 +242,7 @@ class BarlowTwinsLoss(nn.Module):
         self.out_dim = int(projector_sizes[-1]) if len(projector_sizes) else dim
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
-        for z in (z1, z2):
-            if z.dim() == 2 and z.shape[0] < 2:
-                ranks = dist_utils.world_size()
-                raise TrainingError(
-                    f"Barlow Twins needs batch statistics but got {z.shape[0]} pair(s) per process",
-                    hint=f"use a batch size of at least {2 * ranks} pairs ({ranks} process(es) x 2)",
-                )
+        _require_pairs(min(z1.shape[0], z2.shape[0]))
         c = cross_correlation(self.projector(z1), self.projector(z2), eps=self.eps)
         return barlow_twins_loss(c, self.lambd, self.scale_loss)
 
