@@ -53,7 +53,23 @@ EpochEnd = Callable[[int, nn.Module, dict[str, Any]], None]
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run. ``batch_size`` is global: each of W ranks takes batch_size / W."""
+    """Settings of one training run.
+
+    * ``run_dir``: where the checkpoint, ``run.json`` and ``metrics.jsonl`` live; rerunning with
+      the same directory resumes (``force`` clears it and starts over);
+    * ``batch_size``: global, all ranks together (each of W ranks takes ``batch_size / W``);
+      incomplete last batches are dropped; ``steps_per_epoch = len(dataset) // batch_size``;
+    * ``seed``: with it, data order, augmentations and dropout of every epoch are fixed, so
+      CPU runs repeat exactly; ``device``: ``auto``/``cpu``/``cuda``/``cuda:N``; ``amp``: bf16
+      autocast on CUDA (ignored on the CPU); ``grad_clip``: max gradient norm (0 = off);
+    * ``num_workers``: DataLoader processes (``spawn``: the dataset and ``collate_fn`` must be
+      picklable, and a script's entry point needs the ``if __name__ == "__main__"`` guard);
+    * ``log_every``: steps between progress updates and ``step`` records in the metrics log;
+      ``images_per_item``: images in one dataset item (2 for pairs), for images/s;
+    * ``settings``: the caller's own settings (learning rate, pseudo-label fingerprint, ...),
+      recorded with the loop's own in ``run.json``: a run directory made with other settings
+      is refused. The device, ``num_workers`` and world size are not part of it.
+    """
 
     run_dir: Path
     epochs: int
@@ -172,6 +188,8 @@ def train(
         if progress["epoch"] < config.epochs:
             reporter.log(f"Resuming {config.description} from {run.path} after epoch "
                          f"{progress['epoch']}/{config.epochs}")
+        else:
+            reporter.log(f"{config.description} is already complete in {run.path}")
     start_epoch = progress["epoch"]
     if dist_utils.is_main():
         run.truncate_metrics(start_epoch)
@@ -180,7 +198,8 @@ def train(
     rank, world = dist_utils.rank(), dist_utils.world_size()
     for epoch in range(start_epoch, config.epochs):
         seed_everything(derive_seed(config.seed, epoch, rank))
-        epoch_data = (on_epoch_start(epoch, objective) if on_epoch_start else None) or dataset
+        replacement = on_epoch_start(epoch, objective) if on_epoch_start else None
+        epoch_data = dataset if replacement is None else replacement
         objective.train()
         sampler = EpochShuffleSampler(len(epoch_data), config.batch_size, seed=config.seed,
                                       rank=rank, world_size=world)
@@ -194,6 +213,7 @@ def train(
         record = run_epoch(wrapped, loader, epoch, config, optimizer, scheduler, params, device, progress,
                            run, reporter)
         if dist_utils.is_main():
+            run.append_metrics(record)  # first: a record past the checkpoint is dropped on resume
             run.save_checkpoint({
                 "fingerprint": fingerprint(settings), "epoch": epoch + 1,
                 "global_step": progress["step"], "epoch_losses": list(progress["losses"]),
@@ -203,7 +223,6 @@ def train(
                 "scheduler": scheduler.state_dict() if scheduler is not None else {},
                 "rng": capture_rng_state(),
             })
-            run.append_metrics(record)
         dist_utils.barrier()
         if on_epoch_end:
             on_epoch_end(epoch, objective, record)

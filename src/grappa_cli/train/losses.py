@@ -170,7 +170,8 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     This is what ``SyncBatchNorm`` does in the Barlow Twins reference, but it also works on
     the CPU with the gloo backend (``SyncBatchNorm`` is GPU only), so a run under torchrun
     computes the same function as one process with the whole batch. On one process it is
-    a plain ``BatchNorm1d``.
+    a plain ``BatchNorm1d``. In training mode under torchrun every rank must call it in the
+    same order (it runs collectives), as it does inside a DDP training step.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -178,11 +179,11 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
             return super().forward(x)
         if x.dim() != 2:
             raise ValueError(f"GlobalBatchNorm1d takes [batch, features] inputs, got {tuple(x.shape)}")
+        x = _float32(x)  # as autocast runs batch norm: statistics in float32
         count, mean, var = _global_moments(x)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
-                n = count.item()
-                unbiased = var * (n / max(n - 1.0, 1.0))
+                unbiased = var * count / (count - 1).clamp(min=1.0)
                 m = self.momentum if self.momentum is not None else 0.1
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
