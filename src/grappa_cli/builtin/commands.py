@@ -9,8 +9,11 @@ from grappa_cli.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    from grappa_cli.cli import init, plugins_cmd, status
+    from grappa_cli.cli import adapt, extract, fuse, init, plugins_cmd, status
 
     cli.command("init")(init.init)
+    cli.command("extract")(extract.extract)
+    cli.command("adapt")(adapt.adapt)
+    cli.command("fuse")(fuse.fuse)
     cli.command("status")(status.status)
     cli.command("plugins")(plugins_cmd.plugins)
