@@ -30,6 +30,8 @@ ENV_ALLOW = "GRAPPA_LOAD_PLUGINS"
 
 BUILTIN_MODULES = (
     "grappa_cli.builtin.commands",
+    "grappa_cli.builtin.metrics",
+    "grappa_cli.builtin.tasks",
 )
 
 #: kind -> (hook name, words used in messages)
