@@ -70,7 +70,7 @@ def add(
 
 @task_app.command("list")
 def list_(ctx: typer.Context, project: ProjectOption = None, as_json: JsonOption = False) -> None:
-    """Configured tasks with their train/test classes and images (exit code 1 if one fails to load)."""
+    """Configured tasks with their train/test classes and images (exit code 1 if one cannot be read)."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -106,5 +106,9 @@ def list_(ctx: typer.Context, project: ProjectOption = None, as_json: JsonOption
         out.print(table)
     for s in summaries:
         _warn_singletons(s.name, s.singleton_test_classes)
-    if any(s.error for s in summaries):
-        raise typer.Exit(1)
+    broken = [s.name for s in summaries if s.error]
+    if broken:
+        from grappa_cli.errors import DataError
+
+        raise DataError(f"{len(broken)} task(s) could not be read: {', '.join(broken)}",
+                        hint="see their errors above, fix the roots with `grappa task add NAME ROOT --force`")
