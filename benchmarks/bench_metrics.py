@@ -62,22 +62,28 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
         result = retrieval_metrics(x, labels, recall_at=(1,), chunk_size=args.chunk_size)
         values = {k: result[k] for k in KEYS}
     else:
-        calculator = AccuracyCalculator(include=tuple(KEYS.values()), k="max_bin_count",
-                                        device=torch.device("cpu"))
+        calculator = AccuracyCalculator(
+            include=tuple(KEYS.values()), k="max_bin_count", device=torch.device("cpu")
+        )
         result = calculator.get_accuracy(torch.from_numpy(x), torch.from_numpy(labels))
         values = {k: float(result[v]) for k, v in KEYS.items()}
     seconds = time.perf_counter() - start
     _, traced = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return {
-        "method": method, "seconds": seconds, "values": values,
-        "peak_rss_mib": peak_rss_mib(), "rss_above_baseline_mib": peak_rss_mib() - baseline,
+        "method": method,
+        "seconds": seconds,
+        "values": values,
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_above_baseline_mib": peak_rss_mib() - baseline,
         "tracemalloc_peak_mib": traced / 2**20,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=50_000, help="number of embeddings")
     parser.add_argument("--dim", type=int, default=384, help="embedding dimension (ViT-S/16: 384)")
     parser.add_argument("--classes", type=int, default=50, help="number of equal classes")
@@ -95,23 +101,41 @@ def main() -> None:
         print(json.dumps(run_one(args.only, args)))
         return
 
-    forwarded = [f"--n={args.n}", f"--dim={args.dim}", f"--classes={args.classes}", f"--signal={args.signal}",
-                 f"--chunk-size={args.chunk_size}", f"--threads={args.threads}", f"--seed={args.seed}"]
+    forwarded = [
+        f"--n={args.n}",
+        f"--dim={args.dim}",
+        f"--classes={args.classes}",
+        f"--signal={args.signal}",
+        f"--chunk-size={args.chunk_size}",
+        f"--threads={args.threads}",
+        f"--seed={args.seed}",
+    ]
     runs = []
     for method in ("grappa",) + (() if args.skip_pml else ("pml",)):
-        proc = subprocess.run([sys.executable, __file__, "--only", method, *forwarded],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--only", method, *forwarded],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             sys.exit(f"{method} run failed:\n{proc.stderr}")
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
 
-    print(f"{args.n:,} embeddings x {args.dim}, {args.classes} classes (R = {args.n // args.classes - 1}), "
-          f"{args.threads} threads")
-    print(f"{'method':<8} {'seconds':>9} {'peak RSS MiB':>13} {'RSS above data':>15} {'tracemalloc MiB':>16}  values")
+    print(
+        f"{args.n:,} embeddings x {args.dim}, {args.classes} classes (R = {args.n // args.classes - 1}), "
+        f"{args.threads} threads"
+    )
+    print(
+        f"{'method':<8} {'seconds':>9} {'peak RSS MiB':>13} {'RSS above data':>15} "
+        f"{'tracemalloc MiB':>16}  values"
+    )
     for run in runs:
         values = ", ".join(f"{k}={v:.6f}" for k, v in run["values"].items())
-        print(f"{run['method']:<8} {run['seconds']:>9.1f} {run['peak_rss_mib']:>13.0f} "
-              f"{run['rss_above_baseline_mib']:>15.0f} {run['tracemalloc_peak_mib']:>16.0f}  {values}")
+        print(
+            f"{run['method']:<8} {run['seconds']:>9.1f} {run['peak_rss_mib']:>13.0f} "
+            f"{run['rss_above_baseline_mib']:>15.0f} {run['tracemalloc_peak_mib']:>16.0f}  {values}"
+        )
     if len(runs) == 2:
         diff = max(abs(runs[0]["values"][k] - runs[1]["values"][k]) for k in KEYS)
         ratio = runs[0]["seconds"] / runs[1]["seconds"]

@@ -162,3 +162,13 @@ def test_test_set_and_evaluation_tasks(tmp_path):
     assert sources.evaluation_tasks(explicit) == ["zero_shot"]
     with pytest.raises(ConfigError, match=r"eval.tasks lists 'unlabeled', which has no test split"):
         sources.evaluation_tasks(config_for(tmp_path, tasks, ["unlabeled"], eval_tasks=["unlabeled"]))
+
+
+def test_the_shared_tiny_project_has_a_training_set_and_an_evaluation_task(tiny_project):
+    config = tiny_project.config()
+    train = sources.training_set(config)
+    assert len(train) == 12 and train.labels is None  # 2 of the 4 classes x 6 images
+    assert sources.evaluation_tasks(config) == ["shapes"]
+    test = sources.test_set(config, "shapes")
+    assert test.classes == ["class_002", "class_003"] and len(test) == 12
+    assert not set(train.paths) & set(test.paths)
