@@ -45,7 +45,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from grappa_cli.errors import DataError
+from grappa_cli.errors import DataError, PluginError
 
 #: Components are rounded to multiples of 2**-GRID_BITS (see the module docstring).
 GRID_BITS = 26
@@ -187,7 +187,7 @@ def retrieval_metrics(
         for metric in resolved:
             per_query = np.asarray(metric.compute(chunk), dtype=np.float64)
             if per_query.shape != (len(chunk),):
-                raise DataError(
+                raise PluginError(
                     f"metric {metric.name!r} returned shape {per_query.shape} for {len(chunk)} queries",
                     hint="a metric's compute() must return one value per query",
                 )
