@@ -23,13 +23,17 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    """Print a one-line warning on stderr."""
-    err.print(f"[yellow]Warning:[/yellow] {message}", highlight=False)
+    """Print a one-line warning on stderr (the message is not parsed as rich markup)."""
+    from rich.markup import escape
+
+    err.print(f"[yellow]Warning:[/yellow] {escape(message)}", highlight=False)
 
 
 def hint(message: str) -> None:
     """Print a one-line hint (what to run next) on stderr."""
-    err.print(f"[dim]{message}[/dim]", highlight=False)
+    from rich.markup import escape
+
+    err.print(f"[dim]{escape(message)}[/dim]", highlight=False)
 
 
 class ProgressTask(Protocol):

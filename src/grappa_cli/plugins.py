@@ -31,6 +31,8 @@ ENV_ALLOW = "GRAPPA_LOAD_PLUGINS"
 BUILTIN_MODULES = (
     "grappa_cli.builtin.backbones",
     "grappa_cli.builtin.fusion",
+    "grappa_cli.builtin.tasks",
+    "grappa_cli.builtin.metrics",
     "grappa_cli.builtin.commands",
 )
 
