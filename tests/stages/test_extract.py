@@ -47,11 +47,14 @@ def test_extract_matches_the_backbone(extracted_project) -> None:
 
 
 def test_second_run_skips_and_force_redoes(extracted_project, cli) -> None:
-    result = cli("-C", extracted_project.root, "extract")
+    import json
+
+    result = cli("-C", extracted_project.root, "extract", "--json")
     assert result.exit_code == 0
-    assert "already complete" in result.stdout
-    result = cli("-C", extracted_project.root, "extract", "--split", "train", "--force")
-    assert result.exit_code == 0 and "already complete" not in result.stdout
+    assert [r["skipped"] for r in json.loads(result.stdout)] == [True, True]
+    result = cli("-C", extracted_project.root, "extract", "--split", "train", "--force", "--json")
+    assert result.exit_code == 0
+    assert [r["skipped"] for r in json.loads(result.stdout)] == [False]
 
 
 def test_bad_images_are_skipped_and_listed(tiny_project, cli, image_folder: Path) -> None:
@@ -117,13 +120,15 @@ def test_killed_extraction_resumes_to_identical_features(tmp_path: Path, tiny_pr
         doc["data"]["feature_dtype"] = "float32"
 
     update_file(tiny_project.config_path, edit)
-    reference = run_subprocess("-C", tiny_project.root, "extract", "--split", "train")
+    from tests.stages.conftest import copy_project
+
+    twin = copy_project(tiny_project, tmp_path / "twin")
+    reference = run_subprocess("-C", twin.root, "extract", "--split", "train")
     assert reference.returncode == 0, reference.stderr
-    expected = tiny_project.store(mode="r").read("features/train/embeddings")
+    expected = twin.store(mode="r").read("features/train/embeddings")
 
     env = {**os.environ, "GRAPPA_PROGRESS": "0"}
-    args = [sys.executable, "-m", "grappa_cli", "-C", str(tiny_project.root), "extract", "--split", "train",
-            "--force"]
+    args = [sys.executable, "-m", "grappa_cli", "-C", str(tiny_project.root), "extract", "--split", "train"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_dir = tiny_project.store_path / "features" / "train" / "embeddings_done" / "c"
     deadline = time.monotonic() + 120

@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from grappa_cli.cli.common import ForceOption, JsonOption, ProjectOption, print_json, resolve_project, split_csv
+from grappa_cli.cli.common import (
+    ForceOption,
+    JsonOption,
+    ProjectOption,
+    launch_rank,
+    print_json,
+    resolve_project,
+    split_csv,
+)
 
 
 def parse_set_names(value: str | None) -> list[int] | None:
@@ -48,12 +56,11 @@ def adapt(
     from grappa_cli.console import RichReporter, hint, out
     from grappa_cli.stages.adapt import AdaptOptions
     from grappa_cli.stages.adapt import adapt as run
-    from grappa_cli.train import distributed
 
     proj = resolve_project(ctx, project)
     options = AdaptOptions(ks=parse_set_names(k), epochs=epochs, batch_size=batch_size, device=device, seed=seed,
                            num_workers=workers, force=force)
-    if distributed.rank() != 0:
+    if launch_rank() != 0:
         run(proj, options, None)
         return
     with proj.lock("adapt"):

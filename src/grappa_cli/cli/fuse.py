@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from grappa_cli.cli.common import ForceOption, JsonOption, ProjectOption, print_json, resolve_project, split_csv
+from grappa_cli.cli.common import (
+    ForceOption,
+    JsonOption,
+    ProjectOption,
+    launch_rank,
+    print_json,
+    resolve_project,
+    split_csv,
+)
 
 
 def fuse(
@@ -37,7 +45,6 @@ def fuse(
     from grappa_cli.fusion.base import FusionOptions
     from grappa_cli.stages.fuse import fuse as run
     from grappa_cli.stages.fuse import inspect_attention
-    from grappa_cli.train import distributed
 
     proj = resolve_project(ctx, project)
     if inspect:
@@ -64,7 +71,7 @@ def fuse(
         return
     options = FusionOptions(epochs=epochs, batch_size=batch_size, device=device, seed=seed, num_workers=workers,
                             neighbors=neighbors, force=force)
-    if distributed.rank() != 0:
+    if launch_rank() != 0:
         run(proj, strategy, split_csv(sets) or None, options, None)
         return
     with proj.lock("fuse"):

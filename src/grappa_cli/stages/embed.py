@@ -69,8 +69,8 @@ def _barrier() -> None:
 def prepare(store: Store, job: EmbedJob, *, dim: int, dtype: str, chunk_rows: int, force: bool) -> str:
     """Create the group's arrays unless a matching partial/complete fill exists.
 
-    Returns the state found: ``complete`` (nothing to do), ``partial`` (resume) or
-    ``missing``/``stale`` (created afresh; stale only with ``force``).
+    Returns ``complete`` (nothing to do), ``partial`` (resume the pending chunks) or
+    ``created`` (arrays made afresh: first run, ``--force``, or stale work with ``force``).
     """
     state = store.state(job.key, job.params, job.inputs)
     if state == "stale" and not force:
@@ -93,7 +93,7 @@ def prepare(store: Store, job: EmbedJob, *, dim: int, dtype: str, chunk_rows: in
     store.write_array(f"{job.key}/paths", np.asarray(job.paths, dtype=str), (rows,))
     if job.labels is not None:
         store.write_array(f"{job.key}/labels", np.asarray(job.labels, dtype=np.int32), (rows,))
-    return state
+    return "created"
 
 
 def run_embedding(
