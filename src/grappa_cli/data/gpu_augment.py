@@ -40,7 +40,8 @@ padding (torchvision's ``gaussian_blur``) instead of PIL's box-blur approximatio
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -161,15 +162,31 @@ def _crop_resize_grid(
 def _crop_resize_interpolate(
     images: torch.Tensor, boxes: torch.Tensor, out_size: int, flip: torch.Tensor | None, interpolation: str,
 ) -> torch.Tensor:
+    # the fast uint8 kernel works on channels_last (HWC) memory: keep input and output in it
+    images = images.contiguous(memory_format=torch.channels_last)
     n, channels = images.shape[:2]
-    out = torch.empty((n, channels, out_size, out_size), dtype=images.dtype, device=images.device)
+    out = torch.empty((n, channels, out_size, out_size), dtype=images.dtype, device=images.device,
+                      memory_format=torch.channels_last)
     mirrored = [False] * n if flip is None else flip.tolist()
-    for i, (top, left, h, w) in enumerate(boxes.tolist()):
-        crop = images[i : i + 1, :, top : top + h, left : left + w]
-        resized = F.interpolate(crop, size=(out_size, out_size), mode=interpolation, antialias=True,
-                                align_corners=False)
-        out[i] = resized[0].flip(-1) if mirrored[i] else resized[0]
+    with _single_threaded():
+        for i, (top, left, h, w) in enumerate(boxes.tolist()):
+            crop = images[i : i + 1, :, top : top + h, left : left + w]
+            resized = F.interpolate(crop, size=(out_size, out_size), mode=interpolation, antialias=True,
+                                    align_corners=False)
+            out[i : i + 1] = resized.flip(-1) if mirrored[i] else resized
     return out
+
+
+@contextmanager
+def _single_threaded() -> Iterator[None]:
+    """One intra-op thread while resizing crop by crop: a single crop is too small a job to split,
+    and the threads' synchronisation per call costs more than it saves (badly so on busy CPUs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _resolve_method(images: torch.Tensor, method: str) -> str:
@@ -230,6 +247,8 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     shift = -torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * scale
     if images.dtype == torch.uint8:
         scale = scale / 255.0
+    # in the input's memory layout (channels_last from the CPU crop path): a layout change would
+    # cost a strided copy, and models accept either
     return images.float().mul_(scale).add_(shift)
 
 
@@ -282,18 +301,13 @@ def _rgb_to_hsv(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    sector = i.to(torch.int64) % 6
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    table = torch.stack([  # rows: sector 0..5, columns r, g, b
-        torch.stack((v, t, p), 0), torch.stack((q, v, p), 0), torch.stack((p, v, t), 0),
-        torch.stack((p, q, v), 0), torch.stack((t, p, v), 0), torch.stack((v, p, q), 0),
-    ], 0)  # [6, 3, B, H, W]
-    index = sector.unsqueeze(0).unsqueeze(0).expand(1, 3, *sector.shape)
-    return table.gather(0, index).squeeze(0).movedim(0, -3)
+    # f(n) = v - v * s * clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6 and n = 5, 3, 1 for
+    # r, g, b: the sector table of torchvision's _hsv2rgb in closed form, all channels at once
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=h.dtype, device=h.device).view(1, 3, 1, 1)
+    k = torch.remainder(n + 6.0 * h.unsqueeze(-3), 6.0)
+    weight = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    vs = (v * s).unsqueeze(-3)
+    return (v.unsqueeze(-3) - vs * weight).clamp_(0.0, 1.0)
 
 
 def adjust_hue(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
