@@ -6,6 +6,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 
 from grappa_cli.data import cache as image_cache
 
@@ -108,3 +109,17 @@ def test_clear_unknown_name_and_empty(cli, cache_project) -> None:
     assert built.exit_code == 0
     unknown = cli("-C", str(cache_project.root), "cache", "clear", "nope", "--yes")
     assert unknown.exit_code == 2 and "nope" in unknown.stderr and "train" in unknown.stderr
+
+
+def test_training_stages_find_the_current_cache(cli, cache_project, cache_images) -> None:
+    from grappa_cli.errors import StoreError
+    from grappa_cli.stages.cache import require_training_cache
+
+    store = cache_project.store()
+    with pytest.raises(StoreError, match="grappa cache build"):
+        require_training_cache(store)
+    assert cli("-C", str(cache_project.root), "cache", "build", "--yes", "--workers", "0").exit_code == 0
+    assert require_training_cache(store) == "cache/train"
+    write_features_train(store, cache_images[1:])  # extraction redone on another image list
+    with pytest.raises(StoreError, match="--force"):
+        require_training_cache(store)

@@ -56,24 +56,24 @@ def build(
 
     proj = resolve_project(ctx, project)
     options = stage.CacheOptions(size=size, num_workers=workers, force=force)
-    with proj.lock("cache build"):
-        plan = stage.plan(proj, options, estimate=not (yes and as_json))
-        if plan.state == "complete" and not force:
-            if as_json:
-                print_json({**plan.to_dict(), "skipped": True})
-            else:
-                out.print(f"{plan.key} is already complete ({plan.images:,} images at {plan.size}px).",
-                          highlight=False)
-            return
-        err.print(
-            f"{plan.key}: {plan.images:,} images at {plan.size}x{plan.size} take "
-            f"{human_bytes(plan.raw_bytes)} uncompressed, about {human_bytes(plan.estimated_bytes)} on disk "
-            f"(compression estimated on a sample)"
-            + ("; resuming a partial build." if plan.state == "partial" else "."),
-            highlight=False,
-        )
-        if not yes and not _confirm("Build the cache?"):
-            raise GrappaError("cancelled; nothing was written", hint="pass --yes to build without asking")
+    plan = stage.plan(proj, options)
+    if plan.state == "complete" and not force:
+        if as_json:
+            print_json({**plan.to_dict(), "skipped": True})
+        else:
+            out.print(f"{plan.key} is already complete ({plan.images:,} images at {plan.size}px).",
+                      highlight=False)
+        return
+    err.print(
+        f"{plan.key}: {plan.images:,} images at {plan.size}x{plan.size} take "
+        f"{human_bytes(plan.raw_bytes)} uncompressed, about {human_bytes(plan.estimated_bytes)} on disk "
+        f"(compression estimated on a sample)"
+        + ("; resuming a partial build." if plan.state == "partial" else "."),
+        highlight=False,
+    )
+    if not yes and not _confirm("Build the cache?"):
+        raise GrappaError("cancelled; nothing was written", hint="pass --yes to build without asking")
+    with proj.lock("cache build"):  # build re-checks the state under the lock
         result = stage.build(proj, plan, options, RichReporter())
     proj.record_run("cache build", key=result.key, size=result.size, images=result.images)
     if as_json:
@@ -89,7 +89,7 @@ def build(
         warn(f"skipped unreadable image {item['path']}: {item['error']}")
     if len(result.bad) > 20:
         warn(f"... and {len(result.bad) - 20} more unreadable images (see `grappa cache info --json`)")
-    hint("Training reads the cache from now on (`grappa adapt`, `grappa fuse`).")
+    hint(f"{result.key} is ready: `grappa cache info` describes it, `grappa cache clear` removes it.")
 
 
 @app.command("info")

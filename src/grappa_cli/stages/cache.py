@@ -78,7 +78,7 @@ def image_list_fingerprint(paths: list[str]) -> str:
     return ImageList(list(paths)).fingerprint()
 
 
-def plan(project: Project, options: CacheOptions, *, estimate: bool = True) -> CachePlan:
+def plan(project: Project, options: CacheOptions) -> CachePlan:
     """Sizes and state of the training cache to build (a stale cache is an error unless forced)."""
     store = project.store()
     paths, record = training_paths(store)
@@ -87,7 +87,7 @@ def plan(project: Project, options: CacheOptions, *, estimate: bool = True) -> C
     state = image_cache.check_state(store, TRAIN_CACHE, size=size, chunk_rows=options.chunk_rows, inputs=inputs,
                                     force=options.force)
     raw = image_cache.estimate_cache_bytes(len(paths), size)
-    ratio = image_cache.estimate_compression(paths, size, sample=options.sample) if estimate else 1.0
+    ratio = image_cache.estimate_compression(paths, size, sample=options.sample)
     return CachePlan(image_cache.cache_key(TRAIN_CACHE), len(paths), size, options.chunk_rows, state, raw,
                      int(raw * ratio), ratio, paths, inputs)
 
@@ -102,6 +102,23 @@ def build(
         project.store(), TRAIN_CACHE, cache_plan.paths, size=cache_plan.size, inputs=cache_plan.inputs,
         chunk_rows=cache_plan.chunk_rows, num_workers=workers, force=options.force, reporter=reporter,
     )
+
+
+def require_training_cache(store: Store) -> str:
+    """The key of the training cache, complete and made from the current training set.
+
+    What training stages call before reading cached images; the errors say which command
+    fixes the problem.
+    """
+    key = image_cache.cache_key(TRAIN_CACHE)
+    record = store.require_complete(key, f"the image cache {key}", "grappa cache build")
+    features = store.require_complete(FEATURES_KEY, "the training-set image list (features/train)",
+                                      "grappa extract")
+    current = (features.get("inputs") or {}).get("images")
+    if current is not None and (record.get("inputs") or {}).get("images") != current:
+        raise StoreError(f"{key} was built from another training set than features/train",
+                         hint="run `grappa cache build --force`")
+    return key
 
 
 @dataclass
