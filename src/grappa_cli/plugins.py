@@ -30,6 +30,7 @@ ENV_ALLOW = "GRAPPA_LOAD_PLUGINS"
 
 BUILTIN_MODULES = (
     "grappa_cli.builtin.commands",
+    "grappa_cli.builtin.clusterers",
 )
 
 #: kind -> (hook name, words used in messages)
