@@ -110,6 +110,15 @@ def test_plugin_module_registers_the_clusterer():
     assert registered[0].settings["refine_iters"] == 2
 
 
+def test_registering_imports_no_heavy_library():
+    code = ("import sys; from grappa_hkmeans import plugin; found = []; "
+            "plugin.register_clusterers(register=found.append); "
+            "print([c.name for c in found], [m for m in ('faiss', 'sklearn', 'torch') if m in sys.modules])")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "['hkmeans'] []"
+
+
 def test_grappa_plugins_lists_it(installed_distribution):
     env = {**os.environ, "GRAPPA_PROGRESS": "0"}
     proc = subprocess.run([sys.executable, "-m", "grappa_cli", "plugins", "--json"], capture_output=True,

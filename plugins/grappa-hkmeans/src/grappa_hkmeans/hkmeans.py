@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from grappa_cli.clustering.assign import flat_index, inertia, mean_centroids, nearest
-from grappa_cli.clustering.base import ClusterResult, check_fit_args, reporter_or_null
-from grappa_cli.clustering.seeding import greedy_trials, kmeanspp
+# grappa's clustering helpers import faiss: they are imported where used, so that merely
+# registering this plugin (``grappa plugins``, ``grappa --help``) stays light.
 
 
 def coarse_count(k: int) -> int:
@@ -66,6 +65,8 @@ def allocate(sizes: np.ndarray, k: int) -> np.ndarray:
 def faiss_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int) -> np.ndarray:
     """Centroids of k-means on ``x``: greedy k-means++ seeds (grappa's), then faiss Lloyd on all points."""
     import faiss
+
+    from grappa_cli.clustering.seeding import greedy_trials, kmeanspp
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     cp = faiss.ClusteringParameters()
@@ -107,7 +108,11 @@ class HierarchicalKMeans:
 
     def fit(
         self, x: np.ndarray, k: int, *, seed: int, niter: int, reporter: Any = None,
-    ) -> ClusterResult:
+    ) -> Any:
+        """A :class:`grappa_cli.clustering.base.ClusterResult` with exactly ``k`` centroids."""
+        from grappa_cli.clustering.assign import flat_index, inertia, mean_centroids, nearest
+        from grappa_cli.clustering.base import ClusterResult, check_fit_args, reporter_or_null
+
         x = check_fit_args(x, k, niter)
         n = x.shape[0]
         start = time.perf_counter()
