@@ -22,13 +22,19 @@ def planted_blobs(n_per: int = 50, n_blobs: int = 8, dim: int = 16, spread: floa
     return x[perm].astype(np.float32), truth[perm]
 
 
-def write_features(project, x: np.ndarray, *, complete: bool = True, tag: str = "v1") -> dict:
-    """Store ``x`` as ``features/train`` the way ``grappa extract`` does; returns its record."""
+def write_features(project, x: np.ndarray, *, complete: bool = True, tag: str = "v1",
+                   valid: np.ndarray | None = None) -> dict:
+    """Store ``x`` as ``features/train`` the way ``grappa extract`` does; returns its record.
+
+    ``valid``: the per-row readability mask extract writes (rows of unreadable images hold zeros).
+    """
     store = project.store()
     store.delete("features/train")
     store.begin("features/train", "extract", {"backbone": "test", "tag": tag}, {})
     store.write_array("features/train/embeddings", x)
     store.write_array("features/train/paths", np.array([f"img_{i:05d}.png" for i in range(x.shape[0])]))
+    if valid is not None:
+        store.write_array("features/train/valid", np.asarray(valid, dtype=bool))
     if complete:
         store.finish("features/train", n=int(x.shape[0]))
     return store.provenance("features/train")

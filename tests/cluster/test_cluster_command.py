@@ -139,6 +139,35 @@ def test_interrupted_set_is_redone_without_force(cli, feature_project):
     assert read_set(feature_project, 8)["record"]["complete"] is True
 
 
+def test_rows_of_unreadable_images_get_no_label(cli, empty_project):
+    x, truth = planted_blobs()
+    valid = np.ones(N, dtype=bool)
+    valid[[3, 50, 399]] = False
+    x[~valid] = 0.0  # what extract leaves in rows it could not fill
+    write_features(empty_project, x, valid=valid)
+    result = cli("cluster", "--k", "8", "--json", "-C", empty_project.root)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert (doc["n"], doc["unreadable"]) == (N - 3, 3)
+    data = read_set(empty_project, 8)
+    assert data["labels"].shape == (N,)
+    assert np.all(data["labels"][~valid] == -1) and np.all(data["labels"][valid] >= 0)
+    assert data["sizes"].sum() == N - 3
+    assert data["record"]["n"] == N - 3 and data["record"]["unlabeled_rows"] == 3
+    pairs = set(zip(data["labels"][valid].tolist(), truth[valid].tolist(), strict=True))
+    assert len(pairs) == 8
+    # k is checked against the usable images: 397 of them
+    refused = cli("cluster", "--k", "397", "-C", empty_project.root)
+    assert refused.exit_code == 2 and "(397)" in refused.stderr
+
+
+def test_no_readable_training_image_is_an_error(cli, empty_project):
+    x, _ = planted_blobs()
+    write_features(empty_project, x, valid=np.zeros(N, dtype=bool))
+    result = cli("cluster", "--k", "8", "-C", empty_project.root)
+    assert result.exit_code == 1 and "none of the training images could be read" in result.stderr
+
+
 def test_without_features_the_message_says_run_extract(cli, empty_project):
     result = cli("cluster", "--k", "8", "-C", empty_project.root)
     assert result.exit_code == 1

@@ -64,8 +64,9 @@ def _print_table(report: ClusterReport) -> None:
 
     from grappa_cli.console import out
 
+    left_out = f", {report.unreadable:,} unreadable left out" if report.unreadable else ""
     table = Table(title=f"k-means of {report.n:,} training features "
-                        f"(D={report.dim}, backend {report.backend}, seed {report.seed})")
+                        f"(D={report.dim}{left_out}, backend {report.backend}, seed {report.seed})")
     for column in ("k", "status", "empty", "size min/median/max", "inertia", "iters", "seconds"):
         table.add_column(column, justify="left" if column == "status" else "right", no_wrap=True)
     for o in report.outcomes:

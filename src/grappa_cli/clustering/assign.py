@@ -7,6 +7,7 @@ computed the same way whichever backend ran.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import faiss
@@ -28,11 +29,14 @@ def flat_index(d: int, *, use_gpu: bool | None = None) -> Any:
     if use_gpu is None:
         use_gpu = gpu_count() > 0
     if use_gpu:
-        res = faiss.StandardGpuResources()
-        index = faiss.GpuIndexFlatL2(res, d)
-        index.grappa_resources = res  # keep the resources alive as long as the index
-        return index
+        return faiss.GpuIndexFlatL2(gpu_resources(), d)
     return faiss.IndexFlatL2(d)
+
+
+@cache
+def gpu_resources() -> Any:
+    """One ``StandardGpuResources`` per process (scratch memory, streams), shared by every GPU index."""
+    return faiss.StandardGpuResources()
 
 
 def nearest(

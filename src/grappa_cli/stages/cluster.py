@@ -2,8 +2,9 @@
 
 For each k the stage writes the group ``clusters/k<K>`` of the store:
 
-* ``centroids`` float32 [k, D], ``labels`` int32 [n] (row i of ``features/train``),
-  ``sizes`` int64 [k];
+* ``centroids`` float32 [k, D], ``labels`` int32 [n] (row i of ``features/train``; -1
+  for a row whose image could not be read, ``features/train/valid`` false), ``sizes``
+  int64 [k];
 * a provenance record: parameters (k, backend, seed, niter, normalisation and the
   backend's own settings), the fingerprint of the ``features/train`` record it was made
   from, and on completion a summary, the inertia, iterations, seconds and empty clusters.
@@ -33,6 +34,9 @@ from grappa_cli.provenance import describe_mismatch
 
 FEATURES_KEY = "features/train"
 EMBEDDINGS_KEY = f"{FEATURES_KEY}/embeddings"
+VALID_KEY = f"{FEATURES_KEY}/valid"
+#: Label of a training row that was not clustered (its image could not be read).
+NO_LABEL = -1
 NORMALIZATION = "l2"
 #: Keys of the stage's own parameters; a backend setting never overrides them.
 _CORE_PARAMS = ("k", "backend", "seed", "niter", "normalize")
@@ -71,8 +75,9 @@ class KOutcome:
 class ClusterReport:
     """The result of the stage: feature shape, settings and one outcome per k."""
 
-    n: int
+    n: int  # training images clustered (rows whose image could be read)
     dim: int
+    unreadable: int  # rows of features/train left out (label -1)
     backend: str
     seed: int
     niter: int
@@ -130,7 +135,9 @@ def run(
     if len(embeddings.shape) != 2:
         raise StoreError(f"{EMBEDDINGS_KEY} has shape {tuple(embeddings.shape)}, expected [n, D]",
                          hint="re-extract with `grappa extract --force`")
-    n, dim = (int(s) for s in embeddings.shape)
+    n_rows, dim = (int(s) for s in embeddings.shape)
+    rows = usable_rows(store, n_rows)
+    n = len(rows)
     source = "--k" if k is not None else "grappa.toml [cluster] k"
     ks = kvalues.resolve(k if k is not None else cfg.k, n, auto_count=cfg.auto_count, source=source)
 
@@ -155,7 +162,7 @@ def run(
                 hint=f"redo it with `grappa cluster --k {value} --force`",
             )
 
-    x = _load_points(store) if todo else None
+    x = _load_points(store, rows) if todo else None
     outcomes = []
     for value in ks:
         if value in skipped:
@@ -163,23 +170,39 @@ def run(
             outcomes.append(_outcome_from_record(value, skipped[value]))
             continue
         assert x is not None
-        outcomes.append(_cluster_one(store, clusterer, x, value, backend, seed, niter, settings, inputs,
-                                     reporter))
-    return ClusterReport(n, dim, backend, seed, niter, outcomes)
+        outcomes.append(_cluster_one(store, clusterer, x, rows, n_rows, value, backend, seed, niter,
+                                     settings, inputs, reporter))
+    return ClusterReport(n, dim, n_rows - n, backend, seed, niter, outcomes)
 
 
-def _load_points(store: Any) -> np.ndarray:
-    """The training features as L2-normalised float32, refusing NaN/inf."""
+def usable_rows(store: Any, n_rows: int) -> np.ndarray:
+    """Indices of the training rows to cluster: all, or those ``features/train/valid`` marks readable."""
+    if not store.exists(VALID_KEY):
+        return np.arange(n_rows)
+    valid = store.read(VALID_KEY).astype(bool)
+    if valid.shape != (n_rows,):
+        raise StoreError(f"{VALID_KEY} has shape {valid.shape} for {n_rows} feature rows",
+                         hint="re-extract with `grappa extract --force`")
+    if not valid.any():
+        raise StoreError("none of the training images could be read, so there is nothing to cluster",
+                         hint="check the dataset roots in grappa.toml and rerun `grappa extract --force`")
+    return np.flatnonzero(valid)
+
+
+def _load_points(store: Any, rows: np.ndarray) -> np.ndarray:
+    """The usable training features as L2-normalised float32, refusing NaN/inf."""
     from grappa_cli.clustering.vectors import check_finite, l2_normalize
 
     raw = store.read(EMBEDDINGS_KEY)
+    if len(rows) != raw.shape[0]:
+        raw = raw[rows]
     check_finite(raw, what=f"the training features ({EMBEDDINGS_KEY})")
     return l2_normalize(raw)
 
 
 def _cluster_one(
-    store: Any, clusterer: Any, x: np.ndarray, k: int, backend: str, seed: int, niter: int,
-    settings: dict[str, Any], inputs: dict[str, str], reporter: Reporter,
+    store: Any, clusterer: Any, x: np.ndarray, rows: np.ndarray, n_rows: int, k: int, backend: str,
+    seed: int, niter: int, settings: dict[str, Any], inputs: dict[str, str], reporter: Reporter,
 ) -> KOutcome:
     key = cluster_key(k)
     start = time.perf_counter()
@@ -195,14 +218,17 @@ def _cluster_one(
         )
     sizes = np.bincount(labels, minlength=k).astype(np.int64)
     summary = size_summary(k, sizes)
+    all_labels = np.full(n_rows, NO_LABEL, dtype=np.int32)
+    all_labels[rows] = labels
 
     store.delete(key)
     store.begin(key, "cluster", cluster_params(k, backend, seed, niter, settings), inputs)
     store.write_array(f"{key}/centroids", centroids)
-    store.write_array(f"{key}/labels", labels.astype(np.int32))
+    store.write_array(f"{key}/labels", all_labels)
     store.write_array(f"{key}/sizes", sizes)
     store.finish(key, summary=summary, inertia=float(result.inertia), iterations=int(result.iterations),
                  seconds=round(seconds, 3), empty_clusters=summary["empty"], n=int(x.shape[0]),
+                 unlabeled_rows=int(n_rows - x.shape[0]),
                  info=_jsonable(result.info))
     return KOutcome(k, "clustered", summary["empty"], summary["min"], summary["median"], summary["max"],
                     float(result.inertia), int(result.iterations), seconds, dict(result.info))
