@@ -34,6 +34,7 @@ BUILTIN_MODULES = (
     "grappa_cli.builtin.tasks",
     "grappa_cli.builtin.metrics",
     "grappa_cli.builtin.commands",
+    "grappa_cli.builtin.clusterers",
 )
 
 #: kind -> (hook name, words used in messages)
