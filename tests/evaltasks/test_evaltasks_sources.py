@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import make_image_folder
 from grappa_cli.config import from_dict
 from grappa_cli.data import sources
 from grappa_cli.data.tasks.mrt import MRT_TASKS
 from grappa_cli.errors import ConfigError, DataError, PluginError
 from grappa_cli.plugins import get
+from tests.conftest import make_image_folder
 
 from . import fake_datasets as fake
 

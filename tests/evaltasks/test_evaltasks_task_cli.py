@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from tests.conftest import make_image_folder
 from grappa_cli.stages.init import create_project
+from tests.conftest import make_image_folder
 
 from . import fake_datasets as fake
 

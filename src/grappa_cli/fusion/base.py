@@ -46,7 +46,7 @@ class FusionContext:
 
     @property
     def seed(self) -> int:
-        return int(self.params["seed"])
+        return int(self.params.get("seed", 0))
 
     def device(self) -> str:
         return self.options.device or self.config.runtime.device

@@ -19,7 +19,7 @@ import numpy as np
 from grappa_cli import artifacts
 from grappa_cli import provenance as prov
 from grappa_cli.console import NullReporter, Reporter
-from grappa_cli.errors import StoreError, UsageError
+from grappa_cli.errors import StoreError
 from grappa_cli.project import Project
 
 FEATURES = "features/train"
@@ -104,7 +104,7 @@ def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = N
         raise StoreError("no pseudo-label sets yet", hint="run `grappa cluster`")
     missing = [k for k in ks if k not in available]
     if missing:
-        raise UsageError(f"no complete clustering for k = {', '.join(map(str, missing))}; stored: "
+        raise StoreError(f"no complete clustering for k = {', '.join(map(str, missing))}; stored: "
                          f"{', '.join(map(str, available)) or 'none'}",
                          hint=f"run `grappa cluster --k {','.join(map(str, missing))}`")
     from grappa_cli.model.backbone import build_backbone

@@ -16,7 +16,7 @@ import numpy as np
 from grappa_cli import artifacts, plugins
 from grappa_cli import provenance as prov
 from grappa_cli.console import NullReporter, Reporter
-from grappa_cli.errors import StoreError, UsageError
+from grappa_cli.errors import StoreError
 from grappa_cli.fusion.base import FusionContext, FusionOptions
 from grappa_cli.project import Project
 
@@ -62,7 +62,7 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
     names = [s if s.startswith("k") else f"k{s}" for s in (sets or available)]
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise UsageError(f"no trained adaptor set {', '.join(unknown)}; available: {', '.join(available)}",
+        raise StoreError(f"no trained adaptor set {', '.join(unknown)}; available: {', '.join(available)}",
                          hint="run `grappa adapt --k ...` first")
     records = {n: artifacts.record(project, f"adaptors/{n}") for n in names}
     for n, rec in records.items():
