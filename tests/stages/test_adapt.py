@@ -18,7 +18,7 @@ def test_adapt_trains_one_set_per_k(adapted_project, cli) -> None:
         path = project.adaptors_dir / f"k{k}.safetensors"
         record = artifacts.read_checkpoint_record(path)
         assert record["complete"] and record["params"]["k"] == k
-        assert record["inputs"]["clusters/k%d" % k] == project.store(mode="r").provenance(f"clusters/k{k}")[
+        assert record["inputs"][f"clusters/k{k}"] == project.store(mode="r").provenance(f"clusters/k{k}")[
             "fingerprint"]
         assert len(record["loss_curve"]) == 1 and record["loss_curve"][0] > 0
         assert not (project.runs_dir / f"adapt-k{k}" / "checkpoint.pt").exists()

@@ -27,7 +27,7 @@ def test_extract_matches_the_backbone(extracted_project) -> None:
     record = store.provenance("features/train")
     assert record["complete"] and record["stage"] == "extract"
     paths = store.read("features/train/paths")
-    embeddings, rows = read_embeddings(store, "features/train")
+    embeddings, _rows = read_embeddings(store, "features/train")
     assert len(paths) == 12  # imagefolder: 2 of the 4 classes (sorted) are the training half, 6 images each
     assert all("class_000" in p or "class_001" in p for p in paths)
     assert store.read("features/train/valid").all()
