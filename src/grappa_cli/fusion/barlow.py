@@ -55,7 +55,8 @@ def train_pairs(
         run_dir=context.run_dir, epochs=context.epochs, batch_size=min(context.batch_size, len(dataset)),
         seed=context.seed, device=context.device(), amp=context.config.runtime.amp,
         num_workers=context.num_workers(), images_per_item=2, description=description,
-        force=context.options.force, settings={"params": p, "sets": context.set_names},
+        force=context.options.force, restart_on_mismatch=context.options.refresh,
+        settings={"params": p, "sets": context.set_names},
     )
     return train(
         objective, dataset, config, make_optimizer=make_optimizer,

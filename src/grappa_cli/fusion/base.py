@@ -18,6 +18,8 @@ class FusionOptions:
     num_workers: int | None = None
     neighbors: int | None = None
     force: bool = False
+    #: retrain stale fusions instead of refusing them (``grappa run``)
+    refresh: bool = False
 
 
 @dataclass

@@ -211,6 +211,7 @@ class SupervisedFusion:
             run_dir=context.run_dir, epochs=context.epochs, batch_size=min(context.batch_size, len(dataset)),
             seed=context.seed, device=context.device(), amp=context.config.runtime.amp,
             num_workers=context.num_workers(), description="fuse supervised", force=context.options.force,
+            restart_on_mismatch=context.options.refresh,
             settings={"params": p, "sets": context.set_names},
         )
         result = train(Objective(model, criterion), dataset, config,

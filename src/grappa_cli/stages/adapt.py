@@ -34,6 +34,8 @@ class AdaptOptions:
     seed: int | None = None
     num_workers: int | None = None
     force: bool = False
+    #: retrain stale sets instead of refusing them, and restart runs left with other settings (``grappa run``)
+    refresh: bool = False
 
 
 @dataclass
@@ -143,9 +145,10 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
     if existing and not options.force:
         if existing.get("fingerprint") == fp:
             return AdaptResult(k, str(path), True, existing.get("loss_curve", []))
-        raise StoreError(f"{path.name} was trained with other inputs or settings "
-                         f"({prov.describe_mismatch(existing, params, inputs)})",
-                         hint="rerun with --force to retrain it")
+        if not options.refresh:
+            raise StoreError(f"{path.name} was trained with other inputs or settings "
+                             f"({prov.describe_mismatch(existing, params, inputs)})",
+                             hint="rerun with --force to retrain it")
 
     paths, labels = training_rows(store, k)
     transform = train_transform(backbone.data_config)
@@ -163,7 +166,8 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
         run_dir=run_dir, epochs=params["epochs"], batch_size=batch_size, seed=params["seed"],
         device=options.device or config.runtime.device, amp=config.runtime.amp, grad_clip=params["grad_clip"],
         num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
-        description=f"adapt k={k}", force=options.force, settings={"params": params, "inputs": inputs},
+        description=f"adapt k={k}", force=options.force, restart_on_mismatch=options.refresh,
+        settings={"params": params, "inputs": inputs},
     )
     start = time.perf_counter()
     result = train(

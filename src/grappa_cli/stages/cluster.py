@@ -113,11 +113,13 @@ def run(
     seed: int | None = None,
     niter: int | None = None,
     force: bool = False,
+    refresh: bool = False,
     reporter: Reporter | None = None,
 ) -> ClusterReport:
     """Cluster ``features/train`` at every requested k; returns what was done (prints nothing).
 
     ``k``, ``backend``, ``seed`` and ``niter`` default to ``[cluster]`` in ``grappa.toml``.
+    ``refresh`` redoes stale k values instead of refusing them (what ``grappa run`` does).
     All checks (features present, k valid, backend known, no stale result in the way) run
     before anything is written.
     """
@@ -153,7 +155,7 @@ def run(
             todo.append(value)
         elif state == "complete":
             skipped[value] = old or {}
-        elif old is not None and not old.get("complete"):  # an unfinished run with other settings
+        elif refresh or (old is not None and not old.get("complete")):  # stale, or unfinished with other settings
             todo.append(value)
         else:
             difference = describe_mismatch(old or {}, params, inputs)

@@ -82,9 +82,10 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
         if existing.get("fingerprint") == fp:
             return FuseResult(strategy.name, str(path), names, True, strategy.uses_labels,
                               existing.get("loss_curve", []))
-        raise StoreError(f"{path.name} was made from other inputs or settings "
-                         f"({prov.describe_mismatch(existing, params, inputs)})",
-                         hint="rerun with --force to retrain it")
+        if not options.refresh:
+            raise StoreError(f"{path.name} was made from other inputs or settings "
+                             f"({prov.describe_mismatch(existing, params, inputs)})",
+                             hint="rerun with --force to retrain it")
 
     paths = store.read(f"{FEATURES}/paths")[store.read(f"{FEATURES}/valid")]
     run_dir = project.runs_dir / f"fuse-{strategy.name}"

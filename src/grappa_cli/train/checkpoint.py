@@ -40,6 +40,15 @@ class RunDir:
         self.metrics_path = self.path / "metrics.jsonl"
 
     # -- settings ---------------------------------------------------------------------------
+    def settings_match(self, settings: dict[str, Any]) -> bool:
+        """True when the directory is empty or was made with exactly ``settings``."""
+        if not self.settings_path.exists():
+            return True
+        try:
+            return json.loads(self.settings_path.read_text()).get("fingerprint") == fingerprint(settings)
+        except (OSError, json.JSONDecodeError):
+            return False
+
     def check_settings(self, settings: dict[str, Any]) -> None:
         """Refuse a run directory whose recorded settings differ from ``settings``."""
         if not self.settings_path.exists():

@@ -83,6 +83,9 @@ class TrainConfig:
     images_per_item: int = 1
     description: str = "train"
     force: bool = False
+    #: Start over (instead of refusing) when the run directory holds a run with other settings;
+    #: ``grappa run`` uses it so that a changed configuration retrains what depends on it.
+    restart_on_mismatch: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -126,7 +129,8 @@ def _check_batches(config: TrainConfig, size: int) -> int:
 
 
 def _prepare_run_dir(run: RunDir, config: TrainConfig, settings: dict[str, Any]) -> None:
-    if config.force and dist_utils.is_main():
+    restart = config.force or (config.restart_on_mismatch and not run.settings_match(settings))
+    if restart and dist_utils.is_main():
         run.clear()
     dist_utils.barrier()
     run.check_settings(settings)
