@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384, help="dimension in part 1 (ViT-S/16: 384)")
     parser.add_argument("--k", type=int, default=1024, help="clusters in part 1")
     parser.add_argument("--niter", type=int, default=20, help="maximum Lloyd iterations in part 1")
-    parser.add_argument("--scale-n", type=int, default=20_000, help="points in part 2")
+    parser.add_argument("--scale-n", type=int, default=10_000, help="points in part 2")
     parser.add_argument("--scale-dim", type=int, default=128, help="dimension in part 2")
     parser.add_argument("--scale-niter", type=int, default=10, help="maximum iterations in part 2")
     parser.add_argument("--centres", type=int, default=2000, help="true centres of the generated data")

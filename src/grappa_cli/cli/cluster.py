@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 K_HELP = (
     "Numbers of clusters: a comma list (256,1024,4096), binary suffixes (4k = 4096, 64k = 65536: "
     "k means 1024, as the paper's k are powers of two) or `auto` (cluster.auto_count powers of two "
-    "from about n/512 to n/2 for n training images). Default: [cluster] k in grappa.toml."
+    "from about n/512 to n/2 for n training images). Default: \\[cluster] k in grappa.toml."
 )
 
 
@@ -24,15 +24,16 @@ def cluster(
     backend: Annotated[
         str | None,
         typer.Option("--backend", "-b", help="Clusterer plugin (faiss, sklearn, minibatch, ...; see "
-                     "`grappa plugins --all`). Default: [cluster] backend.", show_default=False),
+                     "`grappa plugins --all`). Default: \\[cluster] backend.", show_default=False),
     ] = None,
     seed: Annotated[
-        int | None, typer.Option("--seed", min=0, help="k-means++ seed. Default: [cluster] seed.",
+        int | None, typer.Option("--seed", min=0, help="k-means++ seed. Default: \\[cluster] seed.",
                                  show_default=False),
     ] = None,
     niter: Annotated[
-        int | None, typer.Option("--niter", min=1, help="Maximum Lloyd iterations. Default: [cluster] niter.",
-                                 show_default=False),
+        int | None,
+        typer.Option("--niter", min=1, help="Maximum Lloyd iterations. Default: \\[cluster] niter.",
+                     show_default=False),
     ] = None,
     force: ForceOption = False,
     project: ProjectOption = None,
