@@ -247,3 +247,32 @@ def test_installed_metric_plugins_are_evaluated(evaluated_project, cli, metric_p
                                  recall_at=())
     assert doc["metrics"]["first_hit"] == expected["first_hit"]
     assert doc["provenance"]["params"]["metrics"] == ["map@r", "r_precision", "first_hit", "recall@1"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_two_processes_match_one(evaluated_project) -> None:
+    import os
+    import subprocess
+    import sys
+
+    project = evaluated_project
+    store = project.store()
+    reference = store.read("eval/adaptor-k2/shapes/embeddings")
+    metrics = _doc(project, "adaptor:k2")["metrics"]
+    store.delete("eval/adaptor-k2")  # the others stay complete: ranks must agree on what is left to do
+    del store
+    env = {**os.environ, "GRAPPA_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "grappa_cli", "-C", str(project.root), "eval", "--json"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(proc.stdout)  # rank 0 alone prints
+    done = {r["model"]: (r["computed"], r["embedded"]) for r in run["results"]}
+    assert done == {"backbone": (False, False), "adaptor:k2": (True, True), "adaptor:k4": (False, False),
+                    "fused:avg": (False, False)}
+    store = project.store(mode="r")
+    np.testing.assert_array_equal(store.read("eval/adaptor-k2/shapes/embeddings"), reference)
+    assert _doc(project, "adaptor:k2")["metrics"] == metrics

@@ -33,7 +33,7 @@ from grappa_cli.errors import ConfigError, DataError, StoreError
 from grappa_cli.project import Project
 from grappa_cli.stages import models as models_mod
 from grappa_cli.stages.models import ModelRef
-from grappa_cli.stages.results import OracleChoice, StoredResult, oracle, read_result
+from grappa_cli.stages.results import TABLE_METRICS, OracleChoice, StoredResult, oracle, read_result
 from grappa_cli.suggest import did_you_mean
 
 #: What leave-one-out means here (part of every result's parameters).
@@ -359,7 +359,7 @@ def _score(project: Project, store: Any, job: _Job, config: Any, device: str | N
     num_skipped = int(values.pop("num_skipped"))
     record = prov.record("eval", job.result_params, job.result_inputs)
     record.update(complete=True, completed=prov.now(),
-                  summary={m: round(100 * float(values[m]), 2) for m in ("r_precision", "map@r") if m in values})
+                  summary={title: f"{100 * float(values[m]):.1f}%" for m, title in TABLE_METRICS if m in values})
     document = {
         "model": job.ref.name, "task": job.task, "metrics": {k: float(v) for k, v in values.items()},
         "num_queries": num_queries, "num_skipped": num_skipped, "images": len(rows), "unreadable": total - len(rows),

@@ -41,6 +41,8 @@ from grappa_cli.stages.results import (
 )
 
 METRIC_KEYS = tuple(key for key, _ in TABLE_METRICS)
+#: Appended to the value of a result whose inputs changed since it was computed.
+STALE_MARK = "†"
 
 
 @dataclass
@@ -82,9 +84,12 @@ def _percent(result: StoredResult) -> dict[str, float]:
 
 
 def _set_text(choice: OracleChoice, indices: dict[str, int]) -> str:
-    names = [choice.model, *choice.ties]
-    text = "-".join(f"P{indices[m]}" if m in indices else m for m in names)
-    return f"{text} (k{'/'.join(str(adaptor_k(m)) for m in names)})"
+    """``P3 (k4096)``, and ``= P4`` for each set that ties with it at the table's precision."""
+    def short(model: str) -> str:
+        return f"P{indices[model]}" if model in indices else model
+
+    text = f"{short(choice.model)} (k{adaptor_k(choice.model)})"
+    return text + "".join(f" = {short(m)}" for m in choice.ties)
 
 
 def build_table(
@@ -156,7 +161,7 @@ def build_table(
     if any(labels.values()):
         notes.append("[uses labels]: trained with class labels; a supervised reference, not comparable.")
     if stale:
-        notes.append("*: stale result (the model or its embeddings changed since); rerun `grappa eval`.")
+        notes.append(f"{STALE_MARK}: stale result (the model or its embeddings changed since); rerun `grappa eval`.")
     if deltas and any(r.kind == "delta" for r in rows):
         notes.append("vs. M: difference to the backbone in percentage points, from the unrounded values.")
     if paper_rows:
@@ -196,7 +201,7 @@ def cell(row: TableRow, task: str, metric: str) -> str:
         shown = round(value, 1)
         arrow = "↑" if shown > 0 else "↓" if shown < 0 else "="
         return f"({arrow}{abs(shown):.1f})"
-    mark = "*" if task in row.stale_tasks else ""
+    mark = STALE_MARK if task in row.stale_tasks else ""
     return f"{value:.1f}{mark}"
 
 
@@ -205,11 +210,11 @@ def to_markdown(table: Table2, title: str = "Table 2: leave-one-out retrieval on
     lines = [f"# {title}", "", "RP = R-Precision, mAP = MAP@R (Musgrave et al., 2020), in percent.", "",
              "| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for row in table.rows:
+        label = row.label.replace("|", "\\|").replace("*", "\\*")
         if row.kind == "section":
-            lines.append(f"| *{row.label}* |" + " |" * (len(head) - 1))
+            lines.append(f"| *{label}* |" + " |" * (len(head) - 1))
             continue
         cells = [cell(row, t, m) for t in table.tasks for m in METRIC_KEYS]
-        label = row.label.replace("|", "\\|")
         lines.append("| " + " | ".join([label, *cells]) + " |")
     if table.notes:
         lines.append("")
