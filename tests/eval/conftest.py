@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from tests.conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, make_image_folder
 
 

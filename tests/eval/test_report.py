@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from tests.eval.conftest import write_result
 
 from grappa_cli import paper
 from grappa_cli.stages.results import StoredResult, oracle, order_models
+from tests.eval.conftest import write_result
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ def eval_command(
     table = build_table(stored, task_order=run.tasks, task_types=task_types(proj.config(), run.tasks), deltas=False)
     print_wide(out, table2_rich(table, "leave-one-out retrieval (percent): RP = R-Precision, mAP = MAP@R"))
     for note in table.notes:
-        out.print(note, highlight=False)
+        out.print(note, highlight=False, markup=False)
     computed = sum(e.computed for e in run.entries)
     hint(f"{computed} result(s) computed, {len(run.entries) - computed} already current; files under "
          f"{proj.results_dir}. Next: `grappa report`.")

@@ -41,6 +41,6 @@ def report(
         return
     print_wide(out, table2_rich(result.table, "Table 2 (percent): RP = R-Precision, mAP = MAP@R"))
     for note in result.table.notes:
-        out.print(note, highlight=False)
+        out.print(note, highlight=False, markup=False)
     for path in result.files:
         out.print(f"wrote {path}", highlight=False)
