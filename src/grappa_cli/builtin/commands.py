@@ -9,7 +9,8 @@ from grappa_cli.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    from grappa_cli.cli import adapt, cache, cluster, extract, fuse, init, plugins_cmd, status
+    from grappa_cli.cli import adapt, cache, cluster, extract, fuse, init, plugins_cmd, report, status
+    from grappa_cli.cli.eval import eval_command
     from grappa_cli.cli.task import task_app
 
     cli.command("init")(init.init)
@@ -19,5 +20,7 @@ def register_commands(cli: Any) -> None:
     cli.command("cluster")(cluster.cluster)
     cli.command("adapt")(adapt.adapt)
     cli.command("fuse")(fuse.fuse)
+    cli.command("eval")(eval_command)
+    cli.command("report")(report.report)
     cli.command("status")(status.status)
     cli.command("plugins")(plugins_cmd.plugins)
