@@ -9,7 +9,7 @@ from grappa_cli.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    from grappa_cli.cli import adapt, cache, cluster, extract, fuse, init, plugins_cmd, report, status
+    from grappa_cli.cli import adapt, cache, cluster, extract, fuse, init, plugins_cmd, report, run, status
     from grappa_cli.cli.eval import eval_command
     from grappa_cli.cli.task import task_app
 
@@ -22,5 +22,6 @@ def register_commands(cli: Any) -> None:
     cli.command("fuse")(fuse.fuse)
     cli.command("eval")(eval_command)
     cli.command("report")(report.report)
+    cli.command("run")(run.run)
     cli.command("status")(status.status)
     cli.command("plugins")(plugins_cmd.plugins)

@@ -60,6 +60,12 @@ def _dist() -> tuple[int, int]:
     return distributed.rank(), distributed.world_size()
 
 
+def _broadcast(value: Any) -> Any:
+    from grappa_cli.train import distributed
+
+    return distributed.broadcast_object(value)
+
+
 def _barrier() -> None:
     from grappa_cli.train import distributed
 
@@ -116,9 +122,7 @@ def run_embedding(
         raise DataError(f"{job.key}: no images to embed", hint="check the task's dataset root")
     state = (prepare(store, job, dim=dim, dtype=dtype, chunk_rows=chunk_rows, force=force, refresh=refresh)
              if rank == 0 else None)
-    _barrier()
-    if rank != 0:
-        state = "partial"
+    state = _broadcast(state)  # every rank takes the same branch, so barriers stay paired
     if state == "complete":
         return _result(store, job.key, skipped=True)
     chunks = ChunkedArray(store, f"{job.key}/embeddings")

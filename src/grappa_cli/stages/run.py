@@ -113,19 +113,25 @@ def _fuse(project: Project, config: Any, device: str | None, view: Any) -> Stage
 def _eval(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
     from grappa_cli.stages.evaluate import EvalOptions, evaluate
 
-    results = evaluate(project, EvalOptions(device=device), view)
+    evaluation = evaluate(project, EvalOptions(device=device), view)
     outcome = StageOutcome("eval")
-    for r in results:
-        (outcome.skipped if r.skipped else outcome.done).append(f"{r.model}/{r.task}")
+    for entry in evaluation.entries:
+        (outcome.done if entry.computed else outcome.skipped).append(f"{entry.model}/{entry.task}")
     return outcome
 
 
 def _report(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
-    from grappa_cli.stages.report import ReportOptions, write_report
+    """Rewrite the report when results changed in this run (or when it does not exist yet)."""
+    from grappa_cli.stages.report import ReportOptions, report
 
-    written = write_report(project, ReportOptions(only_if_changed=True))
     outcome = StageOutcome("report")
-    (outcome.done if written.changed else outcome.skipped).extend(written.paths)
+    table = project.reports_dir / "table2.md"
+    results = sorted(project.results_dir.glob("*/*.json"))
+    newest = max((p.stat().st_mtime for p in results), default=0.0)
+    if table.is_file() and table.stat().st_mtime >= newest:
+        outcome.skipped.append(str(table))
+        return outcome
+    outcome.done.extend(report(project, ReportOptions(device=device), view).files)
     return outcome
 
 
