@@ -69,3 +69,13 @@ def stage_outputs(backbone, images):
         for handle in handles:
             handle.remove()
     return outputs
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_intra_op_thread():
+    """One torch thread for these small models: on a shared 2-core runner, torch's spinning
+    intra-op threads slow each other down several-fold (results do not depend on it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

