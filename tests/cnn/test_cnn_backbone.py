@@ -226,3 +226,28 @@ def test_plugins_command_lists_the_provider(cli):
     result = cli("plugins", "--all")
     assert result.exit_code == 0
     assert "timm-cnn" in result.stdout
+
+
+def test_offline_hub_weights_fail_fast_and_say_how(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(GrappaError) as info:
+        build_backbone(cnn_spec("resnet18.a1_in1k", pretrained=True))
+    message = str(info.value)
+    assert "resnet18.a1_in1k" in message and "HF_HUB_OFFLINE" in message
+    assert "grappa init --weights FILE" in message
+
+
+@pytest.mark.parametrize("name", ["hardcorenas_a", "skresnet18", "resnest14d", "res2net50_26w_4s"])
+def test_models_of_every_claimed_module_build_and_compose(name, cnn_images):
+    """One model from each timm module that ``supports()`` claims (beyond the fixtures')."""
+    backbone = build_backbone(cnn_spec(name))
+    assert backbone.family.name == ("mobilenetv3" if name.startswith("hardcorenas") else "resnet")
+    x = backbone.stem(cnn_images[:1])
+    for index in range(backbone.num_layers):
+        base, branch = backbone.layer_parts(index, x)
+        x = base + branch
+    assert torch.equal(backbone.head(x), timm_reference(backbone, cnn_images[:1]))
