@@ -160,12 +160,12 @@ def train_attention_fusion(backbone, sets, images, features, *, seed: int, epoch
     """Step 3 (Grappa-N): Q and K trained on k-NN neighbour pairs with the Barlow Twins loss."""
     import faiss
 
+    torch.manual_seed(seed)  # Q, K and the projector start from nn.Linear's default initialisation
     model = GrappaModel.with_adaptor_sets(backbone, sets, fusion="attention")
     index = faiss.IndexFlatIP(features.shape[1])
     index.add(np.ascontiguousarray(features))
     _, neighbours = index.search(np.ascontiguousarray(features), 6)
     neighbours = torch.as_tensor(neighbours[:, 1:])  # 5 nearest, self excluded
-    torch.manual_seed(seed)
     projector = nn.Sequential(
         nn.Linear(backbone.embed_dim, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 256)
     )
