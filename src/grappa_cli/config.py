@@ -86,7 +86,8 @@ SCHEMA: dict[str, list[FieldSpec]] = {
     ],
     "data": [
         FieldSpec("train", "list[str]", ["mrt"],
-                  "tasks whose train splits, with labels dropped, form the unlabeled training set D",
+                  "what forms the unlabeled training set D (labels dropped): names of [tasks.*] entries (their "
+                  "train splits), \"mrt\" (the six MRT tasks configured under [tasks]) or image-folder paths",
                   "the union of the six MRT train splits, 133,339 images (section 4.1)"),
         FieldSpec("batch_size", "int", 256, "images per batch for feature extraction and evaluation",
                   check=_positive),
@@ -162,7 +163,7 @@ SCHEMA: dict[str, list[FieldSpec]] = {
 
 TASK_KEYS_DOC = (
     "one table per task: [tasks.NAME] with `root` (the dataset directory) and optionally `type` "
-    "(the task plugin, default NAME) and the plugin's own options"
+    "(the task plugin, default NAME) and the plugin's own options; `grappa task add NAME ROOT` writes one"
 )
 
 

@@ -23,13 +23,17 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    """Print a one-line warning on stderr."""
-    err.print(f"[yellow]Warning:[/yellow] {message}", highlight=False)
+    """Print a one-line warning on stderr (the message is not parsed as rich markup)."""
+    from rich.markup import escape
+
+    err.print(f"[yellow]Warning:[/yellow] {escape(message)}", highlight=False)
 
 
 def hint(message: str) -> None:
     """Print a one-line hint (what to run next) on stderr."""
-    err.print(f"[dim]{message}[/dim]", highlight=False)
+    from rich.markup import escape
+
+    err.print(f"[dim]{escape(message)}[/dim]", highlight=False)
 
 
 class ProgressTask(Protocol):
@@ -146,3 +150,59 @@ def _progress_enabled(console: Console) -> bool:
     if os.environ.get("GRAPPA_PROGRESS") == "0":
         return False
     return console.is_terminal or sys.stderr.isatty()
+
+
+class PipelineReporter:
+    """One live view for a whole pipeline run: an overall line (stage i/n, elapsed, ETA) above
+    the current stage's own progress bars, all in a single rich display on stderr.
+
+    The ETA of the overall line counts finished steps (stages times their items), so it
+    improves as the run goes; each stage's bar has its own precise ETA.
+    """
+
+    def __init__(self, total_steps: int, console: Console | None = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = console or err
+        self.enabled = _progress_enabled(self.console)
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"), console=self.console, disable=not self.enabled,
+        )
+        self.overall = self.progress.add_task("pipeline", total=total_steps, rate="", info="")
+
+    def __enter__(self) -> PipelineReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def stage(self, description: str) -> None:
+        """Name the step now running on the overall line."""
+        self.progress.update(self.overall, description=description)
+        if not self.enabled:
+            self.console.print(f"[bold]==>[/bold] {description}", highlight=False)
+
+    def step_done(self, n: int = 1) -> None:
+        self.progress.advance(self.overall, n)
+
+    @contextmanager
+    def task(self, description: str, total: float | None = None, unit: str = "it") -> Iterator[ProgressTask]:
+        task_id = self.progress.add_task(f"  {description}", total=total, rate="", info="")
+        try:
+            yield _RichTask(self.progress, task_id, unit)
+        finally:
+            self.progress.remove_task(task_id)
+
+    def log(self, message: str) -> None:
+        self.console.print(message, highlight=False)

@@ -43,7 +43,7 @@ def register_clusterers(register: Register) -> None:
 def register_fusion_strategies(register: Register) -> None:
     """Add fusion strategies: objects with ``name`` and ``train(context)``.
 
-    See :class:`grappa_cli.train.strategy.FusionStrategy`.
+    See :class:`grappa_cli.fusion.base.FusionStrategy`.
     """
 
 

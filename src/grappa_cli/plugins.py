@@ -29,8 +29,12 @@ ENV_DISABLE = "GRAPPA_DISABLE_PLUGINS"
 ENV_ALLOW = "GRAPPA_LOAD_PLUGINS"
 
 BUILTIN_MODULES = (
-    "grappa_cli.builtin.commands",
     "grappa_cli.builtin.backbones",
+    "grappa_cli.builtin.fusion",
+    "grappa_cli.builtin.tasks",
+    "grappa_cli.builtin.metrics",
+    "grappa_cli.builtin.commands",
+    "grappa_cli.builtin.clusterers",
 )
 
 #: kind -> (hook name, words used in messages)

@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-from tests.conftest import TINY_VIT_KWARGS, TINY_VIT_NAME
 from grappa_cli import config as config_mod
 from grappa_cli.errors import ConfigError, GrappaError, PluginError
 from grappa_cli.model import BackboneSpec, build_backbone, resolve_provider
+from tests.conftest import TINY_VIT_KWARGS, TINY_VIT_NAME
 
 from .conftest import timm_reference, tiny_spec
 

@@ -9,8 +9,15 @@ from grappa_cli.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    from grappa_cli.cli import init, plugins_cmd, status
+    from grappa_cli.cli import adapt, cache, cluster, extract, fuse, init, plugins_cmd, status
+    from grappa_cli.cli.task import task_app
 
     cli.command("init")(init.init)
+    cli.add_typer(task_app, name="task")
+    cli.command("extract")(extract.extract)
+    cli.add_typer(cache.app, name="cache")
+    cli.command("cluster")(cluster.cluster)
+    cli.command("adapt")(adapt.adapt)
+    cli.command("fuse")(fuse.fuse)
     cli.command("status")(status.status)
     cli.command("plugins")(plugins_cmd.plugins)

@@ -67,9 +67,11 @@ def register_all() -> None:
 
 
 def _print_error(message: str) -> None:
+    from rich.markup import escape
+
     from grappa_cli.console import err
 
-    err.print(f"[bold red]Error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("GRAPPA_DEBUG") == "1"
     try:
         register_all()
-        app(args=argv, prog_name="grappa", standalone_mode=False)
+        code = app(args=argv, prog_name="grappa", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)  # typer.Exit(n) is returned, not raised, outside standalone mode
     except GrappaError as exc:
         if debug:
             raise

@@ -33,3 +33,14 @@ def split_csv(value: str | None) -> list[str]:
     if not value:
         return []
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def launch_rank() -> int:
+    """This process's rank under ``torchrun`` (``RANK``), 0 otherwise.
+
+    Read from the environment, before any process group exists: only rank 0 takes the
+    project lock, reports progress and prints results.
+    """
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0)

@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from grappa_cli.cli.common import ForceOption, JsonOption, ProjectOption, print_json, resolve_project, split_csv
+from grappa_cli.cli.common import (
+    ForceOption,
+    JsonOption,
+    ProjectOption,
+    launch_rank,
+    print_json,
+    resolve_project,
+    split_csv,
+)
 
 
 def extract(
@@ -32,7 +40,6 @@ def extract(
     from grappa_cli.errors import UsageError
     from grappa_cli.stages.extract import ExtractOptions
     from grappa_cli.stages.extract import extract as run
-    from grappa_cli.train import distributed
 
     splits = {"all": ("train", "test"), "train": ("train",), "test": ("test",)}.get(split)
     if splits is None:
@@ -40,7 +47,7 @@ def extract(
     proj = resolve_project(ctx, project)
     options = ExtractOptions(splits=splits, tasks=split_csv(task) or None, device=device, batch_size=batch_size,
                              num_workers=workers, weights=weights, force=force)
-    main_rank = distributed.rank() == 0
+    main_rank = launch_rank() == 0
     if main_rank:
         with proj.lock("extract"):
             results = run(proj, options, RichReporter() if main_rank else None)

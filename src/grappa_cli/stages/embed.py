@@ -66,14 +66,16 @@ def _barrier() -> None:
     distributed.barrier()
 
 
-def prepare(store: Store, job: EmbedJob, *, dim: int, dtype: str, chunk_rows: int, force: bool) -> str:
+def prepare(store: Store, job: EmbedJob, *, dim: int, dtype: str, chunk_rows: int, force: bool,
+            refresh: bool = False) -> str:
     """Create the group's arrays unless a matching partial/complete fill exists.
 
-    Returns the state found: ``complete`` (nothing to do), ``partial`` (resume) or
-    ``missing``/``stale`` (created afresh; stale only with ``force``).
+    Returns ``complete`` (nothing to do), ``partial`` (resume the pending chunks) or
+    ``created`` (arrays made afresh: first run, ``--force``, or stale work with ``force`` or
+    ``refresh``, which redoes stale work only, as ``grappa run`` does).
     """
     state = store.state(job.key, job.params, job.inputs)
-    if state == "stale" and not force:
+    if state == "stale" and not (force or refresh):
         old = store.provenance(job.key) or {}
         raise StoreError(
             f"{job.key} was made from other inputs ({prov.describe_mismatch(old, job.params, job.inputs)})",
@@ -93,13 +95,14 @@ def prepare(store: Store, job: EmbedJob, *, dim: int, dtype: str, chunk_rows: in
     store.write_array(f"{job.key}/paths", np.asarray(job.paths, dtype=str), (rows,))
     if job.labels is not None:
         store.write_array(f"{job.key}/labels", np.asarray(job.labels, dtype=np.int32), (rows,))
-    return state
+    return "created"
 
 
 def run_embedding(
     store: Store, job: EmbedJob, model: Any, transform: Any, *, dim: int, dtype: str = "float16",
     chunk_rows: int = 4096, batch_size: int = 256, num_workers: int = 0, device: Any = None,
-    amp: bool = True, min_side: int | None = None, force: bool = False, reporter: Reporter | None = None,
+    amp: bool = True, min_side: int | None = None, force: bool = False, refresh: bool = False,
+    reporter: Reporter | None = None,
 ) -> EmbedResult:
     """Fill ``job.key`` with ``model(images)`` for every image (see module docstring)."""
     import torch
@@ -111,7 +114,8 @@ def run_embedding(
     rank, world = _dist()
     if not job.paths:
         raise DataError(f"{job.key}: no images to embed", hint="check the task's dataset root")
-    state = prepare(store, job, dim=dim, dtype=dtype, chunk_rows=chunk_rows, force=force) if rank == 0 else None
+    state = (prepare(store, job, dim=dim, dtype=dtype, chunk_rows=chunk_rows, force=force, refresh=refresh)
+             if rank == 0 else None)
     _barrier()
     if rank != 0:
         state = "partial"

@@ -31,6 +31,8 @@ class ExtractOptions:
     num_workers: int | None = None
     weights: str | None = None
     force: bool = False
+    #: redo stale splits instead of refusing them (``grappa run``)
+    refresh: bool = False
 
 
 def backbone_spec(config: Any, weights: str | None = None) -> Any:
@@ -90,6 +92,6 @@ def extract(project: Project, options: ExtractOptions, reporter: Reporter | None
             chunk_rows=config.data.chunk_size, batch_size=options.batch_size or config.data.batch_size,
             num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
             device=device, amp=config.runtime.amp, min_side=decode_min_side(backbone.data_config),
-            force=options.force, reporter=reporter,
+            force=options.force, refresh=options.refresh, reporter=reporter,
         ))
     return results

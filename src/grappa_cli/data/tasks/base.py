@@ -62,6 +62,10 @@ class TaskReader(Protocol):
 
     ``name`` is the key users write (``grappa eval --task cub``); ``load`` raises
     :class:`grappa_cli.errors.DataError` naming the expected file when the root is wrong.
+    A reader may also define ``has_test(**options) -> bool`` (whether ``load`` returns a
+    test split for these options) so tasks can be listed without reading data; readers
+    without it are assumed to have one. Built-in readers derive from
+    :class:`grappa_cli.data.tasks.reader.BaseReader`.
     """
 
     name: str

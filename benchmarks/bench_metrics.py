@@ -1,0 +1,148 @@
+"""Leave-one-out retrieval metrics at Food-101 test scale: grappa vs pytorch-metric-learning.
+
+Evaluates N random D-dimensional embeddings in C equal classes (default 50,000 x 384 in
+50 classes: R = 999 for every query, as on Food-101's test split) with
+``grappa_cli.metrics.retrieval_metrics`` and with pytorch-metric-learning's
+``AccuracyCalculator`` (k = "max_bin_count", leave-one-out), each in its own process so
+peak memory is measured separately. Prints wall time, peak RSS (above the process's
+footprint once the data exist) and the peak of Python/numpy allocations (tracemalloc),
+then checks that MAP@R, R-Precision and Recall@1 agree to 1e-6.
+
+    python benchmarks/bench_metrics.py            # 50k x 384, 50 classes
+    python benchmarks/bench_metrics.py --small    # 10k x 384, 10 classes (R = 999 too)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+
+KEYS = {"map@r": "mean_average_precision_at_r", "r_precision": "r_precision", "recall@1": "precision_at_1"}
+
+
+def make_data(n: int, dim: int, classes: int, signal: float, seed: int):
+    """Random embeddings with a weak class signal (so that the metrics are not all at chance)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), n // classes)
+    labels = np.concatenate([labels, np.arange(n - len(labels)) % classes])
+    centres = rng.standard_normal((classes, dim)).astype(np.float32)
+    x = rng.standard_normal((n, dim), dtype=np.float32) + signal * centres[labels]
+    return x, labels
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_one(method: str, args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    x, labels = make_data(args.n, args.dim, args.classes, args.signal, args.seed)
+    if method == "grappa":
+        from grappa_cli.metrics import retrieval_metrics
+
+        retrieval_metrics(x[:200], labels[:200])  # import faiss and plugins outside the timing
+    else:
+        from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)  # cosine = L2 order on the unit sphere
+    baseline = peak_rss_mib()
+    tracemalloc.start()
+    start = time.perf_counter()
+    if method == "grappa":
+        result = retrieval_metrics(x, labels, recall_at=(1,), chunk_size=args.chunk_size)
+        values = {k: result[k] for k in KEYS}
+    else:
+        calculator = AccuracyCalculator(
+            include=tuple(KEYS.values()), k="max_bin_count", device=torch.device("cpu")
+        )
+        result = calculator.get_accuracy(torch.from_numpy(x), torch.from_numpy(labels))
+        values = {k: float(result[v]) for k, v in KEYS.items()}
+    seconds = time.perf_counter() - start
+    _, traced = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {
+        "method": method,
+        "seconds": seconds,
+        "values": values,
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_above_baseline_mib": peak_rss_mib() - baseline,
+        "tracemalloc_peak_mib": traced / 2**20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=50_000, help="number of embeddings")
+    parser.add_argument("--dim", type=int, default=384, help="embedding dimension (ViT-S/16: 384)")
+    parser.add_argument("--classes", type=int, default=50, help="number of equal classes")
+    parser.add_argument("--signal", type=float, default=0.3, help="strength of the class offset")
+    parser.add_argument("--chunk-size", type=int, default=1024, help="queries per chunk (grappa)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--small", action="store_true", help="10,000 embeddings in 10 classes")
+    parser.add_argument("--skip-pml", action="store_true", help="time grappa only")
+    parser.add_argument("--only", choices=("grappa", "pml"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.small:
+        args.n, args.classes = 10_000, 10
+    if args.only:
+        print(json.dumps(run_one(args.only, args)))
+        return
+
+    forwarded = [
+        f"--n={args.n}",
+        f"--dim={args.dim}",
+        f"--classes={args.classes}",
+        f"--signal={args.signal}",
+        f"--chunk-size={args.chunk_size}",
+        f"--threads={args.threads}",
+        f"--seed={args.seed}",
+    ]
+    runs = []
+    for method in ("grappa",) + (() if args.skip_pml else ("pml",)):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--only", method, *forwarded],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            sys.exit(f"{method} run failed:\n{proc.stderr}")
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    print(
+        f"{args.n:,} embeddings x {args.dim}, {args.classes} classes (R = {args.n // args.classes - 1}), "
+        f"{args.threads} threads"
+    )
+    print(
+        f"{'method':<8} {'seconds':>9} {'peak RSS MiB':>13} {'RSS above data':>15} "
+        f"{'tracemalloc MiB':>16}  values"
+    )
+    for run in runs:
+        values = ", ".join(f"{k}={v:.6f}" for k, v in run["values"].items())
+        print(
+            f"{run['method']:<8} {run['seconds']:>9.1f} {run['peak_rss_mib']:>13.0f} "
+            f"{run['rss_above_baseline_mib']:>15.0f} {run['tracemalloc_peak_mib']:>16.0f}  {values}"
+        )
+    if len(runs) == 2:
+        diff = max(abs(runs[0]["values"][k] - runs[1]["values"][k]) for k in KEYS)
+        ratio = runs[0]["seconds"] / runs[1]["seconds"]
+        print(f"time grappa / pml = {ratio:.2f}; max |difference| = {diff:.2e}")
+        if diff > 1e-6:
+            sys.exit("values disagree by more than 1e-6")
+
+
+if __name__ == "__main__":
+    main()

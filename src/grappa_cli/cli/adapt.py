@@ -1,0 +1,81 @@
+"""``grappa adapt``: train one adaptor set per pseudo-label set."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from grappa_cli.cli.common import (
+    ForceOption,
+    JsonOption,
+    ProjectOption,
+    launch_rank,
+    print_json,
+    resolve_project,
+    split_csv,
+)
+
+
+def parse_set_names(value: str | None) -> list[int] | None:
+    """``"256,4096"`` or ``"k256,k4096"`` -> ``[256, 4096]``."""
+    from grappa_cli.errors import UsageError
+
+    names = split_csv(value)
+    if not names:
+        return None
+    ks = []
+    for name in names:
+        digits = name[1:] if name.lower().startswith("k") else name
+        if not digits.isdigit():
+            raise UsageError(f"--k expects stored k values like 256,4096 or k256 (got {name!r})")
+        ks.append(int(digits))
+    if len(set(ks)) != len(ks):
+        raise UsageError(f"--k lists a value twice ({value})")
+    return sorted(ks)
+
+
+def adapt(
+    ctx: typer.Context,
+    k: Annotated[str | None, typer.Option("--k", help="Comma list of stored k values (default: all).",
+                                          show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per set (default: grappa.toml).",
+                                               show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch.", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Random seed.", show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.",
+                                                show_default=False)] = None,
+    force: ForceOption = False,
+    project: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train an adaptor set per pseudo-label set with the norm-softmax loss (resumable)."""
+    from rich.table import Table
+
+    from grappa_cli.console import RichReporter, hint, out
+    from grappa_cli.stages.adapt import AdaptOptions
+    from grappa_cli.stages.adapt import adapt as run
+
+    proj = resolve_project(ctx, project)
+    options = AdaptOptions(ks=parse_set_names(k), epochs=epochs, batch_size=batch_size, device=device, seed=seed,
+                           num_workers=workers, force=force)
+    if launch_rank() != 0:
+        run(proj, options, None)
+        return
+    with proj.lock("adapt"):
+        results = run(proj, options, RichReporter())
+    proj.record_run("adapt", sets=[r.k for r in results])
+    if as_json:
+        print_json([r.__dict__ for r in results])
+        return
+    table = Table(title="adaptor sets")
+    for column in ("k", "epochs", "loss (first -> last)", "seconds", "images/s", "file"):
+        table.add_column(column)
+    for r in results:
+        losses = f"{r.epoch_losses[0]:.3f} -> {r.epoch_losses[-1]:.3f}" if r.epoch_losses else "-"
+        table.add_row(str(r.k), str(len(r.epoch_losses)), losses, "-" if r.skipped else f"{r.seconds:.1f}",
+                      "-" if r.skipped else f"{r.images_per_second:,.1f}",
+                      r.path + (" (already complete)" if r.skipped else ""))
+    out.print(table)
+    hint("Next: `grappa fuse --strategy neighbor` (or avg, transform).")

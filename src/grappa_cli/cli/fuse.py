@@ -1,0 +1,90 @@
+"""``grappa fuse``: fuse the adaptor sets into one model with a fusion strategy."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from grappa_cli.cli.common import (
+    ForceOption,
+    JsonOption,
+    ProjectOption,
+    launch_rank,
+    print_json,
+    resolve_project,
+    split_csv,
+)
+
+
+def fuse(
+    ctx: typer.Context,
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Fusion strategy: avg, transform, neighbor, "
+                                          "supervised, random, single-random (see `grappa plugins --all`).")
+                        ] = "neighbor",
+    sets: Annotated[str | None, typer.Option(help="Comma list of adaptor sets, e.g. k256,k1024 "
+                                             "(default: all).", show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Pairs per batch.", show_default=False)] = None,
+    neighbors: Annotated[int | None, typer.Option(min=1, help="k of the k-NN graph (neighbor).",
+                                                  show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Random seed.", show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.",
+                                                show_default=False)] = None,
+    inspect: Annotated[bool, typer.Option("--inspect", help="Show the learned attention of an existing fused "
+                                          "model instead of training.")] = False,
+    force: ForceOption = False,
+    project: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train the fusion of the adaptor sets (Grappa-avg, Grappa-T, Grappa-N, baselines)."""
+    from rich.table import Table
+
+    from grappa_cli.console import RichReporter, hint, out
+    from grappa_cli.fusion.base import FusionOptions
+    from grappa_cli.stages.fuse import fuse as run
+    from grappa_cli.stages.fuse import inspect_attention
+
+    proj = resolve_project(ctx, project)
+    if inspect:
+        report = inspect_attention(proj, strategy, device=device)
+        if as_json:
+            print_json(report)
+            return
+        table = Table(title=f"mean attention of fused:{strategy} (rows: where images come from)")
+        table.add_column("images")
+        for name in report["sets"]:
+            table.add_column(name, justify="right")
+        for label, group in report["groups"].items():
+            table.add_row(f"{label} ({group['images']})", *(f"{v:.3f}" for v in group["mean"]))
+        out.print(table)
+        first = next(iter(report["groups"].values()), None)
+        if first:
+            layers = Table(title="training set, per layer")
+            layers.add_column("layer")
+            for name in report["sets"]:
+                layers.add_column(name, justify="right")
+            for index, row in enumerate(first["per_layer"]):
+                layers.add_row(str(index + 1), *(f"{v:.3f}" for v in row))
+            out.print(layers)
+        return
+    options = FusionOptions(epochs=epochs, batch_size=batch_size, device=device, seed=seed, num_workers=workers,
+                            neighbors=neighbors, force=force)
+    if launch_rank() != 0:
+        run(proj, strategy, split_csv(sets) or None, options, None)
+        return
+    with proj.lock("fuse"):
+        result = run(proj, strategy, split_csv(sets) or None, options, RichReporter())
+    proj.record_run("fuse", strategy=result.strategy, sets=result.sets)
+    if as_json:
+        print_json(result.__dict__)
+        return
+    losses = (f"{result.epoch_losses[0]:.4f} -> {result.epoch_losses[-1]:.4f}" if result.epoch_losses else "-")
+    status = "already complete" if result.skipped else f"{result.seconds:.1f} s"
+    out.print(f"fused:{result.strategy} over {', '.join(result.sets)}: loss {losses} ({status}) -> {result.path}",
+              highlight=False)
+    if result.uses_labels:
+        out.print("Note: this strategy uses class labels (a supervised reference, not an unsupervised method).")
+    hint(f"Next: `grappa eval --model fused:{result.strategy}`; `grappa fuse --strategy {result.strategy} "
+         "--inspect` shows its attention.")

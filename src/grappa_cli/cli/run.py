@@ -1,0 +1,41 @@
+"""``grappa run``: every stage that is not complete, in order."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from grappa_cli.cli.common import JsonOption, ProjectOption, print_json, resolve_project
+
+
+def run(
+    ctx: typer.Context,
+    until: Annotated[str | None, typer.Option(help="Stop after this stage: extract, cluster, adapt, fuse, eval "
+                                              "or report.", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)] = None,
+    project: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run every stage that is not complete (extract -> ... -> report); rerun to resume after a stop."""
+    from grappa_cli.console import PipelineReporter, out
+    from grappa_cli.errors import UsageError
+    from grappa_cli.stages.run import STAGES, run_pipeline
+
+    if until is not None and until not in STAGES:
+        raise UsageError(f"--until must be one of {', '.join(STAGES)} (got {until!r})")
+    proj = resolve_project(ctx, project)
+    stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
+    with proj.lock("run"), PipelineReporter(len(stages)) as view:
+        outcome = run_pipeline(proj, device=device, reporter=view, until=until)
+    proj.record_run("run", **outcome.to_dict())
+    if as_json:
+        print_json(outcome.to_dict())
+        return
+    if not outcome.changed:
+        out.print("Everything is up to date; nothing to do.")
+        return
+    for stage in outcome.stages:
+        if stage.done:
+            out.print(f"{stage.stage}: {', '.join(stage.done)}", highlight=False)
+    out.print("Done. `grappa report` shows the results; `grappa status` what exists.")

@@ -1,0 +1,66 @@
+"""Barlow Twins training of a fused model on pairs (Grappa-T, Grappa-N and the random baselines).
+
+The loss (eq. 4) is computed on the projector outputs ``g(z_i), g(z_j)`` of the model's image
+representations for the two images of a pair; the projector is discarded after training.
+The fusion layers are optimised with LARS (learning rate 0.5, weight decay 0.001, section 4),
+a linear warm-up and a cosine decay; the random baselines train their adaptors too, with
+Adam and the adaptor recipe (the paper tuned those baselines but does not give the values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from grappa_cli.fusion.base import FusionContext
+
+
+def barlow_params(config: Any) -> dict[str, Any]:
+    f = config.fuse
+    return {"lr": f.lr, "weight_decay": f.weight_decay, "warmup_epochs": f.warmup_epochs, "lambd": f.lambd,
+            "loss_scale": f.loss_scale, "projector": list(f.projector), "optimizer": "lars"}
+
+
+def train_pairs(
+    context: FusionContext, model: Any, dataset: Any, *, optimizer: str = "lars",
+    on_epoch_start: Callable[[int, Any], Any] | None = None, description: str = "fuse",
+) -> Any:
+    """Train ``model``'s trainable parameters with the Barlow Twins loss on ``dataset``'s pairs."""
+    import torch
+
+    from grappa_cli.errors import TrainingError
+    from grappa_cli.train import distributed
+    from grappa_cli.train.lars import LARS, param_groups
+    from grappa_cli.train.loop import TrainConfig, train
+    from grappa_cli.train.losses import BarlowTwinsLoss
+    from grappa_cli.train.objective import Objective
+    from grappa_cli.train.schedule import build_scheduler
+
+    p = context.params
+    per_rank = context.batch_size // max(distributed.world_size(), 1)
+    if per_rank < 2:
+        raise TrainingError(f"a batch of {context.batch_size} pairs leaves {per_rank} per process, too few for "
+                            "Barlow Twins batch statistics", hint="use --batch-size of at least 2 per process")
+    torch.manual_seed(context.seed)
+    criterion = BarlowTwinsLoss(context.backbone.embed_dim, p["projector"], lambd=p["lambd"],
+                                scale_loss=p["loss_scale"])
+    objective = Objective(model, criterion, lambda m, c, b: c(m(b[0]), m(b[1])))
+
+    def make_optimizer(params: list) -> torch.optim.Optimizer:
+        if optimizer == "lars":
+            return LARS(param_groups(params, p["weight_decay"]), lr=p["lr"], weight_decay=p["weight_decay"])
+        return torch.optim.Adam(param_groups(params, p["weight_decay"]), lr=p["lr"])
+
+    config = TrainConfig(
+        run_dir=context.run_dir, epochs=context.epochs, batch_size=min(context.batch_size, len(dataset)),
+        seed=context.seed, device=context.device(), amp=context.config.runtime.amp,
+        num_workers=context.num_workers(), images_per_item=2, description=description,
+        force=context.options.force, restart_on_mismatch=context.options.refresh,
+        settings={"params": p, "sets": context.set_names},
+    )
+    return train(
+        objective, dataset, config, make_optimizer=make_optimizer,
+        make_scheduler=lambda opt, steps, epochs: build_scheduler(
+            opt, "cosine", steps_per_epoch=steps, epochs=epochs, warmup_epochs=p["warmup_epochs"]),
+        on_epoch_start=on_epoch_start, reporter=context.reporter,
+    )

@@ -1,0 +1,98 @@
+"""The fusion-strategy plugin interface and the context a strategy trains in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from grappa_cli.console import Reporter
+
+
+@dataclass
+class FusionOptions:
+    epochs: int | None = None
+    batch_size: int | None = None
+    device: str | None = None
+    seed: int | None = None
+    num_workers: int | None = None
+    neighbors: int | None = None
+    force: bool = False
+    #: retrain stale fusions instead of refusing them (``grappa run``)
+    refresh: bool = False
+
+
+@dataclass
+class FusionContext:
+    """Everything a strategy may use; built by ``grappa_cli.stages.fuse``."""
+
+    project: Any
+    config: Any
+    store: Any
+    backbone: Any
+    set_names: list[str]
+    adaptor_sets: list[Any]
+    train_paths: list[str]
+    options: FusionOptions
+    params: dict[str, Any]
+    run_dir: Path
+    reporter: Reporter
+
+    @property
+    def epochs(self) -> int:
+        return int(self.params["epochs"])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.params["batch_size"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.params.get("seed", 0))
+
+    def device(self) -> str:
+        return self.options.device or self.config.runtime.device
+
+    def num_workers(self) -> int:
+        return self.config.data.num_workers if self.options.num_workers is None else self.options.num_workers
+
+    def model(self, fusion: str) -> Any:
+        """M* over the stored adaptor sets with a fresh ``"mean"`` or ``"attention"`` fusion."""
+        import torch
+
+        from grappa_cli.model.grappa import GrappaModel
+
+        torch.manual_seed(self.seed)
+        return GrappaModel.with_adaptor_sets(self.backbone, self.adaptor_sets, fusion=fusion)
+
+
+@dataclass
+class FusionOutcome:
+    """A strategy's result: the model to save and how it was obtained."""
+
+    model: Any
+    epoch_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    #: True when the adaptors themselves were trained (random baselines): the file must then
+    #: hold the adaptors, not refer to the stored sets.
+    trained_adaptors: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class FusionStrategy(Protocol):
+    """A fusion-strategy plugin (hook ``register_fusion_strategies``).
+
+    ``params(config, options)`` returns the settings that determine its result (they enter
+    the provenance fingerprint); ``train(context)`` builds and trains the fused model.
+    """
+
+    name: str
+    description: str
+    uses_labels: bool
+    trains_adaptors: bool
+
+    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]: ...
+
+    def train(self, context: FusionContext) -> FusionOutcome: ...

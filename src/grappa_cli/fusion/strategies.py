@@ -1,0 +1,224 @@
+"""The paper's fusion strategies and baselines (section 3.5, section 4.2, appendix C).
+
+* ``avg``: Grappa-avg, the mean of the N sets; nothing to train.
+* ``transform``: Grappa-T, attention fusion trained with Barlow Twins on two augmented views.
+* ``neighbor``: Grappa-N, attention fusion trained with Barlow Twins on k-NN pairs in the
+  feature space of the current M*, the graph recomputed every epoch.
+* ``supervised``: appendix C's reference, attention fusion trained with the tasks' class
+  labels (norm-softmax, Adam); it uses labels, and reports say so.
+* ``random``: M*(random), N randomly initialised adaptor sets trained together with the
+  attention fusion by the transform loss (Table 2, row 3).
+* ``single-random``: M + A_1, one randomly initialised adaptor set trained by the transform
+  loss (Table 2, row 2).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import numpy as np
+
+from grappa_cli.fusion.barlow import barlow_params, train_pairs
+from grappa_cli.fusion.base import FusionContext, FusionOptions, FusionOutcome
+
+
+def _common(config: Any, options: FusionOptions) -> dict[str, Any]:
+    f = config.fuse
+    return {"epochs": options.epochs or f.epochs, "batch_size": options.batch_size or f.batch_size,
+            "seed": config.runtime.seed if options.seed is None else options.seed}
+
+
+class AverageFusion:
+    name = "avg"
+    description = "Grappa-avg: mean of the adaptor sets (nothing to train)"
+    uses_labels = False
+    trains_adaptors = False
+
+    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
+        return {"fusion": "mean"}
+
+    def train(self, context: FusionContext) -> FusionOutcome:
+        return FusionOutcome(context.model("mean"))
+
+
+def _transform_dataset(context: FusionContext) -> Any:
+    from grappa_cli.data.images import decode_min_side
+    from grappa_cli.data.training import ImagePairs
+    from grappa_cli.data.transforms import BarlowTwinsTransform
+
+    views = BarlowTwinsTransform(context.backbone.data_config)
+    n = len(context.train_paths)
+    same = np.stack([np.arange(n), np.arange(n)], axis=1)
+    return ImagePairs(context.train_paths, same, views.first, views.second,
+                      min_side=decode_min_side(context.backbone.data_config))
+
+
+def _outcome(model: Any, result: Any, start: float, trained_adaptors: bool = False, **info: Any) -> FusionOutcome:
+    return FusionOutcome(model, list(result.epoch_losses), time.perf_counter() - start,
+                         result.images_per_second, trained_adaptors, info)
+
+
+class TransformFusion:
+    name = "transform"
+    description = "Grappa-T: attention fusion, Barlow Twins on two augmented views of each image"
+    uses_labels = False
+    trains_adaptors = False
+
+    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
+        return {"fusion": "attention", **_common(config, options), **barlow_params(config),
+                "augmentation": "barlow-twins"}
+
+    def train(self, context: FusionContext) -> FusionOutcome:
+        start = time.perf_counter()
+        model = context.model("attention")
+        model.set_trainable(adaptors=False, fusion=True)
+        result = train_pairs(context, model, _transform_dataset(context), description="fuse transform")
+        return _outcome(model, result, start)
+
+
+class NeighborFusion:
+    name = "neighbor"
+    description = "Grappa-N: attention fusion, Barlow Twins on k-NN pairs of the current model"
+    uses_labels = False
+    trains_adaptors = False
+
+    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
+        return {"fusion": "attention", **_common(config, options), **barlow_params(config),
+                "neighbors": options.neighbors or config.fuse.neighbors, "augmentation": "random-resized-crop+flip"}
+
+    def train(self, context: FusionContext) -> FusionOutcome:
+        from grappa_cli.data.images import decode_min_side
+        from grappa_cli.data.training import ImagePairs
+        from grappa_cli.data.transforms import eval_transform, train_transform
+        from grappa_cli.fusion.neighbors import embed_paths, knn_graph, sample_pairs
+        from grappa_cli.runtime import resolve_device
+        from grappa_cli.train.rng import derive_seed
+
+        start = time.perf_counter()
+        model = context.model("attention")
+        model.set_trainable(adaptors=False, fusion=True)
+        data_config = context.backbone.data_config
+        min_side = decode_min_side(data_config)
+        k = int(context.params["neighbors"])
+        device = resolve_device(context.device())
+        augment = train_transform(data_config)
+        plain = eval_transform(data_config)
+        graphs: list[np.ndarray] = []
+
+        def on_epoch_start(epoch: int, objective: Any) -> Any:
+            embeddings = embed_paths(objective.model, context.train_paths, plain,
+                                     batch_size=context.config.data.batch_size,
+                                     num_workers=context.num_workers(), device=device,
+                                     amp=context.config.runtime.amp, min_side=min_side)
+            graph = knn_graph(embeddings, k)
+            graphs.append(graph)
+            pairs = sample_pairs(graph, np.random.default_rng(derive_seed(context.seed, epoch, 0, 0x6E6E)))
+            return ImagePairs(context.train_paths, pairs, augment, augment, min_side=min_side)
+
+        n = len(context.train_paths)
+        placeholder = ImagePairs(context.train_paths, np.stack([np.arange(n)] * 2, axis=1), augment, augment)
+        result = train_pairs(context, model, placeholder, on_epoch_start=on_epoch_start,
+                             description="fuse neighbor")
+        changed = [float((a != b).mean()) for a, b in itertools.pairwise(graphs)]
+        return _outcome(model, result, start, graph_changes=changed)
+
+
+class RandomAdaptorsFusion:
+    """M*(random): as many random adaptor sets as there are stored ones, trained with their fusion."""
+
+    name = "random"
+    description = "M*(random) baseline: random adaptor sets + attention fusion, transform loss"
+    uses_labels = False
+    trains_adaptors = True
+    num_sets: int | None = None
+
+    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
+        p = {"fusion": "attention", **_common(config, options), **barlow_params(config),
+             "augmentation": "barlow-twins", "optimizer": "adam", "lr": config.adapt.lr,
+             "weight_decay": config.adapt.weight_decay, "bottleneck": config.adapt.bottleneck}
+        return p
+
+    def _sets(self, context: FusionContext) -> int:
+        return len(context.adaptor_sets)
+
+    def train(self, context: FusionContext) -> FusionOutcome:
+        import torch
+
+        from grappa_cli.model.grappa import GrappaModel, new_adaptor_set
+
+        start = time.perf_counter()
+        n = self._sets(context)
+        sets = [new_adaptor_set(context.backbone, int(context.params["bottleneck"]), seed=context.seed + i)
+                for i in range(n)]
+        torch.manual_seed(context.seed)
+        model = GrappaModel.with_adaptor_sets(context.backbone, sets, fusion="attention" if n > 1 else None)
+        model.set_trainable(adaptors=True, fusion=n > 1)
+        result = train_pairs(context, model, _transform_dataset(context), optimizer="adam",
+                             description=f"fuse {self.name}")
+        return _outcome(model, result, start, trained_adaptors=True)
+
+
+class SingleRandomAdaptor(RandomAdaptorsFusion):
+    name = "single-random"
+    description = "M + A1 baseline: one random adaptor set trained with the transform loss"
+
+    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
+        p = super().params(config, options)
+        p["fusion"] = "none"
+        return p
+
+    def _sets(self, context: FusionContext) -> int:
+        return 1
+
+
+class SupervisedFusion:
+    """Appendix C: fusion learned with class labels of the tasks' train splits (an upper bound)."""
+
+    name = "supervised"
+    description = "reference: attention fusion trained with class labels (norm-softmax, Adam); uses labels"
+    uses_labels = True
+    trains_adaptors = False
+
+    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
+        return {"fusion": "attention", **_common(config, options), "lr": config.adapt.lr,
+                "weight_decay": config.adapt.weight_decay, "scale": config.adapt.scale, "optimizer": "adam",
+                "augmentation": "random-resized-crop+flip", "labels": "task train splits"}
+
+    def train(self, context: FusionContext) -> FusionOutcome:
+        import torch
+
+        from grappa_cli.data import sources
+        from grappa_cli.data.images import decode_min_side
+        from grappa_cli.data.training import LabeledImages
+        from grappa_cli.data.transforms import train_transform
+        from grappa_cli.train.lars import param_groups
+        from grappa_cli.train.loop import TrainConfig, train
+        from grappa_cli.train.losses import NormSoftmaxLoss
+        from grappa_cli.train.objective import Objective
+
+        start = time.perf_counter()
+        labelled = sources.labelled_training_set(context.config)
+        model = context.model("attention")
+        model.set_trainable(adaptors=False, fusion=True)
+        p = context.params
+        torch.manual_seed(context.seed)
+        criterion = NormSoftmaxLoss(context.backbone.embed_dim, len(labelled.classes), scale=p["scale"])
+        dataset = LabeledImages(labelled.paths, labelled.labels, train_transform(context.backbone.data_config),
+                                min_side=decode_min_side(context.backbone.data_config))
+        config = TrainConfig(
+            run_dir=context.run_dir, epochs=context.epochs, batch_size=min(context.batch_size, len(dataset)),
+            seed=context.seed, device=context.device(), amp=context.config.runtime.amp,
+            num_workers=context.num_workers(), description="fuse supervised", force=context.options.force,
+            restart_on_mismatch=context.options.refresh,
+            settings={"params": p, "sets": context.set_names},
+        )
+        result = train(Objective(model, criterion), dataset, config,
+                       make_optimizer=lambda ps: torch.optim.Adam(param_groups(ps, p["weight_decay"]), lr=p["lr"]),
+                       reporter=context.reporter)
+        return _outcome(model, result, start, classes=len(labelled.classes))
+
+
+BUILTIN_STRATEGIES = (AverageFusion, TransformFusion, NeighborFusion, SupervisedFusion, RandomAdaptorsFusion,
+                      SingleRandomAdaptor)

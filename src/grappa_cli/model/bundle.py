@@ -1,0 +1,124 @@
+"""Whole-model files: every trainable tensor of a ``GrappaModel`` in one safetensors file.
+
+Used for models whose adaptors are not stored adaptor sets (the random baselines trained
+together with their fusion) and by ``grappa export`` (which also stores the backbone's
+weights, so the file works without the project). Nothing is pickled; the header records the
+backbone spec, the data config, N, D', the fusion kind and the caller's provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from grappa_cli.errors import GrappaError, StoreError
+from grappa_cli.fsutil import temporary_sibling
+from grappa_cli.model.adaptor import AdaptorSet
+from grappa_cli.model.backbone import Backbone
+from grappa_cli.model.grappa import GrappaModel
+
+BUNDLE_FORMAT = "grappa-model"
+FORMAT_VERSION = "1"
+
+
+def describe(model: GrappaModel) -> dict[str, Any]:
+    """The structure needed to rebuild ``model``'s layers: N, D', fusion kind."""
+    if not model.layers:
+        return {"num_sets": 0, "bottleneck": 0, "fusion": ""}
+    return {
+        "num_sets": model.num_sets,
+        "bottleneck": model.layers[0].bank.bottleneck,
+        "fusion": model.fusion_kind if model.num_sets > 1 else "",
+    }
+
+
+def save_bundle(
+    path: Path, model: GrappaModel, *, backbone_spec: dict[str, Any] | None = None,
+    include_backbone: bool = False, provenance: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write ``model`` (its layers; with ``include_backbone`` the backbone too) atomically."""
+    backbone = model.backbone
+    tensors = {f"layers.{k}": v.detach().cpu().contiguous() for k, v in model.layers.state_dict().items()}
+    if include_backbone:
+        tensors.update({f"backbone.{k}": v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()})
+    meta = {
+        "format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, "model_id": backbone.model_id,
+        "backbone": json.dumps(backbone.describe()), "backbone_spec": json.dumps(backbone_spec or {}),
+        "data_config": json.dumps(_jsonable(backbone.data_config)),
+        "layer_dims": json.dumps(list(backbone.layer_dims)), "includes_backbone": str(include_backbone).lower(),
+        **{k: str(v) for k, v in describe(model).items()},
+        "grappa": json.dumps(provenance or {}), "extra": json.dumps(extra or {}),
+    }
+    tmp = temporary_sibling(Path(path))
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_bundle_metadata(path: Path) -> dict[str, Any]:
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata() or {})
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise GrappaError(f"{path} is not a grappa model file (format {meta.get('format')!r})",
+                          hint="pass a file written by `grappa export` or `grappa fuse`")
+    for key in ("backbone", "backbone_spec", "data_config", "layer_dims", "grappa", "extra"):
+        meta[key] = json.loads(meta.get(key) or "{}")
+    for key in ("num_sets", "bottleneck"):
+        meta[key] = int(meta[key])
+    meta["includes_backbone"] = meta.get("includes_backbone") == "true"
+    return meta
+
+
+def empty_model(backbone: Backbone, num_sets: int, bottleneck: int, fusion: str) -> GrappaModel:
+    """A model of the given structure with zero/untrained layers, ready for ``load_state_dict``."""
+    if num_sets == 0:
+        return GrappaModel.backbone_only(backbone)
+    sets = [AdaptorSet.new(backbone.layer_dims, bottleneck, seed=0) for _ in range(num_sets)]
+    model = GrappaModel.with_adaptor_sets(backbone, sets, fusion=fusion or None)
+    return model
+
+
+def load_layers(path: Path, backbone: Backbone) -> tuple[GrappaModel, dict[str, Any]]:
+    """Rebuild a bundle's model on ``backbone`` (which must be the one it was saved with)."""
+    meta = read_bundle_metadata(path)
+    if meta["model_id"] != backbone.model_id:
+        raise StoreError(f"{path} was saved for backbone {meta['model_id']}, not {backbone.model_id}",
+                         hint="use the backbone it was trained with, or retrain it with --force")
+    model = empty_model(backbone, meta["num_sets"], meta["bottleneck"], meta.get("fusion", ""))
+    tensors = load_file(str(path), device="cpu")
+    layer_state = {k[len("layers."):]: v for k, v in tensors.items() if k.startswith("layers.")}
+    model.layers.load_state_dict(layer_state, strict=True)
+    return model.to(_device_of(backbone)), meta
+
+
+def load_backbone_state(path: Path, backbone: Backbone) -> None:
+    """Copy a bundle's stored backbone weights into ``backbone`` (exported files)."""
+    tensors = load_file(str(path), device="cpu")
+    state = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    if not state:
+        raise GrappaError(f"{path} holds no backbone weights",
+                          hint="export it again without --no-backbone, or build the backbone yourself")
+    with torch.no_grad():
+        backbone.load_state_dict(state, strict=True)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _device_of(backbone: Backbone) -> torch.device:
+    param = next(backbone.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

@@ -1,0 +1,194 @@
+"""``grappa adapt``: one adaptor set per pseudo-label set P_i (Step 2, section 3.4).
+
+For each k, a fresh set of L adaptors (one per backbone layer, up-projections at zero) is
+trained on the frozen backbone to classify the images into their k-means cluster with the
+norm-softmax loss (eq. 2: cosine classifier, scale gamma), Adam with learning rate and
+weight decay 0.001 (section 4). The classifier is discarded; the set is saved to
+``checkpoints/adaptors/k<K>.safetensors`` with its provenance. Each set trains
+independently and resumes after an interruption (``checkpoints/runs/adapt-k<K>/``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from grappa_cli import artifacts
+from grappa_cli import provenance as prov
+from grappa_cli.console import NullReporter, Reporter
+from grappa_cli.errors import StoreError
+from grappa_cli.project import Project
+
+FEATURES = "features/train"
+
+
+@dataclass
+class AdaptOptions:
+    ks: list[int] | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    device: str | None = None
+    seed: int | None = None
+    num_workers: int | None = None
+    force: bool = False
+    #: retrain stale sets instead of refusing them, and restart runs left with other settings (``grappa run``)
+    refresh: bool = False
+
+
+@dataclass
+class AdaptResult:
+    k: int
+    path: str
+    skipped: bool
+    epoch_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+def cluster_key(k: int) -> str:
+    return f"clusters/k{k}"
+
+
+def adaptor_id(k: int) -> str:
+    return f"adaptors/k{k}"
+
+
+def stored_ks(store: Any) -> list[int]:
+    """k values whose clustering is complete in the store, increasing."""
+    ks = []
+    for name in store.children("clusters"):
+        if name.startswith("k") and name[1:].isdigit():
+            record = store.provenance(f"clusters/{name}") or {}
+            if record.get("complete"):
+                ks.append(int(name[1:]))
+    return sorted(ks)
+
+
+def training_rows(store: Any, k: int) -> tuple[list[str], np.ndarray]:
+    """Paths of the usable training images and their pseudo-labels under clustering k."""
+    paths = store.read(f"{FEATURES}/paths")
+    valid = store.read(f"{FEATURES}/valid")
+    labels = store.read(f"{cluster_key(k)}/labels").astype(np.int64)
+    if len(labels) != len(paths):
+        raise StoreError(f"{cluster_key(k)} has {len(labels)} labels for {len(paths)} training images",
+                         hint="rerun `grappa cluster --force`")
+    keep = valid & (labels >= 0)
+    return [str(p) for p in paths[keep]], labels[keep]
+
+
+def adapt_params(config: Any, options: AdaptOptions, k: int, backbone_id: str) -> dict[str, Any]:
+    a = config.adapt
+    return {
+        "k": k, "backbone": backbone_id, "bottleneck": a.bottleneck,
+        "epochs": options.epochs or a.epochs, "batch_size": options.batch_size or a.batch_size,
+        "lr": a.lr, "weight_decay": a.weight_decay, "schedule": a.schedule, "scale": a.scale,
+        "grad_clip": a.grad_clip, "seed": config.runtime.seed if options.seed is None else options.seed,
+        "optimizer": "adam", "augmentation": "random-resized-crop+flip",
+    }
+
+
+def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = None) -> list[AdaptResult]:
+    """Train (or resume, or skip) the adaptor set of every requested k."""
+    from grappa_cli.stages.extract import backbone_spec
+    from grappa_cli.train import distributed
+
+    reporter = reporter or NullReporter()
+    config = project.config()
+    distributed.init_distributed()
+    store = project.store()
+    features = store.require_complete(FEATURES, "the training set's features", "grappa extract")
+    available = stored_ks(store)
+    ks = options.ks or available
+    if not ks:
+        raise StoreError("no pseudo-label sets yet", hint="run `grappa cluster`")
+    missing = [k for k in ks if k not in available]
+    if missing:
+        raise StoreError(f"no complete clustering for k = {', '.join(map(str, missing))}; stored: "
+                         f"{', '.join(map(str, available)) or 'none'}",
+                         hint=f"run `grappa cluster --k {','.join(map(str, missing))}`")
+    from grappa_cli.model.backbone import build_backbone
+
+    backbone = build_backbone(backbone_spec(config))
+    if features["params"].get("backbone") != backbone.model_id:
+        raise StoreError(f"the stored features were extracted with {features['params'].get('backbone')}, "
+                         f"but grappa.toml configures {backbone.model_id}",
+                         hint="rerun `grappa extract --force`")
+    results = []
+    for k in ks:
+        results.append(_adapt_one(project, config, options, store, backbone, features, k, reporter))
+    return results
+
+
+def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any, backbone: Any,
+               features: dict, k: int, reporter: Reporter) -> AdaptResult:
+    import torch
+
+    from grappa_cli.data.images import decode_min_side
+    from grappa_cli.data.training import LabeledImages
+    from grappa_cli.data.transforms import train_transform
+    from grappa_cli.model.checkpoint import save_adaptor_set
+    from grappa_cli.model.grappa import GrappaModel, new_adaptor_set
+    from grappa_cli.train import distributed
+    from grappa_cli.train.loop import TrainConfig, train
+    from grappa_cli.train.losses import NormSoftmaxLoss
+    from grappa_cli.train.objective import Objective
+    from grappa_cli.train.schedule import build_scheduler
+
+    path = artifacts.checkpoint_path(project, adaptor_id(k))
+    params = adapt_params(config, options, k, backbone.model_id)
+    inputs = {cluster_key(k): store.provenance(cluster_key(k))["fingerprint"], FEATURES: features["fingerprint"]}
+    fp = prov.fingerprint({"params": params, "inputs": inputs})
+    existing = artifacts.read_checkpoint_record(path)
+    if existing and not options.force:
+        if existing.get("fingerprint") == fp:
+            return AdaptResult(k, str(path), True, existing.get("loss_curve", []))
+        if not options.refresh:
+            raise StoreError(f"{path.name} was trained with other inputs or settings "
+                             f"({prov.describe_mismatch(existing, params, inputs)})",
+                             hint="rerun with --force to retrain it")
+
+    paths, labels = training_rows(store, k)
+    transform = train_transform(backbone.data_config)
+    dataset = LabeledImages(paths, labels, transform, min_side=decode_min_side(backbone.data_config))
+    model = GrappaModel.with_adaptor_sets(
+        backbone, [new_adaptor_set(backbone, config.adapt.bottleneck, seed=params["seed"], k=k,
+                                   config_path=config.path)], fusion=None)
+    model.set_trainable(adaptors=True, fusion=False)
+    torch.manual_seed(params["seed"])
+    criterion = NormSoftmaxLoss(backbone.embed_dim, k, scale=params["scale"])
+    objective = Objective(model, criterion)
+    run_dir = project.runs_dir / f"adapt-k{k}"
+    batch_size = min(params["batch_size"], len(dataset))
+    train_config = TrainConfig(
+        run_dir=run_dir, epochs=params["epochs"], batch_size=batch_size, seed=params["seed"],
+        device=options.device or config.runtime.device, amp=config.runtime.amp, grad_clip=params["grad_clip"],
+        num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
+        description=f"adapt k={k}", force=options.force, restart_on_mismatch=options.refresh,
+        settings={"params": params, "inputs": inputs},
+    )
+    start = time.perf_counter()
+    result = train(
+        objective, dataset, train_config,
+        make_optimizer=lambda p: torch.optim.Adam(p, lr=params["lr"], weight_decay=params["weight_decay"]),
+        make_scheduler=lambda opt, steps, epochs: build_scheduler(
+            opt, params["schedule"], steps_per_epoch=steps, epochs=epochs),
+        reporter=reporter,
+    )
+    if distributed.is_main():
+        record = prov.record("adapt", params, inputs)
+        record.update(complete=True, completed=prov.now(), loss_curve=result.epoch_losses,
+                      images=len(dataset), seconds=result.seconds,
+                      summary={"k": k, "epochs": params["epochs"], "final_loss": _last(result.epoch_losses)})
+        save_adaptor_set(path, model.adaptor_set(0), backbone=backbone, provenance=record, k=k,
+                         config={"adapt": params})
+        (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # the set is saved; keep metrics.jsonl only
+    distributed.barrier()
+    return AdaptResult(k, str(path), False, result.epoch_losses, time.perf_counter() - start,
+                       result.images_per_second)
+
+
+def _last(values: list[float]) -> float | None:
+    return round(values[-1], 4) if values else None

@@ -1,0 +1,257 @@
+"""Step 1 of Grappa: cluster the training features at several k (pseudo-granularities).
+
+For each k the stage writes the group ``clusters/k<K>`` of the store:
+
+* ``centroids`` float32 [k, D], ``labels`` int32 [n] (row i of ``features/train``; -1
+  for a row whose image could not be read, ``features/train/valid`` false), ``sizes``
+  int64 [k];
+* a provenance record: parameters (k, backend, seed, niter, normalisation and the
+  backend's own settings), the fingerprint of the ``features/train`` record it was made
+  from, and on completion a summary, the inertia, iterations, seconds and empty clusters.
+
+Data is written after the record is begun and before it is finished, so an interrupted
+run leaves a ``partial`` group that the next run redoes. A complete group made with the
+same parameters and features is skipped; one made from other features or parameters is
+refused unless ``force`` (nothing is recomputed behind the user's back).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from grappa_cli import plugins
+from grappa_cli.clustering import kvalues
+from grappa_cli.clustering.base import settings_of
+from grappa_cli.console import NullReporter, Reporter
+from grappa_cli.errors import StoreError
+from grappa_cli.project import Project
+from grappa_cli.provenance import describe_mismatch
+
+FEATURES_KEY = "features/train"
+EMBEDDINGS_KEY = f"{FEATURES_KEY}/embeddings"
+VALID_KEY = f"{FEATURES_KEY}/valid"
+#: Label of a training row that was not clustered (its image could not be read).
+NO_LABEL = -1
+NORMALIZATION = "l2"
+#: Keys of the stage's own parameters; a backend setting never overrides them.
+_CORE_PARAMS = ("k", "backend", "seed", "niter", "normalize")
+
+
+def cluster_key(k: int) -> str:
+    """Store group of one pseudo-label set: ``clusters/k256``."""
+    return f"clusters/k{k}"
+
+
+def cluster_params(k: int, backend: str, seed: int, niter: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """The parameters recorded for (and fingerprinting) one k-means run."""
+    params: dict[str, Any] = {k_: v for k_, v in settings.items() if k_ not in _CORE_PARAMS}
+    params.update({"k": int(k), "backend": backend, "seed": int(seed), "niter": int(niter),
+                   "normalize": NORMALIZATION})
+    return params
+
+
+@dataclass
+class KOutcome:
+    """What happened to one k: clustered now, or skipped because it was already complete."""
+
+    k: int
+    status: str  # "clustered" | "skipped"
+    empty: int
+    min_size: int
+    median_size: float
+    max_size: int
+    inertia: float
+    iterations: int
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClusterReport:
+    """The result of the stage: feature shape, settings and one outcome per k."""
+
+    n: int  # training images clustered (rows whose image could be read)
+    dim: int
+    unreadable: int  # rows of features/train left out (label -1)
+    backend: str
+    seed: int
+    niter: int
+    outcomes: list[KOutcome]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["clusters"] = data.pop("outcomes")
+        return data
+
+
+def size_summary(k: int, sizes: np.ndarray) -> dict[str, Any]:
+    """The small dict `grappa status` shows for a pseudo-label set."""
+    return {"k": int(k), "empty": int((sizes == 0).sum()), "min": int(sizes.min()),
+            "median": float(np.median(sizes)), "max": int(sizes.max())}
+
+
+def features_record(store: Any) -> dict[str, Any]:
+    """The complete provenance record of ``features/train`` or a one-line error saying how to make it."""
+    record = store.provenance(FEATURES_KEY)
+    if record is None or not record.get("complete") or not store.exists(EMBEDDINGS_KEY):
+        state = "are incomplete" if record else "do not exist"
+        raise StoreError(f"no extracted features yet (training features {state})",
+                         hint="run `grappa extract`")
+    return record
+
+
+def run(
+    project: Project,
+    *,
+    k: str | Sequence[int] | None = None,
+    backend: str | None = None,
+    seed: int | None = None,
+    niter: int | None = None,
+    force: bool = False,
+    refresh: bool = False,
+    reporter: Reporter | None = None,
+) -> ClusterReport:
+    """Cluster ``features/train`` at every requested k; returns what was done (prints nothing).
+
+    ``k``, ``backend``, ``seed`` and ``niter`` default to ``[cluster]`` in ``grappa.toml``.
+    ``refresh`` redoes stale k values instead of refusing them (what ``grappa run`` does).
+    All checks (features present, k valid, backend known, no stale result in the way) run
+    before anything is written.
+    """
+    reporter = reporter or NullReporter()
+    cfg = project.config().cluster
+    backend = backend or cfg.backend
+    seed = cfg.seed if seed is None else seed
+    niter = cfg.niter if niter is None else niter
+    clusterer = plugins.get("clusterers", backend)
+
+    store = project.store()
+    feat_record = features_record(store)
+    inputs = {FEATURES_KEY: feat_record["fingerprint"]}
+    embeddings = store.array(EMBEDDINGS_KEY)
+    if len(embeddings.shape) != 2:
+        raise StoreError(f"{EMBEDDINGS_KEY} has shape {tuple(embeddings.shape)}, expected [n, D]",
+                         hint="re-extract with `grappa extract --force`")
+    n_rows, dim = (int(s) for s in embeddings.shape)
+    rows = usable_rows(store, n_rows)
+    n = len(rows)
+    source = "--k" if k is not None else "grappa.toml [cluster] k"
+    ks = kvalues.resolve(k if k is not None else cfg.k, n, auto_count=cfg.auto_count, source=source)
+
+    settings = settings_of(clusterer)
+    todo: list[int] = []
+    skipped: dict[int, dict[str, Any]] = {}
+    for value in ks:
+        key = cluster_key(value)
+        params = cluster_params(value, backend, seed, niter, settings)
+        state = store.state(key, params, inputs)
+        old = store.provenance(key)
+        if force or state in ("missing", "partial"):
+            todo.append(value)
+        elif state == "complete":
+            skipped[value] = old or {}
+        elif refresh or (old is not None and not old.get("complete")):  # stale, or unfinished with other settings
+            todo.append(value)
+        else:
+            difference = describe_mismatch(old or {}, params, inputs)
+            raise StoreError(
+                f"{key} was made from other features or settings ({difference})",
+                hint=f"redo it with `grappa cluster --k {value} --force`",
+            )
+
+    x = _load_points(store, rows) if todo else None
+    outcomes = []
+    for value in ks:
+        if value in skipped:
+            reporter.log(f"{cluster_key(value)} is complete; skipped (use --force to redo it)")
+            outcomes.append(_outcome_from_record(value, skipped[value]))
+            continue
+        assert x is not None
+        outcomes.append(_cluster_one(store, clusterer, x, rows, n_rows, value, backend, seed, niter,
+                                     settings, inputs, reporter))
+    return ClusterReport(n, dim, n_rows - n, backend, seed, niter, outcomes)
+
+
+def usable_rows(store: Any, n_rows: int) -> np.ndarray:
+    """Indices of the training rows to cluster: all, or those ``features/train/valid`` marks readable."""
+    if not store.exists(VALID_KEY):
+        return np.arange(n_rows)
+    valid = store.read(VALID_KEY).astype(bool)
+    if valid.shape != (n_rows,):
+        raise StoreError(f"{VALID_KEY} has shape {valid.shape} for {n_rows} feature rows",
+                         hint="re-extract with `grappa extract --force`")
+    if not valid.any():
+        raise StoreError("none of the training images could be read, so there is nothing to cluster",
+                         hint="check the dataset roots in grappa.toml and rerun `grappa extract --force`")
+    return np.flatnonzero(valid)
+
+
+def _load_points(store: Any, rows: np.ndarray) -> np.ndarray:
+    """The usable training features as L2-normalised float32, refusing NaN/inf."""
+    from grappa_cli.clustering.vectors import check_finite, l2_normalize
+
+    raw = store.read(EMBEDDINGS_KEY)
+    if len(rows) != raw.shape[0]:
+        raw = raw[rows]
+    check_finite(raw, what=f"the training features ({EMBEDDINGS_KEY})")
+    return l2_normalize(raw)
+
+
+def _cluster_one(
+    store: Any, clusterer: Any, x: np.ndarray, rows: np.ndarray, n_rows: int, k: int, backend: str,
+    seed: int, niter: int, settings: dict[str, Any], inputs: dict[str, str], reporter: Reporter,
+) -> KOutcome:
+    key = cluster_key(k)
+    start = time.perf_counter()
+    result = clusterer.fit(x, k, seed=seed, niter=niter, reporter=reporter)
+    seconds = time.perf_counter() - start
+    labels = np.asarray(result.labels)
+    centroids = np.asarray(result.centroids, dtype=np.float32)
+    if centroids.shape != (k, x.shape[1]) or labels.shape != (x.shape[0],):
+        raise StoreError(
+            f"clusterer {backend!r} returned centroids {centroids.shape} and labels {labels.shape} "
+            f"for k={k}, n={x.shape[0]}, D={x.shape[1]}",
+            hint="report this to the plugin's authors or use another --backend",
+        )
+    sizes = np.bincount(labels, minlength=k).astype(np.int64)
+    summary = size_summary(k, sizes)
+    all_labels = np.full(n_rows, NO_LABEL, dtype=np.int32)
+    all_labels[rows] = labels
+
+    store.delete(key)
+    store.begin(key, "cluster", cluster_params(k, backend, seed, niter, settings), inputs)
+    store.write_array(f"{key}/centroids", centroids)
+    store.write_array(f"{key}/labels", all_labels)
+    store.write_array(f"{key}/sizes", sizes)
+    store.finish(key, summary=summary, inertia=float(result.inertia), iterations=int(result.iterations),
+                 seconds=round(seconds, 3), empty_clusters=summary["empty"], n=int(x.shape[0]),
+                 unlabeled_rows=int(n_rows - x.shape[0]),
+                 info=_jsonable(result.info))
+    return KOutcome(k, "clustered", summary["empty"], summary["min"], summary["median"], summary["max"],
+                    float(result.inertia), int(result.iterations), seconds, dict(result.info))
+
+
+def _outcome_from_record(k: int, record: dict[str, Any]) -> KOutcome:
+    summary = record.get("summary") or {}
+    return KOutcome(k, "skipped", int(summary.get("empty", 0)), int(summary.get("min", 0)),
+                    float(summary.get("median", 0.0)), int(summary.get("max", 0)),
+                    float(record.get("inertia", float("nan"))), int(record.get("iterations", 0)),
+                    float(record.get("seconds", 0.0)), dict(record.get("info") or {}))
+
+
+def _jsonable(value: Any) -> Any:
+    """Backend info made safe for zarr attributes (numpy scalars and arrays to Python)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

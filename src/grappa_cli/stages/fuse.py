@@ -1,0 +1,163 @@
+"""``grappa fuse``: fuse the adaptor sets into one model M* (Step 3, section 3.5).
+
+The backbone and the adaptor sets stay frozen; a fusion-strategy plugin builds and trains
+the fusion layers (or, for the random baselines, adaptors and fusion together). The result
+is saved to ``checkpoints/fusion/<strategy>.safetensors`` with its provenance: the fusion
+layers plus the names of the fused sets, or, when adaptors were trained, the whole model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from grappa_cli import artifacts, plugins
+from grappa_cli import provenance as prov
+from grappa_cli.console import NullReporter, Reporter
+from grappa_cli.errors import StoreError
+from grappa_cli.fusion.base import FusionContext, FusionOptions
+from grappa_cli.project import Project
+
+FEATURES = "features/train"
+
+
+@dataclass
+class FuseResult:
+    strategy: str
+    path: str
+    sets: list[str]
+    skipped: bool
+    uses_labels: bool
+    epoch_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+def stored_sets(project: Project) -> list[str]:
+    """Names of complete adaptor sets (``k256``...), by increasing k."""
+    names = [p.stem for p in project.adaptors_dir.glob("*.safetensors")]
+    names = [n for n in names if artifacts.fingerprint(project, f"adaptors/{n}") is not None]
+    return sorted(names, key=lambda n: int(n[1:]) if n[1:].isdigit() else 1 << 62)
+
+
+def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: FusionOptions,
+         reporter: Reporter | None = None) -> FuseResult:
+    from grappa_cli.model.backbone import build_backbone
+    from grappa_cli.model.bundle import save_bundle
+    from grappa_cli.model.checkpoint import load_adaptor_set, save_fusion
+    from grappa_cli.stages.extract import backbone_spec
+    from grappa_cli.train import distributed
+
+    reporter = reporter or NullReporter()
+    strategy = plugins.get("fusion_strategies", strategy_name)
+    config = project.config()
+    distributed.init_distributed()
+    store = project.store()
+    features = store.require_complete(FEATURES, "the training set's features", "grappa extract")
+    available = stored_sets(project)
+    if not available:
+        raise StoreError("no adaptor sets yet", hint="run `grappa adapt`")
+    names = [s if s.startswith("k") else f"k{s}" for s in (sets or available)]
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise StoreError(f"no trained adaptor set {', '.join(unknown)}; available: {', '.join(available)}",
+                         hint="run `grappa adapt --k ...` first")
+    records = {n: artifacts.record(project, f"adaptors/{n}") for n in names}
+    for n, rec in records.items():
+        if rec.get("inputs", {}).get(FEATURES) != features["fingerprint"]:
+            raise StoreError(f"adaptor set {n} was trained on another feature store (features/train changed)",
+                             hint=f"rerun `grappa adapt --k {n[1:]} --force`")
+    backbone = build_backbone(backbone_spec(config))
+    adaptor_sets = [load_adaptor_set(artifacts.checkpoint_path(project, f"adaptors/{n}"), backbone) for n in names]
+
+    params = {**strategy.params(config, options), "strategy": strategy.name, "sets": names,
+              "backbone": backbone.model_id}
+    inputs = {f"adaptors/{n}": records[n]["fingerprint"] for n in names} | {FEATURES: features["fingerprint"]}
+    path = artifacts.checkpoint_path(project, f"fusion/{strategy.name}")
+    existing = artifacts.read_checkpoint_record(path)
+    fp = prov.fingerprint({"params": params, "inputs": inputs})
+    if existing and not options.force:
+        if existing.get("fingerprint") == fp:
+            return FuseResult(strategy.name, str(path), names, True, strategy.uses_labels,
+                              existing.get("loss_curve", []))
+        if not options.refresh:
+            raise StoreError(f"{path.name} was made from other inputs or settings "
+                             f"({prov.describe_mismatch(existing, params, inputs)})",
+                             hint="rerun with --force to retrain it")
+
+    paths = store.read(f"{FEATURES}/paths")[store.read(f"{FEATURES}/valid")]
+    run_dir = project.runs_dir / f"fuse-{strategy.name}"
+    context = FusionContext(project, config, store, backbone, names, adaptor_sets, [str(p) for p in paths],
+                            options, params, run_dir, reporter)
+    outcome = strategy.train(context)
+    if distributed.is_main():
+        record = prov.record("fuse", params, inputs)
+        record.update(complete=True, completed=prov.now(), loss_curve=outcome.epoch_losses,
+                      uses_labels=strategy.uses_labels, seconds=outcome.seconds, info=_plain(outcome.info),
+                      summary={"strategy": strategy.name, "sets": len(names),
+                               "labels": "yes" if strategy.uses_labels else "no"})
+        if outcome.trained_adaptors:
+            save_bundle(path, outcome.model, provenance=record,
+                        backbone_spec=backbone_spec(config).to_dict(), extra={"strategy": strategy.name})
+        else:
+            save_fusion(path, outcome.model.fusion_layers(), backbone=backbone, provenance=record,
+                        adaptor_sets=names, config=params)
+        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    distributed.barrier()
+    return FuseResult(strategy.name, str(path), names, False, strategy.uses_labels, outcome.epoch_losses,
+                      outcome.seconds, outcome.images_per_second)
+
+
+def _plain(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in info.items()}
+
+
+def inspect_attention(project: Project, strategy_name: str, *, tasks: list[str] | None = None,
+                      limit: int = 2048, batch_size: int = 64, device: str | None = None) -> dict[str, Any]:
+    """Mean attention alpha per layer and set, over the training set and each task's test split."""
+    import torch
+
+    from grappa_cli.data.images import ImageDataset, decode_min_side, make_loader
+    from grappa_cli.data.transforms import eval_transform
+    from grappa_cli.model.backbone import build_backbone
+    from grappa_cli.runtime import resolve_device
+    from grappa_cli.stages import models
+    from grappa_cli.stages.extract import backbone_spec
+
+    config = project.config()
+    store = project.store(mode="r")
+    backbone = build_backbone(backbone_spec(config))
+    ref = models.parse(f"fused:{strategy_name}")
+    model = models.load(project, ref, backbone)
+    rec = models.record(project, ref) or {}
+    set_names = rec.get("params", {}).get("sets") or [f"set{i}" for i in range(model.num_sets)]
+    dev = resolve_device(device or config.runtime.device)
+    model = model.to(dev).eval()
+    transform = eval_transform(backbone.data_config)
+    groups = {"training set": "features/train"}
+    for task in tasks if tasks is not None else store.children("features/test"):
+        groups[task] = f"features/test/{task}"
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {"strategy": strategy_name, "sets": set_names, "groups": {}}
+    for label, key in groups.items():
+        if not store.exists(f"{key}/paths"):
+            continue
+        paths = store.read(f"{key}/paths")
+        rows = np.sort(rng.choice(len(paths), size=min(limit, len(paths)), replace=False))
+        loader = make_loader(ImageDataset(list(paths[rows]), transform, min_side=decode_min_side(
+            backbone.data_config)), batch_size=batch_size, num_workers=0, device=dev)
+        total, count = None, 0
+        with torch.inference_mode():
+            for batch in loader:
+                if not len(batch.indices):
+                    continue
+                _, alpha = model(batch.images.to(dev), return_attention=True)
+                s = alpha.float().sum(0).cpu().numpy()
+                total = s if total is None else total + s
+                count += alpha.shape[0]
+        if count:
+            mean = total / count
+            out["groups"][label] = {"images": count, "per_layer": mean.tolist(), "mean": mean.mean(0).tolist()}
+    return out

@@ -1,0 +1,95 @@
+"""Named models of a project: ``backbone``, ``adaptor:k<K>``, ``fused:<strategy>``.
+
+These are the rows of the paper's Table 2: M, M + P_i and the fused models M* (plus the
+baselines stored as fusion strategies). Every command that takes ``--model`` resolves the
+name here into a ``GrappaModel`` on the configured backbone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from grappa_cli import artifacts
+from grappa_cli.errors import StoreError, UsageError
+from grappa_cli.project import Project
+from grappa_cli.suggest import did_you_mean
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model name and the artifact it comes from (None for the backbone)."""
+
+    name: str
+    kind: str  # backbone | adaptor | fused
+    artifact: str | None
+
+    @property
+    def dirname(self) -> str:
+        """Directory-safe form used under ``results/`` and ``store.zarr/eval/``."""
+        return self.name.replace(":", "-")
+
+
+def parse(name: str) -> ModelRef:
+    name = name.strip()
+    if name in ("backbone", "M", "dino"):
+        return ModelRef("backbone", "backbone", None)
+    kind, _, rest = name.partition(":")
+    if kind == "adaptor" and rest:
+        rest = rest if rest.startswith("k") else f"k{rest}"
+        return ModelRef(f"adaptor:{rest}", "adaptor", f"adaptors/{rest}")
+    if kind == "fused" and rest:
+        return ModelRef(f"fused:{rest}", "fused", f"fusion/{rest}")
+    raise UsageError(f"unknown model name {name!r}",
+                     hint="use backbone, adaptor:k<K> (e.g. adaptor:k1024) or fused:<strategy> (e.g. fused:neighbor)")
+
+
+def _k_of(name: str) -> int:
+    return int(name[1:]) if name[1:].isdigit() else 1 << 62
+
+
+def available(project: Project) -> list[ModelRef]:
+    """Every model the project can build now: the backbone, each adaptor set, each fused model."""
+    refs = [ModelRef("backbone", "backbone", None)]
+    sets = sorted((p.stem for p in project.adaptors_dir.glob("*.safetensors")), key=_k_of)
+    refs += [parse(f"adaptor:{s}") for s in sets]
+    refs += [parse(f"fused:{p.stem}") for p in sorted(project.fusion_dir.glob("*.safetensors"))]
+    return [r for r in refs if r.artifact is None or artifacts.fingerprint(project, r.artifact) is not None]
+
+
+def record(project: Project, ref: ModelRef) -> dict[str, Any] | None:
+    return artifacts.record(project, ref.artifact) if ref.artifact else None
+
+
+def load(project: Project, ref: ModelRef, backbone: Any) -> Any:
+    """The ``GrappaModel`` named by ``ref`` on ``backbone`` (which must match its files)."""
+    from grappa_cli.model.checkpoint import load_adaptor_set, load_fusion, read_metadata
+    from grappa_cli.model.grappa import GrappaModel
+
+    if ref.kind == "backbone":
+        return GrappaModel.backbone_only(backbone)
+    path = artifacts.checkpoint_path(project, ref.artifact)
+    if not path.is_file():
+        names = [r.name for r in available(project)]
+        raise StoreError(f"no model {ref.name!r} in this project{did_you_mean(ref.name, names)}; "
+                         f"available: {', '.join(names)}",
+                         hint="train it first (`grappa adapt` / `grappa fuse`)")
+    if ref.kind == "adaptor":
+        return GrappaModel.with_adaptor_sets(backbone, [load_adaptor_set(path, backbone)], fusion=None)
+    meta = read_metadata(path)
+    if meta.get("format") == "grappa-model":
+        from grappa_cli.model.bundle import load_layers
+
+        return load_layers(path, backbone)[0]
+    names = meta.get("adaptor_sets") or []
+    if isinstance(names, str):
+        names = json.loads(names)
+    set_paths = [project.adaptors_dir / f"{n}.safetensors" for n in names]
+    missing = [p.name for p in set_paths if not p.is_file()]
+    if missing:
+        raise StoreError(f"{path.name} fuses adaptor sets that no longer exist: {', '.join(missing)}",
+                         hint=f"rerun `grappa adapt` or `grappa fuse --strategy {ref.name.split(':')[1]} --force`")
+    sets = [load_adaptor_set(p, backbone) for p in set_paths]
+    fusion = load_fusion(path, backbone, num_sets=len(sets))
+    return GrappaModel.with_adaptor_sets(backbone, sets, fusion=fusion.layers)

@@ -1,0 +1,133 @@
+"""``grappa run``: every stage that is not complete, in order, like ``make``.
+
+extract -> cluster -> adapt -> fuse (configured strategies) -> eval (configured tasks, every
+model) -> report. Each stage skips what is complete for the current configuration and
+inputs, resumes what was interrupted, and redoes what is stale: a changed setting or input
+makes exactly the artifacts that depend on it stale (their recorded input fingerprints no
+longer match), so only those rerun. A second ``grappa run`` finds nothing to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from grappa_cli.console import PipelineReporter
+from grappa_cli.project import Project
+
+STAGES = ("extract", "cluster", "adapt", "fuse", "eval", "report")
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.done)
+
+
+@dataclass
+class RunOutcome:
+    stages: list[StageOutcome]
+    report: Any = None
+
+    @property
+    def changed(self) -> bool:
+        return any(s.changed for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"changed": self.changed,
+                "stages": [{"stage": s.stage, "done": s.done, "skipped": s.skipped} for s in self.stages]}
+
+
+def run_pipeline(project: Project, *, device: str | None = None, reporter: PipelineReporter | None = None,
+                 until: str | None = None) -> RunOutcome:
+    """Run the pipeline up to ``until`` (default: through the report)."""
+    from grappa_cli.console import NullReporter
+
+    config = project.config()
+    stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
+    view: Any = reporter or NullReporter()
+    outcomes: list[StageOutcome] = []
+    for stage in stages:
+        if hasattr(view, "stage"):
+            view.stage(f"[{len(outcomes) + 1}/{len(stages)}] {stage}")
+        outcome = _RUNNERS[stage](project, config, device, view)
+        outcomes.append(outcome)
+        if hasattr(view, "step_done"):
+            view.step_done()
+    return RunOutcome(outcomes)
+
+
+def _extract(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
+    from grappa_cli.stages.extract import ExtractOptions, extract
+
+    results = extract(project, ExtractOptions(device=device, refresh=True), view)
+    return StageOutcome("extract", [r.key for r in results if not r.skipped], [r.key for r in results if r.skipped])
+
+
+def _cluster(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
+    from grappa_cli.stages.cluster import run
+
+    report = run(project, refresh=True, reporter=view)
+    outcome = StageOutcome("cluster")
+    for item in report.outcomes:
+        (outcome.skipped if item.status == "skipped" else outcome.done).append(f"k{item.k}")
+    return outcome
+
+
+def configured_ks(project: Project, config: Any) -> list[int]:
+    """The k values of ``[cluster] k`` resolved for the stored training set (``auto`` included)."""
+    from grappa_cli.clustering import kvalues
+    from grappa_cli.stages.cluster import usable_rows
+
+    store = project.store(mode="r")
+    n = len(usable_rows(store, int(store.array("features/train/embeddings").shape[0])))
+    return list(kvalues.resolve(config.cluster.k, n, auto_count=config.cluster.auto_count,
+                                source="grappa.toml [cluster] k"))
+
+
+def _adapt(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
+    from grappa_cli.stages.adapt import AdaptOptions, adapt
+
+    results = adapt(project, AdaptOptions(ks=configured_ks(project, config), device=device, refresh=True), view)
+    return StageOutcome("adapt", [f"k{r.k}" for r in results if not r.skipped],
+                        [f"k{r.k}" for r in results if r.skipped])
+
+
+def _fuse(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
+    from grappa_cli.fusion.base import FusionOptions
+    from grappa_cli.stages.fuse import fuse
+
+    sets = [f"k{k}" for k in configured_ks(project, config)]
+    outcome = StageOutcome("fuse")
+    for strategy in config.fuse.strategies:
+        result = fuse(project, strategy, sets, FusionOptions(device=device, refresh=True), view)
+        (outcome.skipped if result.skipped else outcome.done).append(strategy)
+    return outcome
+
+
+def _eval(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
+    from grappa_cli.stages.evaluate import EvalOptions, evaluate
+
+    results = evaluate(project, EvalOptions(device=device), view)
+    outcome = StageOutcome("eval")
+    for r in results:
+        (outcome.skipped if r.skipped else outcome.done).append(f"{r.model}/{r.task}")
+    return outcome
+
+
+def _report(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
+    from grappa_cli.stages.report import ReportOptions, write_report
+
+    written = write_report(project, ReportOptions(only_if_changed=True))
+    outcome = StageOutcome("report")
+    (outcome.done if written.changed else outcome.skipped).extend(written.paths)
+    return outcome
+
+
+_RUNNERS = {"extract": _extract, "cluster": _cluster, "adapt": _adapt, "fuse": _fuse, "eval": _eval,
+            "report": _report}

@@ -1,0 +1,79 @@
+"""Training batches: a seeded per-epoch shuffle shared by all ranks, and the DataLoader.
+
+Every epoch draws one permutation of the dataset from ``(seed, epoch)``, keeps the first
+``floor(n / global_batch) * global_batch`` indices (``drop_last``: every step sees a full
+batch, which batch statistics need), and gives rank ``r`` of ``W`` the indices
+``r, r + W, r + 2W, ...``. The ``b``-th batch of every rank therefore comes from the same
+slice of the permutation, so ``W`` processes with ``batch / W`` items each see exactly the
+batches that one process with the whole batch would see.
+
+Workers use the ``spawn`` start method: the project's zarr store runs an event-loop thread
+and forking a process with running threads is unsafe. Their seeds come from a generator
+seeded by ``(seed, epoch, rank)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from grappa_cli.train.rng import derive_seed
+
+__all__ = ["EpochShuffleSampler", "make_loader"]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Indices of this rank for one epoch; call :meth:`set_epoch` before iterating."""
+
+    def __init__(self, size: int, global_batch: int, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if global_batch < world_size or global_batch % world_size:
+            raise ValueError(f"global batch {global_batch} is not a multiple of the {world_size} processes")
+        self.size = int(size)
+        self.global_batch = int(global_batch)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def steps(self) -> int:
+        """Full global batches per epoch."""
+        return self.size // self.global_batch
+
+    def __len__(self) -> int:
+        return self.steps * self.global_batch // self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 0x5A3F))
+        order = torch.randperm(self.size, generator=generator)[: self.steps * self.global_batch]
+        return iter(order[self.rank :: self.world_size].tolist())
+
+
+def make_loader(
+    dataset: Dataset,
+    sampler: EpochShuffleSampler,
+    *,
+    num_workers: int = 0,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    pin_memory: bool = False,
+    worker_seed: int = 0,
+) -> DataLoader:
+    """The DataLoader of one epoch: per-rank batches of ``global_batch / world_size`` items."""
+    return DataLoader(
+        dataset,
+        batch_size=sampler.global_batch // sampler.world_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(worker_seed),
+        multiprocessing_context="spawn" if num_workers > 0 else None,
+        persistent_workers=False,
+    )

@@ -1,0 +1,111 @@
+"""One training epoch: forward, finite-loss check, backward, clipping, optimizer and scheduler steps."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from grappa_cli.console import Reporter
+from grappa_cli.errors import TrainingError
+from grappa_cli.runtime import autocast
+from grappa_cli.train import distributed as dist_utils
+from grappa_cli.train.checkpoint import RunDir
+
+if TYPE_CHECKING:
+    from grappa_cli.train.loop import TrainConfig
+
+__all__ = ["move_to", "run_epoch"]
+
+
+def move_to(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """``batch`` with every tensor inside tuples, lists and dicts moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, Mapping):
+        return {k: move_to(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(move_to(v, device, non_blocking) for v in batch))
+    if isinstance(batch, list | tuple):
+        return type(batch)(move_to(v, device, non_blocking) for v in batch)
+    return batch
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def run_epoch(
+    module: nn.Module,
+    loader: Iterable[Any],
+    epoch: int,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    params: list[nn.Parameter],
+    device: torch.device,
+    progress: dict[str, Any],
+    run: RunDir,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """Train for one pass over ``loader``; update ``progress`` (step, seconds, images, losses)
+    in place and return the epoch's metrics record. Raises :class:`TrainingError` on a
+    non-finite loss before any parameter sees it."""
+    steps = len(loader)  # type: ignore[arg-type]
+    images_per_step = config.batch_size * config.images_per_item
+    main = dist_utils.is_main()
+    losses: list[float] = []
+    started = time.perf_counter()
+    title = f"{config.description} epoch {epoch + 1}/{config.epochs}"
+    with reporter.task(title, total=steps * images_per_step, unit="img") as task:
+        for i, batch in enumerate(loader):
+            batch = move_to(batch, device, non_blocking=device.type == "cuda")
+            with autocast(device, config.amp):
+                loss = module(batch)
+            value = float(dist_utils.all_reduce_mean(loss.detach().float()).item())
+            if not math.isfinite(value):
+                _diverged(value, epoch, i, progress, run, main)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            lr = _current_lr(optimizer)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            progress["step"] += 1
+            losses.append(value)
+            elapsed = time.perf_counter() - started
+            rate = (i + 1) * images_per_step / max(elapsed, 1e-9)
+            task.advance(images_per_step)
+            if (i + 1) % max(config.log_every, 1) == 0 or i + 1 == steps:
+                task.update(step=f"{i + 1}/{steps}", loss=value, lr=lr)
+                if main:
+                    run.append_metrics({"kind": "step", "epoch": epoch, "step": progress["step"],
+                                        "loss": value, "lr": lr, "images_per_s": rate, "time": time.time()})
+    seconds = time.perf_counter() - started
+    progress["seconds"] += seconds
+    progress["images"] += len(losses) * images_per_step
+    epoch_loss = sum(losses) / len(losses)
+    progress["losses"].append(epoch_loss)
+    return {"kind": "epoch", "epoch": epoch, "step": progress["step"], "loss": epoch_loss,
+            "lr": _current_lr(optimizer), "images_per_s": len(losses) * images_per_step / max(seconds, 1e-9),
+            "seconds": seconds, "time": time.time()}
+
+
+def _diverged(value: float, epoch: int, index: int, progress: dict[str, Any], run: RunDir, main: bool) -> None:
+    kind = "NaN" if math.isnan(value) else "infinite"
+    done = len(progress["losses"])
+    if main:
+        run.append_metrics({"kind": "error", "epoch": epoch, "step": progress["step"] + 1,
+                            "loss": str(value), "time": time.time()})
+    kept = f"the checkpoint after epoch {done} is kept" if done else "no checkpoint was written"
+    raise TrainingError(
+        f"the loss became {kind} at epoch {epoch + 1}, step {index + 1} (global step {progress['step'] + 1}); "
+        f"{kept} in {run.path}",
+        hint="lower the learning rate or enable gradient clipping (grad_clip)",
+    )

@@ -1,0 +1,253 @@
+"""The training loop shared by adaptor training (section 3.4) and fusion training (section 3.5).
+
+:func:`train` optimises the trainable parameters of one :class:`~grappa_cli.train.objective.Objective`
+(any module mapping a batch to a scalar loss; frozen parts stay untouched) over a dataset:
+
+* placement on ``auto``/``cpu``/``cuda`` devices, bf16 autocast on CUDA, optional
+  gradient-norm clipping, ``DistributedDataParallel`` under torchrun;
+* a DataLoader it builds itself (seeded per-epoch shuffle shared by all ranks, ``drop_last``,
+  ``spawn`` workers) from the dataset, which ``on_epoch_start`` may replace for one epoch
+  (fusion training rebuilds its k-NN pairs every epoch);
+* after every epoch an atomic checkpoint in the run directory; rerunning with the same
+  run directory resumes after the last complete epoch and ends, on the CPU, with weights
+  identical to an uninterrupted run (every random generator is reseeded from
+  ``(seed, epoch, rank)`` at the start of each epoch); other settings are refused;
+* progress through a :class:`~grappa_cli.console.Reporter` and a ``metrics.jsonl`` log
+  (rank 0 only); a non-finite loss stops the run with :class:`TrainingError` and leaves the
+  last good checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from grappa_cli.console import NullReporter, Reporter
+from grappa_cli.errors import TrainingError
+from grappa_cli.provenance import fingerprint
+from grappa_cli.runtime import resolve_device
+from grappa_cli.train import distributed as dist_utils
+from grappa_cli.train.checkpoint import RunDir
+from grappa_cli.train.data import EpochShuffleSampler, make_loader
+from grappa_cli.train.epoch import run_epoch
+from grappa_cli.train.objective import load_trainable_state, trainable_state
+from grappa_cli.train.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
+
+__all__ = ["TrainConfig", "TrainResult", "train"]
+
+#: Part of every run fingerprint; bump when the loop's arithmetic changes.
+LOOP_VERSION = 1
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer, int, int], Any]
+EpochStart = Callable[[int, nn.Module], "Dataset | None"]
+EpochEnd = Callable[[int, nn.Module, dict[str, Any]], None]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run.
+
+    * ``run_dir``: where the checkpoint, ``run.json`` and ``metrics.jsonl`` live; rerunning with
+      the same directory resumes (``force`` clears it and starts over);
+    * ``batch_size``: global, all ranks together (each of W ranks takes ``batch_size / W``);
+      incomplete last batches are dropped; ``steps_per_epoch = len(dataset) // batch_size``;
+    * ``seed``: with it, data order, augmentations and dropout of every epoch are fixed, so
+      CPU runs repeat exactly; ``device``: ``auto``/``cpu``/``cuda``/``cuda:N``; ``amp``: bf16
+      autocast on CUDA (ignored on the CPU); ``grad_clip``: max gradient norm (0 = off);
+    * ``num_workers``: DataLoader processes (``spawn``: the dataset and ``collate_fn`` must be
+      picklable, and a script's entry point needs the ``if __name__ == "__main__"`` guard);
+    * ``log_every``: steps between progress updates and ``step`` records in the metrics log;
+      ``images_per_item``: images in one dataset item (2 for pairs), for images/s;
+    * ``settings``: the caller's own settings (learning rate, pseudo-label fingerprint, ...),
+      recorded with the loop's own in ``run.json``: a run directory made with other settings
+      is refused. The device, ``num_workers`` and world size are not part of it.
+    """
+
+    run_dir: Path
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    grad_clip: float = 0.0
+    num_workers: int = 0
+    log_every: int = 50
+    images_per_item: int = 1
+    description: str = "train"
+    force: bool = False
+    #: Start over (instead of refusing) when the run directory holds a run with other settings;
+    #: ``grappa run`` uses it so that a changed configuration retrains what depends on it.
+    restart_on_mismatch: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns (also when it was already complete and nothing ran)."""
+
+    state_dict: dict[str, Tensor]
+    epoch_losses: list[float]
+    steps: int
+    seconds: float
+    images_per_second: float
+    start_epoch: int
+    run_dir: Path
+
+    def submodule_state(self, prefix: str) -> dict[str, Tensor]:
+        """Entries under ``prefix.`` with the prefix removed (e.g. ``"model"`` of an Objective)."""
+        head = prefix.rstrip(".") + "."
+        return {k[len(head):]: v for k, v in self.state_dict.items() if k.startswith(head)}
+
+
+def _fingerprint_settings(config: TrainConfig, objective: nn.Module, dataset_size: int) -> dict[str, Any]:
+    shapes = {name: list(p.shape) for name, p in objective.named_parameters() if p.requires_grad}
+    return {"loop_version": LOOP_VERSION, "epochs": config.epochs, "batch_size": config.batch_size,
+            "seed": config.seed, "amp": config.amp, "grad_clip": config.grad_clip,
+            "dataset_size": dataset_size, "trainable": shapes, **config.settings}
+
+
+def _check_batches(config: TrainConfig, size: int) -> int:
+    world = dist_utils.world_size()
+    if config.epochs < 1:
+        raise TrainingError(f"epochs must be at least 1, got {config.epochs}")
+    if config.batch_size < world or config.batch_size % world:
+        raise TrainingError(f"batch size {config.batch_size} cannot be split evenly over {world} processes",
+                            hint=f"use a multiple of {world}")
+    steps = size // config.batch_size
+    if steps == 0:
+        raise TrainingError(f"the training set has {size} items, fewer than one batch of {config.batch_size}",
+                            hint=f"lower the batch size to at most {max(size, 1)}")
+    return steps
+
+
+def _prepare_run_dir(run: RunDir, config: TrainConfig, settings: dict[str, Any]) -> None:
+    restart = config.force or (config.restart_on_mismatch and not run.settings_match(settings))
+    if restart and dist_utils.is_main():
+        run.clear()
+    dist_utils.barrier()
+    run.check_settings(settings)
+    dist_utils.barrier()
+    if dist_utils.is_main() and not run.settings_path.exists():
+        run.write_settings(settings)
+    dist_utils.barrier()
+
+
+def train(
+    objective: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    make_optimizer: OptimizerFactory,
+    make_scheduler: SchedulerFactory | None = None,
+    on_epoch_start: EpochStart | None = None,
+    on_epoch_end: EpochEnd | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    reporter: Reporter | None = None,
+) -> TrainResult:
+    """Train ``objective``'s trainable parameters; resume from ``config.run_dir`` when possible.
+
+    ``make_optimizer(params)`` builds the optimizer over the trainable parameters;
+    ``make_scheduler(optimizer, steps_per_epoch, epochs)`` an optional per-step scheduler.
+    ``on_epoch_start(epoch, objective)`` runs on every rank before each epoch (after the
+    epoch's reseeding) and may return a dataset to use for that epoch instead of ``dataset``
+    (``steps_per_epoch`` is still computed from ``dataset``). ``on_epoch_end(epoch,
+    objective, record)`` runs after the epoch's checkpoint is written.
+    """
+    reporter = reporter if (reporter is not None and dist_utils.is_main()) else NullReporter()
+    device = resolve_device(config.device)
+    objective.to(device)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("the model has no trainable parameters",
+                            hint="unfreeze the layers to train (requires_grad=True) before training")
+    steps_per_epoch = _check_batches(config, len(dataset))
+    settings = _fingerprint_settings(config, objective, len(dataset))
+    run = RunDir(config.run_dir)
+    _prepare_run_dir(run, config, settings)
+
+    optimizer = make_optimizer(params)
+    scheduler = make_scheduler(optimizer, steps_per_epoch, config.epochs) if make_scheduler else None
+    progress = {"epoch": 0, "step": 0, "losses": [], "seconds": 0.0, "images": 0}
+    state = run.load_checkpoint()
+    if state is not None:
+        if state.get("fingerprint") != fingerprint(settings):
+            raise TrainingError(f"the checkpoint in {run.path} was made with other settings",
+                                hint=f"pass --force to start over, or delete {run.path}")
+        load_trainable_state(objective, {k: v.to(device) for k, v in state["model"].items()})
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        progress.update(epoch=int(state["epoch"]), step=int(state["global_step"]),
+                        losses=[float(x) for x in state["epoch_losses"]],
+                        seconds=float(state["seconds"]), images=int(state["images"]))
+        if progress["epoch"] < config.epochs:
+            reporter.log(f"Resuming {config.description} from {run.path} after epoch "
+                         f"{progress['epoch']}/{config.epochs}")
+        else:
+            reporter.log(f"{config.description} is already complete in {run.path}")
+    start_epoch = progress["epoch"]
+    if dist_utils.is_main():
+        run.truncate_metrics(start_epoch)
+
+    wrapped = _wrap_ddp(objective, device)
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    for epoch in range(start_epoch, config.epochs):
+        seed_everything(derive_seed(config.seed, epoch, rank))
+        replacement = on_epoch_start(epoch, objective) if on_epoch_start else None
+        epoch_data = dataset if replacement is None else replacement
+        objective.train()
+        sampler = EpochShuffleSampler(len(epoch_data), config.batch_size, seed=config.seed,
+                                      rank=rank, world_size=world)
+        sampler.set_epoch(epoch)
+        loader = make_loader(epoch_data, sampler, num_workers=config.num_workers, collate_fn=collate_fn,
+                             pin_memory=device.type == "cuda",
+                             worker_seed=derive_seed(config.seed, epoch, rank, 0x0A7A))
+        if sampler.steps == 0:
+            raise TrainingError(f"epoch {epoch + 1} has {len(epoch_data)} items, fewer than one batch of "
+                                f"{config.batch_size}", hint="lower the batch size")
+        record = run_epoch(wrapped, loader, epoch, config, optimizer, scheduler, params, device, progress,
+                           run, reporter)
+        if dist_utils.is_main():
+            run.append_metrics(record)  # first: a record past the checkpoint is dropped on resume
+            run.save_checkpoint({
+                "fingerprint": fingerprint(settings), "epoch": epoch + 1,
+                "global_step": progress["step"], "epoch_losses": list(progress["losses"]),
+                "seconds": progress["seconds"], "images": progress["images"],
+                "model": {k: v.cpu() for k, v in trainable_state(objective).items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                "rng": capture_rng_state(),
+            })
+        dist_utils.barrier()
+        if on_epoch_end:
+            on_epoch_end(epoch, objective, record)
+
+    seconds = progress["seconds"]
+    return TrainResult(
+        state_dict={k: v.detach().cpu().clone() for k, v in trainable_state(objective).items()},
+        epoch_losses=list(progress["losses"]), steps=progress["step"], seconds=seconds,
+        images_per_second=progress["images"] / seconds if seconds > 0 else math.nan,
+        start_epoch=start_epoch, run_dir=run.path,
+    )
+
+
+def _wrap_ddp(objective: nn.Module, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel`` around ``objective`` with several processes, else itself."""
+    if not dist_utils.is_distributed():
+        return objective
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type != "cuda":
+        return DistributedDataParallel(objective)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return DistributedDataParallel(objective, device_ids=[index], output_device=index)
+

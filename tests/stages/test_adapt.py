@@ -1,0 +1,72 @@
+"""`grappa adapt`: one adaptor set per pseudo-label set, trained on the frozen backbone."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from grappa_cli import artifacts
+from grappa_cli.model.backbone import BackboneSpec, build_backbone
+from grappa_cli.model.checkpoint import load_adaptor_set
+from grappa_cli.model.grappa import GrappaModel
+
+
+def test_adapt_trains_one_set_per_k(adapted_project, cli) -> None:
+    project = adapted_project
+    for k in (2, 4):
+        path = project.adaptors_dir / f"k{k}.safetensors"
+        record = artifacts.read_checkpoint_record(path)
+        assert record["complete"] and record["params"]["k"] == k
+        assert record["inputs"][f"clusters/k{k}"] == project.store(mode="r").provenance(f"clusters/k{k}")[
+            "fingerprint"]
+        assert len(record["loss_curve"]) == 1 and record["loss_curve"][0] > 0
+        assert not (project.runs_dir / f"adapt-k{k}" / "checkpoint.pt").exists()
+        assert (project.runs_dir / f"adapt-k{k}" / "metrics.jsonl").exists()
+
+
+def test_saved_set_changes_the_model_and_backbone_is_untouched(adapted_project) -> None:
+    project = adapted_project
+    backbone = build_backbone(BackboneSpec.from_config(project.config()))
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    adaptor_set = load_adaptor_set(project.adaptors_dir / "k4.safetensors", backbone)
+    assert any(bool(a.up.weight.abs().sum() > 0) for a in adaptor_set.layers), "training moved the up-projections"
+    model = GrappaModel.with_adaptor_sets(backbone, [adaptor_set], fusion=None).eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        assert not torch.allclose(model(images), backbone(images))
+    # a fresh build of the backbone has the same (seeded) weights: training never touched them
+    for key, value in build_backbone(BackboneSpec.from_config(project.config())).state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_rerun_skips_complete_sets(adapted_project, cli) -> None:
+    result = cli("-C", adapted_project.root, "adapt", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [r["skipped"] for r in json.loads(result.stdout)] == [True, True]
+
+
+def test_changed_settings_are_refused_then_forced(adapted_project, cli) -> None:
+    result = cli("-C", adapted_project.root, "adapt", "--k", "2", "--epochs", "2")
+    assert result.exit_code == 1
+    assert "k2.safetensors was trained with other inputs or settings" in result.stderr
+    assert "epochs (1 -> 2)" in result.stderr
+    result = cli("-C", adapted_project.root, "adapt", "--k", "2", "--epochs", "2", "--force", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert len(json.loads(result.stdout)[0]["epoch_losses"]) == 2
+
+
+def test_missing_inputs_name_the_command(extracted_project, tiny_project, cli, tmp_path) -> None:
+    result = cli("-C", extracted_project.root, "adapt")
+    assert result.exit_code == 1 and "run `grappa cluster`" in result.stderr
+    from grappa_cli.stages.init import create_project
+
+    fresh = create_project(tmp_path / "fresh")
+    result = cli("-C", fresh.root, "adapt")
+    assert result.exit_code == 1 and "run `grappa extract`" in result.stderr
+
+
+def test_unknown_k_lists_the_stored_ones(clustered_project, cli) -> None:
+    result = cli("-C", clustered_project.root, "adapt", "--k", "8")
+    assert result.exit_code == 1
+    assert "no complete clustering for k = 8; stored: 2, 4" in result.stderr

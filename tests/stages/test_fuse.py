@@ -1,0 +1,100 @@
+"""`grappa fuse`: strategies, what they train, what they save, and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from grappa_cli import artifacts
+from grappa_cli.model.backbone import BackboneSpec, build_backbone
+from grappa_cli.model.checkpoint import load_adaptor_set
+from grappa_cli.model.grappa import GrappaModel
+from grappa_cli.stages import models
+
+
+def _model(project, name):
+    backbone = build_backbone(BackboneSpec.from_config(project.config()))
+    return models.load(project, models.parse(name), backbone), backbone
+
+
+def test_avg_equals_mean_of_the_sets(adapted_project, cli) -> None:
+    result = cli("-C", adapted_project.root, "fuse", "--strategy", "avg")
+    assert result.exit_code == 0, result.stderr
+    fused, backbone = _model(adapted_project, "fused:avg")
+    sets = [load_adaptor_set(adapted_project.adaptors_dir / f"k{k}.safetensors", backbone) for k in (2, 4)]
+    images = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        z, alpha = fused.eval()(images, return_attention=True)
+        reference = GrappaModel.with_adaptor_sets(backbone, sets, fusion="mean").eval()(images)
+    assert torch.allclose(alpha, torch.full_like(alpha, 0.5))
+    assert torch.allclose(z, reference, atol=1e-6)
+    record = artifacts.read_checkpoint_record(adapted_project.fusion_dir / "avg.safetensors")
+    assert record["params"]["sets"] == ["k2", "k4"] and not record["uses_labels"]
+
+
+def test_neighbor_trains_only_q_and_k(adapted_project, cli) -> None:
+    result = cli("-C", adapted_project.root, "fuse", "--strategy", "neighbor", "--neighbors", "3", "--epochs", "2",
+                 "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert len(data["epoch_losses"]) == 2 and all(np.isfinite(data["epoch_losses"]))
+    fused, backbone = _model(adapted_project, "fused:neighbor")
+    for index, k in enumerate((2, 4)):
+        stored = load_adaptor_set(adapted_project.adaptors_dir / f"k{k}.safetensors", backbone)
+        for layer, adaptor in zip(fused.layers, stored.layers, strict=True):
+            assert torch.equal(layer.bank.adaptor(index).up.weight, adaptor.up.weight)
+    record = artifacts.read_checkpoint_record(adapted_project.fusion_dir / "neighbor.safetensors")
+    assert record["params"]["neighbors"] == 3
+    assert len(record["info"]["graph_changes"]) == 1
+    fresh = GrappaModel.with_adaptor_sets(backbone, [load_adaptor_set(
+        adapted_project.adaptors_dir / f"k{k}.safetensors", backbone) for k in (2, 4)], fusion="attention")
+    torch.manual_seed(record["params"]["seed"])
+    # Q/K moved away from any fresh initialisation of the same seed
+    assert not torch.equal(fused.layers[0].fusion.query.weight, fresh.layers[0].fusion.query.weight)
+
+
+def test_random_baselines_train_their_own_adaptors(adapted_project, cli) -> None:
+    for strategy in ("single-random", "random"):
+        # two epochs of one step: the first step is the warm-up's zero learning rate
+        result = cli("-C", adapted_project.root, "fuse", "--strategy", strategy, "--epochs", "2")
+        assert result.exit_code == 0, result.stderr
+    single, _ = _model(adapted_project, "fused:single-random")
+    assert single.num_sets == 1
+    many, backbone = _model(adapted_project, "fused:random")
+    assert many.num_sets == 2
+    # the up-projections start at zero: non-zero ones were trained, and they are not the stored sets
+    assert all(bool(layer.bank.up_weight.abs().sum() > 0) for layer in many.layers)
+    stored = load_adaptor_set(adapted_project.adaptors_dir / "k2.safetensors", backbone)
+    assert not torch.equal(many.layers[0].bank.adaptor(0).up.weight, stored.layers[0].up.weight)
+    record = artifacts.read_checkpoint_record(adapted_project.fusion_dir / "random.safetensors")
+    assert record["params"]["optimizer"] == "adam" and record["complete"]
+
+
+def test_errors(clustered_project, adapted_project, cli) -> None:
+    result = cli("-C", adapted_project.root, "fuse", "--strategy", "neighbour")
+    assert result.exit_code == 1
+    assert "unknown fusion strategy 'neighbour'" in result.stderr and "did you mean 'neighbor'" in result.stderr
+    result = cli("-C", adapted_project.root, "fuse", "--strategy", "transform", "--batch-size", "1")
+    assert result.exit_code == 1 and "too few for Barlow Twins" in result.stderr
+    result = cli("-C", adapted_project.root, "fuse", "--sets", "k2,k64")
+    assert result.exit_code == 1 and "no trained adaptor set k64" in result.stderr
+
+
+def test_no_adaptor_sets_says_run_adapt(clustered_project, cli) -> None:
+    result = cli("-C", clustered_project.root, "fuse", "--strategy", "avg")
+    assert result.exit_code == 1 and "run `grappa adapt`" in result.stderr
+
+
+@pytest.mark.parametrize("strategy", ["transform"])
+def test_inspect_shows_attention(adapted_project, cli, strategy) -> None:
+    assert cli("-C", adapted_project.root, "fuse", "--strategy", strategy).exit_code == 0
+    result = cli("-C", adapted_project.root, "fuse", "--strategy", strategy, "--inspect", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    train = report["groups"]["training set"]
+    assert train["images"] == 12
+    assert np.allclose(np.sum(train["mean"]), 1.0, atol=1e-5)
+    assert len(train["per_layer"]) == 4 and "shapes" in report["groups"]
