@@ -58,10 +58,10 @@ def test_builtin_provider_is_registered_and_auto_resolves():
 
 def test_auto_without_a_supporting_provider_lists_providers():
     with pytest.raises(ConfigError) as info:
-        build_backbone(tiny_spec(name="resnet50"))
+        build_backbone(tiny_spec(name="convnext_tiny"))
     message = str(info.value)
-    assert "no backbone provider supports 'resnet50'" in message
-    assert "timm-vit" in message
+    assert "no backbone provider supports 'convnext_tiny'" in message
+    assert "timm-vit" in message and "timm-cnn" in message
 
 
 def test_mistyped_model_name_gets_a_suggestion():

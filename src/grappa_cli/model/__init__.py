@@ -1,13 +1,15 @@
 """The Grappa model: a frozen backbone, adaptor sets and their fusion (paper sections 3.4-3.5).
 
 Modules: ``backbone`` (the Backbone interface, its spec and provider resolver), ``vit``
-(timm ViTs), ``weights`` (weight files and the hub), ``adaptor`` (Adaptor, AdaptorSet,
-AdaptorBank), ``fusion`` (mean and attention fusion), ``layer`` (one Grappa layer),
-``grappa`` (GrappaModel), ``checkpoint`` (safetensors files). Importing this package
-imports torch: the CLI imports it lazily, inside stages.
+(timm ViTs), ``cnn`` (timm EfficientNet / MobileNet / ResNet), ``packaged`` (weights
+shipped inside Python packages), ``timm_models`` (creating timm models, key checks),
+``weights`` (weight files and the hub), ``adaptor`` (Adaptor, AdaptorSet, AdaptorBank),
+``fusion`` (mean and attention fusion), ``layer`` (one Grappa layer), ``grappa``
+(GrappaModel), ``checkpoint`` (safetensors files). Importing this package imports torch:
+the CLI imports it lazily, inside stages.
 """
 
-from grappa_cli.model.adaptor import Adaptor, AdaptorBank, AdaptorSet, check_bottleneck
+from grappa_cli.model.adaptor import Adaptor, AdaptorBank, AdaptorSet, check_bottleneck, layer_bottlenecks
 from grappa_cli.model.backbone import (
     DEFAULT_BACKBONE,
     Backbone,
@@ -43,6 +45,7 @@ __all__ = [
     "MeanFusion",
     "build_backbone",
     "check_bottleneck",
+    "layer_bottlenecks",
     "load_adaptor_set",
     "load_fusion",
     "make_fusion",

@@ -26,15 +26,33 @@ from grappa_cli.errors import ConfigError
 
 
 def check_bottleneck(bottleneck: int, dims: Sequence[int], config_path: Path | str | None = None) -> None:
-    """``D' < D`` for every adapted layer (section 3.4), else a ConfigError naming the key."""
+    """``0 < D' < D`` (section 3.4), D being the widest adapted layer; else a ConfigError naming the key.
+
+    With one width (a ViT) this is the paper's ``D' < D``. With per-layer widths (CNNs) the
+    narrower layers get ``D'_l = min(D', D_l - 1)`` (:func:`layer_bottlenecks`), so ``D'``
+    only has to fit the widest layer.
+    """
     where = str(config_path) if config_path else "grappa.toml"
-    smallest = min(dims)
-    if not 0 < bottleneck < smallest:
+    largest = max(dims)
+    if min(dims) < 2:
+        raise ValueError(f"layer widths {tuple(dims)}: every adapted layer needs D >= 2")
+    if not 0 < bottleneck < largest:
+        widest = " in the widest layer" if len(set(dims)) > 1 else ""
         raise ConfigError(
-            f"{where}: adapt.bottleneck: must be between 1 and D - 1 = {smallest - 1} for this backbone "
-            f"(D = {smallest}; got {bottleneck})",
+            f"{where}: adapt.bottleneck: must be between 1 and D - 1 = {largest - 1} for this backbone "
+            f"(D = {largest}{widest}; got {bottleneck})",
             hint=f"lower adapt.bottleneck in {where}",
         )
+
+
+def layer_bottlenecks(bottleneck: int, dims: Sequence[int]) -> tuple[int, ...]:
+    """The bottleneck width of each layer: ``D'_l = min(D', D_l - 1)``.
+
+    Equal to ``D'`` everywhere when every layer is wider than ``D'`` (all ViTs with a valid
+    ``D'``); CNN stages narrower than ``D'`` (EfficientNet's 16-, 24- and 40-channel stages)
+    get the widest bottleneck that is still one below their width.
+    """
+    return tuple(min(int(bottleneck), int(d) - 1) for d in dims)
 
 
 def _init_down(weight: torch.Tensor, bias: torch.Tensor, generator: torch.Generator | None) -> None:
@@ -97,10 +115,14 @@ class AdaptorSet(nn.Module):
         k: int | None = None,
         config_path: Path | str | None = None,
     ) -> AdaptorSet:
-        """A fresh (untrained, zero-output) set for a backbone with these layer widths."""
+        """A fresh (untrained, zero-output) set for a backbone with these layer widths.
+
+        Layer l gets the bottleneck ``min(bottleneck, D_l - 1)`` (:func:`layer_bottlenecks`).
+        """
         check_bottleneck(bottleneck, layer_dims, config_path)
         generator = torch.Generator().manual_seed(seed)
-        return cls([Adaptor(d, bottleneck, generator=generator) for d in layer_dims], k=k)
+        widths = layer_bottlenecks(bottleneck, layer_dims)
+        return cls([Adaptor(d, b, generator=generator) for d, b in zip(layer_dims, widths, strict=True)], k=k)
 
     @property
     def layer_dims(self) -> tuple[int, ...]:
@@ -108,7 +130,13 @@ class AdaptorSet(nn.Module):
 
     @property
     def bottleneck(self) -> int:
-        return self.layers[0].bottleneck
+        """D', the configured bottleneck: that of the widest layers (narrower ones may use less)."""
+        return max(a.bottleneck for a in self.layers)
+
+    @property
+    def bottlenecks(self) -> tuple[int, ...]:
+        """``D'_l`` of each layer."""
+        return tuple(a.bottleneck for a in self.layers)
 
     def __len__(self) -> int:
         return len(self.layers)

@@ -6,8 +6,8 @@ tensors, ``output = base + branch``:
 
 * for a ViT block, ``base`` is x~ = x + attn branch and ``branch`` is y = MLP branch of x~
   (paper eq. 1), so the block output is h_bar = x~ + y;
-* for a CNN block or stage (a later provider), ``base`` is the block output and ``branch``
-  is zero: the adaptors then act as residual adaptors after each block.
+* for a CNN stage (:mod:`grappa_cli.model.cnn`), ``base`` is the stage output and ``branch``
+  is zero: the adaptors then act as residual adaptors after each stage.
 
 The Grappa layer (:mod:`grappa_cli.model.layer`) turns ``(base, branch)`` into
 ``base + (branch + sum_i alpha_i A_i(base + branch))``, which is the paper's

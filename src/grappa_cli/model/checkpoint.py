@@ -8,7 +8,7 @@ Nothing is ever pickled. Each file's header metadata (strings; JSON where struct
     backbone        JSON: model_id, name, embed_dim, num_layers, layer_dims
     layer_dims      JSON list of D per adapted layer
     num_sets        N (1 for an adaptor set)
-    bottleneck      D' (adaptor sets)
+    bottleneck      D' (adaptor sets); layer l has min(D', D_l - 1) (narrow CNN stages)
     k               clusters of the pseudo-label set the adaptors were trained on ("" if none)
     kind            "mean" | "attention" (fusion)
     adaptor_sets    JSON list naming the fused sets, in order (fusion)
@@ -35,7 +35,7 @@ from torch import nn
 
 from grappa_cli.errors import GrappaError, StoreError
 from grappa_cli.fsutil import temporary_sibling
-from grappa_cli.model.adaptor import Adaptor, AdaptorSet
+from grappa_cli.model.adaptor import Adaptor, AdaptorSet, layer_bottlenecks
 from grappa_cli.model.backbone import Backbone
 from grappa_cli.model.fusion import AttentionFusion, MeanFusion
 
@@ -153,6 +153,11 @@ def save_adaptor_set(
         raise ValueError(
             f"adaptor set widths {adaptor_set.layer_dims} do not match the backbone {backbone.layer_dims}"
         )
+    if adaptor_set.bottlenecks != layer_bottlenecks(adaptor_set.bottleneck, adaptor_set.layer_dims):
+        raise ValueError(
+            f"adaptor set bottlenecks {adaptor_set.bottlenecks} do not follow D'_l = min(D', D_l - 1) "
+            f"for D' = {adaptor_set.bottleneck}"
+        )
     k = adaptor_set.k if k is None else k
     meta = _header(
         ADAPTOR_FORMAT,
@@ -173,7 +178,10 @@ def load_adaptor_set(path: Path, backbone: Backbone) -> AdaptorSet:
     _check_header(path, meta, ADAPTOR_FORMAT, backbone)
     bottleneck = int(meta["bottleneck"])
     k = int(meta["k"]) if meta.get("k") else None
-    adaptor_set = AdaptorSet([Adaptor(d, bottleneck) for d in backbone.layer_dims], k=k, metadata=meta)
+    widths = layer_bottlenecks(bottleneck, backbone.layer_dims)
+    adaptor_set = AdaptorSet(
+        [Adaptor(d, b) for d, b in zip(backbone.layer_dims, widths, strict=True)], k=k, metadata=meta
+    )
     _load_into(path, adaptor_set)
     return adaptor_set.to(_device_of(backbone))
 

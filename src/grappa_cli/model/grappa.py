@@ -212,8 +212,9 @@ def new_adaptor_set(
 ) -> AdaptorSet:
     """A fresh adaptor set for ``backbone``: random down projections (from ``seed``), zero up projections.
 
-    It outputs exactly zero until trained; ``bottleneck`` must be below every layer width
-    (a ConfigError naming ``adapt.bottleneck`` in ``config_path`` otherwise).
+    It outputs exactly zero until trained. ``bottleneck`` (D') must be below the widest layer's
+    width (a ConfigError naming ``adapt.bottleneck`` in ``config_path`` otherwise); a layer
+    narrower than ``D' + 1`` gets ``D'_l = D_l - 1`` (CNN stages of different widths).
     """
     adaptor_set = AdaptorSet.new(backbone.layer_dims, bottleneck, seed=seed, k=k, config_path=config_path)
     param = next(backbone.parameters(), None)

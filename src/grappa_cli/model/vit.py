@@ -20,14 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from grappa_cli.errors import ConfigError, GrappaError
-from grappa_cli.model.backbone import RANDOM_INIT_SEED, Backbone, BackboneSpec, make_model_id
-from grappa_cli.model.weights import (
-    cached_hub_file,
-    ensure_hub_reachable,
-    how_to_pass_weights,
-    read_state_dict,
-)
+from grappa_cli.errors import ConfigError
+from grappa_cli.model.backbone import Backbone, BackboneSpec, make_model_id
+from grappa_cli.model.timm_models import classifier_prefixes, create_hub_model, create_timm_model, load_exact
+from grappa_cli.model.weights import read_state_dict
 
 _VIT_MODULE = "timm.models.vision_transformer"
 
@@ -116,27 +112,6 @@ def vit_data_config(model: nn.Module) -> dict[str, Any]:
     return config
 
 
-def _create(spec: BackboneSpec, pretrained: bool, **extra: Any) -> nn.Module:
-    import timm
-
-    kwargs = {**spec.kwargs, "num_classes": 0, **extra}
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
-            return timm.create_model(spec.name, pretrained=pretrained, **kwargs)
-    except TypeError as exc:
-        raise ConfigError(
-            f"{spec.where}: backbone.kwargs: timm rejects them for {spec.name!r} ({exc})",
-            hint=f"fix backbone.kwargs in {spec.where}",
-        ) from None
-    except RuntimeError as exc:
-        if "pretrained tag" in str(exc) or "Unknown model" in str(exc):
-            raise ConfigError(
-                f"{spec.where}: backbone.name: {exc}", hint=f"fix backbone.name in {spec.where}"
-            ) from None
-        raise
-
-
 def _check_structure(model: nn.Module, name: str) -> None:
     from timm.models.vision_transformer import Block, VisionTransformer
 
@@ -160,57 +135,25 @@ def load_vit_weights(model: nn.Module, state: dict[str, torch.Tensor], source: P
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     state = checkpoint_filter_fn(dict(state), model)
-    expected = model.state_dict()
-    classifiers = model.pretrained_cfg.get("classifier") or "head"
-    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
-    state = {
-        k: v for k, v in state.items() if k in expected or not any(k.startswith(f"{c}.") for c in classifiers)
-    }
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                parts.append(f"{len(keys)} {label} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
-        raise GrappaError(
-            f"weights {source} do not fit {name!r}: {'; '.join(parts)}",
-            hint="check that backbone.name and backbone.kwargs describe the model these weights are for",
-        )
-    model.load_state_dict(state, strict=True)
+    load_exact(model, state, source, name, drop_prefixes=classifier_prefixes(model))
 
 
 def build_vit_backbone(spec: BackboneSpec) -> ViTBackbone:
     """Build a frozen timm ViT: weights from ``spec.weights``, else timm's hub, else random."""
-    import timm
-
     if not is_timm_vit(spec.name):
         raise ConfigError(
             f"{spec.where}: backbone.name: {spec.name!r} is not a timm VisionTransformer",
             hint="e.g. vit_small_patch16_224.dino",
         )
     if spec.weights is not None:
-        model = _create(spec, pretrained=False)
+        model = create_timm_model(spec, pretrained=False)
         _check_structure(model, spec.name)
         load_vit_weights(model, read_state_dict(spec.weights, where=spec.where), spec.weights, spec.name)
     elif spec.pretrained:
-        pretrained_cfg = timm.models.get_pretrained_cfg(spec.name)
-        cfg = pretrained_cfg.to_dict() if pretrained_cfg is not None else {}
-        cached = cached_hub_file(cfg)
-        if cached is None:
-            ensure_hub_reachable(spec.name, cfg, where=spec.where)
-        try:
-            overlay = {"pretrained_cfg_overlay": {"file": str(cached)}} if cached else {}
-            model = _create(spec, pretrained=True, **overlay)
-        except (OSError, RuntimeError) as exc:
-            raise GrappaError(
-                f"cannot load pretrained weights for {spec.name!r} ({type(exc).__name__}: {exc})",
-                hint=how_to_pass_weights(spec.where),
-            ) from None
+        model = create_hub_model(spec)
         _check_structure(model, spec.name)
     else:
-        model = _create(spec, pretrained=False)
+        model = create_timm_model(spec, pretrained=False)
         _check_structure(model, spec.name)
     model.eval()
     return ViTBackbone(model, spec.name, vit_data_config(model))
