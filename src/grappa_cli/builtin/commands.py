@@ -9,7 +9,7 @@ from grappa_cli.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    from grappa_cli.cli import adapt, cache, cluster, extract, fuse, init, plugins_cmd, status
+    from grappa_cli.cli import adapt, cache, cluster, export, extract, fuse, init, plugins_cmd, search, status
     from grappa_cli.cli.task import task_app
 
     cli.command("init")(init.init)
@@ -19,5 +19,8 @@ def register_commands(cli: Any) -> None:
     cli.command("cluster")(cluster.cluster)
     cli.command("adapt")(adapt.adapt)
     cli.command("fuse")(fuse.fuse)
+    cli.command("export")(export.export)
+    cli.command("index")(search.index)
+    cli.command("search")(search.search)
     cli.command("status")(status.status)
     cli.command("plugins")(plugins_cmd.plugins)
