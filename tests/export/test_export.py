@@ -74,6 +74,7 @@ def test_exported_model_embeds_like_the_project(fused_project, gallery_images, c
     assert set(record["sources"]) == set(expected_inputs)
     assert record["versions"]["timm"] == version("timm") and record["versions"]["torch"] == version("torch")
     assert loaded.metadata["backbone_spec"]["kwargs"] == fused_project.config().backbone.kwargs
+    assert loaded.metadata["extra"]["provider"] == "timm-vit"
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "a temporary file was left behind"
 
 

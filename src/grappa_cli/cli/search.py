@@ -9,14 +9,6 @@ import typer
 
 from grappa_cli.cli.common import ForceOption, JsonOption, ProjectOption, launch_rank, print_json, resolve_project
 
-NameOption = Annotated[str | None, typer.Option("--name", help="Index name (default: `default`).",
-                                                show_default=False)]
-NprobeOption = Annotated[int | None, typer.Option(min=1, help="ivf: lists scanned per query (default: "
-                                                  "max(16, sqrt(nlist)); more is slower and more exact).",
-                                                  show_default=False)]
-EfSearchOption = Annotated[int | None, typer.Option(min=1, help="hnsw: candidate list size per query "
-                                                    "(default: 128; more is slower and more exact).",
-                                                    show_default=False)]
 DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: from grappa.toml).",
                                                   show_default=False)]
 
@@ -28,14 +20,19 @@ def index(
     model: Annotated[str | None, typer.Option(help="Model: backbone, adaptor:k<K> or fused:<strategy> (default: "
                                               "fused:neighbor, else fused:transform, else fused:avg, else "
                                               "backbone).", show_default=False)] = None,
-    name: NameOption = None,
+    name: Annotated[str | None, typer.Option("--name", help="Index name (default: `default`); one gallery per "
+                                             "name.", show_default=False)] = None,
     index_type: Annotated[str, typer.Option("--index", help="flat (exact), ivf or hnsw (approximate, for "
                                             "millions of images).")] = "flat",
     nlist: Annotated[int | None, typer.Option(min=1, help="ivf: number of lists (default: 4*sqrt(n)).",
                                               show_default=False)] = None,
-    nprobe: NprobeOption = None,
+    nprobe: Annotated[int | None, typer.Option(min=1, help="ivf: lists scanned per query, stored with the index "
+                                               "(default: max(16, sqrt(nlist)); more is slower and more exact).",
+                                               show_default=False)] = None,
     hnsw_m: Annotated[int, typer.Option(min=2, help="hnsw: links per vector.")] = 32,
-    ef_search: EfSearchOption = None,
+    ef_search: Annotated[int | None, typer.Option(min=1, help="hnsw: candidate list size per query, stored with "
+                                                  "the index (default: 128; more is slower and more exact).",
+                                                  show_default=False)] = None,
     device: DeviceOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch.", show_default=False)] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.",
@@ -85,9 +82,12 @@ def search(
     ctx: typer.Context,
     images: Annotated[list[Path], typer.Argument(help="Query image files.", show_default=False)],
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Results per query.")] = 10,
-    name: NameOption = None,
-    nprobe: NprobeOption = None,
-    ef_search: EfSearchOption = None,
+    name: Annotated[str | None, typer.Option("--name", help="Index to search (default: `default`, or the only "
+                                             "index).", show_default=False)] = None,
+    nprobe: Annotated[int | None, typer.Option(min=1, help="ivf: lists scanned per query (default: the value "
+                                               "stored with the index).", show_default=False)] = None,
+    ef_search: Annotated[int | None, typer.Option(min=1, help="hnsw: candidate list size per query (default: the "
+                                                  "value stored with the index).", show_default=False)] = None,
     device: DeviceOption = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,

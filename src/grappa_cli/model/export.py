@@ -115,8 +115,19 @@ def _stored_spec(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _build(path: Path, stored: dict[str, Any], *, pretrained: bool, weights: Path | None) -> Backbone:
-    spec = BackboneSpec(name=stored["name"], provider=stored.get("provider") or "auto", pretrained=pretrained,
+def _provider(stored: dict[str, Any], built_by: str | None) -> str:
+    """The configured provider; for ``auto``, the one that built the exported backbone if installed."""
+    configured = stored.get("provider") or "auto"
+    if configured != "auto" or not built_by:
+        return configured
+    from grappa_cli import plugins
+
+    return built_by if built_by in plugins.registry("backbones").items else "auto"
+
+
+def _build(path: Path, stored: dict[str, Any], *, pretrained: bool, weights: Path | None,
+           built_by: str | None = None) -> Backbone:
+    spec = BackboneSpec(name=stored["name"], provider=_provider(stored, built_by), pretrained=pretrained,
                         weights=weights, kwargs=dict(stored.get("kwargs") or {}), config_path=path)
     return build_backbone(spec)
 
@@ -139,14 +150,16 @@ def load_backbone(
 
     stored = _stored_spec(path, meta)
     recorded = meta["model_id"]
+    built_by = (meta.get("extra") or {}).get("provider")
     if backbone_weights is not None:
         weights = Path(backbone_weights).expanduser().resolve()
-        backbone = _build(path, stored, pretrained=True, weights=weights)
+        backbone = _build(path, stored, pretrained=True, weights=weights, built_by=built_by)
         _check_identity(path, recorded, backbone.model_id, f"the backbone weights {weights}")
         return backbone
     if rebuild_backbone:
         weights = Path(stored["weights"]) if stored.get("weights") else None
-        backbone = _build(path, stored, pretrained=bool(stored.get("pretrained", True)), weights=weights)
+        backbone = _build(path, stored, pretrained=bool(stored.get("pretrained", True)), weights=weights,
+                          built_by=built_by)
         _check_identity(path, recorded, backbone.model_id, f"the rebuilt backbone {stored['name']!r}")
         return backbone
     if not meta.get("includes_backbone"):
@@ -156,7 +169,7 @@ def load_backbone(
                  "rebuild_backbone=True to build the backbone as its project did (timm hub cache or network), "
                  "or export it again without --no-backbone",
         )
-    backbone = _build(path, stored, pretrained=False, weights=None)
+    backbone = _build(path, stored, pretrained=False, weights=None, built_by=built_by)
     load_backbone_state(path, backbone, tensors)
     actual = backbone.current_model_id()
     _check_identity(path, recorded, actual, "the backbone weights stored in the file")

@@ -45,7 +45,7 @@ def export_model(project: Project, model_name: str, output: Path, *, include_bac
                  force: bool = False) -> ExportResult:
     """Write the model ``model_name`` (``backbone``, ``adaptor:k<K>``, ``fused:<strategy>``) to ``output``."""
     from grappa_cli.fsutil import sha256_file
-    from grappa_cli.model.backbone import build_backbone
+    from grappa_cli.model.backbone import build_backbone, resolve_provider
     from grappa_cli.model.export import write_model_file
     from grappa_cli.stages import models
     from grappa_cli.stages.extract import backbone_spec
@@ -63,8 +63,9 @@ def export_model(project: Project, model_name: str, output: Path, *, include_bac
     record = prov.record("export", params, inputs, project=str(project.root), sources=sources,
                          backbone_spec=spec.to_dict())
     record.update(complete=True, completed=prov.now())
+    provider = resolve_provider(spec).name
     write_model_file(output, model, model_name=ref.name, backbone_spec=spec, include_backbone=include_backbone,
-                     provenance=record, extra={"project": str(project.root)})
+                     provenance=record, extra={"project": str(project.root), "provider": provider})
     return ExportResult(str(output), ref.name, backbone.model_id, include_backbone, model.num_sets,
                         model.fusion_kind or "", backbone.embed_dim, output.stat().st_size, sha256_file(output),
                         inputs)
