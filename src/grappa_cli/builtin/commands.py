@@ -9,7 +9,20 @@ from grappa_cli.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    from grappa_cli.cli import adapt, cache, cluster, extract, fuse, init, plugins_cmd, report, run, status
+    from grappa_cli.cli import (
+        adapt,
+        cache,
+        cluster,
+        export,
+        extract,
+        fuse,
+        init,
+        plugins_cmd,
+        report,
+        run,
+        search,
+        status,
+    )
     from grappa_cli.cli.eval import eval_command
     from grappa_cli.cli.task import task_app
 
@@ -23,5 +36,8 @@ def register_commands(cli: Any) -> None:
     cli.command("eval")(eval_command)
     cli.command("report")(report.report)
     cli.command("run")(run.run)
+    cli.command("export")(export.export)
+    cli.command("index")(search.index)
+    cli.command("search")(search.search)
     cli.command("status")(status.status)
     cli.command("plugins")(plugins_cmd.plugins)

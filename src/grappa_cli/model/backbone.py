@@ -164,6 +164,16 @@ class Backbone(nn.Module):
         """Stay in eval mode whatever a parent module asks: the backbone is never trained."""
         return super().train(False)
 
+    def current_model_id(self) -> str:
+        """The ``model_id`` of the weights held *now*, recomputed from them.
+
+        ``model_id`` is computed once, when the backbone is built; a caller that loads other
+        weights into a built backbone (a stand-alone model file) recomputes it here to check
+        the weights are the ones recorded. Providers hash their wrapped library model
+        (``self.model``); one that hashes something else overrides this method.
+        """
+        return make_model_id(self.name, getattr(self, "model", self))
+
     def describe(self) -> dict[str, Any]:
         """What checkpoints record about the backbone they were trained on."""
         return {

@@ -65,8 +65,16 @@ def save_bundle(
 
 
 def read_bundle_metadata(path: Path) -> dict[str, Any]:
-    with safe_open(str(path), framework="pt") as fh:
-        meta = dict(fh.metadata() or {})
+    """The header of a model file, JSON fields decoded (no tensors are read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GrappaError(f"{path} does not exist", hint="pass a file written by `grappa export`")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+    except Exception as exc:
+        raise GrappaError(f"{path} is not a readable safetensors file ({exc})",
+                          hint="check the file, or export the model again") from None
     if meta.get("format") != BUNDLE_FORMAT:
         raise GrappaError(f"{path} is not a grappa model file (format {meta.get('format')!r})",
                           hint="pass a file written by `grappa export` or `grappa fuse`")
@@ -87,28 +95,43 @@ def empty_model(backbone: Backbone, num_sets: int, bottleneck: int, fusion: str)
     return model
 
 
-def load_layers(path: Path, backbone: Backbone) -> tuple[GrappaModel, dict[str, Any]]:
-    """Rebuild a bundle's model on ``backbone`` (which must be the one it was saved with)."""
+def load_layers(
+    path: Path, backbone: Backbone, tensors: dict[str, torch.Tensor] | None = None,
+) -> tuple[GrappaModel, dict[str, Any]]:
+    """Rebuild a bundle's model on ``backbone`` (which must be the one it was saved with).
+
+    ``tensors``: the file's tensors when the caller already read them (saves a second read).
+    """
     meta = read_bundle_metadata(path)
     if meta["model_id"] != backbone.model_id:
         raise StoreError(f"{path} was saved for backbone {meta['model_id']}, not {backbone.model_id}",
                          hint="use the backbone it was trained with, or retrain it with --force")
     model = empty_model(backbone, meta["num_sets"], meta["bottleneck"], meta.get("fusion", ""))
-    tensors = load_file(str(path), device="cpu")
+    tensors = load_file(str(path), device="cpu") if tensors is None else tensors
     layer_state = {k[len("layers."):]: v for k, v in tensors.items() if k.startswith("layers.")}
     model.layers.load_state_dict(layer_state, strict=True)
     return model.to(_device_of(backbone)), meta
 
 
-def load_backbone_state(path: Path, backbone: Backbone) -> None:
-    """Copy a bundle's stored backbone weights into ``backbone`` (exported files)."""
-    tensors = load_file(str(path), device="cpu")
+def load_backbone_state(path: Path, backbone: Backbone, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Copy a bundle's stored backbone weights into ``backbone`` (exported files).
+
+    ``backbone.model_id`` is left as built: the caller recomputes it from the loaded weights
+    (:meth:`Backbone.current_model_id`) and compares it with the recorded one.
+    """
+    tensors = load_file(str(path), device="cpu") if tensors is None else tensors
     state = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
     if not state:
         raise GrappaError(f"{path} holds no backbone weights",
                           hint="export it again without --no-backbone, or build the backbone yourself")
-    with torch.no_grad():
-        backbone.load_state_dict(state, strict=True)
+    try:
+        with torch.no_grad():
+            backbone.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = str(exc).splitlines()
+        first = lines[1].strip() if len(lines) > 1 else str(exc)
+        raise GrappaError(f"the backbone weights in {path} do not fit the rebuilt {backbone.name!r} ({first})",
+                          hint="load it with the timm version it was exported with (see its metadata)") from None
 
 
 def _jsonable(value: Any) -> Any:

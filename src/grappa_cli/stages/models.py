@@ -93,3 +93,34 @@ def load(project: Project, ref: ModelRef, backbone: Any) -> Any:
     sets = [load_adaptor_set(p, backbone) for p in set_paths]
     fusion = load_fusion(path, backbone, num_sets=len(sets))
     return GrappaModel.with_adaptor_sets(backbone, sets, fusion=fusion.layers)
+
+
+def inputs(project: Project, ref: ModelRef) -> dict[str, str]:
+    """The artifacts ``ref`` is built from, with their current fingerprints.
+
+    A fused model is its fusion checkpoint plus the adaptor sets it fuses (which may have been
+    retrained since the fusion was trained); an adaptor model is its adaptor set; the
+    backbone has none (its identity is the backbone's ``model_id``).
+    """
+    if ref.artifact is None:
+        return {}
+    current = artifacts.fingerprint(project, ref.artifact)
+    if current is None:
+        names = [r.name for r in available(project)]
+        raise StoreError(f"no model {ref.name!r} in this project{did_you_mean(ref.name, names)}; "
+                         f"available: {', '.join(names)}",
+                         hint="train it first (`grappa adapt` / `grappa fuse`)")
+    found = {ref.artifact: current}
+    for input_id in sorted((record(project, ref) or {}).get("inputs") or {}):
+        if input_id.startswith("adaptors/"):
+            found[input_id] = artifacts.fingerprint(project, input_id) or "missing"
+    return found
+
+
+def fingerprint(project: Project, ref: ModelRef, backbone: Any) -> str:
+    """What the model computes: changes when its backbone, preprocessing or files change."""
+    from grappa_cli import provenance as prov
+
+    data_config = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()}
+    return prov.fingerprint({"model": ref.name, "backbone": backbone.model_id, "data_config": data_config,
+                             "inputs": inputs(project, ref)})

@@ -1,0 +1,41 @@
+"""``grappa export``: write a project model to one stand-alone safetensors file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from grappa_cli.cli.common import JsonOption, ProjectOption, print_json, resolve_project
+
+
+def export(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name: backbone, adaptor:k<K> or fused:<strategy>.",
+                                         show_default=False)],
+    output: Annotated[Path, typer.Argument(help="File to write, e.g. model.safetensors.", show_default=False)],
+    no_backbone: Annotated[bool, typer.Option("--no-backbone", help="Leave the backbone's weights out (a small "
+                                              "file; loading it then needs the weights from elsewhere).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.")] = False,
+    project: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Export a model (backbone, adaptors, fusion, preprocessing) to a file `grappa_cli.load_model` reads."""
+    from grappa_cli.console import hint, out
+    from grappa_cli.stages.export import check_output, export_model
+
+    proj = resolve_project(ctx, project)
+    check_output(output, force)  # before building anything
+    result = export_model(proj, model, output, include_backbone=not no_backbone, force=force)
+    proj.record_run("export", model=result.model, path=result.path, sha256=result.sha256)
+    if as_json:
+        print_json(result.__dict__)
+        return
+    size = result.bytes / 2**20
+    what = "with" if result.includes_backbone else "WITHOUT"
+    out.print(f"{result.model} -> {result.path} ({size:.1f} MiB, {what} backbone weights; "
+              f"backbone {result.model_id}, {result.num_sets} adaptor sets, D = {result.embed_dim})",
+              highlight=False)
+    out.print(f"sha256 {result.sha256}", highlight=False)
+    hint("Load it with `from grappa_cli import load_model; model, transform = load_model(PATH)`.")
