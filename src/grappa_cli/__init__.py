@@ -17,6 +17,7 @@ _LAZY = {
     "AdaptorBank": "grappa_cli.model.adaptor",
     "build_backbone": "grappa_cli.model.backbone",
     "load_model": "grappa_cli.model.export",
+    "EmbeddingModel": "grappa_cli.model.export",
     "retrieval_metrics": "grappa_cli.metrics",
     "Project": "grappa_cli.project",
     "GrappaConfig": "grappa_cli.config",

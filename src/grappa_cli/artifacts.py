@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-STORE_PREFIXES = ("features/", "clusters/", "eval/", "knn/", "cache/")
+STORE_PREFIXES = ("features/", "clusters/", "eval/", "knn/", "cache/", "gallery/")
 
 
 def checkpoint_path(project: Any, artifact_id: str) -> Path:

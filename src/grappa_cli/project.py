@@ -8,6 +8,7 @@ Layout::
       checkpoints/    adaptors/k<K>.safetensors, fusion/<strategy>.safetensors, runs/
       results/        <model>/<task>.json
       reports/        Table 2 (Markdown, CSV) and figures
+      indexes/        faiss indexes of galleries (grappa index / grappa search)
       .grappa/        lock, runs.jsonl
 """
 
@@ -28,7 +29,7 @@ from grappa_cli import config as config_mod
 from grappa_cli.errors import GrappaError, ProjectLocked, ProjectNotFound
 
 ENV_PROJECT = "GRAPPA_PROJECT"
-SUBDIRS = ("store.zarr", "checkpoints", "results", "reports", ".grappa")
+SUBDIRS = ("store.zarr", "checkpoints", "results", "reports", "indexes", ".grappa")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ class Project:
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
+
+    @property
+    def indexes_dir(self) -> Path:
+        """faiss indexes of image galleries (``grappa index``)."""
+        return self.root / "indexes"
 
     @property
     def state_dir(self) -> Path:

@@ -12,6 +12,8 @@ Layout (groups)::
     clusters/k<K>             centroids, labels, sizes of one k-means run
     knn/<name>                k-NN graphs
     eval/<model>/<task>       embeddings of a task's test split under a model
+    cache/<name>              decoded training images (uint8), ``grappa cache build``
+    gallery/<name>            embeddings of a gallery folder under a model (``grappa index``)
 
 Only one process writes metadata (creates arrays, sets attributes); several processes
 may fill disjoint chunks of an array created beforehand (see :class:`ChunkedArray`).

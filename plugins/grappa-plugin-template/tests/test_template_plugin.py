@@ -29,8 +29,8 @@ def test_precision_at_10_by_hand() -> None:
 
     # two well separated classes of 11 points: each query's 10 neighbours are its own class
     rng = np.random.default_rng(0)
-    a = rng.normal(0, 0.01, (11, 4)) + [1, 0, 0, 0]
-    b = rng.normal(0, 0.01, (11, 4)) + [0, 1, 0, 0]
+    a = rng.normal(0, 0.01, (11, 4)) + np.array([1, 0, 0, 0])
+    b = rng.normal(0, 0.01, (11, 4)) + np.array([0, 1, 0, 0])
     x = np.concatenate([a, b])
     labels = [0] * 11 + [1] * 11
     assert retrieval_metrics(x, labels, metrics=["precision@10"])["precision@10"] == pytest.approx(1.0)

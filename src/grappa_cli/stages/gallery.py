@@ -38,20 +38,16 @@ READ_ROWS = 65536
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def indexes_dir(project: Project) -> Path:
-    return project.root / "indexes"
-
-
 def gallery_key(name: str) -> str:
     return f"gallery/{name}"
 
 
 def index_path(project: Project, name: str) -> Path:
-    return indexes_dir(project) / f"{name}.faiss"
+    return project.indexes_dir / f"{name}.faiss"
 
 
 def sidecar_path(project: Project, name: str) -> Path:
-    return indexes_dir(project) / f"{name}.json"
+    return project.indexes_dir / f"{name}.json"
 
 
 def check_name(name: str) -> str:
@@ -89,7 +85,7 @@ def default_model(project: Project) -> str:
 
 def index_names(project: Project) -> list[str]:
     """Names of the finished indexes (those with a sidecar)."""
-    return sorted(p.stem for p in indexes_dir(project).glob("*.json"))
+    return sorted(p.stem for p in project.indexes_dir.glob("*.json"))
 
 
 def read_sidecar(project: Project, name: str) -> dict[str, Any] | None:
@@ -229,7 +225,7 @@ def _write(project: Project, name: str, index: Any, sidecar: dict[str, Any]) -> 
     from grappa_cli.fsutil import atomic_write_text
     from grappa_cli.vector_index import save_index
 
-    indexes_dir(project).mkdir(parents=True, exist_ok=True)
+    project.indexes_dir.mkdir(parents=True, exist_ok=True)
     sidecar_path(project, name).unlink(missing_ok=True)
     save_index(index, index_path(project, name))
     atomic_write_text(sidecar_path(project, name), json.dumps(sidecar, indent=2, default=str) + "\n")
