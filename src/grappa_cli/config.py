@@ -83,6 +83,9 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "local weights file (.safetensors, or a torch checkpoint read with weights_only=True)"),
         FieldSpec("kwargs", "table", {},
                   "extra keyword arguments for timm.create_model (e.g. img_size, depth for tiny models)"),
+        FieldSpec("input_size", "int", 0,
+                  "side in pixels the images are preprocessed to; 0 = the model's own (CNNs only; for a ViT "
+                  "set img_size in kwargs)", check=_non_negative),
     ],
     "data": [
         FieldSpec("train", "list[str]", ["mrt"],

@@ -13,6 +13,7 @@ def register_commands(cli: Any) -> None:
         adapt,
         cache,
         cluster,
+        demo,
         export,
         extract,
         fuse,
@@ -26,6 +27,7 @@ def register_commands(cli: Any) -> None:
     from grappa_cli.cli.eval import eval_command
     from grappa_cli.cli.task import task_app
 
+    cli.command("demo")(demo.demo)
     cli.command("init")(init.init)
     cli.add_typer(task_app, name="task")
     cli.command("extract")(extract.extract)

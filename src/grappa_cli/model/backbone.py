@@ -57,6 +57,8 @@ class BackboneSpec:
     pretrained: bool = True
     weights: Path | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    #: side of the preprocessed images; 0 keeps the model's own (``backbone.input_size``)
+    input_size: int = 0
     config_path: Path | None = None
 
     @classmethod
@@ -82,6 +84,7 @@ class BackboneSpec:
             pretrained=bool(values.get("pretrained", True)),
             weights=weights,
             kwargs=dict(values.get("kwargs") or {}),
+            input_size=int(values.get("input_size") or 0),
             config_path=Path(config_path) if config_path else None,
         )
 
@@ -98,6 +101,7 @@ class BackboneSpec:
             "pretrained": self.pretrained,
             "weights": str(self.weights) if self.weights else "",
             "kwargs": dict(self.kwargs),
+            "input_size": self.input_size,
         }
 
 
@@ -115,8 +119,11 @@ class Backbone(nn.Module):
         layer_dims: channel width D_l of each adaptable layer's output.
         data_config: timm data config (``input_size``, ``interpolation``, ``mean``, ``std``,
             ``crop_pct``, ``crop_mode``) that preprocessing must follow.
+        any_input_size: whether images of another side than ``data_config`` says can be fed
+            (CNNs with global pooling: yes; ViTs with fixed position embeddings: no).
     """
 
+    any_input_size: bool = False
     name: str
     model_id: str
     embed_dim: int
@@ -276,4 +283,20 @@ def build_backbone(
             f"backbone provider {provider.name!r} returned {type(backbone).__name__}, not a Backbone",
             hint="fix the plugin",
         )
+    if spec.input_size:
+        _override_input_size(backbone, spec)
     return backbone
+
+
+def _override_input_size(backbone: Backbone, spec: BackboneSpec) -> None:
+    """Preprocess to ``spec.input_size`` pixels (CNNs), keeping crop ratio and normalisation."""
+    side = int(spec.input_size)
+    current = int(backbone.data_config["input_size"][-1])
+    if side == current:
+        return
+    if not backbone.any_input_size:
+        raise ConfigError(
+            f"{spec.where}: backbone.input_size: {backbone.name} only takes {current} px images",
+            hint="remove backbone.input_size (for a ViT, set img_size in backbone.kwargs instead)",
+        )
+    backbone.data_config = {**backbone.data_config, "input_size": (3, side, side)}

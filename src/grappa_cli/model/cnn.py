@@ -172,7 +172,10 @@ class CNNBackbone(Backbone):
 
     ``layer_parts`` returns ``(stage output, 0)``: the adaptors are residual adaptors after
     each stage. ``layer_dims`` are the stages' output channels (different per layer).
+    Global pooling makes any input size valid (``backbone.input_size``).
     """
+
+    any_input_size = True
 
     def __init__(
         self,

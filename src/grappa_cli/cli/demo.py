@@ -1,0 +1,44 @@
+"""``grappa demo``: the whole pipeline on bundled images, in a few minutes on a laptop CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to create the demo project.")] = Path(
+        "grappa-demo"),
+    size: Annotated[str, typer.Option(help="default, or tiny (a quick check of the mechanics).")] = "default",
+    backbone: Annotated[str, typer.Option(help="auto (pretrained EfficientNet-Lite0 when the offline extra is "
+                                          "installed, else a small random ViT), efficientnet_lite0 or tiny-vit."
+                                          )] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Rebuild the demo project from scratch.")] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)] = None,
+) -> None:
+    """Create a project on bundled images (digits, photos, shapes), run every stage and print Table 2."""
+    from grappa_cli.cli.tables import print_wide, table2_rich
+    from grappa_cli.console import PipelineReporter, err, out
+    from grappa_cli.errors import UsageError
+    from grappa_cli.stages.demo import SETTINGS, backbone_settings, prepare
+    from grappa_cli.stages.report import ReportOptions, report
+    from grappa_cli.stages.run import STAGES, run_pipeline
+
+    if size not in SETTINGS:
+        raise UsageError(f"--size must be one of {', '.join(SETTINGS)} (got {size!r})")
+    _, described = backbone_settings(backbone)
+    err.print(f"Demo project in {directory.resolve()}; backbone: {described}.", highlight=False)
+    project = prepare(directory, scale=size, backbone=backbone, force=force)
+    with project.lock("demo"), PipelineReporter(len(STAGES)) as view:
+        outcome = run_pipeline(project, device=device, reporter=view)
+    project.record_run("demo", **outcome.to_dict())
+    result = report(project, ReportOptions(device=device))
+    print_wide(out, table2_rich(result.table, "Demo results (percent): RP = R-Precision, mAP = MAP@R"))
+    for note in result.table.notes:
+        out.print(note, highlight=False, markup=False)
+    for path in result.files:
+        out.print(f"wrote {path}", highlight=False)
+    out.print(f"Explore it: grappa -C {directory} status | grappa -C {directory} fuse --strategy neighbor --inspect",
+              highlight=False)
