@@ -95,6 +95,7 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
         record = prov.record("fuse", params, inputs)
         record.update(complete=True, completed=prov.now(), loss_curve=outcome.epoch_losses,
                       uses_labels=strategy.uses_labels, seconds=outcome.seconds, info=_plain(outcome.info),
+                      input="cache" if context.read_cache else "files",
                       summary={"strategy": strategy.name, "sets": len(names),
                                "labels": "yes" if strategy.uses_labels else "no"})
         if outcome.trained_adaptors:
