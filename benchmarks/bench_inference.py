@@ -19,12 +19,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +41,37 @@ def _backbone(model: str, img_size: int, **kwargs: object):
     return build_backbone(BackboneSpec(name=model, pretrained=False, kwargs={"img_size": img_size, **kwargs}))
 
 
-def _median(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, runs interleaved so that machine noise hits all alike."""
+    from bench_model import median_seconds
+
+    return median_seconds(fns, repeats)
+
+
+class StepTimes:
+    """A reporter that records when each batch finished (to measure throughput after start-up)."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, float]] = []
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: float | None = None, unit: str = "it") -> Iterator[StepTimes]:
+        yield self
+
+    def advance(self, n: float = 1) -> None:
+        done = self.marks[-1][1] if self.marks else 0.0
+        self.marks.append((time.perf_counter(), done + n))
+
+    def update(self, **fields: object) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+    def steady_rate(self) -> float:
+        """Items/s from the first finished batch to the last (worker start-up and the first batch excluded)."""
+        (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
 
 
 def _flops(fn: Callable[[], object]) -> int:
@@ -74,9 +98,8 @@ def compiled_vs_eager(model: str = "vit_small_patch16_224", img_size: int = 224,
         out_compiled = compiled(images)
         compile_s = time.perf_counter() - start
         out_eager = net(images)
-        compiled(images)  # warm
-        eager_s = _median(lambda: net(images), repeats)
-        compiled_s = _median(lambda: compiled(images), repeats)
+        times = _interleaved({"eager": lambda: net(images), "compiled": lambda: compiled(images)}, repeats)
+        eager_s, compiled_s = times["eager"], times["compiled"]
     return {"batch": batch, "img_size": img_size, "depth": len(net.backbone.layer_dims), "eager_s": eager_s,
             "compiled_s": compiled_s,
             "compile_s": compile_s, "max_abs_diff": float((out_compiled - out_eager).abs().max()),
@@ -97,6 +120,7 @@ def extract_vs_bare(model: str = "vit_small_patch16_224", img_size: int = 224, i
     min_side = decode_min_side(backbone.data_config)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_photos(Path(tmp) / "photos", images)
+        transform(load_rgb(paths[0], min_side))  # first-call costs outside the timing
         start = time.perf_counter()
         tensors = torch.stack([transform(load_rgb(p, min_side)) for p in paths])
         decode_s = time.perf_counter() - start
@@ -106,25 +130,30 @@ def extract_vs_bare(model: str = "vit_small_patch16_224", img_size: int = 224, i
             start = time.perf_counter()
             bare = [net(tensors[i : i + batch]) for i in range(0, len(tensors), batch)]
             bare_s = time.perf_counter() - start
-        rates = {}
+        rates, steady = {}, {}
         for n_workers in sorted({0, workers}):
             store = Store(Path(tmp) / f"store{n_workers}.zarr")
             job = EmbedJob("features/train", "extract", paths, None, {"bench": True}, {"images": "bench"})
+            marks = StepTimes()
             start = time.perf_counter()
             result = run_embedding(store, job, backbone, transform, dim=backbone.embed_dim, dtype="float32",
                                    chunk_rows=batch * 4, batch_size=batch, num_workers=n_workers,
-                                   device=torch.device("cpu"), min_side=min_side, force=True)
+                                   device=torch.device("cpu"), min_side=min_side, force=True, reporter=marks)
             rates[n_workers] = images / (time.perf_counter() - start)
+            steady[n_workers] = marks.steady_rate()
             stored = store.read("features/train/embeddings")
         expected = torch.cat(bare).numpy()
-    return {"images": images, "batch": batch, "workers": workers, "bare_img_s": images / bare_s,
-            "extract_img_s": rates[workers], "extract_inline_img_s": rates[0], "decode_img_s": images / decode_s,
-            "ratio": rates[workers] / (images / bare_s), "ratio_inline": rates[0] / (images / bare_s),
+    bare_rate = images / bare_s
+    return {"images": images, "batch": batch, "workers": workers, "bare_img_s": bare_rate,
+            "extract_img_s": rates[workers], "extract_steady_img_s": steady[workers],
+            "extract_inline_img_s": rates[0], "extract_inline_steady_img_s": steady[0],
+            "decode_img_s": images / decode_s, "ratio": rates[workers] / bare_rate,
+            "ratio_steady": steady[workers] / bare_rate, "ratio_inline_steady": steady[0] / bare_rate,
             "max_abs_diff": float(np.abs(stored - expected).max()), "bad": len(result.bad)}
 
 
 def train_vs_inference(model: str = "vit_small_patch16_224", img_size: int = 224, batch: int = 16,
-                       classes: int = 16384, bottleneck: int = 64, repeats: int = 3) -> dict:
+                       classes: int = 16384, bottleneck: int = 64, repeats: int = 5) -> dict:
     """Images/s of one adaptor-set training step vs backbone inference, with their FLOPs."""
     from grappa_cli.model import GrappaModel, new_adaptor_set
     from grappa_cli.train.losses import NormSoftmaxLoss
@@ -151,11 +180,8 @@ def train_vs_inference(model: str = "vit_small_patch16_224", img_size: int = 224
     def forward_only() -> None:
         criterion(adapted(images), labels)
 
-    infer()
-    step()
-    infer_s = _median(infer, repeats)
-    train_s = _median(step, repeats)
-    forward_s = _median(forward_only, repeats)
+    times = _interleaved({"infer": infer, "train": step, "forward": forward_only}, repeats)
+    infer_s, train_s, forward_s = times["infer"], times["train"], times["forward"]
     one, label = images[:1], labels[:1]
     forward = _flops(lambda: plain(one))
     adapted_forward = _flops(lambda: criterion(adapted(one), label))
