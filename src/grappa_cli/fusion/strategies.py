@@ -10,6 +10,11 @@
   attention fusion by the transform loss (Table 2, row 3).
 * ``single-random``: M + A_1, one randomly initialised adaptor set trained by the transform
   loss (Table 2, row 2).
+
+The strategies that train on the training images (transform, neighbor, random,
+single-random) read them from the image cache when it is complete and current
+(:meth:`FusionContext.training_cache`): uint8 batches in chunk-aware order, views made on the
+training device; otherwise from the image files with PIL transforms in the workers.
 """
 
 from __future__ import annotations

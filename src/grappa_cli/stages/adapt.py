@@ -6,6 +6,13 @@ norm-softmax loss (eq. 2: cosine classifier, scale gamma), Adam with learning ra
 weight decay 0.001 (section 4). The classifier is discarded; the set is saved to
 ``checkpoints/adaptors/k<K>.safetensors`` with its provenance. Each set trains
 independently and resumes after an interruption (``checkpoints/runs/adapt-k<K>/``).
+
+Images come from the image cache when ``grappa cache build`` made it from the current
+training set (uint8 squares augmented in whole batches on the training device, see
+:mod:`grappa_cli.data.cached_training`), else from the image files (decoded and augmented by
+PIL in the DataLoader workers, with a hint that the cache speeds training up). The provenance
+records which (``input``: ``cache`` or ``files``); it is not part of the fingerprint, so
+building the cache never makes trained sets stale.
 """
 
 from __future__ import annotations

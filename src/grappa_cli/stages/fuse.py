@@ -153,7 +153,7 @@ def inspect_attention(project: Project, strategy_name: str, *, tasks: list[str] 
             for batch in loader:
                 if not len(batch.indices):
                     continue
-                _, alpha = model(batch.images.to(dev), return_attention=True)
+                _, alpha = model(batch.images.to(dev, non_blocking=True), return_attention=True)
                 s = alpha.float().sum(0).cpu().numpy()
                 total = s if total is None else total + s
                 count += alpha.shape[0]
