@@ -89,7 +89,7 @@ class HostCopies:
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         host.copy_(tensor.detach(), non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(tensor.device))
         self._pending.append((host, done, tag))
         return self._drain(self.in_flight)
 
