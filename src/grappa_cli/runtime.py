@@ -37,9 +37,9 @@ def autocast(device: Any, enabled: bool = True) -> Any:
     return contextlib.nullcontext()
 
 
-#: Set to 1 to run inference (``grappa extract``, evaluation, Grappa-N's k-NN embedding) through
-#: ``torch.compile``. Off by default: compiling costs tens of seconds per model and input shape,
-#: and on the CPU it does not pay (benchmarks/bench_inference.py measures both).
+#: Set to 1 to run the models of ``grappa extract`` and evaluation (``stages.embed.run_embedding``)
+#: through ``torch.compile``. Off by default: compiling costs tens of seconds per model and input
+#: shape, and on the CPU it does not pay (``benchmarks/bench_inference.py`` measures both).
 COMPILE_ENV = "GRAPPA_COMPILE"
 
 
