@@ -139,7 +139,7 @@ def bench_augment_only(store_path: Path, data_config: dict, args: argparse.Names
     return rates
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up epoch)")
@@ -150,11 +150,22 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="working directory (default: a temporary one)")
     parser.add_argument("--small", action="store_true", help="120 images, 2 timed epochs")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    args = parser.parse_args()
+    return parser
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Every number of the module docstring, measured side by side in one run (``--small`` applied)."""
     if args.small:
         args.images, args.epochs = 120, 2
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return _measure(args)
+    finally:
+        torch.set_num_threads(threads)
 
+
+def _measure(args: argparse.Namespace) -> dict:
     from grappa_cli.data.cache import build_image_cache, default_size, stored_bytes
     from grappa_cli.store import Store
 
@@ -189,6 +200,12 @@ def main() -> None:
         "augment_only_standard_img_s": round(augment_only["standard"], 1),
         "augment_only_barlow_twins_two_views_img_s": round(augment_only["barlow_twins_two_views"], 1),
     }
+    return results
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    results = measure(args)
     if args.json:
         print(json.dumps(results, indent=2))
         return

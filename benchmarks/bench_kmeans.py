@@ -57,15 +57,23 @@ def hkmeans_backend():
     return HierarchicalKMeans()
 
 
-def part_one(args: argparse.Namespace) -> None:
-    x = clustered_data(args.n, args.dim, args.centres, args.noise, args.seed)
-    print(f"## faiss vs scikit-learn KMeans: n={args.n}, D={args.dim}, k={args.k}, "
-          f"at most {args.niter} iterations, one k-means++ init each\n")
+def compare_backends(n: int, dim: int, k: int, niter: int, *, centres: int = 2000, noise: float = 0.6,
+                     seed: int = 0) -> list[tuple[str, float, int, float, int]]:
+    """(backend, seconds, iterations, inertia, empty clusters) of faiss then scikit-learn on the same data."""
+    x = clustered_data(n, dim, centres, noise, seed)
     rows = []
     for backend in (FaissKMeans(), SklearnKMeans()):
-        seconds, result = timed(backend, x, args.k, args.seed, args.niter)
+        seconds, result = timed(backend, x, k, seed, niter)
         empty = int((result.sizes() == 0).sum())
         rows.append((backend.name, seconds, result.iterations, result.inertia, empty))
+    return rows
+
+
+def part_one(args: argparse.Namespace) -> None:
+    print(f"## faiss vs scikit-learn KMeans: n={args.n}, D={args.dim}, k={args.k}, "
+          f"at most {args.niter} iterations, one k-means++ init each\n")
+    rows = compare_backends(args.n, args.dim, args.k, args.niter, centres=args.centres, noise=args.noise,
+                            seed=args.seed)
     print("| backend | seconds | iterations | inertia | empty clusters |")
     print("|---|---:|---:|---:|---:|")
     for name, seconds, iters, inertia, empty in rows:

@@ -80,7 +80,7 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -94,13 +94,46 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="10,000 embeddings in 10 classes")
     parser.add_argument("--skip-pml", action="store_true", help="time grappa only")
     parser.add_argument("--only", choices=("grappa", "pml"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.small:
         args.n, args.classes = 10_000, 10
     if args.only:
         print(json.dumps(run_one(args.only, args)))
         return
+    runs = compare(args)
+    print(
+        f"{args.n:,} embeddings x {args.dim}, {args.classes} classes (R = {args.n // args.classes - 1}), "
+        f"{args.threads} threads"
+    )
+    print(
+        f"{'method':<8} {'seconds':>9} {'peak RSS MiB':>13} {'RSS above data':>15} "
+        f"{'tracemalloc MiB':>16}  values"
+    )
+    for run in runs:
+        values = ", ".join(f"{k}={v:.6f}" for k, v in run["values"].items())
+        print(
+            f"{run['method']:<8} {run['seconds']:>9.1f} {run['peak_rss_mib']:>13.0f} "
+            f"{run['rss_above_baseline_mib']:>15.0f} {run['tracemalloc_peak_mib']:>16.0f}  {values}"
+        )
+    if len(runs) == 2:
+        diff = max_difference(runs)
+        ratio = runs[0]["seconds"] / runs[1]["seconds"]
+        print(f"time grappa / pml = {ratio:.2f}; max |difference| = {diff:.2e}")
+        if diff > 1e-6:
+            sys.exit("values disagree by more than 1e-6")
 
+
+def max_difference(runs: list[dict]) -> float:
+    """Largest absolute difference of any metric between the two runs."""
+    return max(abs(runs[0]["values"][k] - runs[1]["values"][k]) for k in KEYS)
+
+
+def compare(args: argparse.Namespace) -> list[dict]:
+    """Run grappa (and, unless ``args.skip_pml``, pytorch-metric-learning) each in its own process."""
     forwarded = [
         f"--n={args.n}",
         f"--dim={args.dim}",
@@ -119,30 +152,9 @@ def main() -> None:
             check=False,
         )
         if proc.returncode != 0:
-            sys.exit(f"{method} run failed:\n{proc.stderr}")
+            raise RuntimeError(f"{method} run failed:\n{proc.stderr}")
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-
-    print(
-        f"{args.n:,} embeddings x {args.dim}, {args.classes} classes (R = {args.n // args.classes - 1}), "
-        f"{args.threads} threads"
-    )
-    print(
-        f"{'method':<8} {'seconds':>9} {'peak RSS MiB':>13} {'RSS above data':>15} "
-        f"{'tracemalloc MiB':>16}  values"
-    )
-    for run in runs:
-        values = ", ".join(f"{k}={v:.6f}" for k, v in run["values"].items())
-        print(
-            f"{run['method']:<8} {run['seconds']:>9.1f} {run['peak_rss_mib']:>13.0f} "
-            f"{run['rss_above_baseline_mib']:>15.0f} {run['tracemalloc_peak_mib']:>16.0f}  {values}"
-        )
-    if len(runs) == 2:
-        diff = max(abs(runs[0]["values"][k] - runs[1]["values"][k]) for k in KEYS)
-        ratio = runs[0]["seconds"] / runs[1]["seconds"]
-        print(f"time grappa / pml = {ratio:.2f}; max |difference| = {diff:.2e}")
-        if diff > 1e-6:
-            sys.exit("values disagree by more than 1e-6")
-
+    return runs
 
 if __name__ == "__main__":
     main()

@@ -72,28 +72,24 @@ def analytic_macs(
     return vit, grappa
 
 
-def main() -> None:
-    args = parse_args()
-    if args.small:
-        args.batch, args.img_size, args.repeats = 2, 112, 3
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def measure(
+    model_name: str = "vit_small_patch16_224", batch: int = 8, img_size: int = 224, sets: int = 8,
+    bottleneck: int = 64, repeats: int = 7,
+) -> dict:
+    """M* vs M latency and FLOPs, and the batched adaptor bank vs a loop, side by side (seconds, counts)."""
     torch.manual_seed(0)
-
-    backbone = build_backbone(
-        BackboneSpec(name=args.model, pretrained=False, kwargs={"img_size": args.img_size})
-    )
-    sets = [new_adaptor_set(backbone, args.bottleneck, seed=i) for i in range(args.sets)]
+    backbone = build_backbone(BackboneSpec(name=model_name, pretrained=False, kwargs={"img_size": img_size}))
+    adaptor_sets = [new_adaptor_set(backbone, bottleneck, seed=i) for i in range(sets)]
     with torch.no_grad():  # trained-like, non-zero adaptors (speed does not depend on values)
-        for s in sets:
+        for s in adaptor_sets:
             for adaptor in s.layers:
                 adaptor.up.weight.normal_(std=0.02)
     plain = GrappaModel.backbone_only(backbone).eval()
-    fused = GrappaModel.with_adaptor_sets(backbone, sets, fusion="attention").eval()
-    images = torch.randn(args.batch, 3, args.img_size, args.img_size)
+    fused = GrappaModel.with_adaptor_sets(backbone, adaptor_sets, fusion="attention").eval()
+    images = torch.randn(batch, 3, img_size, img_size)
 
     with torch.inference_mode():
-        latency = median_seconds({"M": lambda: plain(images), "M*": lambda: fused(images)}, args.repeats)
+        latency = median_seconds({"M": lambda: plain(images), "M*": lambda: fused(images)}, repeats)
         flops_plain = counted_flops(lambda: plain(images))
         flops_fused = counted_flops(lambda: fused(images))
 
@@ -101,16 +97,15 @@ def main() -> None:
     tokens = model.patch_embed.num_patches + model.num_prefix_tokens
     patch = model.patch_embed.patch_size[0]
     vit_macs, grappa_macs = analytic_macs(
-        tokens, backbone.embed_dim, backbone.num_layers, 3 * patch * patch, args.sets, args.bottleneck
+        tokens, backbone.embed_dim, backbone.num_layers, 3 * patch * patch, sets, bottleneck
     )
 
     # Bank vs loop on one layer's activations.
-    dim, n = backbone.layer_dims[0], args.sets
-    adaptors = [s.layers[0] for s in sets]
-    bank = AdaptorBank.from_adaptors(adaptors)
+    dim, n = backbone.layer_dims[0], sets
+    bank = AdaptorBank.from_adaptors([s.layers[0] for s in adaptor_sets])
     loop_adaptors: list[Adaptor] = [bank.adaptor(i) for i in range(n)]
-    h = torch.randn(args.batch, tokens, dim)
-    alpha = torch.softmax(torch.randn(args.batch, n), dim=-1)
+    h = torch.randn(batch, tokens, dim)
+    alpha = torch.softmax(torch.randn(batch, n), dim=-1)
 
     def bank_fwd() -> torch.Tensor:
         return bank.mix(bank.hidden(h), alpha)
@@ -134,36 +129,52 @@ def main() -> None:
         out.pow(2).sum().backward()
 
     with torch.inference_mode():
-        fwd = median_seconds({"bank": bank_fwd, "loop": loop_fwd}, max(args.repeats, 5) * 4)
-    train = median_seconds({"bank": bank_train, "loop": loop_train}, max(args.repeats, 5) * 4)
+        fwd = median_seconds({"bank": bank_fwd, "loop": loop_fwd}, max(repeats, 5) * 4)
+    train = median_seconds({"bank": bank_train, "loop": loop_train}, max(repeats, 5) * 4)
+    return {
+        "model": model_name, "batch": batch, "img_size": img_size, "tokens": tokens, "dim": dim,
+        "layers": backbone.num_layers, "sets": n, "bottleneck": bottleneck, "repeats": repeats,
+        "threads": torch.get_num_threads(), "latency_M_s": latency["M"], "latency_Mstar_s": latency["M*"],
+        "flops_M": flops_plain, "flops_Mstar": flops_fused, "macs_M": vit_macs, "macs_Mstar": vit_macs + grappa_macs,
+        "bank_fwd_s": fwd["bank"], "loop_fwd_s": fwd["loop"], "bank_train_s": train["bank"],
+        "loop_train_s": train["loop"],
+    }
 
+
+def main() -> None:
+    args = parse_args()
+    if args.small:
+        args.batch, args.img_size, args.repeats = 2, 112, 3
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    r = measure(args.model, args.batch, args.img_size, args.sets, args.bottleneck, args.repeats)
     print(
-        f"\nCPU, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"{args.model} (random weights), batch {args.batch}, {args.img_size} px, "
-        f"T = {tokens}, D = {dim}, L = {backbone.num_layers}, N = {n}, D' = {args.bottleneck}, "
+        f"\nCPU, {r['threads']} threads, torch {torch.__version__}; "
+        f"{r['model']} (random weights), batch {r['batch']}, {r['img_size']} px, "
+        f"T = {r['tokens']}, D = {r['dim']}, L = {r['layers']}, N = {r['sets']}, D' = {r['bottleneck']}, "
         "attention fusion\n"
     )
     print("| measurement | M / loop | M* / bank | ratio |")
     print("|---|---|---|---|")
     print(
-        f"| latency per batch (median of {args.repeats}) | {latency['M'] * 1e3:.1f} ms | "
-        f"{latency['M*'] * 1e3:.1f} ms | **{latency['M*'] / latency['M']:.3f}x** |"
+        f"| latency per batch (median of {r['repeats']}) | {r['latency_M_s'] * 1e3:.1f} ms | "
+        f"{r['latency_Mstar_s'] * 1e3:.1f} ms | **{r['latency_Mstar_s'] / r['latency_M_s']:.3f}x** |"
     )
     print(
-        f"| FLOPs per batch (torch flop counter) | {flops_plain / 1e9:.2f} G | {flops_fused / 1e9:.2f} G | "
-        f"{flops_fused / flops_plain:.3f}x |"
+        f"| FLOPs per batch (torch flop counter) | {r['flops_M'] / 1e9:.2f} G | {r['flops_Mstar'] / 1e9:.2f} G | "
+        f"{r['flops_Mstar'] / r['flops_M']:.3f}x |"
     )
     print(
-        f"| MACs per image (analytic) | {vit_macs / 1e9:.3f} G | {(vit_macs + grappa_macs) / 1e9:.3f} G | "
-        f"{(vit_macs + grappa_macs) / vit_macs:.3f}x |"
+        f"| MACs per image (analytic) | {r['macs_M'] / 1e9:.3f} G | {r['macs_Mstar'] / 1e9:.3f} G | "
+        f"{r['macs_Mstar'] / r['macs_M']:.3f}x |"
     )
     print(
-        f"| adaptors of one layer, forward | {fwd['loop'] * 1e3:.2f} ms | {fwd['bank'] * 1e3:.2f} ms | "
-        f"**{fwd['loop'] / fwd['bank']:.2f}x faster** |"
+        f"| adaptors of one layer, forward | {r['loop_fwd_s'] * 1e3:.2f} ms | {r['bank_fwd_s'] * 1e3:.2f} ms | "
+        f"**{r['loop_fwd_s'] / r['bank_fwd_s']:.2f}x faster** |"
     )
     print(
-        f"| adaptors of one layer, forward + backward | {train['loop'] * 1e3:.2f} ms | "
-        f"{train['bank'] * 1e3:.2f} ms | **{train['loop'] / train['bank']:.2f}x faster** |"
+        f"| adaptors of one layer, forward + backward | {r['loop_train_s'] * 1e3:.2f} ms | "
+        f"{r['bank_train_s'] * 1e3:.2f} ms | **{r['loop_train_s'] / r['bank_train_s']:.2f}x faster** |"
     )
     print(
         "\ntorch's flop counter does not count the CPU scaled-dot-product-attention kernel "

@@ -105,6 +105,9 @@ SCHEMA: dict[str, list[FieldSpec]] = {
         FieldSpec("seed", "int", 0, "random seed; runs on the CPU are repeatable for a given seed",
                   check=_non_negative),
         FieldSpec("amp", "bool", True, "bf16 autocast on CUDA (ignored on the CPU)"),
+        FieldSpec("compile", "bool", False,
+                  "run extraction and evaluation models through torch.compile (pays on GPUs, not on CPUs; "
+                  "see the benchmarks page)"),
     ],
     "cluster": [
         FieldSpec("k", "k", "auto",
@@ -158,7 +161,8 @@ SCHEMA: dict[str, list[FieldSpec]] = {
         FieldSpec("tasks", "list[str]", [],
                   "tasks to evaluate (empty = every configured task with a test split)",
                   "leave-one-out retrieval on each test split (section 4.1)"),
-        FieldSpec("batch_size", "int", 256, "images per batch when embedding test images", check=_positive),
+        FieldSpec("batch_size", "int", 256,
+                  "images per batch when embedding test images (GPU: 512-1024 for ViT-S/16)", check=_positive),
         FieldSpec("recall_at", "list[int]", [1],
                   "k values of Recall@k reported besides MAP@R and R-Precision", check=_layer_sizes),
     ],

@@ -24,8 +24,14 @@ def barlow_params(config: Any) -> dict[str, Any]:
 def train_pairs(
     context: FusionContext, model: Any, dataset: Any, *, optimizer: str = "lars",
     on_epoch_start: Callable[[int, Any], Any] | None = None, description: str = "fuse",
+    loop_inputs: dict[str, Any] | None = None,
 ) -> Any:
-    """Train ``model``'s trainable parameters with the Barlow Twins loss on ``dataset``'s pairs."""
+    """Train ``model``'s trainable parameters with the Barlow Twins loss on ``dataset``'s pairs.
+
+    ``loop_inputs`` are extra arguments of the training loop for datasets that are not pairs
+    of image tensors yet (``prepare_batch``, ``make_batch_sampler``, ``collate_fn``: the
+    image cache's uint8 batches turned into the two views on the device).
+    """
     import torch
 
     from grappa_cli.errors import TrainingError
@@ -62,5 +68,5 @@ def train_pairs(
         objective, dataset, config, make_optimizer=make_optimizer,
         make_scheduler=lambda opt, steps, epochs: build_scheduler(
             opt, "cosine", steps_per_epoch=steps, epochs=epochs, warmup_epochs=p["warmup_epochs"]),
-        on_epoch_start=on_epoch_start, reporter=context.reporter,
+        on_epoch_start=on_epoch_start, reporter=context.reporter, **(loop_inputs or {}),
     )

@@ -37,6 +37,8 @@ class FusionContext:
     params: dict[str, Any]
     run_dir: Path
     reporter: Reporter
+    _cache: Any = field(default=None, init=False, repr=False)
+    _cache_checked: bool = field(default=False, init=False, repr=False)
 
     @property
     def epochs(self) -> int:
@@ -55,6 +57,27 @@ class FusionContext:
 
     def num_workers(self) -> int:
         return self.config.data.num_workers if self.options.num_workers is None else self.options.num_workers
+
+    def training_cache(self) -> Any:
+        """The image cache of the training set when complete and current (else None, after a hint).
+
+        Strategies that train on the training images read it instead of the image files.
+        """
+        if not self._cache_checked:
+            from grappa_cli.data.cached_training import find_training_cache
+
+            self._cache = find_training_cache(self.store, self.reporter)
+            self._cache_checked = True
+        return self._cache
+
+    @property
+    def read_cache(self) -> bool:
+        """Whether the strategy trained on the image cache (for provenance records)."""
+        return self._cache is not None
+
+    def cached_rows(self) -> Any:
+        """Training rows readable in the features (``features/train/valid``) and in the cache."""
+        return self.training_cache().usable_rows(self.store.read("features/train/valid"))
 
     def model(self, fusion: str) -> Any:
         """M* over the stored adaptor sets with a fresh ``"mean"`` or ``"attention"`` fusion."""

@@ -10,6 +10,11 @@
   attention fusion by the transform loss (Table 2, row 3).
 * ``single-random``: M + A_1, one randomly initialised adaptor set trained by the transform
   loss (Table 2, row 2).
+
+The strategies that train on the training images (transform, neighbor, random,
+single-random) read them from the image cache when it is complete and current
+(:meth:`FusionContext.training_cache`): uint8 batches in chunk-aware order, views made on the
+training device; otherwise from the image files with PIL transforms in the workers.
 """
 
 from __future__ import annotations
@@ -55,6 +60,27 @@ def _transform_dataset(context: FusionContext) -> Any:
                       min_side=decode_min_side(context.backbone.data_config))
 
 
+def _transform_inputs(context: FusionContext) -> tuple[Any, dict[str, Any]]:
+    """Grappa-T's training data: the two Barlow Twins views of each training image.
+
+    From the image cache when it exists (each cached image read once, both views made on the
+    training device), else from the image files (PIL views in the DataLoader workers).
+    """
+    cache = context.training_cache()
+    if cache is None:
+        return _transform_dataset(context), {}
+    from grappa_cli.data.cached_training import TwoViews, loop_inputs
+    from grappa_cli.data.gpu_augment import TensorAugment
+    from grappa_cli.data.transforms import BLUR_SIGMA_224
+
+    data_config = context.backbone.data_config
+    scale = int(data_config["input_size"][-1]) / 224  # blur in pixels scales with the input, as the PIL views
+    sigma = (BLUR_SIGMA_224[0] * scale, BLUR_SIGMA_224[1] * scale)
+    views = TwoViews(TensorAugment.barlow_twins(data_config, 1, blur_sigma=sigma),
+                     TensorAugment.barlow_twins(data_config, 2, blur_sigma=sigma))
+    return cache.images(context.cached_rows()), loop_inputs(views)
+
+
 def _outcome(model: Any, result: Any, start: float, trained_adaptors: bool = False, **info: Any) -> FusionOutcome:
     return FusionOutcome(model, list(result.epoch_losses), time.perf_counter() - start,
                          result.images_per_second, trained_adaptors, info)
@@ -74,7 +100,8 @@ class TransformFusion:
         start = time.perf_counter()
         model = context.model("attention")
         model.set_trainable(adaptors=False, fusion=True)
-        result = train_pairs(context, model, _transform_dataset(context), description="fuse transform")
+        dataset, inputs = _transform_inputs(context)
+        result = train_pairs(context, model, dataset, description="fuse transform", loop_inputs=inputs)
         return _outcome(model, result, start)
 
 
@@ -89,6 +116,48 @@ class NeighborFusion:
                 "neighbors": options.neighbors or config.fuse.neighbors, "augmentation": "random-resized-crop+flip"}
 
     def train(self, context: FusionContext) -> FusionOutcome:
+        start = time.perf_counter()
+        model = context.model("attention")
+        model.set_trainable(adaptors=False, fusion=True)
+        graphs: list[np.ndarray] = []
+        if context.training_cache() is not None:
+            result = self._train_cached(context, model, graphs)
+        else:
+            result = self._train_files(context, model, graphs)
+        changed = [float((a != b).mean()) for a, b in itertools.pairwise(graphs)]
+        return _outcome(model, result, start, graph_changes=changed)
+
+    def _train_cached(self, context: FusionContext, model: Any, graphs: list[np.ndarray]) -> Any:
+        """Anchors and partners read from the image cache; embedding and augmentation on the device."""
+        from grappa_cli.data.cached_training import CenterView, PairViews, loop_inputs
+        from grappa_cli.data.gpu_augment import TensorAugment
+        from grappa_cli.fusion.neighbors import embed_cached, knn_graph
+        from grappa_cli.runtime import resolve_device
+        from grappa_cli.train.rng import derive_seed
+
+        cache = context.training_cache()
+        rows = context.cached_rows()
+        data_config = context.backbone.data_config
+        k = int(context.params["neighbors"])
+        device = resolve_device(context.device())
+        view = CenterView.for_cache(data_config, cache.size)
+
+        def on_epoch_start(epoch: int, objective: Any) -> Any:
+            embeddings = embed_cached(objective.model, cache, rows, view, batch_size=context.config.data.batch_size,
+                                      num_workers=context.num_workers(), device=device,
+                                      amp=context.config.runtime.amp)
+            graph = knn_graph(embeddings, k)
+            graphs.append(graph)
+            partners = np.full((cache.layout.n, k), -1, dtype=np.int64)
+            partners[rows] = rows[graph]  # graph positions -> training rows
+            return cache.pairs(rows, partners, seed=derive_seed(context.seed, 0x6E6E))
+
+        inputs = loop_inputs(PairViews(TensorAugment.standard(data_config)))
+        return train_pairs(context, model, cache.images(rows), on_epoch_start=on_epoch_start,
+                           description="fuse neighbor", loop_inputs=inputs)
+
+    def _train_files(self, context: FusionContext, model: Any, graphs: list[np.ndarray]) -> Any:
+        """Anchors and partners decoded from the image files and augmented in the DataLoader workers."""
         from grappa_cli.data.images import decode_min_side
         from grappa_cli.data.training import ImagePairs
         from grappa_cli.data.transforms import eval_transform, train_transform
@@ -96,16 +165,12 @@ class NeighborFusion:
         from grappa_cli.runtime import resolve_device
         from grappa_cli.train.rng import derive_seed
 
-        start = time.perf_counter()
-        model = context.model("attention")
-        model.set_trainable(adaptors=False, fusion=True)
         data_config = context.backbone.data_config
         min_side = decode_min_side(data_config)
         k = int(context.params["neighbors"])
         device = resolve_device(context.device())
         augment = train_transform(data_config)
         plain = eval_transform(data_config)
-        graphs: list[np.ndarray] = []
 
         def on_epoch_start(epoch: int, objective: Any) -> Any:
             embeddings = embed_paths(objective.model, context.train_paths, plain,
@@ -119,10 +184,7 @@ class NeighborFusion:
 
         n = len(context.train_paths)
         placeholder = ImagePairs(context.train_paths, np.stack([np.arange(n)] * 2, axis=1), augment, augment)
-        result = train_pairs(context, model, placeholder, on_epoch_start=on_epoch_start,
-                             description="fuse neighbor")
-        changed = [float((a != b).mean()) for a, b in itertools.pairwise(graphs)]
-        return _outcome(model, result, start, graph_changes=changed)
+        return train_pairs(context, model, placeholder, on_epoch_start=on_epoch_start, description="fuse neighbor")
 
 
 class RandomAdaptorsFusion:
@@ -155,8 +217,9 @@ class RandomAdaptorsFusion:
         torch.manual_seed(context.seed)
         model = GrappaModel.with_adaptor_sets(context.backbone, sets, fusion="attention" if n > 1 else None)
         model.set_trainable(adaptors=True, fusion=n > 1)
-        result = train_pairs(context, model, _transform_dataset(context), optimizer="adam",
-                             description=f"fuse {self.name}")
+        dataset, inputs = _transform_inputs(context)
+        result = train_pairs(context, model, dataset, optimizer="adam", description=f"fuse {self.name}",
+                             loop_inputs=inputs)
         return _outcome(model, result, start, trained_adaptors=True)
 
 

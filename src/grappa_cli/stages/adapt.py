@@ -6,6 +6,13 @@ norm-softmax loss (eq. 2: cosine classifier, scale gamma), Adam with learning ra
 weight decay 0.001 (section 4). The classifier is discarded; the set is saved to
 ``checkpoints/adaptors/k<K>.safetensors`` with its provenance. Each set trains
 independently and resumes after an interruption (``checkpoints/runs/adapt-k<K>/``).
+
+Images come from the image cache when ``grappa cache build`` made it from the current
+training set (uint8 squares augmented in whole batches on the training device, see
+:mod:`grappa_cli.data.cached_training`), else from the image files (decoded and augmented by
+PIL in the DataLoader workers, with a hint that the cache speeds training up). The provenance
+records which (``input``: ``cache`` or ``files``); it is not part of the fingerprint, so
+building the cache never makes trained sets stale.
 """
 
 from __future__ import annotations
@@ -67,15 +74,20 @@ def stored_ks(store: Any) -> list[int]:
     return sorted(ks)
 
 
+def training_labels(store: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudo-labels under clustering k by training row (-1: none) and which rows are usable."""
+    valid = store.read(f"{FEATURES}/valid").astype(bool)
+    labels = store.read(f"{cluster_key(k)}/labels").astype(np.int64)
+    if len(labels) != len(valid):
+        raise StoreError(f"{cluster_key(k)} has {len(labels)} labels for {len(valid)} training images",
+                         hint="rerun `grappa cluster --force`")
+    return labels, valid & (labels >= 0)
+
+
 def training_rows(store: Any, k: int) -> tuple[list[str], np.ndarray]:
     """Paths of the usable training images and their pseudo-labels under clustering k."""
+    labels, keep = training_labels(store, k)
     paths = store.read(f"{FEATURES}/paths")
-    valid = store.read(f"{FEATURES}/valid")
-    labels = store.read(f"{cluster_key(k)}/labels").astype(np.int64)
-    if len(labels) != len(paths):
-        raise StoreError(f"{cluster_key(k)} has {len(labels)} labels for {len(paths)} training images",
-                         hint="rerun `grappa cluster --force`")
-    keep = valid & (labels >= 0)
     return [str(p) for p in paths[keep]], labels[keep]
 
 
@@ -109,6 +121,7 @@ def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = N
         raise StoreError(f"no complete clustering for k = {', '.join(map(str, missing))}; stored: "
                          f"{', '.join(map(str, available)) or 'none'}",
                          hint=f"run `grappa cluster --k {','.join(map(str, missing))}`")
+    from grappa_cli.data.cached_training import find_training_cache
     from grappa_cli.model.backbone import build_backbone
 
     backbone = build_backbone(backbone_spec(config))
@@ -116,19 +129,40 @@ def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = N
         raise StoreError(f"the stored features were extracted with {features['params'].get('backbone')}, "
                          f"but grappa.toml configures {backbone.model_id}",
                          hint="rerun `grappa extract --force`")
+    cache = find_training_cache(store, reporter)
     results = []
     for k in ks:
-        results.append(_adapt_one(project, config, options, store, backbone, features, k, reporter))
+        results.append(_adapt_one(project, config, options, store, backbone, features, k, reporter, cache))
     return results
 
 
-def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any, backbone: Any,
-               features: dict, k: int, reporter: Reporter) -> AdaptResult:
-    import torch
+def training_inputs(store: Any, k: int, data_config: dict[str, Any], cache: Any) -> tuple[Any, dict[str, Any]]:
+    """The dataset of images with their pseudo-labels under clustering k, and the loop's extra inputs.
 
+    With the image cache: cached uint8 images with their training rows, augmented on the
+    training device, labels looked up by row. Without: image files decoded and augmented
+    by PIL in the DataLoader workers.
+    """
+    if cache is not None:
+        from grappa_cli.data.cached_training import LabelledViews, loop_inputs
+        from grappa_cli.data.gpu_augment import TensorAugment
+
+        labels, keep = training_labels(store, k)
+        rows = cache.usable_rows(keep)
+        views = LabelledViews(TensorAugment.standard(data_config), labels)
+        return cache.images(rows, return_index=True), loop_inputs(views)
     from grappa_cli.data.images import decode_min_side
     from grappa_cli.data.training import LabeledImages
     from grappa_cli.data.transforms import train_transform
+
+    paths, labels = training_rows(store, k)
+    return LabeledImages(paths, labels, train_transform(data_config), min_side=decode_min_side(data_config)), {}
+
+
+def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any, backbone: Any,
+               features: dict, k: int, reporter: Reporter, cache: Any = None) -> AdaptResult:
+    import torch
+
     from grappa_cli.model.checkpoint import save_adaptor_set
     from grappa_cli.model.grappa import GrappaModel, new_adaptor_set
     from grappa_cli.train import distributed
@@ -150,9 +184,7 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
                              f"({prov.describe_mismatch(existing, params, inputs)})",
                              hint="rerun with --force to retrain it")
 
-    paths, labels = training_rows(store, k)
-    transform = train_transform(backbone.data_config)
-    dataset = LabeledImages(paths, labels, transform, min_side=decode_min_side(backbone.data_config))
+    dataset, loop_inputs = training_inputs(store, k, backbone.data_config, cache)
     model = GrappaModel.with_adaptor_sets(
         backbone, [new_adaptor_set(backbone, config.adapt.bottleneck, seed=params["seed"], k=k,
                                    config_path=config.path)], fusion=None)
@@ -175,12 +207,12 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
         make_optimizer=lambda p: torch.optim.Adam(p, lr=params["lr"], weight_decay=params["weight_decay"]),
         make_scheduler=lambda opt, steps, epochs: build_scheduler(
             opt, params["schedule"], steps_per_epoch=steps, epochs=epochs),
-        reporter=reporter,
+        reporter=reporter, **loop_inputs,
     )
     if distributed.is_main():
         record = prov.record("adapt", params, inputs)
         record.update(complete=True, completed=prov.now(), loss_curve=result.epoch_losses,
-                      images=len(dataset), seconds=result.seconds,
+                      images=len(dataset), seconds=result.seconds, input="cache" if loop_inputs else "files",
                       summary={"k": k, "epochs": params["epochs"], "final_loss": _last(result.epoch_losses)})
         save_adaptor_set(path, model.adaptor_set(0), backbone=backbone, provenance=record, k=k,
                          config={"adapt": params})

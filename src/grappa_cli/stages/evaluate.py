@@ -318,6 +318,7 @@ def evaluate(project: Project, options: EvalOptions, reporter: Reporter | None =
                     num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
                     device=device, amp=config.runtime.amp, min_side=decode_min_side(backbone.data_config),
                     force=job.embed_state == "stale", reporter=reporter,
+                    compile=config.runtime.compile or None,
                 )
                 seconds[job.task] = time.perf_counter() - start
             del model

@@ -93,5 +93,6 @@ def extract(project: Project, options: ExtractOptions, reporter: Reporter | None
             num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
             device=device, amp=config.runtime.amp, min_side=decode_min_side(backbone.data_config),
             force=options.force, refresh=options.refresh, reporter=reporter,
+            compile=config.runtime.compile or None,
         ))
     return results

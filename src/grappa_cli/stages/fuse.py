@@ -96,6 +96,7 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
         record = prov.record("fuse", params, inputs)
         record.update(complete=True, completed=prov.now(), loss_curve=outcome.epoch_losses,
                       uses_labels=strategy.uses_labels, seconds=outcome.seconds, info=_plain(outcome.info),
+                      input="cache" if context.read_cache else "files",
                       summary={"strategy": strategy.name, "sets": len(names),
                                "labels": "yes" if strategy.uses_labels else "no"})
         if outcome.trained_adaptors:
@@ -153,7 +154,7 @@ def inspect_attention(project: Project, strategy_name: str, *, tasks: list[str] 
             for batch in loader:
                 if not len(batch.indices):
                     continue
-                _, alpha = model(batch.images.to(dev), return_attention=True)
+                _, alpha = model(batch.images.to(dev, non_blocking=True), return_attention=True)
                 s = alpha.float().sum(0).cpu().numpy()
                 total = s if total is None else total + s
                 count += alpha.shape[0]

@@ -10,19 +10,45 @@ batches that one process with the whole batch would see.
 Workers use the ``spawn`` start method: the project's zarr store runs an event-loop thread
 and forking a process with running threads is unsafe. Their seeds come from a generator
 seeded by ``(seed, epoch, rank)``.
+
+Datasets that read better in another order (the image cache reads whole shards) bring their
+own batch sampler: :func:`make_batch_loader` builds the epoch's DataLoader around any
+:class:`EpochBatchSampler`, an object that yields this rank's batches of dataset positions for
+the epoch set with ``set_epoch``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from grappa_cli.train.rng import derive_seed
 
-__all__ = ["EpochShuffleSampler", "make_loader"]
+__all__ = ["BatchSamplerFactory", "EpochBatchSampler", "EpochShuffleSampler", "make_batch_loader", "make_loader"]
+
+
+class EpochBatchSampler(Protocol):
+    """Batches of dataset positions of one rank for the epoch given to :meth:`set_epoch`.
+
+    Every rank must yield the same number of batches (``len``), each of the per-rank batch
+    size, and the order must depend only on the sampler's seed, the epoch and the rank.
+    """
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[list[int]]: ...
+
+
+class BatchSamplerFactory(Protocol):
+    """Builds the :class:`EpochBatchSampler` of a dataset: ``batch_size`` is per rank."""
+
+    def __call__(self, dataset: Dataset, *, batch_size: int, seed: int, rank: int,
+                 world_size: int) -> EpochBatchSampler: ...
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -76,4 +102,28 @@ def make_loader(
         generator=torch.Generator().manual_seed(worker_seed),
         multiprocessing_context="spawn" if num_workers > 0 else None,
         persistent_workers=False,
+    )
+
+
+def make_batch_loader(
+    dataset: Dataset,
+    batch_sampler: EpochBatchSampler,
+    *,
+    num_workers: int = 0,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    pin_memory: bool = False,
+    worker_seed: int = 0,
+) -> DataLoader:
+    """The DataLoader of one epoch over the batches of ``batch_sampler`` (call its ``set_epoch`` first)."""
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs.update(multiprocessing_context="spawn", persistent_workers=False, prefetch_factor=4)
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(worker_seed),
+        **kwargs,
     )

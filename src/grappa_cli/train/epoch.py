@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -51,9 +51,11 @@ def run_epoch(
     progress: dict[str, Any],
     run: RunDir,
     reporter: Reporter,
+    prepare: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Train for one pass over ``loader``; update ``progress`` (step, seconds, images, losses)
-    in place and return the epoch's metrics record. Raises :class:`TrainingError` on a
+    in place and return the epoch's metrics record. ``prepare`` maps each batch once it is on
+    ``device`` (without gradients, outside autocast). Raises :class:`TrainingError` on a
     non-finite loss before any parameter sees it."""
     steps = len(loader)  # type: ignore[arg-type]
     images_per_step = config.batch_size * config.images_per_item
@@ -64,6 +66,9 @@ def run_epoch(
     with reporter.task(title, total=steps * images_per_step, unit="img") as task:
         for i, batch in enumerate(loader):
             batch = move_to(batch, device, non_blocking=device.type == "cuda")
+            if prepare is not None:
+                with torch.no_grad():
+                    batch = prepare(batch)
             with autocast(device, config.amp):
                 loss = module(batch)
             value = float(dist_utils.all_reduce_mean(loss.detach().float()).item())

@@ -7,7 +7,12 @@
   gradient-norm clipping, ``DistributedDataParallel`` under torchrun;
 * a DataLoader it builds itself (seeded per-epoch shuffle shared by all ranks, ``drop_last``,
   ``spawn`` workers) from the dataset, which ``on_epoch_start`` may replace for one epoch
-  (fusion training rebuilds its k-NN pairs every epoch);
+  (fusion training rebuilds its k-NN pairs every epoch); ``make_batch_sampler`` replaces the
+  per-item shuffle by the dataset's own batch order (the image cache reads whole shards);
+* ``prepare_batch(batch, device, generator)``, applied to every batch once it is on the
+  device and before the forward pass: batched augmentation on the GPU when there is one,
+  with a CPU generator seeded from ``(seed, epoch, rank)``, so augmentations are the same on
+  every device and replay exactly on resume;
 * after every epoch an atomic checkpoint in the run directory; rerunning with the same
   run directory resumes after the last complete epoch and ends, on the CPU, with weights
   identical to an uninterrupted run (every random generator is reseeded from
@@ -35,7 +40,7 @@ from grappa_cli.provenance import fingerprint
 from grappa_cli.runtime import resolve_device
 from grappa_cli.train import distributed as dist_utils
 from grappa_cli.train.checkpoint import RunDir
-from grappa_cli.train.data import EpochShuffleSampler, make_loader
+from grappa_cli.train.data import BatchSamplerFactory, EpochShuffleSampler, make_batch_loader, make_loader
 from grappa_cli.train.epoch import run_epoch
 from grappa_cli.train.objective import load_trainable_state, trainable_state
 from grappa_cli.train.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
@@ -49,6 +54,10 @@ OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer, int, int], Any]
 EpochStart = Callable[[int, nn.Module], "Dataset | None"]
 EpochEnd = Callable[[int, nn.Module, dict[str, Any]], None]
+BatchPreparer = Callable[[Any, torch.device, torch.Generator], Any]
+
+#: Mixed into the seed of the generator handed to ``prepare_batch``.
+_PREPARE_STREAM = 0xBA7C
 
 
 @dataclass
@@ -150,6 +159,8 @@ def train(
     on_epoch_start: EpochStart | None = None,
     on_epoch_end: EpochEnd | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    prepare_batch: BatchPreparer | None = None,
+    make_batch_sampler: BatchSamplerFactory | None = None,
     reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train ``objective``'s trainable parameters; resume from ``config.run_dir`` when possible.
@@ -158,8 +169,15 @@ def train(
     ``make_scheduler(optimizer, steps_per_epoch, epochs)`` an optional per-step scheduler.
     ``on_epoch_start(epoch, objective)`` runs on every rank before each epoch (after the
     epoch's reseeding) and may return a dataset to use for that epoch instead of ``dataset``
-    (``steps_per_epoch`` is still computed from ``dataset``). ``on_epoch_end(epoch,
-    objective, record)`` runs after the epoch's checkpoint is written.
+    (``steps_per_epoch`` is still computed from ``dataset``); a dataset with a ``set_epoch``
+    method is told the epoch before its loader is built. ``on_epoch_end(epoch, objective,
+    record)`` runs after the epoch's checkpoint is written.
+
+    ``make_batch_sampler(dataset, batch_size=, seed=, rank=, world_size=)`` builds the
+    epoch's batches instead of the seeded per-item shuffle (``batch_size`` per rank, full
+    batches only). ``prepare_batch(batch, device, generator)`` maps each batch, once on
+    ``device``, to what the objective takes; it runs without gradients and outside autocast,
+    and ``generator`` is a CPU generator seeded from ``(seed, epoch, rank)``.
     """
     reporter = reporter if (reporter is not None and dist_utils.is_main()) else NullReporter()
     device = resolve_device(config.device)
@@ -199,23 +217,18 @@ def train(
         run.truncate_metrics(start_epoch)
 
     wrapped = _wrap_ddp(objective, device)
-    rank, world = dist_utils.rank(), dist_utils.world_size()
+    rank = dist_utils.rank()
     for epoch in range(start_epoch, config.epochs):
         seed_everything(derive_seed(config.seed, epoch, rank))
         replacement = on_epoch_start(epoch, objective) if on_epoch_start else None
         epoch_data = dataset if replacement is None else replacement
         objective.train()
-        sampler = EpochShuffleSampler(len(epoch_data), config.batch_size, seed=config.seed,
-                                      rank=rank, world_size=world)
-        sampler.set_epoch(epoch)
-        loader = make_loader(epoch_data, sampler, num_workers=config.num_workers, collate_fn=collate_fn,
-                             pin_memory=device.type == "cuda",
-                             worker_seed=derive_seed(config.seed, epoch, rank, 0x0A7A))
-        if sampler.steps == 0:
+        loader = _epoch_loader(epoch_data, epoch, config, device, collate_fn, make_batch_sampler)
+        if len(loader) == 0:
             raise TrainingError(f"epoch {epoch + 1} has {len(epoch_data)} items, fewer than one batch of "
                                 f"{config.batch_size}", hint="lower the batch size")
         record = run_epoch(wrapped, loader, epoch, config, optimizer, scheduler, params, device, progress,
-                           run, reporter)
+                           run, reporter, prepare=_epoch_preparer(prepare_batch, device, config.seed, epoch, rank))
         if dist_utils.is_main():
             run.append_metrics(record)  # first: a record past the checkpoint is dropped on resume
             run.save_checkpoint({
@@ -238,6 +251,41 @@ def train(
         images_per_second=progress["images"] / seconds if seconds > 0 else math.nan,
         start_epoch=start_epoch, run_dir=run.path,
     )
+
+
+def _epoch_loader(
+    data: Dataset, epoch: int, config: TrainConfig, device: torch.device,
+    collate_fn: Callable[[list[Any]], Any] | None, make_batch_sampler: BatchSamplerFactory | None,
+) -> Any:
+    """This rank's DataLoader for ``epoch``: the seeded shuffle, or the dataset's own batch order."""
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    set_epoch = getattr(data, "set_epoch", None)
+    if callable(set_epoch):
+        set_epoch(epoch)  # before the loader pickles the dataset for its workers
+    common = {"num_workers": config.num_workers, "collate_fn": collate_fn, "pin_memory": device.type == "cuda",
+              "worker_seed": derive_seed(config.seed, epoch, rank, 0x0A7A)}
+    if make_batch_sampler is None:
+        sampler = EpochShuffleSampler(len(data), config.batch_size, seed=config.seed, rank=rank, world_size=world)
+        sampler.set_epoch(epoch)
+        return make_loader(data, sampler, **common)
+    batches = make_batch_sampler(data, batch_size=config.batch_size // world, seed=config.seed, rank=rank,
+                                 world_size=world)
+    batches.set_epoch(epoch)
+    return make_batch_loader(data, batches, **common)
+
+
+def _epoch_preparer(
+    prepare_batch: BatchPreparer | None, device: torch.device, seed: int, epoch: int, rank: int,
+) -> Callable[[Any], Any] | None:
+    """``prepare_batch`` bound to the device and to this epoch's freshly seeded CPU generator."""
+    if prepare_batch is None:
+        return None
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch, rank, _PREPARE_STREAM))
+
+    def prepare(batch: Any) -> Any:
+        return prepare_batch(batch, device, generator)
+
+    return prepare
 
 
 def _wrap_ddp(objective: nn.Module, device: torch.device) -> nn.Module:
