@@ -1,0 +1,56 @@
+"""`grappa demo`: bundled data, a project, the whole pipeline and the report, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from grappa_cli.demo.data import SCALES, write_demo_datasets
+
+
+def test_demo_datasets_are_deterministic(tmp_path: Path) -> None:
+    a = write_demo_datasets(tmp_path / "a", SCALES["tiny"], seed=0)
+    b = write_demo_datasets(tmp_path / "b", SCALES["tiny"], seed=0)
+    assert a == b == {"digits": 80, "photos": 96, "shapes": 96}
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert len(files) == sum(a.values())
+    for rel in files[:: max(1, len(files) // 20)]:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    # coarse and fine classes: 4 shapes x 6 colours, 2 photos x 12 spots, 10 digits
+    assert len({p.parent.name for p in (tmp_path / "a" / "shapes").rglob("*.png")}) == 24
+    assert len({p.parent.name for p in (tmp_path / "a" / "photos").rglob("*.png")}) == 24
+    assert len({p.parent.name for p in (tmp_path / "a" / "digits").rglob("*.png")}) == 10
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_then_nothing_to_do(tmp_path: Path, cli) -> None:
+    directory = tmp_path / "demo"
+    result = cli("demo", "--dir", directory, "--size", "tiny")
+    assert result.exit_code == 0, result.stderr
+    assert "Demo results" in result.stdout and "Grappa-N" in result.stdout and "Grappa-avg" in result.stdout
+    for name in ("table2.md", "table2.csv", "fig4_per_task.png"):
+        assert (directory / "reports" / name).is_file()
+    table = (directory / "reports" / "table2.md").read_text()
+    for task in ("digits", "photos", "shapes"):
+        assert task in table
+    results = sorted(p.relative_to(directory / "results").as_posix() for p in (directory / "results").rglob("*.json"))
+    # backbone, two single sets, two fused models, on three tasks
+    assert len(results) == 15
+    for path in (directory / "results").rglob("*.json"):
+        metrics = json.loads(path.read_text())["metrics"]
+        assert 0.0 <= metrics["r_precision"] <= 1.0 and 0.0 <= metrics["map@r"] <= metrics["r_precision"] + 1e-9
+
+    again = cli("-C", directory, "run", "--json")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["changed"] is False
+
+
+def test_demo_refuses_a_foreign_directory(tmp_path: Path, cli) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    result = cli("demo", "--dir", tmp_path / "mine", "--size", "tiny")
+    assert result.exit_code == 1
+    assert "is not a grappa demo" in result.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
