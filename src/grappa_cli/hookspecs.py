@@ -33,7 +33,9 @@ def register_backbones(register: Register) -> None:
 
 @hookspec
 def register_clusterers(register: Register) -> None:
-    """Add clustering backends: objects with ``name`` and ``fit(x, k, *, seed, niter)``.
+    """Add clustering backends: objects with ``name``, ``description``, an optional ``settings``
+    dict (recorded in provenance) and ``fit(x, k, *, seed, niter, reporter=None) -> ClusterResult``
+    over L2-normalised float32 features.
 
     See :class:`grappa_cli.clustering.base.Clusterer`.
     """

@@ -48,7 +48,8 @@ __all__ = [
     "loop_inputs",
 ]
 
-#: Printed once per stage when training decodes image files.
+#: Printed once per process when training decodes image files.
+_HINTED: list[bool] = []
 BUILD_HINT = "Training decodes every image each epoch; `grappa cache build` decodes them once and speeds training up."
 
 
@@ -100,7 +101,8 @@ def find_training_cache(store: Any, reporter: Reporter | None = None) -> Trainin
         if reporter is not None:
             if store.exists("cache/train"):
                 reporter.log(f"Not reading the image cache: {exc}")
-            else:
+            elif not _HINTED:
+                _HINTED.append(True)
                 reporter.log(BUILD_HINT)
         return None
     return TrainingCache(Path(store.path), key, read_layout(store.path, key))

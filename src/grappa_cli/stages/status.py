@@ -65,8 +65,12 @@ def collect(project: Project) -> ProjectStatus:
     if store is not None:
         for task in store.children("features/test"):
             add("extract", f"features/test/{task}")
-        for name in store.children("clusters"):
+        for name in sorted(store.children("clusters"), key=lambda n: int(n[1:]) if n[1:].isdigit() else 1 << 62):
             add("cluster", f"clusters/{name}")
+        for name in store.children("cache"):
+            add("cache", f"cache/{name}")
+        for name in store.children("gallery"):
+            add("index", f"gallery/{name}")
     for path in sorted(project.adaptors_dir.glob("*.safetensors")):
         add("adapt", f"adaptors/{path.stem}")
     for path in sorted(project.fusion_dir.glob("*.safetensors")):
