@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from grappa_cli import artifacts
@@ -70,3 +71,27 @@ def test_unknown_k_lists_the_stored_ones(clustered_project, cli) -> None:
     result = cli("-C", clustered_project.root, "adapt", "--k", "8")
     assert result.exit_code == 1
     assert "no complete clustering for k = 8; stored: 2, 4" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_adapt_under_torchrun_with_two_gloo_processes(clustered_project) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GRAPPA_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "grappa_cli", "-C", str(clustered_project.root), "adapt", "--k", "4", "--epochs", "2"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = clustered_project.adaptors_dir / "k4.safetensors"
+    record = artifacts.read_checkpoint_record(path)
+    assert record["complete"] and len(record["loss_curve"]) == 2
+    backbone = build_backbone(BackboneSpec.from_config(clustered_project.config()))
+    model = GrappaModel.with_adaptor_sets(backbone, [load_adaptor_set(path, backbone)], fusion=None).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert not torch.allclose(model(images), backbone(images))

@@ -98,3 +98,15 @@ def test_inspect_shows_attention(adapted_project, cli, strategy) -> None:
     assert train["images"] == 12
     assert np.allclose(np.sum(train["mean"]), 1.0, atol=1e-5)
     assert len(train["per_layer"]) == 4 and "shapes" in report["groups"]
+
+
+def test_sets_of_another_backbone_are_refused(adapted_project, cli) -> None:
+    from grappa_cli.config import update_file
+
+    def other_backbone(doc):
+        doc["backbone"]["kwargs"]["depth"] = 3
+
+    update_file(adapted_project.config_path, other_backbone)
+    result = cli("-C", adapted_project.root, "fuse", "--strategy", "avg")
+    assert result.exit_code == 1
+    assert "k2.safetensors" in result.stderr and "backbone" in result.stderr
