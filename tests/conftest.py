@@ -94,14 +94,13 @@ def tiny_config_overrides() -> dict:
     return {"name": TINY_VIT_NAME, "pretrained": False, "kwargs": dict(TINY_VIT_KWARGS)}
 
 
-@pytest.fixture
-def tiny_project(tmp_path: Path, image_folder: Path):
-    """A project on a synthetic image folder with a tiny random ViT and small settings."""
+def make_tiny_project(root: Path, images: Path):
+    """A project on the image folder ``images`` with a tiny random ViT and small settings."""
     import tomlkit
 
     from grappa_cli.stages.init import create_project
 
-    project = create_project(tmp_path / "proj")
+    project = create_project(root)
     doc = tomlkit.parse(project.config_path.read_text())
     doc["backbone"]["name"] = TINY_VIT_NAME
     doc["backbone"]["pretrained"] = False
@@ -109,22 +108,35 @@ def tiny_project(tmp_path: Path, image_folder: Path):
     kwargs.update(TINY_VIT_KWARGS)
     doc["backbone"]["kwargs"] = kwargs
     doc["data"]["train"] = ["shapes"]
-    doc["data"]["batch_size"] = 8
-    doc["data"]["num_workers"] = 0
-    doc["data"]["chunk_size"] = 8
+    for key, value in {"batch_size": 8, "num_workers": 0, "chunk_size": 8}.items():
+        doc["data"][key] = value
     doc["runtime"]["device"] = "cpu"
-    doc["adapt"]["bottleneck"] = 16
-    doc["adapt"]["batch_size"] = 8
-    doc["adapt"]["epochs"] = 1
-    doc["fuse"]["batch_size"] = 8
-    doc["fuse"]["epochs"] = 1
-    doc["fuse"]["projector"] = [32, 32]
+    for key, value in {"bottleneck": 16, "batch_size": 8, "epochs": 1}.items():
+        doc["adapt"][key] = value
+    for key, value in {"batch_size": 8, "epochs": 1, "projector": [32, 32]}.items():
+        doc["fuse"][key] = value
     tasks = tomlkit.table(is_super_table=True)
     shapes = tomlkit.table()
     shapes["type"] = "imagefolder"
-    shapes["root"] = str(image_folder)
+    shapes["root"] = str(images)
     tasks["shapes"] = shapes
     doc["tasks"] = tasks
     project.config_path.write_text(tomlkit.dumps(doc))
     project.config()  # validates
     return project
+
+
+def copy_project(project, dest: Path):
+    """A copy of a whole project directory (for comparing an interrupted run with a clean one)."""
+    import shutil
+
+    from grappa_cli.project import Project
+
+    shutil.copytree(project.root, dest)
+    return Project(dest)
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, image_folder: Path):
+    """A project on a synthetic image folder with a tiny random ViT and small settings."""
+    return make_tiny_project(tmp_path / "proj", image_folder)

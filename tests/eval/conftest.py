@@ -9,12 +9,11 @@ The synthetic images are shared read-only.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, make_image_folder
+from tests.conftest import copy_project, make_image_folder, make_tiny_project
 
 
 def grappa(*args: object) -> None:
@@ -44,46 +43,8 @@ def make_hard_image_folder(root: Path) -> Path:
     return root
 
 
-def make_tiny_project(root: Path, images: Path):
-    """A project on ``images`` with the settings of ``tests.conftest.tiny_project``."""
-    import tomlkit
-
-    from grappa_cli.stages.init import create_project
-
-    project = create_project(root)
-    doc = tomlkit.parse(project.config_path.read_text())
-    doc["backbone"]["name"] = TINY_VIT_NAME
-    doc["backbone"]["pretrained"] = False
-    kwargs = tomlkit.inline_table()
-    kwargs.update(TINY_VIT_KWARGS)
-    doc["backbone"]["kwargs"] = kwargs
-    doc["data"]["train"] = ["shapes"]
-    doc["data"]["batch_size"] = 8
-    doc["data"]["num_workers"] = 0
-    doc["data"]["chunk_size"] = 8
-    doc["runtime"]["device"] = "cpu"
-    doc["adapt"]["bottleneck"] = 16
-    doc["adapt"]["batch_size"] = 8
-    doc["adapt"]["epochs"] = 1
-    doc["fuse"]["batch_size"] = 8
-    doc["fuse"]["epochs"] = 1
-    doc["fuse"]["projector"] = [32, 32]
-    tasks = tomlkit.table(is_super_table=True)
-    shapes = tomlkit.table()
-    shapes["type"] = "imagefolder"
-    shapes["root"] = str(images)
-    tasks["shapes"] = shapes
-    doc["tasks"] = tasks
-    project.config_path.write_text(tomlkit.dumps(doc))
-    project.config()
-    return project
 
 
-def copy_project(project, dest: Path):
-    from grappa_cli.project import Project
-
-    shutil.copytree(project.root, dest, ignore=shutil.ignore_patterns("lock"))
-    return Project(dest)
 
 
 @pytest.fixture(scope="session")

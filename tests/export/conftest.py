@@ -11,40 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_VIT_KWARGS, TINY_VIT_NAME, make_image_folder
-
-
-def write_tiny_project(root: Path, images: Path):
-    """A project with the tiny random ViT on ``images`` (the settings of ``tests.conftest.tiny_project``)."""
-    import tomlkit
-
-    from grappa_cli.stages.init import create_project
-
-    project = create_project(root)
-    doc = tomlkit.parse(project.config_path.read_text())
-    doc["backbone"]["name"] = TINY_VIT_NAME
-    doc["backbone"]["pretrained"] = False
-    kwargs = tomlkit.inline_table()
-    kwargs.update(TINY_VIT_KWARGS)
-    doc["backbone"]["kwargs"] = kwargs
-    doc["data"]["train"] = ["shapes"]
-    for key, value in {"batch_size": 8, "num_workers": 0, "chunk_size": 8}.items():
-        doc["data"][key] = value
-    doc["runtime"]["device"] = "cpu"
-    for key, value in {"bottleneck": 16, "batch_size": 8, "epochs": 1}.items():
-        doc["adapt"][key] = value
-    doc["fuse"]["batch_size"] = 8
-    doc["fuse"]["epochs"] = 1
-    doc["fuse"]["projector"] = [32, 32]
-    tasks = tomlkit.table(is_super_table=True)
-    shapes = tomlkit.table()
-    shapes["type"] = "imagefolder"
-    shapes["root"] = str(images)
-    tasks["shapes"] = shapes
-    doc["tasks"] = tasks
-    project.config_path.write_text(tomlkit.dumps(doc))
-    project.config()  # validates
-    return project
+from tests.conftest import make_image_folder
+from tests.conftest import make_tiny_project as write_tiny_project
 
 
 def run_cli(*args) -> int:

@@ -21,7 +21,7 @@ from grappa_cli.data.transforms import eval_transform
 from grappa_cli.errors import GrappaError
 from grappa_cli.model.backbone import BackboneSpec, build_backbone
 from grappa_cli.stages import models
-from tests.stages.conftest import copy_project
+from tests.conftest import copy_project
 
 
 def project_embedder(project, name):

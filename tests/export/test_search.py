@@ -17,9 +17,8 @@ import torch
 from PIL import Image
 
 from grappa_cli.stages.gallery import gallery_key, read_sidecar
-from tests.conftest import make_image_folder, run_subprocess
-from tests.export.conftest import write_tiny_project
-from tests.stages.conftest import copy_project
+from tests.conftest import copy_project, make_image_folder, run_subprocess
+from tests.conftest import make_tiny_project as write_tiny_project
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
 
@@ -31,9 +28,3 @@ def adapted_project(clustered_project, cli):
     assert result.exit_code == 0, result.stderr
     return clustered_project
 
-
-def copy_project(project, dest: Path):
-    from grappa_cli.project import Project
-
-    shutil.copytree(project.root, dest)
-    return Project(dest)

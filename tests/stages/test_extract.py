@@ -120,7 +120,7 @@ def test_killed_extraction_resumes_to_identical_features(tmp_path: Path, tiny_pr
         doc["data"]["feature_dtype"] = "float32"
 
     update_file(tiny_project.config_path, edit)
-    from tests.stages.conftest import copy_project
+    from tests.conftest import copy_project
 
     twin = copy_project(tiny_project, tmp_path / "twin")
     reference = run_subprocess("-C", twin.root, "extract", "--split", "train")
@@ -153,7 +153,7 @@ def test_killed_extraction_resumes_to_identical_features(tmp_path: Path, tiny_pr
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_torchrun_two_processes_match_one(extracted_project, tmp_path: Path) -> None:
-    from tests.stages.conftest import copy_project
+    from tests.conftest import copy_project
 
     single = extracted_project.store(mode="r").read("features/train/embeddings")
     other = copy_project(extracted_project, tmp_path / "copy")

@@ -62,8 +62,7 @@ def test_killed_run_resumes_to_the_same_results(tiny_project, tmp_path) -> None:
     import sys
     import time
 
-    from tests.conftest import run_subprocess
-    from tests.stages.conftest import copy_project
+    from tests.conftest import copy_project, run_subprocess
 
     _configure_small(tiny_project)
     twin = copy_project(tiny_project, tmp_path / "twin")
