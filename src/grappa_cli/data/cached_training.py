@@ -22,6 +22,7 @@ cache stores images in, so pseudo-labels and k-NN graphs index cached images dir
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,7 @@ __all__ = [
     "loop_inputs",
 ]
 
-#: Printed once per process when training decodes image files.
-_HINTED: list[bool] = []
+#: Printed once per command (per reporter) when training decodes image files.
 BUILD_HINT = "Training decodes every image each epoch; `grappa cache build` decodes them once and speeds training up."
 
 
@@ -87,6 +87,21 @@ class TrainingCache:
         return CachedPairDataset(self.store_path, self.key, rows, partners, seed=seed)
 
 
+_HINTED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _first_time(reporter: Any) -> bool:
+    """True the first time a reporter (one command's progress view) asks; a pipeline run
+    trains several models through one reporter and should say the hint once."""
+    try:
+        if reporter in _HINTED:
+            return False
+        _HINTED.add(reporter)
+    except TypeError:  # not weakly referenceable: say it every time
+        pass
+    return True
+
+
 def find_training_cache(store: Any, reporter: Reporter | None = None) -> TrainingCache | None:
     """The training cache when it is complete and current, else None after a one-line hint.
 
@@ -101,8 +116,7 @@ def find_training_cache(store: Any, reporter: Reporter | None = None) -> Trainin
         if reporter is not None:
             if store.exists("cache/train"):
                 reporter.log(f"Not reading the image cache: {exc}")
-            elif not _HINTED:
-                _HINTED.append(True)
+            elif _first_time(reporter):
                 reporter.log(BUILD_HINT)
         return None
     return TrainingCache(Path(store.path), key, read_layout(store.path, key))
