@@ -28,6 +28,7 @@ from grappa_cli import provenance as prov
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import StoreError
 from grappa_cli.project import Project
+from grappa_cli.stages.cluster import cluster_key
 
 FEATURES = "features/train"
 
@@ -53,10 +54,6 @@ class AdaptResult:
     epoch_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     images_per_second: float = 0.0
-
-
-def cluster_key(k: int) -> str:
-    return f"clusters/k{k}"
 
 
 def adaptor_id(k: int) -> str:

@@ -47,6 +47,11 @@ def _detail(rec: dict[str, Any] | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in summary.items())
 
 
+def _by_k(name: str) -> tuple[int, str]:
+    """``k8`` before ``k32`` before ``k128`` (numeric order), other names after."""
+    return (int(name[1:]), name) if name[1:].isdigit() else (1 << 62, name)
+
+
 def collect(project: Project) -> ProjectStatus:
     """Inspect the store, checkpoints and results of ``project`` (reads metadata only)."""
     config = project.config()
@@ -65,13 +70,13 @@ def collect(project: Project) -> ProjectStatus:
     if store is not None:
         for task in store.children("features/test"):
             add("extract", f"features/test/{task}")
-        for name in sorted(store.children("clusters"), key=lambda n: int(n[1:]) if n[1:].isdigit() else 1 << 62):
+        for name in sorted(store.children("clusters"), key=_by_k):
             add("cluster", f"clusters/{name}")
         for name in store.children("cache"):
             add("cache", f"cache/{name}")
         for name in store.children("gallery"):
             add("index", f"gallery/{name}")
-    for path in sorted(project.adaptors_dir.glob("*.safetensors")):
+    for path in sorted(project.adaptors_dir.glob("*.safetensors"), key=lambda p: _by_k(p.stem)):
         add("adapt", f"adaptors/{path.stem}")
     for path in sorted(project.fusion_dir.glob("*.safetensors")):
         add("fuse", f"fusion/{path.stem}")
