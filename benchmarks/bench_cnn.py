@@ -16,15 +16,16 @@ Prints a Markdown table. The default backbone is EfficientNet-Lite0 with random 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from grappa_cli.model import BackboneSpec, GrappaModel, new_adaptor_set
 from grappa_cli.model.cnn import build_cnn_backbone
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import counted_flops, median_seconds
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,25 +39,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--small", action="store_true", help="quick run: batch 2, 160 px, 3 repeats")
     return parser.parse_args()
-
-
-def median_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each function, runs interleaved so machine noise hits all alike."""
-    for fn in fns.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def counted_flops(fn: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def saved_activation_bytes(model: GrappaModel, images: torch.Tensor) -> int:
