@@ -133,6 +133,19 @@ class Store:
         return record
 
 
+def unreadable_files(store: Store, key: str, valid: np.ndarray) -> list[dict[str, str]]:
+    """``[{path, error}]`` of the rows of group ``key`` whose image could not be decoded.
+
+    Groups filled from image lists keep ``paths`` and ``error`` next to a ``valid`` mask.
+    """
+    bad_rows = np.flatnonzero(~np.asarray(valid, dtype=bool))
+    if not len(bad_rows):
+        return []
+    paths = store.read(f"{key}/paths", bad_rows)
+    errors = store.read(f"{key}/error", bad_rows)
+    return [{"path": str(p), "error": str(e)} for p, e in zip(paths, errors, strict=True)]
+
+
 class ChunkedArray:
     """A row-chunked array filled chunk by chunk, in any order, resumably.
 

@@ -7,9 +7,11 @@ from typing import Annotated
 import typer
 
 from grappa_cli.cli.common import (
+    DeviceOption,
     ForceOption,
     JsonOption,
     ProjectOption,
+    WorkersOption,
     launch_rank,
     print_json,
     resolve_project,
@@ -42,10 +44,9 @@ def adapt(
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per set (default: grappa.toml).",
                                                show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch.", show_default=False)] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)] = None,
+    device: DeviceOption = None,
     seed: Annotated[int | None, typer.Option(min=0, help="Random seed.", show_default=False)] = None,
-    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.",
-                                                show_default=False)] = None,
+    workers: WorkersOption = None,
     force: ForceOption = False,
     project: ProjectOption = None,
     as_json: JsonOption = False,

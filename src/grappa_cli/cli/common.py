@@ -14,6 +14,13 @@ ProjectOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Redo work that is already complete.")]
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(help="auto, cpu, cuda or cuda:N (default: [runtime] device in grappa.toml).", show_default=False),
+]
+WorkersOption = Annotated[
+    int | None, typer.Option(min=0, help="Decoding worker processes (default: data.num_workers).", show_default=False)
+]
 
 
 def resolve_project(ctx: typer.Context, project: Path | None) -> Any:

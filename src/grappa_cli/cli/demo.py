@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from grappa_cli.cli.common import DeviceOption
+
 
 def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where to create the demo project.")] = Path(
@@ -16,7 +18,7 @@ def demo(
                                           "installed, else a small random ViT), efficientnet_lite0 or tiny-vit."
                                           )] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Rebuild the demo project from scratch.")] = False,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Create a project on bundled images (digits, photos, shapes), run every stage and print Table 2."""
     from grappa_cli.cli.tables import print_wide, table2_rich

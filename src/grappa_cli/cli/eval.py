@@ -7,9 +7,11 @@ from typing import Annotated
 import typer
 
 from grappa_cli.cli.common import (
+    DeviceOption,
     ForceOption,
     JsonOption,
     ProjectOption,
+    WorkersOption,
     launch_rank,
     print_json,
     resolve_project,
@@ -25,12 +27,10 @@ def eval_command(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Comma list of models: backbone, "
                                               "adaptor:k<K>, fused:<strategy> (default: every model the project "
                                               "has).", show_default=False)] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: from grappa.toml).",
-                                               show_default=False)] = None,
+    device: DeviceOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch (default: eval.batch_size).",
                                                    show_default=False)] = None,
-    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.",
-                                                show_default=False)] = None,
+    workers: WorkersOption = None,
     force: ForceOption = False,
     project: ProjectOption = None,
     as_json: JsonOption = False,

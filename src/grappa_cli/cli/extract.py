@@ -7,9 +7,11 @@ from typing import Annotated
 import typer
 
 from grappa_cli.cli.common import (
+    DeviceOption,
     ForceOption,
     JsonOption,
     ProjectOption,
+    WorkersOption,
     launch_rank,
     print_json,
     resolve_project,
@@ -22,11 +24,9 @@ def extract(
     split: Annotated[str, typer.Option(help="Which splits: train, test or all.")] = "all",
     task: Annotated[str | None, typer.Option(help="Comma list of tasks whose test split to extract "
                                             "(default: the evaluation tasks).", show_default=False)] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: from grappa.toml).",
-                                               show_default=False)] = None,
+    device: DeviceOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch.", show_default=False)] = None,
-    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.",
-                                                show_default=False)] = None,
+    workers: WorkersOption = None,
     weights: Annotated[str | None, typer.Option(help="Local pretrained weights file for the backbone.",
                                                 show_default=False)] = None,
     force: ForceOption = False,

@@ -7,9 +7,11 @@ from typing import Annotated
 import typer
 
 from grappa_cli.cli.common import (
+    DeviceOption,
     ForceOption,
     JsonOption,
     ProjectOption,
+    WorkersOption,
     launch_rank,
     print_json,
     resolve_project,
@@ -28,10 +30,9 @@ def fuse(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Pairs per batch.", show_default=False)] = None,
     neighbors: Annotated[int | None, typer.Option(min=1, help="k of the k-NN graph (neighbor).",
                                                   show_default=False)] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)] = None,
+    device: DeviceOption = None,
     seed: Annotated[int | None, typer.Option(min=0, help="Random seed.", show_default=False)] = None,
-    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.",
-                                                show_default=False)] = None,
+    workers: WorkersOption = None,
     inspect: Annotated[bool, typer.Option("--inspect", help="Show the learned attention of an existing fused "
                                           "model instead of training.")] = False,
     force: ForceOption = False,

@@ -6,14 +6,14 @@ from typing import Annotated
 
 import typer
 
-from grappa_cli.cli.common import JsonOption, ProjectOption, print_json, resolve_project
+from grappa_cli.cli.common import DeviceOption, JsonOption, ProjectOption, print_json, resolve_project
 
 
 def run(
     ctx: typer.Context,
     until: Annotated[str | None, typer.Option(help="Stop after this stage: extract, cluster, adapt, fuse, eval "
                                               "or report.", show_default=False)] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=False)] = None,
+    device: DeviceOption = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:

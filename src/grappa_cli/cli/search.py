@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from grappa_cli.cli.common import ForceOption, JsonOption, ProjectOption, launch_rank, print_json, resolve_project
+from grappa_cli.cli.common import (
+    ForceOption,
+    JsonOption,
+    ProjectOption,
+    WorkersOption,
+    launch_rank,
+    print_json,
+    resolve_project,
+)
 
 DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: from grappa.toml).",
                                                   show_default=False)]
@@ -35,8 +43,7 @@ def index(
                                                   show_default=False)] = None,
     device: DeviceOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch.", show_default=False)] = None,
-    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes.",
-                                                show_default=False)] = None,
+    workers: WorkersOption = None,
     force: ForceOption = False,
     project: ProjectOption = None,
     as_json: JsonOption = False,

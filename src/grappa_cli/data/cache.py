@@ -43,7 +43,7 @@ import numpy as np
 from grappa_cli import provenance as prov
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import DataError, StoreError
-from grappa_cli.store import ChunkedArray, Store
+from grappa_cli.store import ChunkedArray, Store, unreadable_files
 
 PREFIX = "cache"
 DEFAULT_CHUNK_ROWS = 128
@@ -316,7 +316,7 @@ def build_image_cache(
         if not valid.any():
             raise DataError(f"{key}: none of the {len(paths)} images could be read",
                             hint="check the dataset roots and the image files")
-        bad = _bad_files(store, key, valid)
+        bad = unreadable_files(store, key, valid)
         store.finish(key, summary={"images": int(valid.sum()), "bad": len(bad), "size": size},
                      bad_files=bad[:1000], size=size)
     result = _result(store, key)
@@ -325,13 +325,6 @@ def build_image_cache(
     return result
 
 
-def _bad_files(store: Store, key: str, valid: np.ndarray) -> list[dict[str, str]]:
-    bad_rows = np.flatnonzero(~valid)
-    if not len(bad_rows):
-        return []
-    paths = store.read(f"{key}/paths", bad_rows)
-    errors = store.read(f"{key}/error", bad_rows)
-    return [{"path": str(p), "error": str(e)} for p, e in zip(paths, errors, strict=True)]
 
 
 def _result(store: Store, key: str, skipped: bool = False) -> CacheResult:

@@ -32,7 +32,7 @@ import numpy as np
 from grappa_cli import provenance as prov
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import DataError, StoreError
-from grappa_cli.store import ChunkedArray, Store
+from grappa_cli.store import ChunkedArray, Store, unreadable_files
 
 
 @dataclass
@@ -190,7 +190,7 @@ def run_embedding(
         if not valid_mask.any():
             raise DataError(f"{job.key}: none of the {len(job.paths)} images could be read",
                             hint="check the dataset root and the image files")
-        bad = _bad_files(store, job.key, valid_mask)
+        bad = unreadable_files(store, job.key, valid_mask)
         store.finish(job.key, summary={"images": int(valid_mask.sum()), "bad": len(bad), "dim": dim},
                      images=len(job.paths), bad_files=bad[:1000], dim=dim, dtype=dtype)
     result = _result(store, job.key)
@@ -199,13 +199,6 @@ def run_embedding(
     return result
 
 
-def _bad_files(store: Store, key: str, valid_mask: np.ndarray) -> list[dict[str, str]]:
-    bad_rows = np.flatnonzero(~valid_mask)
-    if not len(bad_rows):
-        return []
-    paths = store.read(f"{key}/paths", bad_rows)
-    errors = store.read(f"{key}/error", bad_rows)
-    return [{"path": str(p), "error": str(e)} for p, e in zip(paths, errors, strict=True)]
 
 
 def _result(store: Store, key: str, skipped: bool = False) -> EmbedResult:
