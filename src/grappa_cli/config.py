@@ -135,6 +135,11 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "temperature 0.05 of ref. [69]", check=_positive),
         FieldSpec("grad_clip", "float", 0.0, "clip the gradient norm to this value (0 = off)",
                   check=_non_negative),
+        FieldSpec("prototypes", "str", "centroids",
+                  "start of the norm-softmax prototypes: the L2-normalised k-means centroids of the "
+                  "pseudo-labels (the untrained model's embeddings are the clustered features, so training "
+                  "starts at a sensible classifier) or random normal vectors; the paper does not say",
+                  choices=("centroids", "random")),
     ],
     "fuse": [
         FieldSpec("strategies", "list[str]", ["avg", "neighbor"],
@@ -156,6 +161,14 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "three layers as in Barlow Twins [68] (4x the embedding width)", check=_layer_sizes),
         FieldSpec("neighbors", "int", 5, "k of the k-NN graph whose pairs Grappa-N trains on",
                   "x_j in N_k(x_i; D), section 3.5", check=_positive),
+        FieldSpec("attention_init", "str", "uniform",
+                  "start of attention fusion: \"uniform\" (a per-layer logit scale starting at 0, so M* "
+                  "starts exactly at Grappa-avg) or \"linear\" (Q and K with nn.Linear's initialisation only, "
+                  "the literal eq. 3); the paper does not say", choices=("uniform", "linear")),
+        FieldSpec("pair_augment", "bool", False,
+                  "augment both images of Grappa-N's k-NN pairs (random resized crop + flip); off, the "
+                  "pairs are plain views, so the loss is attention propagation only, not transformation "
+                  "consistency as well (TLDR uses no augmentation on neighbour pairs)"),
     ],
     "eval": [
         FieldSpec("tasks", "list[str]", [],

@@ -136,7 +136,7 @@ def test_attention_pools_query_and_keys_over_spatial_positions(cnn_backbones, cn
     """alpha of one CNN layer recomputed by hand from eq. 3 with spatial means (y = 0)."""
     backbone = cnn_backbones["resnet"]
     sets = [trained_like_set(backbone, 16, seed=s) for s in range(3)]
-    model = GrappaModel.with_adaptor_sets(backbone, sets, fusion="attention")
+    model = GrappaModel.with_adaptor_sets(backbone, sets, fusion="attention", attention_init="linear")
     layer: GrappaLayer = model.layers[1]
     with torch.no_grad():
         x = backbone.stem(cnn_images)

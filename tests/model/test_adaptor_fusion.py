@@ -86,7 +86,7 @@ def test_mean_fusion_is_uniform():
 
 
 def test_attention_fusion_matches_eq3_by_hand():
-    fusion = AttentionFusion(dim=2, num_sets=3)
+    fusion = AttentionFusion(dim=2, num_sets=3, init="linear")
     with torch.no_grad():
         fusion.query.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
         fusion.key.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
@@ -96,6 +96,42 @@ def test_attention_fusion_matches_eq3_by_hand():
     expected = torch.exp(logits) / torch.exp(logits).sum()
     torch.testing.assert_close(fusion(query, keys), expected[None])
     assert {n for n, _ in fusion.named_parameters()} == {"query.weight", "key.weight"}
+
+
+def test_uniform_start_scales_the_eq3_logits_by_a_learned_scale():
+    fusion = AttentionFusion(dim=2, num_sets=3)  # default start: uniform
+    assert fusion.init == "uniform"
+    assert {n for n, _ in fusion.named_parameters()} == {"query.weight", "key.weight", "logit_scale"}
+    assert fusion.logit_scale.shape == (1,)  # 1-D: LARS updates it with plain SGD
+    query = torch.tensor([[1.0, 1.0]])
+    keys = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    assert torch.equal(fusion(query, keys), torch.full((1, 3), 1 / 3))  # exactly Grappa-avg at the start
+    with torch.no_grad():
+        fusion.query.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        fusion.key.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+        fusion.logit_scale.fill_(0.5)
+    logits = 0.5 * torch.tensor([2.0, 1.0, 3.0]) / math.sqrt(2)
+    torch.testing.assert_close(fusion(query, keys), logits.softmax(-1)[None])
+
+
+def test_uniform_start_moves_under_lars():
+    """From the uniform start, LARS grows the scale (plain SGD on a 1-D parameter) and then Q/K."""
+    from grappa_cli.train.lars import LARS, param_groups
+
+    torch.manual_seed(0)
+    fusion = AttentionFusion(dim=8, num_sets=3)
+    query, keys = torch.randn(32, 8), torch.randn(32, 3, 8)
+    target = torch.zeros(32, dtype=torch.long)  # prefer set 0 everywhere
+    q_before = fusion.query.weight.detach().clone()
+    optimizer = LARS(param_groups(fusion, 0.0), lr=0.5, weight_decay=0.0)
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.nll_loss(fusion(query, keys).log(), target)
+        loss.backward()
+        optimizer.step()
+    assert abs(float(fusion.logit_scale.detach())) > 0.01
+    assert not torch.equal(fusion.query.weight, q_before)
+    assert float(fusion(query, keys)[:, 0].mean()) > 1 / 3 + 0.01
 
 
 def test_attention_with_zero_query_equals_mean():
@@ -110,7 +146,7 @@ def test_attention_with_zero_query_equals_mean():
 def test_rewritten_layer_equals_the_literal_formula(fusion_kind):
     adaptors = _random_adaptors(4)
     bank = AdaptorBank.from_adaptors(adaptors)
-    fusion = MeanFusion(4) if fusion_kind == "mean" else AttentionFusion(24, 4)
+    fusion = MeanFusion(4) if fusion_kind == "mean" else AttentionFusion(24, 4, init="linear")
     layer = GrappaLayer(bank, fusion)
     base, branch = torch.randn(2, 9, 24), torch.randn(2, 9, 24)
     h, alpha = layer(base, branch)

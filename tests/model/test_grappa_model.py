@@ -41,10 +41,21 @@ def test_trained_adaptors_change_the_output(tiny_backbone, images):
     assert not torch.allclose(model(images), timm_reference(tiny_backbone, images), atol=1e-3)
 
 
-def test_mean_fusion_equals_attention_with_uniform_alpha(tiny_backbone, images):
+def test_attention_starts_at_grappa_avg(tiny_backbone, images):
+    """The default start of attention fusion is M* == Grappa-avg (to 1e-6), per image and layer."""
     sets = [trained_like_set(tiny_backbone, seed=i) for i in range(3)]
     mean = GrappaModel.with_adaptor_sets(tiny_backbone, sets, fusion="mean")
     attention = GrappaModel.with_adaptor_sets(tiny_backbone, sets, fusion="attention")
+    z_attn, alpha = attention(images, return_attention=True)
+    assert torch.equal(alpha, torch.full_like(alpha, 1 / 3))
+    torch.testing.assert_close(z_attn, mean(images), rtol=0, atol=1e-6)
+    assert not torch.allclose(mean(images), timm_reference(tiny_backbone, images), atol=1e-3)  # sets matter
+
+
+def test_mean_fusion_equals_attention_with_uniform_alpha(tiny_backbone, images):
+    sets = [trained_like_set(tiny_backbone, seed=i) for i in range(3)]
+    mean = GrappaModel.with_adaptor_sets(tiny_backbone, sets, fusion="mean")
+    attention = GrappaModel.with_adaptor_sets(tiny_backbone, sets, fusion="attention", attention_init="linear")
     z_attn = attention(images)
     assert not torch.allclose(z_attn, mean(images), atol=1e-4)  # random Q, K: not uniform
     with torch.no_grad():
@@ -57,7 +68,7 @@ def test_mean_fusion_equals_attention_with_uniform_alpha(tiny_backbone, images):
 
 def test_model_equals_the_literal_formula_layer_by_layer(tiny_backbone, images):
     sets = [trained_like_set(tiny_backbone, seed=i) for i in range(4)]
-    model = GrappaModel.with_adaptor_sets(tiny_backbone, sets, fusion="attention")
+    model = GrappaModel.with_adaptor_sets(tiny_backbone, sets, fusion="attention", attention_init="linear")
     x = tiny_backbone.stem(images)
     alphas = []
     for index, layer in enumerate(model.layers):
@@ -70,7 +81,7 @@ def test_model_equals_the_literal_formula_layer_by_layer(tiny_backbone, images):
 
 def test_alpha_has_shape_b_l_n_and_sums_to_one(tiny_backbone, images):
     sets = [trained_like_set(tiny_backbone, seed=i) for i in range(5)]
-    model = GrappaModel.with_adaptor_sets(tiny_backbone, sets, fusion="attention")
+    model = GrappaModel.with_adaptor_sets(tiny_backbone, sets, fusion="attention", attention_init="linear")
     _, alpha = model(images, return_attention=True)
     assert alpha.shape == (3, tiny_backbone.num_layers, 5)
     assert (alpha > 0).all()
@@ -124,7 +135,7 @@ def test_optimizer_step_changes_adaptors_only(tiny_backbone, images):
 
 def test_fusion_training_trains_only_q_and_k(tiny_backbone, images):
     sets = [trained_like_set(tiny_backbone, seed=i) for i in range(3)]
-    model = GrappaModel.with_adaptor_sets(tiny_backbone, sets, fusion="attention")
+    model = GrappaModel.with_adaptor_sets(tiny_backbone, sets, fusion="attention", attention_init="linear")
     params = model.set_trainable(adaptors=False, fusion=True)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names == {f"layers.{i}.fusion.{w}.weight" for i in range(4) for w in ("query", "key")}
@@ -134,6 +145,27 @@ def test_fusion_training_trains_only_q_and_k(tiny_backbone, images):
     assert all(p.grad is None for p in model.adaptor_parameters())
     model.requires_grad_(True)
     assert all(not p.requires_grad for p in tiny_backbone.parameters())
+
+
+def test_uniform_start_first_moves_the_logit_scale(tiny_backbone, images):
+    """At the Grappa-avg start only the logit scale has a gradient; Q and K follow once it is non-zero."""
+    sets = [trained_like_set(tiny_backbone, seed=i) for i in range(3)]
+    model = GrappaModel.with_adaptor_sets(tiny_backbone, sets, fusion="attention")
+    params = model.set_trainable(adaptors=False, fusion=True)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names == {f"layers.{i}.fusion.{w}" for i in range(4)
+                     for w in ("query.weight", "key.weight", "logit_scale")}
+    assert len(params) == 12
+    model(images).pow(2).sum().backward()
+    scales = [layer.logit_scale for layer in model.fusion_layers()]
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in scales)
+    assert all(layer.query.weight.grad.abs().sum() == 0 for layer in model.fusion_layers())
+    model.zero_grad()
+    with torch.no_grad():
+        for s in scales:
+            s.fill_(1.0)
+    model(images).pow(2).sum().backward()
+    assert all(layer.query.weight.grad.abs().sum() > 0 for layer in model.fusion_layers())
 
 
 def test_adaptor_sets_round_trip_through_the_model(tiny_backbone, images):

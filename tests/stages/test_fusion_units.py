@@ -44,7 +44,7 @@ def test_knn_graph_matches_brute_force_and_pairs_come_from_it() -> None:
         knn_graph(x[:4], 4)
 
 
-def _tiny_model(fusion: str = "attention", n: int = 3, up_std: float = 0.05) -> GrappaModel:
+def _tiny_model(fusion: str = "attention", n: int = 3, up_std: float = 0.05, init: str = "linear") -> GrappaModel:
     backbone = build_backbone(BackboneSpec(name=TINY_VIT_NAME, pretrained=False, kwargs=dict(TINY_VIT_KWARGS)))
     sets = []
     for i in range(n):
@@ -53,7 +53,7 @@ def _tiny_model(fusion: str = "attention", n: int = 3, up_std: float = 0.05) -> 
             for adaptor in s.layers:  # trained-looking (non-zero) up projections
                 adaptor.up.weight.normal_(0, up_std, generator=torch.Generator().manual_seed(i))
         sets.append(s)
-    return GrappaModel.with_adaptor_sets(backbone, sets, fusion=fusion)
+    return GrappaModel.with_adaptor_sets(backbone, sets, fusion=fusion, attention_init=init)
 
 
 def test_fusion_training_gives_gradients_to_q_and_k_only() -> None:

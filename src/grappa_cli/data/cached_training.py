@@ -184,6 +184,16 @@ class PairViews:
         return self.augment(anchors, generator), self.augment(partners, generator)
 
 
+class PlainPairViews:
+    """``(uint8 anchors, uint8 partners) -> (view(anchors), view(partners))``: k-NN pairs without augmentation."""
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+
+    def __call__(self, batch: Any, device: torch.device, generator: torch.Generator) -> Any:
+        return self.view(batch[0]), self.view(batch[1])
+
+
 @dataclass(frozen=True)
 class CenterView:
     """The evaluation transform on cached squares: central crop, resize to the input size, normalise.

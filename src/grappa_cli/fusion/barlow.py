@@ -12,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from grappa_cli.fusion.attention_stats import AttentionLogger
 from grappa_cli.fusion.base import FusionContext
 
 
 def barlow_params(config: Any) -> dict[str, Any]:
     f = config.fuse
     return {"lr": f.lr, "weight_decay": f.weight_decay, "warmup_epochs": f.warmup_epochs, "lambd": f.lambd,
-            "loss_scale": f.loss_scale, "projector": list(f.projector), "optimizer": "lars"}
+            "loss_scale": f.loss_scale, "projector": list(f.projector), "optimizer": "lars",
+            "attention_init": f.attention_init}
 
 
 def train_pairs(
@@ -64,9 +66,16 @@ def train_pairs(
         force=context.options.force, restart_on_mismatch=context.options.refresh,
         settings={"params": p, "sets": context.set_names},
     )
+    logger = AttentionLogger(context.run_dir, context.train_paths, context.backbone.data_config)
+
+    def epoch_start(epoch: int, objective: Any) -> Any:
+        logger.on_epoch_start(epoch, objective)
+        return on_epoch_start(epoch, objective) if on_epoch_start else None
+
     return train(
         objective, dataset, config, make_optimizer=make_optimizer,
         make_scheduler=lambda opt, steps, epochs: build_scheduler(
             opt, "cosine", steps_per_epoch=steps, epochs=epochs, warmup_epochs=p["warmup_epochs"]),
-        on_epoch_start=on_epoch_start, reporter=context.reporter, **(loop_inputs or {}),
+        on_epoch_start=epoch_start, on_epoch_end=logger.on_epoch_end, reporter=context.reporter,
+        **(loop_inputs or {}),
     )

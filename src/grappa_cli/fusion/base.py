@@ -86,7 +86,8 @@ class FusionContext:
         from grappa_cli.model.grappa import GrappaModel
 
         torch.manual_seed(self.seed)
-        return GrappaModel.with_adaptor_sets(self.backbone, self.adaptor_sets, fusion=fusion)
+        return GrappaModel.with_adaptor_sets(self.backbone, self.adaptor_sets, fusion=fusion,
+                                             attention_init=str(self.params.get("attention_init", "uniform")))
 
 
 @dataclass

@@ -113,7 +113,8 @@ class NeighborFusion:
 
     def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
         return {"fusion": "attention", **_common(config, options), **barlow_params(config),
-                "neighbors": options.neighbors or config.fuse.neighbors, "augmentation": "random-resized-crop+flip"}
+                "neighbors": options.neighbors or config.fuse.neighbors,
+                "augmentation": "random-resized-crop+flip" if config.fuse.pair_augment else "none"}
 
     def train(self, context: FusionContext) -> FusionOutcome:
         start = time.perf_counter()
@@ -129,7 +130,7 @@ class NeighborFusion:
 
     def _train_cached(self, context: FusionContext, model: Any, graphs: list[np.ndarray]) -> Any:
         """Anchors and partners read from the image cache; embedding and augmentation on the device."""
-        from grappa_cli.data.cached_training import CenterView, PairViews, loop_inputs
+        from grappa_cli.data.cached_training import CenterView, PairViews, PlainPairViews, loop_inputs
         from grappa_cli.data.gpu_augment import TensorAugment
         from grappa_cli.fusion.neighbors import embed_cached, knn_graph
         from grappa_cli.runtime import resolve_device
@@ -152,7 +153,10 @@ class NeighborFusion:
             partners[rows] = rows[graph]  # graph positions -> training rows
             return cache.pairs(rows, partners, seed=derive_seed(context.seed, 0x6E6E))
 
-        inputs = loop_inputs(PairViews(TensorAugment.standard(data_config)))
+        if context.params["augmentation"] == "none":
+            inputs = loop_inputs(PlainPairViews(view))
+        else:
+            inputs = loop_inputs(PairViews(TensorAugment.standard(data_config)))
         return train_pairs(context, model, cache.images(rows), on_epoch_start=on_epoch_start,
                            description="fuse neighbor", loop_inputs=inputs)
 
@@ -169,8 +173,8 @@ class NeighborFusion:
         min_side = decode_min_side(data_config)
         k = int(context.params["neighbors"])
         device = resolve_device(context.device())
-        augment = train_transform(data_config)
         plain = eval_transform(data_config)
+        augment = plain if context.params["augmentation"] == "none" else train_transform(data_config)
 
         def on_epoch_start(epoch: int, objective: Any) -> Any:
             embeddings = embed_paths(objective.model, context.train_paths, plain,
@@ -215,7 +219,8 @@ class RandomAdaptorsFusion:
         sets = [new_adaptor_set(context.backbone, int(context.params["bottleneck"]), seed=context.seed + i)
                 for i in range(n)]
         torch.manual_seed(context.seed)
-        model = GrappaModel.with_adaptor_sets(context.backbone, sets, fusion="attention" if n > 1 else None)
+        model = GrappaModel.with_adaptor_sets(context.backbone, sets, fusion="attention" if n > 1 else None,
+                                              attention_init=str(context.params["attention_init"]))
         model.set_trainable(adaptors=True, fusion=n > 1)
         dataset, inputs = _transform_inputs(context)
         result = train_pairs(context, model, dataset, optimizer="adam", description=f"fuse {self.name}",
@@ -246,6 +251,7 @@ class SupervisedFusion:
 
     def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
         return {"fusion": "attention", **_common(config, options), "lr": config.adapt.lr,
+                "attention_init": config.fuse.attention_init,
                 "weight_decay": config.adapt.weight_decay, "scale": config.adapt.scale, "optimizer": "adam",
                 "augmentation": "random-resized-crop+flip", "labels": "task train splits"}
 

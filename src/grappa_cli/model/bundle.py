@@ -86,12 +86,13 @@ def read_bundle_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
-def empty_model(backbone: Backbone, num_sets: int, bottleneck: int, fusion: str) -> GrappaModel:
+def empty_model(backbone: Backbone, num_sets: int, bottleneck: int, fusion: str,
+                attention_init: str = "uniform") -> GrappaModel:
     """A model of the given structure with zero/untrained layers, ready for ``load_state_dict``."""
     if num_sets == 0:
         return GrappaModel.backbone_only(backbone)
     sets = [AdaptorSet.new(backbone.layer_dims, bottleneck, seed=0) for _ in range(num_sets)]
-    model = GrappaModel.with_adaptor_sets(backbone, sets, fusion=fusion or None)
+    model = GrappaModel.with_adaptor_sets(backbone, sets, fusion=fusion or None, attention_init=attention_init)
     return model
 
 
@@ -106,9 +107,11 @@ def load_layers(
     if meta["model_id"] != backbone.model_id:
         raise StoreError(f"{path} was saved for backbone {meta['model_id']}, not {backbone.model_id}",
                          hint="use the backbone it was trained with, or retrain it with --force")
-    model = empty_model(backbone, meta["num_sets"], meta["bottleneck"], meta.get("fusion", ""))
     tensors = load_file(str(path), device="cpu") if tensors is None else tensors
     layer_state = {k[len("layers."):]: v for k, v in tensors.items() if k.startswith("layers.")}
+    # attention fusion that starts at Grappa-avg carries a logit scale; the literal eq. 3 has none
+    init = "uniform" if any(k.endswith("fusion.logit_scale") for k in layer_state) else "linear"
+    model = empty_model(backbone, meta["num_sets"], meta["bottleneck"], meta.get("fusion", ""), init)
     model.layers.load_state_dict(layer_state, strict=True)
     return model.to(_device_of(backbone)), meta
 

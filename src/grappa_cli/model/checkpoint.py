@@ -201,6 +201,7 @@ def save_fusion(
         raise ValueError(f"{len(layers)} fusion layers for a backbone of {backbone.num_layers}")
     kinds = {layer.kind for layer in layers}
     counts = {layer.num_sets for layer in layers}
+    inits = {getattr(layer, "init", None) for layer in layers}
     if len(kinds) != 1 or len(counts) != 1:
         raise ValueError(f"fusion layers must share kind and N (got {sorted(kinds)}, {sorted(counts)})")
     if adaptor_sets and len(adaptor_sets) != layers[0].num_sets:
@@ -216,6 +217,7 @@ def save_fusion(
         kind=kinds.pop(),
         num_sets=counts.pop(),
         adaptor_sets=list(adaptor_sets),
+        **({"attention_init": inits.pop()} if len(inits) == 1 and None not in inits else {}),
     )
     _write(Path(path), tensors, meta)
 
@@ -235,7 +237,9 @@ def load_fusion(path: Path, backbone: Backbone, *, num_sets: int | None = None) 
     if kind == "mean":
         layers: list[nn.Module] = [MeanFusion(n) for _ in backbone.layer_dims]
     elif kind == "attention":
-        layers = [AttentionFusion(d, n) for d in backbone.layer_dims]
+        # files written before the start was configurable hold the literal eq. 3 ("linear")
+        init = str(meta.get("attention_init") or "linear")
+        layers = [AttentionFusion(d, n, init=init) for d in backbone.layer_dims]
     else:
         raise GrappaError(
             f"{path} holds an unknown fusion kind {kind!r}", hint="re-run `grappa fuse` with --force"

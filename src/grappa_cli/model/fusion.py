@@ -10,7 +10,17 @@ that sum to 1. The layer output is then ``F(h_bar, U) = sum_i alpha_i U_i``.
   outputs themselves are only re-weighted. Eq. 3 writes a *sum* over the T tokens; the text
   ("we average over the T spatial tokens") and Algorithm 1 (``pool``: average pooling) use
   the *mean*, which we follow: it keeps the logits' scale independent of the image size.
-  Q and K start with ``nn.Linear``'s default initialisation (the paper does not state one).
+
+How attention fusion starts (the paper does not say) is ``init``:
+
+* ``"uniform"`` (default): the logits are multiplied by a per-layer scale ``s`` that starts at
+  0, so every alpha starts at ``1/N`` and M* starts *exactly* at Grappa-avg. Q and K keep
+  ``nn.Linear``'s initialisation; ``s`` is a 1-D parameter, so LARS updates it with plain SGD
+  and it can grow from zero (LARS scales a weight's step by its norm, so a zero-initialised
+  Q or K would never move). Training then only departs from Grappa-avg where the loss asks.
+* ``"linear"``: Q and K with ``nn.Linear``'s default initialisation and no scale, the literal
+  eq. 3. Its step-0 attention is far from uniform (random projections of wide features give
+  large logits), so a short training run ends close to that random start.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import torch
 from torch import nn
 
 FUSION_KINDS = ("mean", "attention")
+ATTENTION_INITS = ("uniform", "linear")
 
 
 class MeanFusion(nn.Module):
@@ -46,20 +57,28 @@ class AttentionFusion(nn.Module):
     kind = "attention"
     needs_keys = True
 
-    def __init__(self, dim: int, num_sets: int) -> None:
+    def __init__(self, dim: int, num_sets: int, init: str = "uniform") -> None:
         super().__init__()
         if num_sets < 1:
             raise ValueError("fusion needs at least one adaptor set")
+        if init not in ATTENTION_INITS:
+            raise ValueError(f"unknown attention init {init!r}; expected one of {', '.join(ATTENTION_INITS)}")
         self.dim = dim
         self.num_sets = num_sets
+        self.init = init
         self.query = nn.Linear(dim, dim, bias=False)
         self.key = nn.Linear(dim, dim, bias=False)
+        # 1-D on purpose: LARS and the weight-decay groups treat 1-D parameters as scales.
+        self.logit_scale = nn.Parameter(torch.zeros(1)) if init == "uniform" else None
 
     def logits(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Scaled dot products ``[B, N]`` of ``Q pool(h_bar) [B, D]`` with ``K pool(U_i) [B, N, D]``."""
         q = self.query(query)
         k = self.key(keys)
-        return torch.einsum("bd,bnd->bn", q, k) / math.sqrt(self.dim)
+        logits = torch.einsum("bd,bnd->bn", q, k) / math.sqrt(self.dim)
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale.to(logits.dtype)
+        return logits
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         if keys is None:
@@ -67,10 +86,10 @@ class AttentionFusion(nn.Module):
         return self.logits(query, keys).softmax(dim=-1)
 
 
-def make_fusion(kind: str, dim: int, num_sets: int) -> nn.Module:
-    """A fresh fusion layer of ``kind`` (``"mean"`` or ``"attention"``)."""
+def make_fusion(kind: str, dim: int, num_sets: int, attention_init: str = "uniform") -> nn.Module:
+    """A fresh fusion layer of ``kind`` (``"mean"`` or ``"attention"``, started as ``attention_init``)."""
     if kind == "mean":
         return MeanFusion(num_sets)
     if kind == "attention":
-        return AttentionFusion(dim, num_sets)
+        return AttentionFusion(dim, num_sets, init=attention_init)
     raise ValueError(f"unknown fusion kind {kind!r}; expected one of {', '.join(FUSION_KINDS)}")

@@ -61,8 +61,12 @@ class GrappaModel(nn.Module):
         backbone: Backbone,
         sets: Sequence[AdaptorSet],
         fusion: FusionArg = "mean",
+        attention_init: str = "uniform",
     ) -> GrappaModel:
         """M + P_i (one set) or M* (N sets fused by ``"mean"``, ``"attention"`` or given layers).
+
+        A fresh ``"attention"`` fusion starts as ``attention_init`` (see
+        :class:`~grappa_cli.model.fusion.AttentionFusion`: ``"uniform"`` starts at Grappa-avg).
 
         ``fusion`` may be ``None`` only for a single set (alpha is then 1); it may also be the
         L fusion layers of a checkpoint (:func:`~grappa_cli.model.checkpoint.load_fusion`).
@@ -82,7 +86,7 @@ class GrappaModel(nn.Module):
                 raise ValueError(f'{n} adaptor sets need a fusion ("mean" or "attention")')
             fusion_layers: Sequence[nn.Module] = [make_fusion("mean", d, 1) for d in backbone.layer_dims]
         elif isinstance(fusion, str):
-            fusion_layers = [make_fusion(fusion, d, n) for d in backbone.layer_dims]
+            fusion_layers = [make_fusion(fusion, d, n, attention_init) for d in backbone.layer_dims]
         else:
             fusion_layers = list(fusion)
             if len(fusion_layers) != backbone.num_layers:

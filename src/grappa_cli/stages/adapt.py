@@ -95,8 +95,28 @@ def adapt_params(config: Any, options: AdaptOptions, k: int, backbone_id: str) -
         "epochs": options.epochs or a.epochs, "batch_size": options.batch_size or a.batch_size,
         "lr": a.lr, "weight_decay": a.weight_decay, "schedule": a.schedule, "scale": a.scale,
         "grad_clip": a.grad_clip, "seed": config.runtime.seed if options.seed is None else options.seed,
-        "optimizer": "adam", "augmentation": "random-resized-crop+flip",
+        "optimizer": "adam", "augmentation": "random-resized-crop+flip", "prototypes": a.prototypes,
     }
+
+
+def initial_prototypes(store: Any, k: int, params: dict[str, Any], dim: int) -> Any:
+    """The norm-softmax prototypes' start: the clustering's L2-normalised centroids, or None (random).
+
+    The untrained model (zero-output adaptors) embeds an image exactly as the backbone whose
+    features were clustered, so with the centroids as prototypes training starts from the
+    nearest-centroid classifier that defined the pseudo-labels: the first steps refine the
+    clusters instead of pulling every embedding towards a random direction.
+    """
+    if params["prototypes"] != "centroids":
+        return None
+    import torch
+
+    centroids = np.asarray(store.read(f"{cluster_key(k)}/centroids"), dtype=np.float32)
+    if centroids.shape != (k, dim):
+        raise StoreError(f"{cluster_key(k)}/centroids has shape {centroids.shape}, expected ({k}, {dim})",
+                         hint="rerun `grappa cluster --force`")
+    norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+    return torch.from_numpy(centroids / np.maximum(norms, 1e-12))
 
 
 def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = None) -> list[AdaptResult]:
@@ -187,7 +207,8 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
                                    config_path=config.path)], fusion=None)
     model.set_trainable(adaptors=True, fusion=False)
     torch.manual_seed(params["seed"])
-    criterion = NormSoftmaxLoss(backbone.embed_dim, k, scale=params["scale"])
+    criterion = NormSoftmaxLoss(backbone.embed_dim, k, scale=params["scale"],
+                                weight=initial_prototypes(store, k, params, backbone.embed_dim))
     objective = Objective(model, criterion)
     run_dir = project.runs_dir / f"adapt-k{k}"
     batch_size = min(params["batch_size"], len(dataset))
