@@ -90,7 +90,8 @@ def test_no_adaptor_sets_says_run_adapt(clustered_project, cli) -> None:
 
 @pytest.mark.parametrize("strategy", ["transform"])
 def test_inspect_shows_attention(adapted_project, cli, strategy) -> None:
-    assert cli("-C", adapted_project.root, "fuse", "--strategy", strategy).exit_code == 0
+    # three epochs: the first step is the warm-up's zero learning rate
+    assert cli("-C", adapted_project.root, "fuse", "--strategy", strategy, "--epochs", "3").exit_code == 0
     result = cli("-C", adapted_project.root, "fuse", "--strategy", strategy, "--inspect", "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
@@ -98,6 +99,16 @@ def test_inspect_shows_attention(adapted_project, cli, strategy) -> None:
     assert train["images"] == 12
     assert np.allclose(np.sum(train["mean"]), 1.0, atol=1e-5)
     assert len(train["per_layer"]) == 4 and "shapes" in report["groups"]
+    # the training log: the start (epoch 0) is exactly uniform, then one row per epoch
+    log = report["training"]
+    epochs = artifacts.read_checkpoint_record(adapted_project.fusion_dir / f"{strategy}.safetensors")["params"]
+    assert [row["epoch"] for row in log] == list(range(epochs["epochs"] + 1))
+    assert log[0]["entropy"] == pytest.approx(1.0, abs=1e-6) and log[0]["logit_scale"] == 0.0
+    assert log[0]["mean_alpha"] == pytest.approx([0.5, 0.5], abs=1e-6)
+    assert all(row["q_norm"] > 0 and row["k_norm"] > 0 for row in log)
+    assert log[-1]["logit_scale"] != 0.0  # the scale moved: the attention can leave Grappa-avg
+    text = cli("-C", adapted_project.root, "fuse", "--strategy", strategy, "--inspect")
+    assert "during training" in text.stdout and "logit scale" in text.stdout
 
 
 def test_sets_of_another_backbone_are_refused(adapted_project, cli) -> None:

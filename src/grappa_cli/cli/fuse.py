@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,6 +17,22 @@ from grappa_cli.cli.common import (
     resolve_project,
     split_csv,
 )
+
+
+def attention_training_table(rows: list[dict], sets: list[str]) -> Any:
+    """How the attention moved during training: layer means per epoch (epoch 0 = the start)."""
+    from rich.table import Table
+
+    table = Table(title="during training (layer means; entropy 1 = uniform = Grappa-avg)")
+    for column in ("epoch", "entropy", "logit scale", "|Q|", "|K|"):
+        table.add_column(column, justify="right")
+    for name in sets:
+        table.add_column(f"alpha {name}", justify="right")
+    for row in rows:
+        scale = "-" if row["logit_scale"] is None else f"{row['logit_scale']:.3f}"
+        table.add_row(str(row["epoch"]), f"{row['entropy']:.3f}", scale, f"{row['q_norm']:.2f}",
+                      f"{row['k_norm']:.2f}", *(f"{a:.3f}" for a in row["mean_alpha"]))
+    return table
 
 
 def fuse(
@@ -69,6 +85,8 @@ def fuse(
             for index, row in enumerate(first["per_layer"]):
                 layers.add_row(str(index + 1), *(f"{v:.3f}" for v in row))
             out.print(layers)
+        if report["training"]:
+            out.print(attention_training_table(report["training"], report["sets"]))
         return
     options = FusionOptions(epochs=epochs, batch_size=batch_size, device=device, seed=seed, num_workers=workers,
                             neighbors=neighbors, force=force)

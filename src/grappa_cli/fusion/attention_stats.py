@@ -113,3 +113,23 @@ def read_attention_log(run_dir: Path) -> list[dict[str, Any]]:
     from grappa_cli.train.checkpoint import RunDir
 
     return [r for r in RunDir(Path(run_dir)).read_metrics() if r.get("kind") == "attention"]
+
+
+def epoch_overview(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per logged point: layer means of the statistics, and mean alpha per set over layers."""
+    rows = []
+    for record in records:
+        layers = record.get("layers") or []
+        if not layers:
+            continue
+        scales = [layer["logit_scale"] for layer in layers if layer.get("logit_scale") is not None]
+        alphas = [layer["mean_alpha"] for layer in layers]
+        rows.append({
+            "epoch": int(record.get("epoch", 0)) + (1 if record.get("phase") == "end" else 0),
+            "entropy": sum(layer["entropy"] for layer in layers) / len(layers),
+            "logit_scale": sum(scales) / len(scales) if scales else None,
+            "q_norm": sum(layer["q_norm"] for layer in layers) / len(layers),
+            "k_norm": sum(layer["k_norm"] for layer in layers) / len(layers),
+            "mean_alpha": [sum(col) / len(col) for col in zip(*alphas, strict=True)],
+        })
+    return rows

@@ -93,12 +93,17 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
                             options, params, run_dir, reporter)
     outcome = strategy.train(context)
     if distributed.is_main():
+        from grappa_cli.fusion.attention_stats import epoch_overview, read_attention_log
+
+        attention = epoch_overview(read_attention_log(run_dir))
+        summary: dict[str, Any] = {"strategy": strategy.name, "sets": len(names),
+                                   "labels": "yes" if strategy.uses_labels else "no"}
+        if attention:  # how far the attention moved from its start (entropy 1 = uniform, Grappa-avg)
+            summary["entropy"] = f"{attention[0]['entropy']:.3f}->{attention[-1]['entropy']:.3f}"
         record = prov.record("fuse", params, inputs)
         record.update(complete=True, completed=prov.now(), loss_curve=outcome.epoch_losses,
                       uses_labels=strategy.uses_labels, seconds=outcome.seconds, info=_plain(outcome.info),
-                      input="cache" if context.read_cache else "files",
-                      summary={"strategy": strategy.name, "sets": len(names),
-                               "labels": "yes" if strategy.uses_labels else "no"})
+                      input="cache" if context.read_cache else "files", attention=attention, summary=summary)
         if outcome.trained_adaptors:
             save_bundle(path, outcome.model, provenance=record,
                         backbone_spec=backbone_spec(config).to_dict(), extra={"strategy": strategy.name})
@@ -141,7 +146,8 @@ def inspect_attention(project: Project, strategy_name: str, *, tasks: list[str] 
     for task in tasks if tasks is not None else store.children("features/test"):
         groups[task] = f"features/test/{task}"
     rng = np.random.default_rng(0)
-    out: dict[str, Any] = {"strategy": strategy_name, "sets": set_names, "groups": {}}
+    out: dict[str, Any] = {"strategy": strategy_name, "sets": set_names, "groups": {},
+                           "training": rec.get("attention") or []}
     for label, key in groups.items():
         if not store.exists(f"{key}/paths"):
             continue
