@@ -111,9 +111,9 @@ def make_tiny_project(root: Path, images: Path):
     for key, value in {"batch_size": 8, "num_workers": 0, "chunk_size": 8}.items():
         doc["data"][key] = value
     doc["runtime"]["device"] = "cpu"
-    for key, value in {"bottleneck": 16, "batch_size": 8, "epochs": 1}.items():
+    for key, value in {"bottleneck": 16, "batch_size": 8, "epochs": 1, "min_steps": 0}.items():
         doc["adapt"][key] = value
-    for key, value in {"batch_size": 8, "epochs": 1, "projector": [32, 32]}.items():
+    for key, value in {"batch_size": 8, "epochs": 1, "min_steps": 0, "projector": [32, 32]}.items():
         doc["fuse"][key] = value
     tasks = tomlkit.table(is_super_table=True)
     shapes = tomlkit.table()

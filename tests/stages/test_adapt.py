@@ -95,3 +95,40 @@ def test_adapt_under_torchrun_with_two_gloo_processes(clustered_project) -> None
     images = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         assert not torch.allclose(model(images), backbone(images))
+
+
+def test_prototypes_start_at_the_normalised_centroids(clustered_project) -> None:
+    """The classifier starts as the nearest-centroid rule that made the pseudo-labels."""
+    import numpy as np
+
+    from grappa_cli.stages.adapt import initial_prototypes
+    from grappa_cli.train.losses import NormSoftmaxLoss
+
+    store = clustered_project.store(mode="r")
+    centroids = store.read("clusters/k4/centroids")
+    features = store.read("features/train/embeddings")
+    labels = store.read("clusters/k4/labels")
+    weight = initial_prototypes(store, 4, {"prototypes": "centroids"}, centroids.shape[1])
+    assert weight.shape == (4, centroids.shape[1])
+    np.testing.assert_allclose(weight.norm(dim=1).numpy(), 1.0, atol=1e-6)
+    np.testing.assert_allclose(weight.numpy() * np.linalg.norm(centroids, axis=1, keepdims=True), centroids,
+                               rtol=1e-5, atol=1e-6)
+    criterion = NormSoftmaxLoss(centroids.shape[1], 4, scale=20.0, weight=weight)
+    # the start is the cosine classifier to the centroids, by hand
+    x = features.astype(np.float64)
+    cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (centroids / np.linalg.norm(centroids, axis=1,
+                                                                                      keepdims=True)).T
+    logits = criterion.logits(torch.from_numpy(features.astype(np.float32))).detach().numpy()
+    np.testing.assert_allclose(logits, 20.0 * cos, atol=1e-4)
+    assert (logits.argmax(1) == labels).mean() > 0.5  # mostly the pseudo-labels already
+    assert initial_prototypes(store, 4, {"prototypes": "random"}, centroids.shape[1]) is None
+
+
+def test_small_sets_train_for_min_steps() -> None:
+    from grappa_cli.train.schedule import fit_to_size
+
+    assert fit_to_size(133_339, 256, 5, 100) == (256, 5)  # MRT: an epoch is 520 steps; nothing changes
+    assert fit_to_size(800, 256, 5, 100) == (50, 7)  # 1/16 of the images per batch, 16 steps/epoch -> 7 epochs
+    assert fit_to_size(200, 256, 5, 100) == (32, 17)  # at least 32 per batch, 6 steps/epoch
+    assert fit_to_size(20, 8, 1, 0) == (8, 1)  # a smaller configured batch is kept; min_steps 0 = epochs
+    assert fit_to_size(10, 256, 1, 0) == (10, 1)  # never more than the set

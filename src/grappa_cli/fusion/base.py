@@ -40,13 +40,20 @@ class FusionContext:
     _cache: Any = field(default=None, init=False, repr=False)
     _cache_checked: bool = field(default=False, init=False, repr=False)
 
+    def _sized(self) -> tuple[int, int]:
+        """(batch, epochs) fitted to the training set's size (:func:`~grappa_cli.train.schedule.fit_to_size`)."""
+        from grappa_cli.train.schedule import fit_to_size
+
+        return fit_to_size(max(len(self.train_paths), 1), int(self.params["batch_size"]),
+                           int(self.params["epochs"]), int(self.params.get("min_steps", 0)))
+
     @property
     def epochs(self) -> int:
-        return int(self.params["epochs"])
+        return self._sized()[1]
 
     @property
     def batch_size(self) -> int:
-        return int(self.params["batch_size"])
+        return self._sized()[0]
 
     @property
     def seed(self) -> int:

@@ -32,7 +32,7 @@ from grappa_cli.fusion.base import FusionContext, FusionOptions, FusionOutcome
 def _common(config: Any, options: FusionOptions) -> dict[str, Any]:
     f = config.fuse
     return {"epochs": options.epochs or f.epochs, "batch_size": options.batch_size or f.batch_size,
-            "seed": config.runtime.seed if options.seed is None else options.seed}
+            "min_steps": f.min_steps, "seed": config.runtime.seed if options.seed is None else options.seed}
 
 
 class AverageFusion:

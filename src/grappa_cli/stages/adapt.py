@@ -93,7 +93,8 @@ def adapt_params(config: Any, options: AdaptOptions, k: int, backbone_id: str) -
     return {
         "k": k, "backbone": backbone_id, "bottleneck": a.bottleneck,
         "epochs": options.epochs or a.epochs, "batch_size": options.batch_size or a.batch_size,
-        "lr": a.lr, "weight_decay": a.weight_decay, "schedule": a.schedule, "scale": a.scale,
+        "min_steps": a.min_steps, "lr": a.lr, "weight_decay": a.weight_decay, "schedule": a.schedule,
+        "scale": a.scale,
         "grad_clip": a.grad_clip, "seed": config.runtime.seed if options.seed is None else options.seed,
         "optimizer": "adam", "augmentation": "random-resized-crop+flip", "prototypes": a.prototypes,
     }
@@ -104,8 +105,9 @@ def initial_prototypes(store: Any, k: int, params: dict[str, Any], dim: int) -> 
 
     The untrained model (zero-output adaptors) embeds an image exactly as the backbone whose
     features were clustered, so with the centroids as prototypes training starts from the
-    nearest-centroid classifier that defined the pseudo-labels: the first steps refine the
-    clusters instead of pulling every embedding towards a random direction.
+    cosine classifier to the clusters that defined the pseudo-labels (it already assigns most
+    images to their own cluster): the first steps refine the clusters instead of pulling every
+    embedding towards a random direction.
     """
     if params["prototypes"] != "centroids":
         return None
@@ -186,7 +188,7 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
     from grappa_cli.train.loop import TrainConfig, train
     from grappa_cli.train.losses import NormSoftmaxLoss
     from grappa_cli.train.objective import Objective
-    from grappa_cli.train.schedule import build_scheduler
+    from grappa_cli.train.schedule import build_scheduler, fit_to_size
 
     path = artifacts.checkpoint_path(project, adaptor_id(k))
     params = adapt_params(config, options, k, backbone.model_id)
@@ -211,9 +213,9 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
                                 weight=initial_prototypes(store, k, params, backbone.embed_dim))
     objective = Objective(model, criterion)
     run_dir = project.runs_dir / f"adapt-k{k}"
-    batch_size = min(params["batch_size"], len(dataset))
+    batch_size, epochs = fit_to_size(len(dataset), params["batch_size"], params["epochs"], params["min_steps"])
     train_config = TrainConfig(
-        run_dir=run_dir, epochs=params["epochs"], batch_size=batch_size, seed=params["seed"],
+        run_dir=run_dir, epochs=epochs, batch_size=batch_size, seed=params["seed"],
         device=options.device or config.runtime.device, amp=config.runtime.amp, grad_clip=params["grad_clip"],
         num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
         description=f"adapt k={k}", force=options.force, restart_on_mismatch=options.refresh,
@@ -231,7 +233,8 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
         record = prov.record("adapt", params, inputs)
         record.update(complete=True, completed=prov.now(), loss_curve=result.epoch_losses,
                       images=len(dataset), seconds=result.seconds, input="cache" if loop_inputs else "files",
-                      summary={"k": k, "epochs": params["epochs"], "final_loss": _last(result.epoch_losses)})
+                      batch_size=batch_size, epochs=epochs,
+                      summary={"k": k, "epochs": epochs, "final_loss": _last(result.epoch_losses)})
         save_adaptor_set(path, model.adaptor_set(0), backbone=backbone, provenance=record, k=k,
                          config={"adapt": params})
         (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # the set is saved; keep metrics.jsonl only

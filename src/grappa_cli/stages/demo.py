@@ -30,10 +30,14 @@ class DemoSettings:
     adapt_epochs: int
     fuse_epochs: int
     batch_size: int
+    #: optimizer steps per adaptor set / fusion at least (``[adapt]``/``[fuse]`` ``min_steps``)
+    adapt_min_steps: int = 0
+    fuse_min_steps: int = 0
 
 
 SETTINGS = {
-    "default": DemoSettings(k=(8, 32, 128), adapt_epochs=2, fuse_epochs=2, batch_size=32),
+    "default": DemoSettings(k=(8, 32, 128), adapt_epochs=2, fuse_epochs=2, batch_size=32,
+                            adapt_min_steps=100, fuse_min_steps=100),
     "tiny": DemoSettings(k=(4, 16), adapt_epochs=1, fuse_epochs=2, batch_size=16),
 }
 
@@ -102,6 +106,8 @@ def prepare(directory: Path, *, scale: str = "default", backbone: str = "auto", 
         doc["cluster"]["k"] = list(settings.k)
         doc["adapt"]["bottleneck"] = 32
         doc["adapt"]["epochs"] = settings.adapt_epochs
+        doc["adapt"]["min_steps"] = settings.adapt_min_steps
+        doc["fuse"]["min_steps"] = settings.fuse_min_steps
         doc["adapt"]["batch_size"] = settings.batch_size
         doc["fuse"]["strategies"] = ["avg", "neighbor"]
         doc["fuse"]["epochs"] = settings.fuse_epochs
