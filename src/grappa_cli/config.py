@@ -62,6 +62,10 @@ def _k_list(value: Any) -> str | None:
     return None
 
 
+def _probability_open(value: Any) -> str | None:
+    return None if 0 < value <= 1 else "must be in (0, 1]"
+
+
 def _layer_sizes(value: Any) -> str | None:
     if not value:
         return "must list at least one layer size"
@@ -140,6 +144,9 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "temperature 0.05 of ref. [69]", check=_positive),
         FieldSpec("grad_clip", "float", 0.0, "clip the gradient norm to this value (0 = off)",
                   check=_non_negative),
+        FieldSpec("crop_scale", "float", 0.08,
+                  "smallest area fraction kept by the training views' random resized crop (timm's default "
+                  "0.08); larger values keep more of each image", check=_probability_open),
         FieldSpec("prototypes", "str", "centroids",
                   "start of the norm-softmax prototypes: the L2-normalised k-means centroids of the "
                   "pseudo-labels (the untrained model's embeddings are the clustered features, so training "

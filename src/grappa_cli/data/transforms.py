@@ -60,13 +60,17 @@ def eval_transform(data_config: dict[str, Any]) -> T.Compose:
     return T.Compose([T.Lambda(to_rgb), timm_transform])
 
 
-def train_transform(data_config: dict[str, Any]) -> T.Compose:
-    """timm's training transform reduced to random resized crop + horizontal flip."""
+def train_transform(data_config: dict[str, Any], crop_scale: float = 0.08) -> T.Compose:
+    """timm's training transform reduced to random resized crop + horizontal flip.
+
+    ``crop_scale``: the smallest area fraction the random crop keeps (timm's default 0.08).
+    """
     from timm.data import create_transform
 
     timm_transform = create_transform(
         input_size=data_config["input_size"],
         is_training=True,
+        scale=(float(crop_scale), 1.0),
         color_jitter=None,
         auto_augment=None,
         hflip=0.5,

@@ -96,7 +96,8 @@ def adapt_params(config: Any, options: AdaptOptions, k: int, backbone_id: str) -
         "min_steps": a.min_steps, "lr": a.lr, "weight_decay": a.weight_decay, "schedule": a.schedule,
         "scale": a.scale,
         "grad_clip": a.grad_clip, "seed": config.runtime.seed if options.seed is None else options.seed,
-        "optimizer": "adam", "augmentation": "random-resized-crop+flip", "prototypes": a.prototypes,
+        "optimizer": "adam", "augmentation": "random-resized-crop+flip", "crop_scale": a.crop_scale,
+        "prototypes": a.prototypes,
     }
 
 
@@ -155,7 +156,8 @@ def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = N
     return results
 
 
-def training_inputs(store: Any, k: int, data_config: dict[str, Any], cache: Any) -> tuple[Any, dict[str, Any]]:
+def training_inputs(store: Any, k: int, data_config: dict[str, Any], cache: Any,
+                    crop_scale: float = 0.08) -> tuple[Any, dict[str, Any]]:
     """The dataset of images with their pseudo-labels under clustering k, and the loop's extra inputs.
 
     With the image cache: cached uint8 images with their training rows, augmented on the
@@ -168,14 +170,15 @@ def training_inputs(store: Any, k: int, data_config: dict[str, Any], cache: Any)
 
         labels, keep = training_labels(store, k)
         rows = cache.usable_rows(keep)
-        views = LabelledViews(TensorAugment.standard(data_config), labels)
+        views = LabelledViews(TensorAugment.standard(data_config, scale=(float(crop_scale), 1.0)), labels)
         return cache.images(rows, return_index=True), loop_inputs(views)
     from grappa_cli.data.images import decode_min_side
     from grappa_cli.data.training import LabeledImages
     from grappa_cli.data.transforms import train_transform
 
     paths, labels = training_rows(store, k)
-    return LabeledImages(paths, labels, train_transform(data_config), min_side=decode_min_side(data_config)), {}
+    return LabeledImages(paths, labels, train_transform(data_config, crop_scale),
+                         min_side=decode_min_side(data_config)), {}
 
 
 def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any, backbone: Any,
@@ -203,7 +206,7 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
                              f"({prov.describe_mismatch(existing, params, inputs)})",
                              hint="rerun with --force to retrain it")
 
-    dataset, loop_inputs = training_inputs(store, k, backbone.data_config, cache)
+    dataset, loop_inputs = training_inputs(store, k, backbone.data_config, cache, params["crop_scale"])
     model = GrappaModel.with_adaptor_sets(
         backbone, [new_adaptor_set(backbone, config.adapt.bottleneck, seed=params["seed"], k=k,
                                    config_path=config.path)], fusion=None)
