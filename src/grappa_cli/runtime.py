@@ -37,6 +37,29 @@ def autocast(device: Any, enabled: bool = True) -> Any:
     return contextlib.nullcontext()
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def loader_workers(requested: int, batches: int) -> int:
+    """DataLoader worker processes worth starting for a loader of ``batches`` batches.
+
+    Every worker is a spawned interpreter that imports torch again (seconds each, more on a
+    loaded machine), so a single batch is decoded in the main process, and there are never
+    more workers than batches or than usable cores (torch warns beyond that, and extra
+    workers only compete for the same cores). What is computed does not change.
+    """
+    if requested <= 0 or batches <= 1:
+        return 0
+    return max(0, min(int(requested), int(batches), usable_cpus()))
+
+
 #: Set to 1 to run the models of ``grappa extract`` and evaluation (``stages.embed.run_embedding``)
 #: through ``torch.compile``. Off by default: compiling costs tens of seconds per model and input
 #: shape, and on the CPU it does not pay (``benchmarks/bench_inference.py`` measures both).
