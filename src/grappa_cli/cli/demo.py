@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from grappa_cli.cli.common import DeviceOption
+from grappa_cli.cli.common import DeviceOption, Flag
 
 
 def demo(
@@ -17,7 +17,7 @@ def demo(
     backbone: Annotated[str, typer.Option(help="auto (pretrained EfficientNet-Lite0 when the offline extra is "
                                           "installed, else a small random ViT), efficientnet_lite0 or tiny-vit."
                                           )] = "auto",
-    force: Annotated[bool, typer.Option("--force", help="Rebuild the demo project from scratch.")] = False,
+    force: Annotated[bool, Flag("--force", help="Rebuild the demo project from scratch.")] = False,
     device: DeviceOption = None,
 ) -> None:
     """Create a project on bundled images (digits, photos, shapes), run every stage and print Table 2."""
@@ -42,5 +42,6 @@ def demo(
         out.print(note, highlight=False, markup=False)
     for path in result.files:
         out.print(f"wrote {path}", highlight=False)
-    out.print(f"Explore it: grappa -C {directory} status | grappa -C {directory} fuse --strategy neighbor --inspect",
-              highlight=False)
+    # one command per line: each line pastes into a shell as it is
+    out.print(f"Explore it:\n  grappa -C {directory} status\n"
+              f"  grappa -C {directory} fuse --strategy neighbor --inspect", highlight=False, markup=False)

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from grappa_cli.cli.common import Flag
+
 
 def init(
     directory: Annotated[Path, typer.Argument(help="Project directory (created if missing).")] = Path("."),
@@ -22,7 +24,7 @@ def init(
                  "reader reads ROOT as an image folder. The given tasks form the training set.",
         ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Rewrite grappa.toml of an existing project.")] = False,
+    force: Annotated[bool, Flag("--force", help="Rewrite grappa.toml of an existing project.")] = False,
 ) -> None:
     """Create a project: grappa.toml, store.zarr/, checkpoints/, results/, reports/, .grappa/."""
     from rich.markup import escape

@@ -6,21 +6,22 @@ from typing import Annotated
 
 import typer
 
-from grappa_cli.cli.common import JsonOption, ProjectOption, print_json, resolve_project
+from grappa_cli.cli.choices import OracleMetric, value
+from grappa_cli.cli.common import Flag, JsonOption, ProjectOption, print_json, resolve_project
 
 
 def report(
     ctx: typer.Context,
-    paper: Annotated[bool, typer.Option("--paper", help="Add the numbers printed in the paper's Table 2, "
+    paper: Annotated[bool, Flag("--paper", help="Add the numbers printed in the paper's Table 2, "
                                         "labelled as such.")] = False,
-    examples: Annotated[bool, typer.Option("--examples", help="Also draw query/top-5 examples (Fig. 5) for the "
+    examples: Annotated[bool, Flag("--examples", help="Also draw query/top-5 examples (Fig. 5) for the "
                                            "backbone and the best fused model.")] = False,
     examples_model: Annotated[str | None, typer.Option(help="Fused model for --examples (default: the one with "
                                                        "the best mean R-Precision, without labels).",
                                                        show_default=False)] = None,
     per_task: Annotated[int, typer.Option("--per-task", min=1, help="Queries per task for --examples.")] = 2,
-    oracle_metric: Annotated[str, typer.Option(help="Metric the oracle selects the best set on: r_precision "
-                                               "or map@r.")] = "r_precision",
+    oracle_metric: Annotated[OracleMetric, typer.Option(help="Metric the oracle selects the best set on: "
+                                                        "r_precision or map@r.")] = OracleMetric.r_precision,
     device: Annotated[str | None, typer.Option(help="Where --examples ranks: cpu or auto (faiss GPU).",
                                                show_default=False)] = None,
     project: ProjectOption = None,
@@ -34,7 +35,7 @@ def report(
 
     proj = resolve_project(ctx, project)
     options = ReportOptions(paper=paper, examples=examples, examples_per_task=per_task,
-                            examples_model=examples_model, oracle_metric=oracle_metric, device=device)
+                            examples_model=examples_model, oracle_metric=value(oracle_metric), device=device)
     result = run(proj, options, RichReporter())
     if as_json:
         print_json(result.to_dict())

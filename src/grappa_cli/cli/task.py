@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from grappa_cli.cli.common import JsonOption, ProjectOption, print_json, resolve_project
+from grappa_cli.cli.common import Flag, JsonOption, ProjectOption, print_json, resolve_project
 
 task_app = typer.Typer(
     help="Configure the project's retrieval tasks (dataset readers) and show their splits.",
@@ -49,10 +49,10 @@ def add(
         list[str] | None,
         typer.Option("--option", "-o", help="Reader option KEY=VALUE (repeatable), e.g. split=all-test."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing task of that name.")] = False,
+    force: Annotated[bool, Flag("--force", help="Replace an existing task of that name.")] = False,
     train: Annotated[
         bool,
-        typer.Option("--train", help="Also train on it: add it to data.train (and to eval.tasks if that lists tasks)."),
+        Flag("--train", help="Also train on it: add it to data.train (and to eval.tasks if that lists tasks)."),
     ] = False,
     project: ProjectOption = None,
 ) -> None:
