@@ -28,7 +28,7 @@ def report(
     as_json: JsonOption = False,
 ) -> None:
     """Write reports/table2.md, table2.csv and fig4_per_task.png (and fig5_examples.png with --examples)."""
-    from grappa_cli.cli.tables import print_wide, table2_rich
+    from grappa_cli.cli.tables import print_table2
     from grappa_cli.console import RichReporter, out
     from grappa_cli.stages.report import ReportOptions
     from grappa_cli.stages.report import report as run
@@ -40,8 +40,6 @@ def report(
     if as_json:
         print_json(result.to_dict())
         return
-    print_wide(out, table2_rich(result.table, "Table 2 (percent): RP = R-Precision, mAP = MAP@R"))
-    for note in result.table.notes:
-        out.print(note, highlight=False, markup=False)
+    print_table2(out, result.table, "Table 2 (percent): RP = R-Precision, mAP = MAP@R")
     for path in result.files:
         out.print(f"wrote {path}", highlight=False)
