@@ -60,6 +60,45 @@ def loader_workers(requested: int, batches: int) -> int:
     return max(0, min(int(requested), int(batches), usable_cpus()))
 
 
+def cpu_thread_settings(environ: dict[str, str] | None = None, *, cores: int | None = None,
+                        load: float | None = None) -> dict[str, str]:
+    """The OpenMP settings a ``grappa`` process should start with (those the user did not set).
+
+    * ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that wait for work sleep instead of spinning.
+      On a shared 2-core machine under load, spinning threads made 2-thread inference about
+      9x slower than passive ones (benchmarks/bench_threads.py, docs/benchmarks.md).
+    * ``OMP_NUM_THREADS``: the cores that are actually free, ``usable cores - round(load
+      average)``, at least 1 and at most the usable cores: all cores on a quiet machine, one
+      when other processes already keep the cores busy (threads then only wait on each other).
+
+    ``environ`` defaults to ``os.environ``; values already there are kept.
+    """
+    import os
+
+    environ = os.environ if environ is None else environ
+    cores = usable_cpus() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
+    settings: dict[str, str] = {}
+    if "OMP_WAIT_POLICY" not in environ:
+        settings["OMP_WAIT_POLICY"] = "PASSIVE"
+    if "OMP_NUM_THREADS" not in environ:
+        settings["OMP_NUM_THREADS"] = str(max(1, min(cores, cores - round(load))))
+    return settings
+
+
+def configure_cpu_threads() -> dict[str, str]:
+    """Apply :func:`cpu_thread_settings` to this process's environment (before torch loads)."""
+    import os
+
+    settings = cpu_thread_settings()
+    os.environ.update(settings)
+    return settings
+
+
 #: Set to 1 to run the models of ``grappa extract`` and evaluation (``stages.embed.run_embedding``)
 #: through ``torch.compile``. Off by default: compiling costs tens of seconds per model and input
 #: shape, and on the CPU it does not pay (``benchmarks/bench_inference.py`` measures both).

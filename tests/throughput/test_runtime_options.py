@@ -48,3 +48,28 @@ def test_loader_workers_are_not_started_for_nothing(monkeypatch) -> None:
     small = torch.utils.data.TensorDataset(torch.zeros(10, 1))
     assert make_loader(small, batch_size=256, num_workers=4, device=torch.device("cpu")).num_workers == 0
     assert make_loader(small, batch_size=4, num_workers=4, device=torch.device("cpu")).num_workers == 3
+
+
+def test_cpu_thread_settings_follow_the_free_cores() -> None:
+    """Passive OpenMP waits, and as many threads as cores are free; the user's own values win."""
+    from grappa_cli.runtime import cpu_thread_settings
+
+    assert cpu_thread_settings({}, cores=2, load=0.2) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2"}
+    assert cpu_thread_settings({}, cores=2, load=1.6)["OMP_NUM_THREADS"] == "1"
+    assert cpu_thread_settings({}, cores=2, load=7.0)["OMP_NUM_THREADS"] == "1"
+    assert cpu_thread_settings({}, cores=16, load=3.2)["OMP_NUM_THREADS"] == "13"
+    assert cpu_thread_settings({"OMP_NUM_THREADS": "4", "OMP_WAIT_POLICY": "ACTIVE"}, cores=2, load=0) == {}
+
+
+def test_the_cli_sets_them_before_torch_loads() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom grappa_cli.cli.app import main\ntry:\n    main(['--version'])\n"
+            "except SystemExit:\n    pass\nprint(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('OMP_NUM_THREADS'),"
+            " 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    policy, threads, torch_loaded = done.stdout.split()[-3:]
+    assert policy == "PASSIVE" and int(threads) >= 1 and torch_loaded == "False"

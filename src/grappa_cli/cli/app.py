@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     from grappa_cli.errors import GrappaError
 
     debug = os.environ.get("GRAPPA_DEBUG") == "1"
+    if "torch" not in sys.modules:  # OpenMP reads these once, when torch loads
+        from grappa_cli.runtime import configure_cpu_threads
+
+        configure_cpu_threads()
     try:
         register_all()
         code = app(args=argv, prog_name="grappa", standalone_mode=False)
