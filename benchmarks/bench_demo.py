@@ -7,8 +7,8 @@ runs each stage as its own ``grappa`` process, exactly as a user would:
     PYTHONPATH=src python benchmarks/bench_demo.py --load 2        # with 2 CPU-bound processes beside it
 
 Per stage it reports the wall time, the CPU seconds of the stage and every process it
-started (``RUSAGE_CHILDREN``), the peak resident memory of the largest single process
-(``ru_maxrss``) and the peak of the whole process tree (sampled from ``/proc`` every 0.1 s,
+started (``RUSAGE_CHILDREN``), the peak resident memory of the stage's process
+(``ru_maxrss`` from ``wait4``) and the peak of the whole process tree (sampled from ``/proc`` every 0.1 s,
 workers included), plus the load average before and after.
 """
 
@@ -53,31 +53,34 @@ def tree_rss(root: int) -> int:
 
 
 def run_stage(args: list[str], env: dict[str, str]) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "grappa_cli", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    peak = 0
-    done = threading.Event()
+    with tempfile.TemporaryFile(mode="w+") as log:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "grappa_cli", *args], env=env, stdout=subprocess.DEVNULL,
+                                stderr=log, text=True)
+        peak = 0
+        done = threading.Event()
 
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, tree_rss(proc.pid))
-            time.sleep(0.1)
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, tree_rss(proc.pid))
+                time.sleep(0.1)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, stderr = proc.communicate()
-    done.set()
-    sampler.join()
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"grappa {' '.join(args)} failed:\n{stderr[-2000:]}")
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, own = os.wait4(proc.pid, 0)  # the stage process's own rusage (its peak RSS)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        done.set()
+        sampler.join()
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            log.seek(0)
+            raise SystemExit(f"grappa {' '.join(args)} failed:\n{log.read()[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"stage": " ".join(args[2:]), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-            "max_process_rss_mib": round(after.ru_maxrss / 1024), "tree_rss_mib": round(peak / 2**20)}
+            "max_process_rss_mib": round(own.ru_maxrss / 1024), "tree_rss_mib": round(peak / 2**20)}
 
 
 def main() -> None:
@@ -118,7 +121,7 @@ def main() -> None:
         return
     print(f"burners {args.load}; usable cores {info['cores']}; load average before "
           f"{', '.join(f'{v:.2f}' for v in load_before)}, after {', '.join(f'{v:.2f}' for v in load_after)}")
-    print("| stage | wall s | CPU s | peak RSS, largest process (MiB) | peak RSS, process tree (MiB) |")
+    print("| stage | wall s | CPU s | peak RSS, stage process (MiB) | peak RSS, process tree (MiB) |")
     print("|---|---:|---:|---:|---:|")
     for r in info["rows"]:
         print(f"| {r['stage']} | {r['wall_s']} | {r['cpu_s']} | {r['max_process_rss_mib']} | {r['tree_rss_mib']} |")

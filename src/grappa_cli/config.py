@@ -95,8 +95,8 @@ SCHEMA: dict[str, list[FieldSpec]] = {
         FieldSpec("batch_size", "int", 256, "images per batch for feature extraction and evaluation",
                   check=_positive),
         FieldSpec("num_workers", "int", 4,
-                  "DataLoader worker processes decoding images (never more than the usable cores or the "
-                  "batches; a single batch is decoded in the main process)", check=_non_negative),
+                  "DataLoader worker processes decoding images (at most the usable cores, the batches and "
+                  "one per 1,000 images; smaller loaders decode in the main process)", check=_non_negative),
         FieldSpec("feature_dtype", "str", "float16", "dtype of stored features",
                   choices=("float16", "float32")),
         FieldSpec("chunk_size", "int", 4096,

@@ -45,8 +45,13 @@ def test_loader_workers_are_not_started_for_nothing(monkeypatch) -> None:
     assert runtime.loader_workers(4, 3) == 2 and runtime.loader_workers(1, 3) == 1
     monkeypatch.setattr(runtime, "usable_cpus", lambda: 16)
     assert runtime.loader_workers(4, 3) == 3 and runtime.loader_workers(4, 100) == 4
+    # a worker only for every MIN_ITEMS_PER_WORKER items (starting one costs an import of torch)
+    assert runtime.MIN_ITEMS_PER_WORKER == 1000
+    assert runtime.loader_workers(4, 100, items=999) == 0 and runtime.loader_workers(4, 100, items=2500) == 2
     small = torch.utils.data.TensorDataset(torch.zeros(10, 1))
     assert make_loader(small, batch_size=256, num_workers=4, device=torch.device("cpu")).num_workers == 0
+    assert make_loader(small, batch_size=4, num_workers=4, device=torch.device("cpu")).num_workers == 0
+    monkeypatch.setattr(runtime, "MIN_ITEMS_PER_WORKER", 1)
     assert make_loader(small, batch_size=4, num_workers=4, device=torch.device("cpu")).num_workers == 3
 
 

@@ -105,7 +105,8 @@ def make_loader(
     """
     from grappa_cli.runtime import loader_workers
 
-    num_workers = loader_workers(num_workers, -(-len(dataset) // max(1, batch_size)))  # type: ignore[arg-type]
+    items = len(dataset)  # type: ignore[arg-type]
+    num_workers = loader_workers(num_workers, -(-items // max(1, batch_size)), items)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(
