@@ -1,17 +1,48 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s docs``.
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s docs``, ``nox -s lowest``.
 
-The sessions run in the environment nox itself runs in (``venv_backend="none"``, tools called
-as ``python -m`` of that interpreter): the project pulls in torch, and installing it again per
-session would cost minutes for nothing. Install first with ``pip install -e ".[dev]"``.
+``tests``, ``lint`` and ``docs`` run in the environment nox itself runs in (``venv_backend="none"``,
+tools called as ``python -m`` of that interpreter): the project pulls in torch, and installing it
+again per session would cost minutes for nothing. Install first with ``pip install -e ".[dev]"``.
+
+``lowest`` is the exception: it creates a fresh virtualenv, installs the lowest version of every
+dependency that ``pyproject.toml`` allows (its ``>=`` floors, pinned with ``==``) and runs a smoke
+subset of the tests, so a floor that is too low fails there (it downloads torch: minutes).
 """
 
 from __future__ import annotations
 
 import sys
+import tomllib
+from pathlib import Path
 
 import nox
 
 nox.options.sessions = ["lint", "tests", "docs"]
+
+#: Tests the ``lowest`` session runs: config and CLI basics, the backbones, one model round trip.
+SMOKE_TESTS = (
+    "tests/foundation/test_project.py",
+    "tests/model/test_backbone.py",
+    "tests/model/test_grappa_model.py",
+    "tests/export/test_roundtrip.py::test_exported_model_embeds_like_eval",
+)
+
+
+def lowest_constraints(pyproject: Path = Path(__file__).parent / "pyproject.toml") -> list[str]:
+    """``name==floor`` for every runtime dependency of ``pyproject.toml`` that has a ``>=`` floor."""
+    import re
+
+    data = tomllib.loads(pyproject.read_text())
+    pins = []
+    for requirement in data["project"]["dependencies"]:
+        match = re.match(r"^\s*([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?\s*([^;]*)", requirement)
+        if not match:
+            continue
+        name, specifiers = match.groups()
+        floor = re.search(r">=\s*([0-9][^,\s]*)", specifiers)
+        if floor:
+            pins.append(f"{name}=={floor.group(1)}")
+    return pins
 
 
 @nox.session(venv_backend="none")
@@ -35,3 +66,13 @@ def docs(session: nox.Session) -> None:
     """
     session.run(sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", "site",
                 env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session(python="3.11")
+def lowest(session: nox.Session) -> None:
+    """The lowest allowed versions (pyproject floors) in a fresh virtualenv, then the smoke tests."""
+    constraints = Path(session.create_tmp()) / "lowest.txt"
+    constraints.write_text("\n".join(lowest_constraints()) + "\n")
+    session.install("-c", str(constraints), "-e", ".[dev]")
+    session.run("python", "-m", "pip", "list")
+    session.run("python", "-m", "pytest", "-x", "-q", *SMOKE_TESTS, *session.posargs)

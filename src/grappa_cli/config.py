@@ -98,7 +98,9 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "the union of the six MRT train splits, 133,339 images (section 4.1)"),
         FieldSpec("batch_size", "int", 256, "images per batch for feature extraction and evaluation",
                   check=_positive),
-        FieldSpec("num_workers", "int", 4, "DataLoader worker processes decoding images", check=_non_negative),
+        FieldSpec("num_workers", "int", 4,
+                  "DataLoader worker processes decoding images (at most the usable cores, the batches and "
+                  "one per 1,000 images; smaller loaders decode in the main process)", check=_non_negative),
         FieldSpec("feature_dtype", "str", "float16", "dtype of stored features",
                   choices=("float16", "float32")),
         FieldSpec("chunk_size", "int", 4096,
@@ -199,7 +201,8 @@ SCHEMA: dict[str, list[FieldSpec]] = {
 
 TASK_KEYS_DOC = (
     "one table per task: [tasks.NAME] with `root` (the dataset directory) and optionally `type` "
-    "(the task plugin, default NAME) and the plugin's own options; `grappa task add NAME ROOT` writes one"
+    "(the task plugin, default NAME) and the plugin's own options; `grappa task add NAME ROOT` writes one "
+    "(with type = \"imagefolder\" when NAME is no task reader)"
 )
 
 

@@ -1,7 +1,8 @@
 """Where output goes: results to stdout, progress/warnings/hints to stderr.
 
 Stages never print; they receive a :class:`Reporter` and call it. The CLI passes a
-:class:`RichReporter` (rich progress bars on stderr); tests and library users get
+:class:`RichReporter` (rich progress bars on a terminal; in a pipe, a plain line at most every
+15 s with count, rate and ETA); tests and library users get
 :class:`NullReporter` by default.
 """
 
@@ -97,6 +98,72 @@ class _RichTask:
         self._progress.update(self._id, info=text)
 
 
+#: Seconds between two plain progress lines when stderr is not a terminal (a pipe, a log file).
+PLAIN_INTERVAL = 15.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class _PlainTask:
+    """Progress as plain lines, at most one every :data:`PLAIN_INTERVAL` seconds: count, rate, ETA.
+
+    For output that is not a terminal, where bars cannot redraw: a long stage still shows that
+    it moves (and how fast) instead of looking hung, without flooding a log.
+    """
+
+    def __init__(self, console: Console, description: str, total: float | None, unit: str,
+                 clock: Any = time.monotonic, interval: float = PLAIN_INTERVAL) -> None:
+        self._console = console
+        self._description = description.strip()
+        self._total = total
+        self._unit = unit
+        self._clock = clock
+        self._interval = interval
+        self._start = self._last = clock()
+        self._done = 0.0
+        self._fields: dict[str, Any] = {}
+        self.lines = 0
+
+    def advance(self, n: float = 1) -> None:
+        self._done += n
+        now = self._clock()
+        if now - self._last >= self._interval:
+            self._last = now
+            self._console.print(self.line(now), highlight=False, markup=False)
+            self.lines += 1
+
+    def update(self, **fields: Any) -> None:
+        self._fields.update(fields)
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self._start, 1e-9)
+        rate = self._done / elapsed
+        count = f"{self._done:,.0f}"
+        parts = [f"{self._description}:"]
+        if self._total:
+            parts.append(f"{count}/{self._total:,.0f} {self._unit} ({100 * self._done / self._total:.0f}%)")
+        else:
+            parts.append(f"{count} {self._unit}")
+        parts.append(f"{rate:,.1f} {self._unit}/s")
+        parts.append(f"elapsed {_duration(elapsed)}")
+        if self._total and rate > 0:
+            parts.append(f"eta {_duration(max(self._total - self._done, 0) / rate)}")
+        parts += [f"{k}={_fmt(v)}" for k, v in self._fields.items()]
+        return "  ".join(parts)
+
+
+def _plain_lines_wanted(console: Console) -> bool:
+    """No bars (not a terminal) and progress not switched off with ``GRAPPA_PROGRESS=0``."""
+    return os.environ.get("GRAPPA_PROGRESS") != "0" and not _progress_enabled(console)
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -111,6 +178,9 @@ class RichReporter:
 
     @contextmanager
     def task(self, description: str, total: float | None = None, unit: str = "it") -> Iterator[ProgressTask]:
+        if _plain_lines_wanted(self.console):
+            yield _PlainTask(self.console, description, total, unit)
+            return
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -198,6 +268,9 @@ class PipelineReporter:
 
     @contextmanager
     def task(self, description: str, total: float | None = None, unit: str = "it") -> Iterator[ProgressTask]:
+        if _plain_lines_wanted(self.console):
+            yield _PlainTask(self.console, description, total, unit)
+            return
         task_id = self.progress.add_task(f"  {description}", total=total, rate="", info="")
         try:
             yield _RichTask(self.progress, task_id, unit)

@@ -37,6 +37,78 @@ def autocast(device: Any, enabled: bool = True) -> Any:
     return contextlib.nullcontext()
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+#: Items a DataLoader worker must have to decode before starting it pays: a spawned worker
+#: imports torch and timm again (12-36 s on a loaded 2-core machine, about 1.1 GB resident with
+#: a CUDA build of torch), while the main process decodes and transforms about 280 images/s.
+MIN_ITEMS_PER_WORKER = 1000
+
+
+def loader_workers(requested: int, batches: int, items: int | None = None) -> int:
+    """DataLoader worker processes worth starting for a loader of ``batches`` batches (``items`` items).
+
+    Every worker is a spawned interpreter that imports torch again (seconds each, more on a
+    loaded machine, and its own copy of torch in memory), so small loaders decode in the main
+    process: a single batch, or fewer than :data:`MIN_ITEMS_PER_WORKER` items per worker. There
+    are never more workers than batches or than usable cores (torch warns beyond that, and extra
+    workers only compete for the same cores). What is computed does not change.
+    """
+    if requested <= 0 or batches <= 1:
+        return 0
+    workers = min(int(requested), int(batches), usable_cpus())
+    if items is not None:
+        workers = min(workers, int(items) // MIN_ITEMS_PER_WORKER)
+    return max(0, workers)
+
+
+def cpu_thread_settings(environ: dict[str, str] | None = None, *, cores: int | None = None,
+                        load: float | None = None) -> dict[str, str]:
+    """The OpenMP settings a ``grappa`` process should start with (those the user did not set).
+
+    * ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that wait for work sleep instead of spinning.
+      On a shared 2-core machine under load, spinning threads made 2-thread inference about
+      9x slower than passive ones (benchmarks/bench_threads.py, docs/benchmarks.md).
+    * ``OMP_NUM_THREADS``: the cores that are actually free, ``usable cores - round(load
+      average)``, at least 1 and at most the usable cores: all cores on a quiet machine, one
+      when other processes already keep the cores busy (threads then only wait on each other).
+
+    ``environ`` defaults to ``os.environ``; values already there are kept.
+    """
+    import os
+
+    environ = os.environ if environ is None else environ
+    cores = usable_cpus() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
+    settings: dict[str, str] = {}
+    if "OMP_WAIT_POLICY" not in environ:
+        settings["OMP_WAIT_POLICY"] = "PASSIVE"
+    if "OMP_NUM_THREADS" not in environ:
+        settings["OMP_NUM_THREADS"] = str(max(1, min(cores, cores - round(load))))
+    return settings
+
+
+def configure_cpu_threads() -> dict[str, str]:
+    """Apply :func:`cpu_thread_settings` to this process's environment (before torch loads)."""
+    import os
+
+    settings = cpu_thread_settings()
+    os.environ.update(settings)
+    return settings
+
+
 #: Set to 1 to run the models of ``grappa extract`` and evaluation (``stages.embed.run_embedding``)
 #: through ``torch.compile``. Off by default: compiling costs tens of seconds per model and input
 #: shape, and on the CPU it does not pay (``benchmarks/bench_inference.py`` measures both).

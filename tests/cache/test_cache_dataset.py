@@ -74,11 +74,15 @@ def test_refuses_unreadable_and_out_of_range_rows(built) -> None:
         CachedImageDataset(store_path, "cache/other")
 
 
-def test_loader_batches_with_the_chunk_sampler_in_a_spawned_worker(built) -> None:
+def test_loader_batches_with_the_chunk_sampler_in_a_spawned_worker(built, monkeypatch) -> None:
+    from grappa_cli import runtime
+
+    monkeypatch.setattr(runtime, "MIN_ITEMS_PER_WORKER", 1)  # a worker even for this small dataset
     store_path, _, expected = built
     ds = CachedImageDataset(store_path, KEY, return_index=True)
     sampler = ds.batch_sampler(5, window=2, seed=1)
     loader = make_cached_loader(ds, sampler, num_workers=1)
+    assert loader.num_workers == 1
     seen = []
     for images, rows in loader:
         assert images.dtype == torch.uint8 and images.shape[1:] == (3, SIZE, SIZE)

@@ -172,3 +172,28 @@ def test_the_shared_tiny_project_has_a_training_set_and_an_evaluation_task(tiny_
     test = sources.test_set(config, "shapes")
     assert test.classes == ["class_002", "class_003"] and len(test) == 12
     assert not set(train.paths) & set(test.paths)
+
+
+# -- the labelled training set (supervised fusion reference) ---------------------------------
+
+
+def test_labelled_training_set_keeps_each_tasks_classes_apart(tmp_path):
+    a = make_image_folder(tmp_path / "a", n_classes=4, per_class=2)
+    b = make_image_folder(tmp_path / "b", n_classes=2, per_class=3, seed=1)
+    extra = make_image_folder(tmp_path / "unlabelled", n_classes=1, per_class=2, seed=2)
+    config = config_for(tmp_path, {"a": {"type": "imagefolder", "root": str(a)},
+                                   "b": {"type": "imagefolder", "root": str(b)}},
+                        train=["a", "b", str(extra), "a"])
+    labelled = sources.labelled_training_set(config)
+    # train halves: a -> class_000, class_001 (2 images each); b -> class_000 (3 images)
+    assert labelled.classes == ["a/class_000", "a/class_001", "b/class_000"]
+    assert labelled.labels.tolist() == [0, 0, 1, 1, 2, 2, 2]
+    assert [Path(p).parent.parent.name for p in labelled.paths] == ["a"] * 4 + ["b"] * 3
+    assert len(set(labelled.paths)) == len(labelled.paths)
+
+
+def test_labelled_training_set_needs_a_labelled_task(tmp_path):
+    folder = make_image_folder(tmp_path / "unlabelled", n_classes=2, per_class=2)
+    config = config_for(tmp_path, {}, train=[str(folder)])
+    with pytest.raises(DataError, match="supervised fusion needs labelled training images"):
+        sources.labelled_training_set(config)

@@ -69,7 +69,7 @@ def test_index_then_search_finds_the_query_first(fused_project, gallery, cli) ->
     np.testing.assert_allclose(embeddings[valid], expected.numpy(), atol=1e-5)
 
     queries = [good[0], good[7], good[20]]
-    result = cli("-C", fused_project.root, "search", *queries, "-k", "5", "--json")
+    result = cli("-C", fused_project.root, "search", *queries, "-n", "5", "--json")
     assert result.exit_code == 0, result.stderr
     found = json.loads(result.stdout)
     assert found["model"] == "fused:avg" and found["k"] == 5 and len(found["results"]) == 3
@@ -85,7 +85,7 @@ def test_index_then_search_finds_the_query_first(fused_project, gallery, cli) ->
         row = good.index(query)
         assert [m["path"] for m in matches][1:] == [good[i] for i in np.argsort(-sims[row])[:5] if i != row][:4]
 
-    table = cli("-C", fused_project.root, "search", queries[0], "-k", "2")
+    table = cli("-C", fused_project.root, "search", queries[0], "--top", "2")
     assert table.exit_code == 0 and "1.0000" in table.stdout and "score" in table.stdout
 
     again = json.loads(cli("-C", fused_project.root, "index", gallery, "--json").stdout)
@@ -109,7 +109,7 @@ def test_approximate_indexes_return_the_exact_top1(fused_project, gallery_images
             np.testing.assert_array_equal(stored, embeddings)
         embeddings = stored
         extra = ["--nprobe", "1000"] if kind == "ivf" else []  # every list: IVF is then exact
-        result = cli("-C", fused_project.root, "search", *queries, "--name", "approx", "-k", "3", "--json", *extra)
+        result = cli("-C", fused_project.root, "search", *queries, "--name", "approx", "--top-k", "3", "--json", *extra)
         assert result.exit_code == 0, result.stderr
         found = json.loads(result.stdout)
         top1[kind] = [r["matches"][0]["path"] for r in found["results"]]
@@ -145,7 +145,7 @@ def test_errors(fused_project, gallery_images, cli, tmp_path) -> None:
     result = cli("-C", project.root, "index", tmp_path / "nowhere")
     assert result.exit_code == 1 and "does not exist" in result.stderr
     result = cli("-C", project.root, "index", gallery_images, "--index", "lsh")
-    assert result.exit_code == 2 and "unknown index type 'lsh'" in result.stderr
+    assert result.exit_code == 2 and "'lsh' is not one of 'flat', 'ivf', 'hnsw'" in result.stderr
     result = cli("-C", project.root, "index", gallery_images, "--name", "../escape")
     assert result.exit_code == 2 and "invalid index name" in result.stderr
 

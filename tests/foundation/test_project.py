@@ -42,13 +42,28 @@ def test_init_documents_every_field(tmp_path: Path, cli) -> None:
 
 
 def test_init_with_tasks_and_backbone(cli, tmp_path: Path) -> None:
-    data = tmp_path / "cub"
-    data.mkdir()
+    from tests.evaltasks.fake_datasets import make_cub
+
+    data = make_cub(tmp_path / "data", ["001.A", "002.B"], per_class=2) / "CUB_200_2011"
     result = cli("init", tmp_path / "p", "--backbone", "vit_base_patch16_224.dino", "--task", f"cub={data}")
     assert result.exit_code == 0, result.stderr
     config = config_mod.load(tmp_path / "p" / "grappa.toml")
     assert config.backbone.name == "vit_base_patch16_224.dino"
     assert config.tasks["cub"].root == str(data) and config.tasks["cub"].type == "cub"
+    assert config.data.train == ["cub"], "the given tasks (not the six MRT ones) form the training set"
+    assert "Read task cub (type cub" in result.stdout and "train 1 classes / 2 images" in result.stdout
+
+
+def test_init_checks_task_roots_at_once(cli, tmp_path: Path) -> None:
+    missing = cli("init", tmp_path / "p", "--task", f"mydata={tmp_path / 'nowhere'}")
+    assert missing.exit_code == 1
+    assert missing.stderr.startswith("Error:") and "nowhere does not exist" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) <= 2  # the message and its fix
+    assert not (tmp_path / "p").exists(), "nothing is written when a task cannot be read"
+    empty_cub = tmp_path / "empty"
+    empty_cub.mkdir()
+    wrong = cli("init", tmp_path / "p", "--task", f"cub={empty_cub}")
+    assert wrong.exit_code == 1 and "CUB_200_2011" in wrong.stderr and not (tmp_path / "p").exists()
 
 
 def test_init_refuses_existing_project(cli, tmp_path: Path) -> None:
@@ -215,7 +230,9 @@ def test_status_json_on_fresh_project(cli, tmp_path: Path) -> None:
     assert data["artifacts"][0] == {
         "stage": "extract", "id": "features/train", "state": "missing", "detail": "", "stale_inputs": [],
     }
-    assert any("grappa extract" in step for step in data["next"])
+    # nothing can be extracted before there are images to train on: status says how to add them
+    assert not any("grappa extract" in step for step in data["next"])
+    assert any("grappa task add NAME ROOT --train" in step for step in data["next"])
 
 
 _HOLDER = """

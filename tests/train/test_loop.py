@@ -103,7 +103,10 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path):
     assert [r["loss"] for r in records] == reference.epoch_losses
 
 
-def test_resume_is_exact_with_spawned_workers_and_augmentation(tmp_path):
+def test_resume_is_exact_with_spawned_workers_and_augmentation(tmp_path, monkeypatch):
+    from grappa_cli import runtime
+
+    monkeypatch.setattr(runtime, "MIN_ITEMS_PER_WORKER", 1)  # a worker even for this small dataset
     reference = _run(tmp_path / "ref", epochs=2, num_workers=1)
     with pytest.raises(Interrupted):
         _run(tmp_path / "run", epochs=2, num_workers=1, on_epoch_end=_interrupt_after(0))

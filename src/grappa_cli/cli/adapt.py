@@ -20,7 +20,7 @@ from grappa_cli.cli.common import (
 
 
 def parse_set_names(value: str | None) -> list[int] | None:
-    """``"256,4096"`` or ``"k256,k4096"`` -> ``[256, 4096]``."""
+    """``"256,4096"``, ``"k256,k4096"`` or ``"adaptor:k256"`` -> ``[256, 4096]`` (one spelling everywhere)."""
     from grappa_cli.errors import UsageError
 
     names = split_csv(value)
@@ -28,9 +28,10 @@ def parse_set_names(value: str | None) -> list[int] | None:
         return None
     ks = []
     for name in names:
+        name = name.removeprefix("adaptor:")
         digits = name[1:] if name.lower().startswith("k") else name
         if not digits.isdigit():
-            raise UsageError(f"--k expects stored k values like 256,4096 or k256 (got {name!r})")
+            raise UsageError(f"--k expects stored adaptor sets like k256,k4096 (or 256, adaptor:k256; got {name!r})")
         ks.append(int(digits))
     if len(set(ks)) != len(ks):
         raise UsageError(f"--k lists a value twice ({value})")
@@ -39,7 +40,8 @@ def parse_set_names(value: str | None) -> list[int] | None:
 
 def adapt(
     ctx: typer.Context,
-    k: Annotated[str | None, typer.Option("--k", help="Comma list of stored k values (default: all).",
+    k: Annotated[str | None, typer.Option("--k", "-k", help="Comma list of adaptor sets to train, e.g. k256,k1024 "
+                                          "(default: every stored clustering).",
                                           show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per set (default: grappa.toml).",
                                                show_default=False)] = None,

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from grappa_cli import __version__
+from grappa_cli.cli.common import Flag
 
 app = typer.Typer(
     name="grappa",
@@ -23,7 +24,7 @@ app = typer.Typer(
         "(Grappa, ECCV 2022): extract -> cluster -> adapt -> fuse -> eval."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -45,7 +46,7 @@ def root(
                      "nearest parent holding grappa.toml).", show_default=False),
     ] = None,
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool, Flag("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Global options."""
@@ -60,9 +61,11 @@ def register_all() -> None:
     global _registered
     if _registered:
         return
+    from grappa_cli.cli.examples import add_examples
     from grappa_cli.plugins import get_plugin_manager
 
     get_plugin_manager().hook.register_commands(cli=app)
+    add_examples(app)
     _registered = True
 
 
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     from grappa_cli.errors import GrappaError
 
     debug = os.environ.get("GRAPPA_DEBUG") == "1"
+    if "torch" not in sys.modules:  # OpenMP reads these once, when torch loads
+        from grappa_cli.runtime import configure_cpu_threads
+
+        configure_cpu_threads()
     try:
         register_all()
         code = app(args=argv, prog_name="grappa", standalone_mode=False)

@@ -6,14 +6,14 @@ from typing import Annotated
 
 import typer
 
-from grappa_cli.cli.common import ForceOption, JsonOption, ProjectOption, print_json, resolve_project
+from grappa_cli.cli.common import Flag, ForceOption, JsonOption, ProjectOption, print_json, resolve_project
 
 app = typer.Typer(
     help="Decode the training images once into the store, so that training reads pixels instead of JPEGs.",
     no_args_is_help=True,
 )
 
-YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+YesOption = Annotated[bool, Flag("--yes", "-y", help="Do not ask for confirmation.")]
 
 
 def human_bytes(n: float) -> str:

@@ -8,15 +8,21 @@ from typing import Annotated, Any
 
 import typer
 
+
+def Flag(*param_decls: str, **kwargs: Any) -> Any:  # noqa: N802 (used like typer.Option)
+    """``typer.Option`` for an on/off flag: help shows no ``<bool>`` after the flag's name."""
+    return typer.Option(*param_decls, metavar="", **kwargs)
+
+
 ProjectOption = Annotated[
     Path | None,
     typer.Option("--project", "-C", help="Project directory (overrides the global -C).", show_default=False),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
-ForceOption = Annotated[bool, typer.Option("--force", help="Redo work that is already complete.")]
+JsonOption = Annotated[bool, Flag("--json", help="Print one JSON document instead of tables.")]
+ForceOption = Annotated[bool, Flag("--force", help="Redo work that is already complete.")]
 DeviceOption = Annotated[
     str | None,
-    typer.Option(help="auto, cpu, cuda or cuda:N (default: [runtime] device in grappa.toml).", show_default=False),
+    typer.Option(help="auto, cpu, cuda or cuda:N (default: runtime.device in grappa.toml).", show_default=False),
 ]
 WorkersOption = Annotated[
     int | None, typer.Option(min=0, help="Decoding worker processes (default: data.num_workers).", show_default=False)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from grappa_cli.cli.common import DeviceOption
+from grappa_cli.cli.common import DeviceOption, Flag
 
 
 def demo(
@@ -17,11 +17,11 @@ def demo(
     backbone: Annotated[str, typer.Option(help="auto (pretrained EfficientNet-Lite0 when the offline extra is "
                                           "installed, else a small random ViT), efficientnet_lite0 or tiny-vit."
                                           )] = "auto",
-    force: Annotated[bool, typer.Option("--force", help="Rebuild the demo project from scratch.")] = False,
+    force: Annotated[bool, Flag("--force", help="Rebuild the demo project from scratch.")] = False,
     device: DeviceOption = None,
 ) -> None:
     """Create a project on bundled images (digits, photos, shapes), run every stage and print Table 2."""
-    from grappa_cli.cli.tables import print_wide, table2_rich
+    from grappa_cli.cli.tables import print_table2
     from grappa_cli.console import PipelineReporter, err, out
     from grappa_cli.errors import UsageError
     from grappa_cli.stages.demo import SETTINGS, backbone_settings, prepare
@@ -37,10 +37,9 @@ def demo(
         outcome = run_pipeline(project, device=device, reporter=view)
     project.record_run("demo", **outcome.to_dict())
     result = report(project, ReportOptions(device=device))
-    print_wide(out, table2_rich(result.table, "Demo results (percent): RP = R-Precision, mAP = MAP@R"))
-    for note in result.table.notes:
-        out.print(note, highlight=False, markup=False)
+    print_table2(out, result.table, "Demo results (percent): RP = R-Precision, mAP = MAP@R")
     for path in result.files:
         out.print(f"wrote {path}", highlight=False)
-    out.print(f"Explore it: grappa -C {directory} status | grappa -C {directory} fuse --strategy neighbor --inspect",
-              highlight=False)
+    # one command per line: each line pastes into a shell as it is
+    out.print(f"Explore it:\n  grappa -C {directory} status\n"
+              f"  grappa -C {directory} fuse --strategy neighbor --inspect", highlight=False, markup=False)

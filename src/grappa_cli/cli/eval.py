@@ -54,14 +54,12 @@ def eval_command(
     if as_json:
         print_json(run.to_dict())
         return
-    from grappa_cli.cli.tables import print_wide, table2_rich
+    from grappa_cli.cli.tables import print_table2
     from grappa_cli.stages.report import build_table, task_types
 
     stored = [e.stored() for e in run.entries]
     table = build_table(stored, task_order=run.tasks, task_types=task_types(proj.config(), run.tasks), deltas=False)
-    print_wide(out, table2_rich(table, "leave-one-out retrieval (percent): RP = R-Precision, mAP = MAP@R"))
-    for note in table.notes:
-        out.print(note, highlight=False, markup=False)
+    print_table2(out, table, "leave-one-out retrieval (percent): RP = R-Precision, mAP = MAP@R")
     computed = sum(e.computed for e in run.entries)
     hint(f"{computed} result(s) computed, {len(run.entries) - computed} already current; files under "
          f"{proj.results_dir}. Next: `grappa report`.")

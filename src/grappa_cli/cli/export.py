@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from grappa_cli.cli.common import JsonOption, ProjectOption, print_json, resolve_project
+from grappa_cli.cli.common import Flag, JsonOption, ProjectOption, print_json, resolve_project
 
 
 def export(
@@ -15,9 +15,9 @@ def export(
     model: Annotated[str, typer.Argument(help="Model name: backbone, adaptor:k<K> or fused:<strategy>.",
                                          show_default=False)],
     output: Annotated[Path, typer.Argument(help="File to write, e.g. model.safetensors.", show_default=False)],
-    no_backbone: Annotated[bool, typer.Option("--no-backbone", help="Leave the backbone's weights out (a small "
+    no_backbone: Annotated[bool, Flag("--no-backbone", help="Leave the backbone's weights out (a small "
                                               "file; loading it then needs the weights from elsewhere).")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.")] = False,
+    force: Annotated[bool, Flag("--force", help="Overwrite OUTPUT if it exists.")] = False,
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:

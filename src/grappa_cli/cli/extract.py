@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from grappa_cli.cli.choices import Split, value
 from grappa_cli.cli.common import (
     DeviceOption,
     ForceOption,
@@ -21,8 +22,8 @@ from grappa_cli.cli.common import (
 
 def extract(
     ctx: typer.Context,
-    split: Annotated[str, typer.Option(help="Which splits: train, test or all.")] = "all",
-    task: Annotated[str | None, typer.Option(help="Comma list of tasks whose test split to extract "
+    split: Annotated[Split, typer.Option(help="Which splits: train, test or all.")] = Split.all,
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Comma list of tasks whose test split to extract "
                                             "(default: the evaluation tasks).", show_default=False)] = None,
     device: DeviceOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch.", show_default=False)] = None,
@@ -41,6 +42,7 @@ def extract(
     from grappa_cli.stages.extract import ExtractOptions
     from grappa_cli.stages.extract import extract as run
 
+    split = value(split)
     splits = {"all": ("train", "test"), "train": ("train",), "test": ("test",)}.get(split)
     if splits is None:
         raise UsageError(f"--split must be train, test or all (got {split!r})")

@@ -8,6 +8,7 @@ import typer
 
 from grappa_cli.cli.common import (
     DeviceOption,
+    Flag,
     ForceOption,
     JsonOption,
     ProjectOption,
@@ -15,7 +16,6 @@ from grappa_cli.cli.common import (
     launch_rank,
     print_json,
     resolve_project,
-    split_csv,
 )
 
 
@@ -40,8 +40,8 @@ def fuse(
     strategy: Annotated[str, typer.Option("--strategy", "-s", help="Fusion strategy: avg, transform, neighbor, "
                                           "supervised, random, single-random (see `grappa plugins --all`).")
                         ] = "neighbor",
-    sets: Annotated[str | None, typer.Option(help="Comma list of adaptor sets, e.g. k256,k1024 "
-                                             "(default: all).", show_default=False)] = None,
+    sets: Annotated[str | None, typer.Option("--k", "-k", "--sets", help="Comma list of adaptor sets to fuse, "
+                                             "e.g. k256,k1024 (default: all).", show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Pairs per batch.", show_default=False)] = None,
     neighbors: Annotated[int | None, typer.Option(min=1, help="k of the k-NN graph (neighbor).",
@@ -49,7 +49,7 @@ def fuse(
     device: DeviceOption = None,
     seed: Annotated[int | None, typer.Option(min=0, help="Random seed.", show_default=False)] = None,
     workers: WorkersOption = None,
-    inspect: Annotated[bool, typer.Option("--inspect", help="Show the learned attention of an existing fused "
+    inspect: Annotated[bool, Flag("--inspect", help="Show the learned attention of an existing fused "
                                           "model instead of training.")] = False,
     force: ForceOption = False,
     project: ProjectOption = None,
@@ -91,10 +91,10 @@ def fuse(
     options = FusionOptions(epochs=epochs, batch_size=batch_size, device=device, seed=seed, num_workers=workers,
                             neighbors=neighbors, force=force)
     if launch_rank() != 0:
-        run(proj, strategy, split_csv(sets) or None, options, None)
+        run(proj, strategy, _set_names(sets), options, None)
         return
     with proj.lock("fuse"):
-        result = run(proj, strategy, split_csv(sets) or None, options, RichReporter())
+        result = run(proj, strategy, _set_names(sets), options, RichReporter())
     proj.record_run("fuse", strategy=result.strategy, sets=result.sets)
     if as_json:
         print_json(result.__dict__)
@@ -107,3 +107,11 @@ def fuse(
         out.print("Note: this strategy uses class labels (a supervised reference, not an unsupervised method).")
     hint(f"Next: `grappa eval --model fused:{result.strategy}`; `grappa fuse --strategy {result.strategy} "
          "--inspect` shows its attention.")
+
+
+def _set_names(value: str | None) -> list[str] | None:
+    """``k256,k1024`` (also ``256`` or ``adaptor:k256``) -> ``["k256", "k1024"]``; None for all."""
+    from grappa_cli.cli.adapt import parse_set_names
+
+    ks = parse_set_names(value)
+    return [f"k{k}" for k in ks] if ks else None

@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated
 
-import typer
-
-from grappa_cli.cli.common import JsonOption, print_json
+from grappa_cli.cli.common import Flag, JsonOption, print_json
 
 
 def plugins(
-    all_: Annotated[bool, typer.Option("--all", help="Include the built-in plugins.")] = False,
+    all_: Annotated[bool, Flag("--all", help="Include the built-in plugins.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """List installed plugins with their version and what each registers."""

@@ -6,13 +6,14 @@ from typing import Annotated
 
 import typer
 
+from grappa_cli.cli.choices import Stage, value
 from grappa_cli.cli.common import DeviceOption, JsonOption, ProjectOption, print_json, resolve_project
 
 
 def run(
     ctx: typer.Context,
-    until: Annotated[str | None, typer.Option(help="Stop after this stage: extract, cluster, adapt, fuse, eval "
-                                              "or report.", show_default=False)] = None,
+    until: Annotated[Stage | None, typer.Option(help="Stop after this stage: extract, cluster, adapt, fuse, "
+                                                "eval or report.", show_default=False)] = None,
     device: DeviceOption = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,
@@ -22,6 +23,7 @@ def run(
     from grappa_cli.errors import UsageError
     from grappa_cli.stages.run import STAGES, run_pipeline
 
+    until = value(until)
     if until is not None and until not in STAGES:
         raise UsageError(f"--until must be one of {', '.join(STAGES)} (got {until!r})")
     proj = resolve_project(ctx, project)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from grappa_cli.cli.choices import IndexType, value
 from grappa_cli.cli.common import (
     ForceOption,
     JsonOption,
@@ -17,21 +18,22 @@ from grappa_cli.cli.common import (
     resolve_project,
 )
 
-DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: from grappa.toml).",
-                                                  show_default=False)]
+DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: runtime.device in "
+                                                  "grappa.toml).", show_default=False)]
 
 
 def index(
     ctx: typer.Context,
     gallery: Annotated[Path, typer.Argument(help="Folder of gallery images (searched recursively).",
                                             show_default=False)],
-    model: Annotated[str | None, typer.Option(help="Model: backbone, adaptor:k<K> or fused:<strategy> (default: "
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model: backbone, adaptor:k<K> or "
+                                              "fused:<strategy> (default: "
                                               "fused:neighbor, else fused:transform, else fused:avg, else "
                                               "backbone).", show_default=False)] = None,
     name: Annotated[str | None, typer.Option("--name", help="Index name (default: `default`); one gallery per "
                                              "name.", show_default=False)] = None,
-    index_type: Annotated[str, typer.Option("--index", help="flat (exact), ivf or hnsw (approximate, for "
-                                            "millions of images).")] = "flat",
+    index_type: Annotated[IndexType, typer.Option("--index", help="flat (exact), ivf or hnsw (approximate, for "
+                                                  "millions of images).")] = IndexType.flat,
     nlist: Annotated[int | None, typer.Option(min=1, help="ivf: number of lists (default: 4*sqrt(n)).",
                                               show_default=False)] = None,
     nprobe: Annotated[int | None, typer.Option(min=1, help="ivf: lists scanned per query, stored with the index "
@@ -54,7 +56,7 @@ def index(
     from grappa_cli.vector_index import IndexSettings
 
     proj = resolve_project(ctx, project)
-    settings = IndexSettings(index_type, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
+    settings = IndexSettings(value(index_type), nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
                              ef_search=ef_search if ef_search is not None else 128)
     options = IndexOptions(model=model, name=name or DEFAULT_NAME, settings=settings, device=device,
                            batch_size=batch_size, num_workers=workers, force=force)
@@ -88,7 +90,7 @@ def index(
 def search(
     ctx: typer.Context,
     images: Annotated[list[Path], typer.Argument(help="Query image files.", show_default=False)],
-    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Results per query.")] = 10,
+    k: Annotated[int, typer.Option("--top", "-n", "--top-k", min=1, help="Results per query.")] = 10,
     name: Annotated[str | None, typer.Option("--name", help="Index to search (default: `default`, or the only "
                                              "index).", show_default=False)] = None,
     nprobe: Annotated[int | None, typer.Option(min=1, help="ivf: lists scanned per query (default: the value "

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from grappa_cli.cli.common import JsonOption, ProjectOption, print_json, resolve_project
+from grappa_cli.cli.common import Flag, JsonOption, ProjectOption, print_json, resolve_project
 
 task_app = typer.Typer(
     help="Configure the project's retrieval tasks (dataset readers) and show their splits.",
@@ -49,22 +49,42 @@ def add(
         list[str] | None,
         typer.Option("--option", "-o", help="Reader option KEY=VALUE (repeatable), e.g. split=all-test."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing task of that name.")] = False,
+    force: Annotated[bool, Flag("--force", help="Replace an existing task of that name.")] = False,
+    train: Annotated[
+        bool,
+        Flag("--train", help="Also train on it: add it to data.train (and to eval.tasks if that lists tasks)."),
+    ] = False,
     project: ProjectOption = None,
 ) -> None:
-    """Read a dataset to check it, print its split sizes and add it to grappa.toml."""
-    from grappa_cli.console import out
+    """Read a dataset to check it, print its split sizes and add it to grappa.toml.
+
+    Without --type, NAME is the reader when one has that name (cub, cars, ...); any other name
+    reads an image folder: ROOT/<class>/<image>, or ROOT/train and ROOT/test class trees as the
+    two splits.
+    """
     from grappa_cli.stages.tasks import add_task, parse_options
 
     proj = resolve_project(ctx, project)
     summary = add_task(
-        proj, name, root, task_type=task_type, options=parse_options(option or []), force=force
+        proj, name, root, task_type=task_type, options=parse_options(option or []), force=force, train=train
     )
+    print_summary(summary, verb="Added")
+
+
+def print_summary(summary, *, verb: str) -> None:
+    """One line per task: reader, root, split sizes; the reader's note; singleton warnings."""
+    from rich.markup import escape
+
+    from grappa_cli.console import hint, out
+
+    used = " (in the training set)" if summary.in_training_set else ""
     out.print(
-        f"Added task {summary.name} (type {summary.type}, root {summary.root}): "
-        f"train {_split(summary.train)}; test {_split(summary.test)}.",
+        escape(f"{verb} task {summary.name} (type {summary.type}, root {summary.root}): "
+               f"train {_split(summary.train)}; test {_split(summary.test)}{used}."),
         highlight=False,
     )
+    if summary.note:
+        hint(f"task {summary.name}: {summary.note}.")
     _warn_singletons(summary.name, summary.singleton_test_classes)
 
 

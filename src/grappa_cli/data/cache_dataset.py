@@ -205,6 +205,9 @@ def make_cached_loader(
     prefetch_factor: int = 4,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over a cached dataset (spawned workers; call ``set_epoch`` on sampler and dataset)."""
+    from grappa_cli.runtime import loader_workers
+
+    num_workers = loader_workers(num_workers, len(batch_sampler), len(dataset))
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(multiprocessing_context="spawn", persistent_workers=False, prefetch_factor=prefetch_factor)

@@ -100,8 +100,13 @@ def make_loader(
     """A DataLoader that overlaps decoding with compute.
 
     Workers use the ``spawn`` start method: the parent may hold zarr's event-loop thread, and
-    forking a process with running threads is unsafe.
+    forking a process with running threads is unsafe. Their number is capped by
+    :func:`grappa_cli.runtime.loader_workers` (none for a single batch).
     """
+    from grappa_cli.runtime import loader_workers
+
+    items = len(dataset)  # type: ignore[arg-type]
+    num_workers = loader_workers(num_workers, -(-items // max(1, batch_size)), items)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(

@@ -142,6 +142,40 @@ def training_set(config: GrappaConfig) -> ImageList:
     return ImageList(paths=paths, labels=None, classes=[])
 
 
+def labelled_training_set(config: GrappaConfig) -> ImageList:
+    """The labelled part of D, for the supervised fusion reference (appendix C).
+
+    Every task of ``data.train`` contributes its train split with its own labels; classes of
+    different tasks stay different classes (task ``a``'s class 0 and task ``b``'s class 0 are
+    two classes, named ``a/<class>`` and ``b/<class>``). Unlabelled folders in ``data.train``
+    contribute nothing; an image listed twice keeps its first label.
+    """
+    seen: set[str] = set()
+    paths: list[str] = []
+    labels: list[int] = []
+    classes: list[str] = []
+    sources_seen: set[str] = set()
+    for source, part in training_parts(config):
+        if part.labels is None or not part.classes or source in sources_seen:
+            continue
+        sources_seen.add(source)
+        offset = len(classes)
+        classes += [f"{source}/{name}" for name in part.classes]
+        for path, label in zip(part.paths, part.labels, strict=True):
+            if path not in seen:
+                seen.add(path)
+                paths.append(path)
+                labels.append(offset + int(label))
+    if not paths:
+        raise DataError(
+            "the supervised fusion needs labelled training images, but data.train holds only unlabelled folders",
+            hint="list a task with class folders in data.train, or choose another fusion strategy",
+        )
+    import numpy as np
+
+    return ImageList(paths=paths, labels=np.asarray(labels, dtype=np.int64), classes=classes)
+
+
 def test_set(config: GrappaConfig, task_name: str) -> ImageList:
     """The labeled test split of a configured task."""
     splits = load_task(config, task_name)

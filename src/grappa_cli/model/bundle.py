@@ -3,13 +3,15 @@
 Used for models whose adaptors are not stored adaptor sets (the random baselines trained
 together with their fusion) and by ``grappa export`` (which also stores the backbone's
 weights, so the file works without the project). Nothing is pickled; the header records the
-backbone spec, the data config, N, D', the fusion kind and the caller's provenance.
+backbone spec, the data config, N, D', each layer's bottleneck ``D'_l`` (narrow CNN stages
+use ``min(D', D_l - 1)``), the fusion kind and the caller's provenance.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from grappa_cli.errors import GrappaError, StoreError
 from grappa_cli.fsutil import temporary_sibling
-from grappa_cli.model.adaptor import AdaptorSet
+from grappa_cli.model.adaptor import Adaptor, AdaptorSet
 from grappa_cli.model.backbone import Backbone
 from grappa_cli.model.grappa import GrappaModel
 
@@ -28,12 +30,18 @@ FORMAT_VERSION = "1"
 
 
 def describe(model: GrappaModel) -> dict[str, Any]:
-    """The structure needed to rebuild ``model``'s layers: N, D', fusion kind."""
+    """The structure needed to rebuild ``model``'s layers: N, D', every ``D'_l``, fusion kind.
+
+    ``bottleneck`` is the configured D' (that of the widest layers); ``bottlenecks`` lists
+    each layer's own width, which is smaller on CNN stages narrower than D' + 1.
+    """
     if not model.layers:
-        return {"num_sets": 0, "bottleneck": 0, "fusion": ""}
+        return {"num_sets": 0, "bottleneck": 0, "bottlenecks": [], "fusion": ""}
+    widths = [layer.bank.bottleneck for layer in model.layers]
     return {
         "num_sets": model.num_sets,
-        "bottleneck": model.layers[0].bank.bottleneck,
+        "bottleneck": max(widths),
+        "bottlenecks": widths,
         "fusion": model.fusion_kind if model.num_sets > 1 else "",
     }
 
@@ -53,7 +61,7 @@ def save_bundle(
         "backbone": json.dumps(backbone.describe()), "backbone_spec": json.dumps(backbone_spec or {}),
         "data_config": json.dumps(_jsonable(backbone.data_config)),
         "layer_dims": json.dumps(list(backbone.layer_dims)), "includes_backbone": str(include_backbone).lower(),
-        **{k: str(v) for k, v in describe(model).items()},
+        **{k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in describe(model).items()},
         "grappa": json.dumps(provenance or {}), "extra": json.dumps(extra or {}),
     }
     tmp = temporary_sibling(Path(path))
@@ -82,18 +90,45 @@ def read_bundle_metadata(path: Path) -> dict[str, Any]:
         meta[key] = json.loads(meta.get(key) or "{}")
     for key in ("num_sets", "bottleneck"):
         meta[key] = int(meta[key])
+    meta["bottlenecks"] = [int(b) for b in json.loads(meta["bottlenecks"])] if meta.get("bottlenecks") else None
     meta["includes_backbone"] = meta.get("includes_backbone") == "true"
     return meta
 
 
-def empty_model(backbone: Backbone, num_sets: int, bottleneck: int, fusion: str,
-                attention_init: str = "uniform") -> GrappaModel:
-    """A model of the given structure with zero/untrained layers, ready for ``load_state_dict``."""
+def empty_model(
+    backbone: Backbone, num_sets: int, bottleneck: int | Sequence[int], fusion: str,
+    attention_init: str = "uniform",
+) -> GrappaModel:
+    """A model of the given structure with zero/untrained layers, ready for ``load_state_dict``.
+
+    ``bottleneck``: D' (each layer then gets ``min(D', D_l - 1)``, as at training time) or
+    the list of every layer's ``D'_l``.
+    """
     if num_sets == 0:
         return GrappaModel.backbone_only(backbone)
-    sets = [AdaptorSet.new(backbone.layer_dims, bottleneck, seed=0) for _ in range(num_sets)]
-    model = GrappaModel.with_adaptor_sets(backbone, sets, fusion=fusion or None, attention_init=attention_init)
-    return model
+    if isinstance(bottleneck, int):
+        sets = [AdaptorSet.new(backbone.layer_dims, bottleneck, seed=0) for _ in range(num_sets)]
+    else:
+        widths = list(bottleneck)
+        if len(widths) != backbone.num_layers:
+            raise ValueError(f"{len(widths)} bottleneck widths for a backbone of {backbone.num_layers} layers")
+        sets = [AdaptorSet([Adaptor(d, b) for d, b in zip(backbone.layer_dims, widths, strict=True)])
+                for _ in range(num_sets)]
+    return GrappaModel.with_adaptor_sets(backbone, sets, fusion=fusion or None, attention_init=attention_init)
+
+
+def _layer_bottlenecks(meta: dict[str, Any], tensors: dict[str, torch.Tensor], num_layers: int) -> list[int] | int:
+    """Every layer's ``D'_l``: from the header, else from the stored tensors' shapes.
+
+    Files written before the header listed ``bottlenecks`` recorded only one width (for CNNs
+    that of layer 0, not D'), so the shapes of ``layers.<l>.bank.down_weight`` are the truth.
+    """
+    if meta.get("bottlenecks"):
+        return list(meta["bottlenecks"])
+    shapes = [tensors.get(f"layers.{index}.bank.down_weight") for index in range(num_layers)]
+    if all(t is not None for t in shapes):
+        return [int(t.shape[1]) for t in shapes]
+    return int(meta["bottleneck"])
 
 
 def load_layers(
@@ -108,10 +143,11 @@ def load_layers(
         raise StoreError(f"{path} was saved for backbone {meta['model_id']}, not {backbone.model_id}",
                          hint="use the backbone it was trained with, or retrain it with --force")
     tensors = load_file(str(path), device="cpu") if tensors is None else tensors
+    widths = _layer_bottlenecks(meta, tensors, backbone.num_layers) if meta["num_sets"] else 0
     layer_state = {k[len("layers."):]: v for k, v in tensors.items() if k.startswith("layers.")}
     # attention fusion that starts at Grappa-avg carries a logit scale; the literal eq. 3 has none
     init = "uniform" if any(k.endswith("fusion.logit_scale") for k in layer_state) else "linear"
-    model = empty_model(backbone, meta["num_sets"], meta["bottleneck"], meta.get("fusion", ""), init)
+    model = empty_model(backbone, meta["num_sets"], widths, meta.get("fusion", ""), init)
     model.layers.load_state_dict(layer_state, strict=True)
     return model.to(_device_of(backbone)), meta
 

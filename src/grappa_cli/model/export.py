@@ -5,7 +5,8 @@ holds the backbone's weights, its build spec and its timm data config. :func:`lo
 reads it back with no project directory and no network:
 
 1. rebuild the backbone's architecture from the stored spec with ``pretrained = false``
-   (same provider, same timm kwargs): nothing is downloaded;
+   (same provider, same timm kwargs; for packaged weights such as ``efficientnet_lite0``, the
+   timm architecture those weights belong to): nothing is downloaded;
 2. copy the stored backbone weights into it and recompute its ``model_id`` from them: it must
    equal the recorded one, so a modified or corrupted file fails loudly instead of embedding
    with the wrong weights;
@@ -125,11 +126,30 @@ def _provider(stored: dict[str, Any], built_by: str | None) -> str:
     return built_by if built_by in plugins.registry("backbones").items else "auto"
 
 
+def _architecture(stored: dict[str, Any]) -> str:
+    """The timm model the project built for ``stored``: for packaged weights, their architecture.
+
+    ``efficientnet_lite0`` with its packaged weights is timm's ``tf_efficientnet_lite0`` (TF
+    "same" padding); built from a plain weights file it would be timm's ``efficientnet_lite0``,
+    which holds tensors of the same shapes but pads differently, so its embeddings differ.
+    """
+    from grappa_cli.model.packaged import packaged_weights
+
+    packaged = packaged_weights(stored["name"])
+    if packaged is not None and stored.get("pretrained", True) and not stored.get("weights"):
+        return packaged.architecture
+    return str(stored["name"])
+
+
 def _build(path: Path, stored: dict[str, Any], *, pretrained: bool, weights: Path | None,
-           built_by: str | None = None) -> Backbone:
-    spec = BackboneSpec(name=stored["name"], provider=_provider(stored, built_by), pretrained=pretrained,
-                        weights=weights, kwargs=dict(stored.get("kwargs") or {}), config_path=path)
-    return build_backbone(spec)
+           built_by: str | None = None, architecture: str | None = None) -> Backbone:
+    """Build the stored spec; ``architecture`` builds that timm model under the stored name."""
+    spec = BackboneSpec(name=architecture or stored["name"], provider=_provider(stored, built_by),
+                        pretrained=pretrained, weights=weights, kwargs=dict(stored.get("kwargs") or {}),
+                        config_path=path)
+    backbone = build_backbone(spec)
+    backbone.name = str(stored["name"])  # the identity (model_id) is "<stored name>@<weights hash>"
+    return backbone
 
 
 def _check_identity(path: Path, recorded: str, actual: str, source: str) -> None:
@@ -153,8 +173,11 @@ def load_backbone(
     built_by = (meta.get("extra") or {}).get("provider")
     if backbone_weights is not None:
         weights = Path(backbone_weights).expanduser().resolve()
-        backbone = _build(path, stored, pretrained=True, weights=weights, built_by=built_by)
-        _check_identity(path, recorded, backbone.model_id, f"the backbone weights {weights}")
+        backbone = _build(path, stored, pretrained=True, weights=weights, built_by=built_by,
+                          architecture=_architecture(stored))
+        actual = backbone.current_model_id()
+        _check_identity(path, recorded, actual, f"the backbone weights {weights}")
+        backbone.model_id = actual
         return backbone
     if rebuild_backbone:
         weights = Path(stored["weights"]) if stored.get("weights") else None
@@ -169,7 +192,8 @@ def load_backbone(
                  "rebuild_backbone=True to build the backbone as its project did (timm hub cache or network), "
                  "or export it again without --no-backbone",
         )
-    backbone = _build(path, stored, pretrained=False, weights=None, built_by=built_by)
+    backbone = _build(path, stored, pretrained=False, weights=None, built_by=built_by,
+                      architecture=_architecture(stored))
     load_backbone_state(path, backbone, tensors)
     actual = backbone.current_model_id()
     _check_identity(path, recorded, actual, "the backbone weights stored in the file")

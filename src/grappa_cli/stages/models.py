@@ -32,9 +32,19 @@ class ModelRef:
 
 
 def parse(name: str) -> ModelRef:
+    """``backbone``, ``adaptor:k256`` or ``fused:neighbor``.
+
+    Also accepted: ``k256`` (an adaptor set as ``--k`` names it) and the directory forms
+    ``adaptor-k256`` / ``fused-neighbor`` used under ``results/``.
+    """
     name = name.strip()
     if name in ("backbone", "M", "dino"):
         return ModelRef("backbone", "backbone", None)
+    if name[:1] in "kK" and name[1:].isdigit():
+        name = f"adaptor:{name.lower()}"
+    for kind in ("adaptor", "fused"):
+        if name.startswith(f"{kind}-"):
+            name = f"{kind}:{name[len(kind) + 1:]}"
     kind, _, rest = name.partition(":")
     if kind == "adaptor" and rest:
         rest = rest if rest.startswith("k") else f"k{rest}"

@@ -91,8 +91,10 @@ def _next_steps(config: Any, items: list[ArtifactStatus]) -> list[str]:
     for item in items:
         by_stage.setdefault(item.stage, []).append(item)
     steps: list[str] = []
-    if not config.tasks and config.data.train == ["mrt"]:
-        steps.append("add the tasks' dataset roots: `grappa task add cub /data/CUB_200_2011` (or edit grappa.toml)")
+    problem = _training_set_problem(config)
+    if problem:
+        steps.append(problem)
+        return steps
     for stage, command in (("extract", "grappa extract"), ("cluster", "grappa cluster"),
                            ("adapt", "grappa adapt"), ("fuse", "grappa fuse"), ("eval", "grappa eval")):
         entries = by_stage.get(stage, [])
@@ -102,6 +104,25 @@ def _next_steps(config: Any, items: list[ArtifactStatus]) -> list[str]:
             steps.append(f"run `{command}`{reason}")
             break
     return steps
+
+
+def _training_set_problem(config: Any) -> str | None:
+    """What to fix first when ``data.train`` cannot be read (no stage can run before that)."""
+    from grappa_cli.data.sources import MRT, mrt_members
+    from grappa_cli.errors import GrappaError
+
+    if MRT not in config.data.train:
+        return None
+    try:
+        mrt_members(config)
+    except GrappaError:
+        if not config.tasks:
+            return ("add your images: `grappa task add NAME ROOT --train` (a folder of class folders), "
+                    "or the six MRT datasets for the paper's setting")
+        names = " ".join(config.tasks)
+        return (f'data.train is "mrt" but the six MRT tasks are not all configured: train on your tasks with '
+                f"`grappa task add NAME ROOT --train --force` or set data.train = [...] ({names}) in grappa.toml")
+    return None
 
 
 def dumps(status: ProjectStatus) -> str:

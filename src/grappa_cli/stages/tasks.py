@@ -38,6 +38,8 @@ class TaskSummary:
     evaluated: bool = False
     singleton_test_classes: list[str] = field(default_factory=list)
     error: str | None = None
+    #: what the reader wants the user to know about how it read the folder (e.g. train/ + test/)
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,7 +76,36 @@ def summarise(splits: TaskSplits, entry: TaskEntry, root: Path) -> TaskSummary:
         train=SplitSummary(len(splits.train.classes), len(splits.train)),
         test=SplitSummary(len(test.classes), len(test)) if test is not None else None,
         singleton_test_classes=list(splits.info.get("singleton_test_classes", [])),
+        note=splits.info.get("note"),
     )
+
+
+def default_type(name: str) -> str:
+    """The reader of a task added without ``--type``: NAME when a reader has that name, else imagefolder.
+
+    ``grappa task add cub ROOT`` reads CUB; ``grappa task add mydata ROOT`` reads a folder of
+    class folders (or ``train/`` + ``test/``), the layout most users' own images have.
+    """
+    from grappa_cli import plugins
+
+    return name if name in plugins.registry("tasks").items else "imagefolder"
+
+
+def training_after_adding(config: GrappaConfig, names: list[str]) -> list[str]:
+    """``data.train`` once ``names`` join the training set.
+
+    The default ``["mrt"]`` is replaced unless the six MRT tasks are all configured (else it
+    could never be read); otherwise the names are appended (each once).
+    """
+    from grappa_cli.data.sources import MRT, mrt_members
+
+    current = list(config.data.train)
+    if MRT in current:
+        try:
+            mrt_members(config)
+        except GrappaError:
+            current = [item for item in current if item != MRT]
+    return current + [n for n in names if n not in current]
 
 
 def add_task(
@@ -85,8 +116,13 @@ def add_task(
     task_type: str | None = None,
     options: dict[str, Any] | None = None,
     force: bool = False,
+    train: bool = False,
 ) -> TaskSummary:
-    """Validate a task by reading it, then write ``[tasks.NAME]`` into ``grappa.toml``."""
+    """Validate a task by reading it, then write ``[tasks.NAME]`` into ``grappa.toml``.
+
+    ``train``: also put it in the training set D (``data.train``, see
+    :func:`training_after_adding`) and, when ``eval.tasks`` lists tasks, among them.
+    """
     from grappa_cli.data.sources import load_entry
 
     name = name.strip()
@@ -98,8 +134,15 @@ def add_task(
             f"task {name!r} is already configured (root {config.tasks[name].root})",
             hint="pass --force to replace it",
         )
-    entry = TaskEntry(name, task_type or name, str(Path(root).expanduser().resolve()), dict(options or {}))
+    entry = TaskEntry(name, task_type or default_type(name), str(Path(root).expanduser().resolve()),
+                      dict(options or {}))
     splits = load_entry(config, entry)
+    if train:
+        config.tasks[name] = entry
+        new_train = training_after_adding(config, [name])
+        has_test = splits.test is not None and len(splits.test) > 0
+        new_eval = list(config.eval.tasks) + ([name] if config.eval.tasks and has_test and
+                                               name not in config.eval.tasks else [])
 
     def write(doc: Any) -> None:
         import tomlkit
@@ -116,11 +159,20 @@ def add_task(
         for key, value in entry.options.items():
             table[key] = value
         tasks[name] = table
+        if train:
+            if "data" not in doc:
+                doc.add("data", tomlkit.table())
+            doc["data"]["train"] = new_train
+            if new_eval != list(config.eval.tasks):
+                doc["eval"]["tasks"] = new_eval
 
     with project.lock("task add"):
         update_file(project.config_path, write)
-    project.record_run("task add", task=name, type=entry.type, root=entry.root, options=entry.options)
-    return summarise(splits, entry, Path(entry.root))
+    project.record_run("task add", task=name, type=entry.type, root=entry.root, options=entry.options,
+                       train=train)
+    summary = summarise(splits, entry, Path(entry.root))
+    summary.in_training_set = train
+    return summary
 
 
 def list_tasks(config: GrappaConfig) -> list[TaskSummary]:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from grappa_cli.runtime import loader_workers
 from grappa_cli.train.rng import derive_seed
 
 __all__ = ["BatchSamplerFactory", "EpochBatchSampler", "EpochShuffleSampler", "make_batch_loader", "make_loader"]
@@ -91,6 +92,7 @@ def make_loader(
     worker_seed: int = 0,
 ) -> DataLoader:
     """The DataLoader of one epoch: per-rank batches of ``global_batch / world_size`` items."""
+    num_workers = loader_workers(num_workers, sampler.steps, len(sampler))
     return DataLoader(
         dataset,
         batch_size=sampler.global_batch // sampler.world_size,
@@ -115,6 +117,7 @@ def make_batch_loader(
     worker_seed: int = 0,
 ) -> DataLoader:
     """The DataLoader of one epoch over the batches of ``batch_sampler`` (call its ``set_epoch`` first)."""
+    num_workers = loader_workers(num_workers, len(batch_sampler), len(dataset))  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(multiprocessing_context="spawn", persistent_workers=False, prefetch_factor=4)
