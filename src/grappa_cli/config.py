@@ -136,8 +136,8 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "images per training batch; at most 1/16 of the training images (but at least 32) on small sets",
                   check=_positive),
         FieldSpec("min_steps", "int", 100,
-                  "optimizer steps each set trains for at least (more epochs on small training sets; on MRT's "
-                  "133k images an epoch alone is 520 steps)", check=_non_negative),
+                  "optimizer steps each set trains for at least: more epochs on small training sets, up to 3x "
+                  "epochs (on MRT's 133k images an epoch alone is 520 steps)", check=_non_negative),
         FieldSpec("lr", "float", 0.001, "Adam learning rate", "0.001 (section 4)", check=_positive),
         FieldSpec("weight_decay", "float", 0.001, "Adam weight decay", "0.001 (section 4)",
                   check=_non_negative),
@@ -164,7 +164,8 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "pairs per batch (Barlow Twins statistics need a large batch); at most 1/16 of the training "
                   "images (but at least 32) on small sets", check=_positive),
         FieldSpec("min_steps", "int", 100,
-                  "optimizer steps the fusion trains for at least (more epochs on small training sets)",
+                  "optimizer steps the fusion trains for at least: more epochs on small training sets, up to "
+                  "3x epochs",
                   check=_non_negative),
         FieldSpec("lr", "float", 0.5, "LARS learning rate", "0.5 (section 4)", check=_positive),
         FieldSpec("weight_decay", "float", 0.001, "LARS weight decay", "0.001 (section 4)",

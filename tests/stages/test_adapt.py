@@ -129,6 +129,7 @@ def test_small_sets_train_for_min_steps() -> None:
 
     assert fit_to_size(133_339, 256, 5, 100) == (256, 5)  # MRT: an epoch is 520 steps; nothing changes
     assert fit_to_size(800, 256, 5, 100) == (50, 7)  # 1/16 of the images per batch, 16 steps/epoch -> 7 epochs
-    assert fit_to_size(200, 256, 5, 100) == (32, 17)  # at least 32 per batch, 6 steps/epoch
+    assert fit_to_size(200, 256, 5, 100) == (32, 15)  # at least 32 per batch, 6 steps/epoch, at most 3x epochs
+    assert fit_to_size(200, 256, 10, 100) == (32, 17)
     assert fit_to_size(20, 8, 1, 0) == (8, 1)  # a smaller configured batch is kept; min_steps 0 = epochs
     assert fit_to_size(10, 256, 1, 0) == (10, 1)  # never more than the set

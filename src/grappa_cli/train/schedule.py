@@ -76,17 +76,20 @@ def build_scheduler(
 
 
 def fit_to_size(n: int, batch_size: int, epochs: int, min_steps: int, *, min_batch: int = 32,
-                batch_fraction: int = 16) -> tuple[int, int]:
+                batch_fraction: int = 16, max_epoch_factor: int = 3) -> tuple[int, int]:
     """``(batch, epochs)`` that train a set of ``n`` items for at least ``min_steps`` optimizer steps.
 
     The paper's recipes (batch 256, a few epochs) were made for 133k images, where an epoch
     is 520 steps. On a few thousand images the same recipe is a dozen steps: the adaptors and
     the fusion barely leave their start. So the batch is at most ``n / batch_fraction`` (but
     at least ``min_batch``, and never above ``batch_size`` or ``n``), and the epochs are raised
-    until the run has ``min_steps`` steps. On large sets neither changes anything.
+    until the run has ``min_steps`` steps, but to at most ``max_epoch_factor`` times ``epochs``
+    (a handful of images would otherwise be seen hundreds of times). On large sets neither
+    changes anything.
     """
     if n < 1:
         raise ValueError("fit_to_size needs at least one item")
     batch = max(1, min(batch_size, max(min_batch, n // batch_fraction), n))
     steps_per_epoch = max(1, n // batch)
-    return batch, max(int(epochs), math.ceil(min_steps / steps_per_epoch))
+    wanted = math.ceil(min_steps / steps_per_epoch)
+    return batch, max(int(epochs), min(wanted, max_epoch_factor * int(epochs)))
