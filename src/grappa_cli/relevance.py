@@ -1,0 +1,360 @@
+"""Exact relevance of every query's top neighbours from a blocked, symmetric Gram matrix.
+
+MAP@R, R-Precision and Recall@k read only *which ranks hold a relevant item*, not which
+item sits at each rank. This module computes that pattern exactly (under the ranking rule
+of :mod:`grappa_cli.metrics`: exact similarity descending, then index ascending) at the cost
+of about half a float32 GEMM of the set with itself:
+
+1. **Thresholds.** Each query scores a fixed random sample of ``sample`` items; the
+   ``k0``-th best sampled score, less ``2 eps``, is a threshold ``t`` that almost surely lies
+   below the query's ``d``-th best score (``d`` = the depth it needs, e.g. R). ``k0`` is the
+   expected number of sampled items among the top ``d`` plus four standard deviations.
+2. **Candidates.** The Gram matrix is computed in float32 blocks of ``block x block``. In the
+   symmetric mode each block above the diagonal is computed once and read twice: by its rows
+   (queries of panel I against items of panel J) and by its columns (queries of J against
+   items of I), which halves the multiply-adds of a full ``X @ X.T``. Every score at or above
+   the query's threshold is kept as a candidate; a panel's queries are final once all their
+   blocks are done. When the candidates waiting for later panels would exceed
+   ``STASH_BUDGET`` bytes (deep rankings, e.g. 50 classes of 1,000 images), row panels are
+   computed against all columns instead: twice the multiply-adds, memory bounded by one
+   panel.
+3. **Exactness.** float32 scores are within ``eps`` of the exact ones (bound of
+   :class:`grappa_cli.metrics.Ranking`). Let ``T`` be a query's ``d``-th best float32 score.
+   Every item of the exact top ``d`` scores at least ``T - 2 eps`` in float32, so when
+   ``t <= T - 2 eps`` the candidates contain the exact top ``d`` (otherwise the query is
+   ranked exactly against every item, :meth:`~grappa_cli.metrics.Ranking.rank_exhaustive`).
+   Candidates sorted by float32 score form *chains*, broken where two neighbours differ by
+   more than ``2 eps``: across chains the exact order is the float32 order. A chain whose
+   items all have the same relevance gives the same relevance pattern in any order; only
+   chains mixing relevant and irrelevant items are rescored exactly (integer dot products of
+   the grid vectors in float64) and sorted by the ranking rule.
+
+The result is the exact relevance pattern, so the metrics equal those of the full exact
+ranking to the last bit. Everything is torch on the given device: on a GPU the Gram blocks,
+thresholds and candidate selection run there, and only candidates come back to the host.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Width of the partial products of :func:`gram` (see :func:`float32_error_bound`).
+GRAM_CHUNK = 64
+
+
+def float32_error_bound(dim: int) -> float:
+    """Bound on |:func:`gram` similarity - exact similarity| of two grid vectors of dimension ``dim``.
+
+    Rounding the grid values to float32 changes each by at most u = 2^-24 relative. A float32
+    dot product of w terms, in *any* summation order (blocked, FMA, split over threads or GPU
+    warps), is within gamma_w * sum |a_i b_i| of the exact one, gamma_w = w u / (1 - w u)
+    (Higham, Accuracy and Stability of Numerical Algorithms, 3.1). :func:`gram` sums K =
+    ceil(D / w) partial products of width w = ``GRAM_CHUNK`` one after the other, so each
+    term meets at most w + K - 1 roundings; sum |a_i b_i| <= |a| |b|, and grid vectors have
+    norm at most 1 + sqrt(D) 2^-27. Together: (w + K + 1) u (1 + O((w + K) u)), which
+    1.01 (w + K + 2) u covers for every D below 10^6 (for D = 384: 5.4x below the bound of
+    one D-term dot product). Matmuls must run in true float32 (no TF32), see
+    :func:`_exact_float32_matmul`.
+    """
+    if dim >= 1_000_000:
+        raise ValueError("the float32 error bound is stated for dimensions below 1,000,000")
+    width = min(dim, GRAM_CHUNK)
+    chunks = -(-dim // GRAM_CHUNK)
+    return 1.01 * (width + chunks + 2) * 2.0**-24
+
+
+#: Bytes of candidates the symmetric mode may hold for panels not yet final.
+STASH_BUDGET = 64 << 20
+#: Bytes held per candidate (row, column, score).
+_CANDIDATE_BYTES = 16
+#: Standard deviations of margin when turning the sample into a threshold.
+_SIGMAS = 3.0
+
+
+@dataclass(frozen=True)
+class RelevanceChunk:
+    """The exact relevance of the ranked neighbours of a chunk of queries (self excluded).
+
+    ``relevant[i, j]`` says whether the neighbour at rank ``j + 1`` of query
+    ``query_indices[i]`` has its class; columns at or past the query's depth are False.
+    Metrics that read only relevance (``relevance_only = True``) receive this instead of a
+    :class:`~grappa_cli.metrics.Neighbors`; it has the same ``query_indices``,
+    ``query_labels``, ``r``, ``relevant``, ``max_r`` and ``depth``.
+    """
+
+    query_indices: np.ndarray  #: int64 [q]
+    query_labels: np.ndarray  #: int64 [q]
+    r: np.ndarray  #: int64 [q]: R of each query (>= 1)
+    relevant: np.ndarray  #: bool [q, width]
+    max_r: int
+
+    @property
+    def depth(self) -> int:
+        return int(self.relevant.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.query_labels.shape[0])
+
+
+#: Exact ranking of some queries against every item: (query indices, depth) -> indices [q, depth].
+ExactRanker = Callable[[np.ndarray, int], np.ndarray]
+
+
+def top_relevance(
+    grid: np.ndarray,
+    labels: np.ndarray,
+    depths: np.ndarray,
+    *,
+    eps: float,
+    unit: float,
+    exact: ExactRanker,
+    device: str = "cpu",
+    block: int = 1024,
+    sample: int = 2048,
+    symmetric: bool | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(queries, relevant)`` per panel: exact relevance of each query's top ``depths[q]``.
+
+    ``grid`` int32 [n, D] are the vectors in units of ``sqrt(unit)`` (so that an integer dot
+    product times ``unit`` is the exact similarity); ``depths`` int64 [n] is how many ranks
+    each item needs as a query (0: not a query). ``relevant`` has ``max(depths)`` columns.
+    ``symmetric=None`` chooses the symmetric mode when its candidates fit ``STASH_BUDGET``.
+    """
+    import torch
+
+    n = int(grid.shape[0])
+    width = int(depths.max()) if n else 0
+    if width == 0:
+        return
+    dev = torch.device(device)
+    scale = math.sqrt(unit)
+    block = max(1, int(block))
+    with _exact_float32_matmul(torch):
+        g = torch.from_numpy(np.ascontiguousarray(grid)).to(dev)
+
+        def rows_f32(start: int, stop: int) -> torch.Tensor:
+            return g[start:stop].to(torch.float32) * scale
+
+        thresholds, expected = _thresholds(g, depths, eps, scale, sample, block, dev)
+        if symmetric is None:
+            symmetric = float(expected.sum()) * _CANDIDATE_BYTES / 4 <= STASH_BUDGET
+        t_dev = torch.from_numpy(thresholds).to(dev)
+        starts = list(range(0, n, block))
+        pending: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in starts}
+        is_query = depths > 0
+        for i, si in enumerate(starts):
+            ei = min(n, si + block)
+            row_queries = bool(is_query[si:ei].any())
+            a = rows_f32(si, ei)
+            for sj in starts[i:] if symmetric else starts:
+                ej = min(n, sj + block)
+                col_queries = symmetric and sj != si and bool(is_query[sj:ej].any())
+                if not (row_queries or col_queries):
+                    continue
+                scores = gram(a, a if sj == si else rows_f32(sj, ej))
+                if sj == si:
+                    scores.fill_diagonal_(float("nan"))  # the query itself never ranks
+                if row_queries:
+                    rows, cols, values = _select(scores >= t_dev[si:ei, None], scores)
+                    pending[si].append((rows, cols + sj, values))
+                if col_queries:  # the same block, read by its columns
+                    rows, cols, values = _select(scores >= t_dev[None, sj:ej], scores)
+                    pending[sj].append((cols, rows + si, values))
+            pieces = pending.pop(si)
+            queries = np.flatnonzero(is_query[si:ei]) + si
+            if len(queries):
+                yield queries, _finalise(queries, si, pieces, grid, labels, depths, thresholds, width,
+                                         eps, unit, exact)
+
+
+def gram(a, b):
+    """``a @ b.T`` in float32 as ``GRAM_CHUNKS``-wide partial products added one by one.
+
+    Each partial product is its own matmul, so the error bound of
+    :func:`float32_error_bound` holds whatever order the BLAS sums in; on a CPU this costs
+    about as much as one matmul.
+    """
+    import torch
+
+    dim = int(a.shape[1])
+    out = torch.mm(a[:, :GRAM_CHUNK], b[:, :GRAM_CHUNK].T)
+    if dim > GRAM_CHUNK:
+        part = torch.empty_like(out)
+        for k in range(GRAM_CHUNK, dim, GRAM_CHUNK):
+            torch.mm(a[:, k : k + GRAM_CHUNK], b[:, k : k + GRAM_CHUNK].T, out=part)
+            out.add_(part)
+    return out
+
+
+def _select(hit, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, float32 score) of every True of ``hit`` (row-major)."""
+    where = hit.nonzero()
+    rows, cols = where[:, 0], where[:, 1]
+    return rows.cpu().numpy(), cols.cpu().numpy(), scores[rows, cols].cpu().numpy()
+
+
+def _thresholds(g, depths: np.ndarray, eps: float, scale: float, sample: int, block: int,
+                dev) -> tuple[np.ndarray, np.ndarray]:
+    """Per item: the float32 candidate threshold, and the expected number of candidates."""
+    import torch
+
+    n = len(depths)
+    size = min(n, max(1, int(sample)))
+    full = size >= n
+    picked = np.arange(n) if full else np.sort(np.random.default_rng(0).permutation(n)[:size])
+    d = depths.astype(np.float64)
+    if full:
+        k0 = depths.astype(np.int64)
+        expected = d
+    else:
+        mu = d * size / (n - 1)
+        k0 = np.ceil(mu + _SIGMAS * np.sqrt(mu) + 2).astype(np.int64)
+        expected = k0 * (n - 1) / size
+    k0 = np.where(depths > 0, k0, 0)
+    everything = k0 > size - 1  # the sample cannot bound the depth: every item is a candidate
+    thresholds = np.full(n, np.inf, dtype=np.float32)
+    thresholds[(depths > 0) & everything] = -np.inf
+    expected = np.where(everything, n - 1.0, np.where(depths > 0, expected, 0.0))
+    todo = np.flatnonzero((depths > 0) & ~everything)
+    if len(todo) == 0:
+        return thresholds, expected
+    sampled = g[torch.from_numpy(picked).to(dev)].to(torch.float32) * scale
+    position = np.full(n, -1, dtype=np.int64)
+    position[picked] = np.arange(size)
+    for s in range(0, len(todo), block):
+        rows = todo[s : s + block]
+        scores = gram(g[torch.from_numpy(rows).to(dev)].to(torch.float32) * scale, sampled)
+        own = position[rows]
+        mine = np.flatnonzero(own >= 0)
+        if len(mine):  # the query itself, when sampled, is not a neighbour
+            scores[torch.from_numpy(mine).to(dev), torch.from_numpy(own[mine]).to(dev)] = -float("inf")
+        wanted = _kth_largest(scores, k0[rows]) - 2 * eps
+        rounded = wanted.astype(np.float32)
+        up = rounded.astype(np.float64) > wanted  # round down, so that a safe row stays safe
+        rounded[up] = np.nextafter(rounded[up], np.float32(-np.inf))
+        thresholds[rows] = rounded
+    return thresholds, expected
+
+
+def _kth_largest(scores, k: np.ndarray, *, topk: bool | None = None) -> np.ndarray:
+    """Per row of a [q, s] tensor, its ``k[i]``-th largest value (float64).
+
+    ``torch.topk`` on a GPU (``topk=None``), numpy's introselect on the CPU, where it is
+    several times faster.
+    """
+    import torch
+
+    if topk or (topk is None and scores.device.type != "cpu"):
+        top = torch.topk(scores, int(k.max()), dim=1, sorted=True).values
+        picked = top.gather(1, torch.from_numpy(k - 1).to(scores.device)[:, None])[:, 0]
+        return picked.double().cpu().numpy()
+    negated = -scores.numpy()
+    out = np.empty(len(k))
+    for value in np.unique(k):  # introselect, one pass per distinct k
+        rows = np.flatnonzero(k == value)
+        part = np.partition(negated[rows], value - 1, axis=1)
+        out[rows] = -part[:, value - 1].astype(np.float64)
+    return out
+
+
+def _finalise(queries: np.ndarray, start: int, pieces, grid: np.ndarray, labels: np.ndarray,
+              depths: np.ndarray, thresholds: np.ndarray, width: int, eps: float, unit: float,
+              exact: ExactRanker) -> np.ndarray:
+    """The exact relevance [len(queries), width] of a panel's queries from their candidates."""
+    out = np.zeros((len(queries), width), dtype=bool)
+    d = depths[queries]
+    row, col, val, counts = _sorted_candidates(pieces, queries - start)
+    first = np.cumsum(counts) - counts
+    # T: the d-th best float32 score; safe rows hold every item scoring at least T - 2 eps.
+    enough = counts >= d
+    kth = np.full(len(queries), -np.inf)
+    kth[enough] = val[first[enough] + d[enough] - 1]
+    floor = kth - 2 * eps
+    safe = enough & (floor >= thresholds[queries].astype(np.float64))
+    keep = safe[row] & (val >= floor[row])  # a prefix of each query's sorted candidates
+    rank = (np.arange(len(row)) - first[row])[keep]
+    row, col, val = row[keep], col[keep], val[keep]
+    if len(row):
+        rel = labels[col] == labels[queries[row]]
+        # Chains: runs of a query's sorted candidates whose neighbours differ by at most 2 eps.
+        new_chain = np.ones(len(row), dtype=bool)
+        new_chain[1:] = (row[1:] != row[:-1]) | (val[:-1] - val[1:] > 2 * eps)
+        chain = np.cumsum(new_chain) - 1
+        size = np.bincount(chain)
+        hits = np.bincount(chain, weights=rel)
+        mixed = ((hits > 0) & (hits < size))[chain]
+        if mixed.any():
+            pos = np.flatnonzero(mixed)
+            scores = _exact_scores(grid, queries, row[pos], col[pos]) * unit
+            rel[pos] = rel[pos][np.lexsort((col[pos], -scores, chain[pos]))]
+        inside = rank < d[row]
+        out[row[inside], rank[inside]] = rel[inside]
+    unsafe = np.flatnonzero(~safe)
+    for s in range(0, len(unsafe), 256):
+        part = unsafe[s : s + 256]
+        depth = int(d[part].max())
+        idx = exact(queries[part], depth)
+        hit = labels[idx] == labels[queries[part]][:, None]
+        hit &= np.arange(depth)[None, :] < d[part][:, None]
+        out[part, :depth] = hit
+    return out
+
+
+def _sorted_candidates(pieces, local_queries: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Candidates grouped by query, each query's by float32 score descending.
+
+    Returns ``(query slot, item, score as float64, counts per query)``; equal scores come
+    in any order (they share a chain, see the module docstring).
+    """
+    nq = len(local_queries)
+    if not pieces or not sum(len(p[0]) for p in pieces):
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0), np.zeros(nq, np.int64)
+    slot = np.full(int(local_queries.max()) + 1, -1, dtype=np.int64)
+    slot[local_queries] = np.arange(nq)
+    row = slot[np.concatenate([p[0] for p in pieces])]  # candidates exist only for query rows
+    col = np.concatenate([p[1] for p in pieces])
+    val = np.concatenate([p[2] for p in pieces]).astype(np.float32)
+    bits = val.view(np.uint32).astype(np.int64)
+    ascending = np.where(bits >= 1 << 31, (1 << 32) - 1 - bits, bits + (1 << 31))  # IEEE order as integers
+    order = np.argsort((row << 32) | ((1 << 32) - 1 - ascending))
+    row, col, val = row[order], col[order], val[order].astype(np.float64)
+    return row, col, val, np.bincount(row, minlength=nq)
+
+
+def _exact_scores(grid: np.ndarray, queries: np.ndarray, slot: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Integer dot products grid[queries[slot_i]] . grid[items_i], exact in float64.
+
+    Products of grid integers are below 2^52 and so are all partial sums (norms are about
+    2^26): float64 holds every one exactly, in any order. Query rows are converted once.
+    """
+    import torch
+
+    g = torch.from_numpy(grid)
+    q = g.index_select(0, torch.from_numpy(queries)).double()
+    out = np.empty(len(items), dtype=np.float64)
+    step = 8192
+    for s in range(0, len(items), step):
+        x = q.index_select(0, torch.from_numpy(slot[s : s + step]))
+        y = g.index_select(0, torch.from_numpy(items[s : s + step])).double()
+        out[s : s + step] = torch.einsum("ij,ij->i", x, y).numpy()
+    return out
+
+
+@contextmanager
+def _exact_float32_matmul(torch):
+    """Run float32 matmuls in full float32 (no TF32 or bf16 passes): the error bound needs it."""
+    before = torch.get_float32_matmul_precision()
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
