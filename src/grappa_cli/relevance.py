@@ -137,8 +137,12 @@ def top_relevance(
     with _exact_float32_matmul(torch):
         g = torch.from_numpy(np.ascontiguousarray(grid)).to(dev)
 
-        def rows_f32(start: int, stop: int) -> torch.Tensor:
-            return g[start:stop].to(torch.float32) * scale
+        buffers = _Buffers(torch, block, int(grid.shape[1]), dev)
+
+        def rows_f32(start: int, stop: int, out) -> torch.Tensor:
+            part = out[: stop - start]
+            part.copy_(g[start:stop])  # int32 -> float32: one rounding, then an exact scaling
+            return part.mul_(scale)
 
         thresholds, expected = _thresholds(g, depths, eps, scale, sample, block, dev)
         if symmetric is None:
@@ -150,20 +154,22 @@ def top_relevance(
         for i, si in enumerate(starts):
             ei = min(n, si + block)
             row_queries = bool(is_query[si:ei].any())
-            a = rows_f32(si, ei)
+            a = rows_f32(si, ei, buffers.rows)
             for sj in starts[i:] if symmetric else starts:
                 ej = min(n, sj + block)
                 col_queries = symmetric and sj != si and bool(is_query[sj:ej].any())
                 if not (row_queries or col_queries):
                     continue
-                scores = gram(a, a if sj == si else rows_f32(sj, ej))
+                b = a if sj == si else rows_f32(sj, ej, buffers.cols)
+                scores = gram(a, b, out=buffers.scores[: ei - si, : ej - sj], part=buffers.part[: ei - si, : ej - sj])
                 if sj == si:
                     scores.fill_diagonal_(float("nan"))  # the query itself never ranks
+                hit = buffers.hit[: ei - si, : ej - sj]
                 if row_queries:
-                    rows, cols, values = _select(scores >= t_dev[si:ei, None], scores)
+                    rows, cols, values = _select(torch.ge(scores, t_dev[si:ei, None], out=hit), scores)
                     pending[si].append((rows, cols + sj, values))
                 if col_queries:  # the same block, read by its columns
-                    rows, cols, values = _select(scores >= t_dev[None, sj:ej], scores)
+                    rows, cols, values = _select(torch.ge(scores, t_dev[None, sj:ej], out=hit), scores)
                     pending[sj].append((cols, rows + si, values))
             pieces = pending.pop(si)
             queries = np.flatnonzero(is_query[si:ei]) + si
@@ -172,19 +178,30 @@ def top_relevance(
                                          eps, unit, exact)
 
 
-def gram(a, b):
-    """``a @ b.T`` in float32 as ``GRAM_CHUNKS``-wide partial products added one by one.
+class _Buffers:
+    """Block-sized tensors allocated once: a fresh allocation per block fragments the heap."""
+
+    def __init__(self, torch, block: int, dim: int, dev) -> None:
+        self.rows = torch.empty((block, dim), dtype=torch.float32, device=dev)
+        self.cols = torch.empty((block, dim), dtype=torch.float32, device=dev)
+        self.scores = torch.empty((block, block), dtype=torch.float32, device=dev)
+        self.part = torch.empty((block, block), dtype=torch.float32, device=dev)
+        self.hit = torch.empty((block, block), dtype=torch.bool, device=dev)
+
+
+def gram(a, b, *, out=None, part=None):
+    """``a @ b.T`` in float32 as ``GRAM_CHUNK``-wide partial products added one by one.
 
     Each partial product is its own matmul, so the error bound of
     :func:`float32_error_bound` holds whatever order the BLAS sums in; on a CPU this costs
-    about as much as one matmul.
+    about as much as one matmul. ``out`` and ``part`` are optional [len(a), len(b)] buffers.
     """
     import torch
 
     dim = int(a.shape[1])
-    out = torch.mm(a[:, :GRAM_CHUNK], b[:, :GRAM_CHUNK].T)
+    out = torch.mm(a[:, :GRAM_CHUNK], b[:, :GRAM_CHUNK].T, out=out)
     if dim > GRAM_CHUNK:
-        part = torch.empty_like(out)
+        part = torch.empty_like(out) if part is None else part
         for k in range(GRAM_CHUNK, dim, GRAM_CHUNK):
             torch.mm(a[:, k : k + GRAM_CHUNK], b[:, k : k + GRAM_CHUNK].T, out=part)
             out.add_(part)
