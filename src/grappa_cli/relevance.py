@@ -304,7 +304,9 @@ def _finalise(queries: np.ndarray, start: int, pieces, grid: np.ndarray, labels:
         chain = np.cumsum(new_chain) - 1
         size = np.bincount(chain)
         hits = np.bincount(chain, weights=rel)
-        mixed = ((hits > 0) & (hits < size))[chain]
+        begins = np.flatnonzero(new_chain)  # a chain starting at or past the depth never counts
+        starts_inside = rank[begins] < d[row[begins]]
+        mixed = ((hits > 0) & (hits < size) & starts_inside)[chain]
         if mixed.any():
             pos = np.flatnonzero(mixed)
             scores = _exact_scores(grid, queries, row[pos], col[pos]) * unit
@@ -332,14 +334,16 @@ def _sorted_candidates(pieces, local_queries: np.ndarray) -> tuple[np.ndarray, .
     if not pieces or not sum(len(p[0]) for p in pieces):
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0), np.zeros(nq, np.int64)
-    slot = np.full(int(local_queries.max()) + 1, -1, dtype=np.int64)
-    slot[local_queries] = np.arange(nq)
-    row = slot[np.concatenate([p[0] for p in pieces])]  # candidates exist only for query rows
+    row = np.concatenate([p[0] for p in pieces]).astype(np.int64)
+    if nq != int(local_queries.max()) + 1:  # candidates exist only for query rows
+        slot = np.full(int(local_queries.max()) + 1, -1, dtype=np.int64)
+        slot[local_queries] = np.arange(nq)
+        row = slot[row]
     col = np.concatenate([p[1] for p in pieces])
     val = np.concatenate([p[2] for p in pieces]).astype(np.float32)
-    bits = val.view(np.uint32).astype(np.int64)
-    ascending = np.where(bits >= 1 << 31, (1 << 32) - 1 - bits, bits + (1 << 31))  # IEEE order as integers
-    order = np.argsort((row << 32) | ((1 << 32) - 1 - ascending))
+    bits = val.view(np.int32)
+    ascending = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # IEEE order as signed integers
+    order = np.argsort((row << 32) | (np.int64(0x7FFFFFFF) - ascending))  # row, then score descending
     row, col, val = row[order], col[order], val[order].astype(np.float64)
     return row, col, val, np.bincount(row, minlength=nq)
 
@@ -350,16 +354,12 @@ def _exact_scores(grid: np.ndarray, queries: np.ndarray, slot: np.ndarray, items
     Products of grid integers are below 2^52 and so are all partial sums (norms are about
     2^26): float64 holds every one exactly, in any order. Query rows are converted once.
     """
-    import torch
-
-    g = torch.from_numpy(grid)
-    q = g.index_select(0, torch.from_numpy(queries)).double()
+    q = grid[queries].astype(np.float64)
     out = np.empty(len(items), dtype=np.float64)
-    step = 8192
+    step = 4096
     for s in range(0, len(items), step):
-        x = q.index_select(0, torch.from_numpy(slot[s : s + step]))
-        y = g.index_select(0, torch.from_numpy(items[s : s + step])).double()
-        out[s : s + step] = torch.einsum("ij,ij->i", x, y).numpy()
+        y = grid[items[s : s + step]].astype(np.float64)
+        out[s : s + step] = np.einsum("ij,ij->i", q[slot[s : s + step]], y)
     return out
 
 
