@@ -34,6 +34,14 @@ Metrics are plugins (hook ``register_metrics``): objects following :class:`Metri
 :class:`MetricFamily` for ``name@k`` metrics) that turn a :class:`Neighbors` chunk into one
 value per query. :func:`retrieval_metrics` ranks once and evaluates every requested metric
 on each chunk, so memory stays bounded by ``chunk_size`` queries times the ranking depth.
+
+Two ways to the same numbers. MAP@R, R-Precision and Recall@k read only *which ranks hold
+a relevant item*; when every requested metric says so (``relevance_only = True`` and a
+``query_depth(r)`` method), :func:`retrieval_metrics` computes that pattern exactly with
+:mod:`grappa_cli.relevance` (a blocked, symmetric float32 Gram matrix on the grid vectors,
+candidates above per-query thresholds, exact rescoring of near ties only; torch, on the GPU
+when there is one), without ranking the items themselves. Metrics that read indices or
+scores, and :func:`neighbors`, use the faiss ranking described above.
 """
 
 from __future__ import annotations
@@ -152,7 +160,7 @@ def retrieval_metrics(
     *,
     recall_at: Sequence[int] = (1,),
     metrics: Sequence[str | Metric] | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 512,
     device: str | None = None,
 ) -> dict[str, float | int]:
     """Leave-one-out retrieval metrics of ``embeddings`` (numpy or torch, [n, D]) and ``labels``.
@@ -160,8 +168,9 @@ def retrieval_metrics(
     Returns ``{metric name: mean over evaluated queries}`` for ``metrics`` (default
     ``map@r`` and ``r_precision``) and ``recall@k`` for each k of ``recall_at``, plus
     ``num_queries`` (queries evaluated) and ``num_skipped`` (queries whose class has no
-    other image). ``chunk_size`` queries are ranked at a time; ``device`` is ``None``/
-    ``"auto"`` (faiss on the GPU when the installed faiss has one), ``"cpu"`` or ``"cuda[:N]"``.
+    other image). ``chunk_size`` queries are ranked at a time (the block size of the Gram
+    matrix for relevance-only metrics); ``device`` is ``None``/``"auto"`` (the GPU when torch
+    or faiss has one), ``"cpu"`` or ``"cuda[:N]"``.
     """
     specs: list[str | Metric] = list(DEFAULT_METRICS if metrics is None else metrics)
     for k in recall_at:

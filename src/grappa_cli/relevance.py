@@ -21,8 +21,8 @@ of about half a float32 GEMM of the set with itself:
 3. **Exactness.** float32 scores are within ``eps`` of the exact ones (bound of
    :class:`grappa_cli.metrics.Ranking`). Let ``T`` be a query's ``d``-th best float32 score.
    Every item of the exact top ``d`` scores at least ``T - 2 eps`` in float32, so when
-   ``t <= T - 2 eps`` the candidates contain the exact top ``d`` (otherwise the query is
-   ranked exactly against every item, :meth:`~grappa_cli.metrics.Ranking.rank_exhaustive`).
+   ``t <= T - 2 eps`` the candidates contain the exact top ``d`` (otherwise, rarely, the
+   query's whole float32 row is computed again and ``t`` set from its own ``d``-th score).
    Candidates sorted by float32 score form *chains*, broken where two neighbours differ by
    more than ``2 eps``: across chains the exact order is the float32 order. A chain whose
    items all have the same relevance gives the same relevance pattern in any order; only
@@ -161,21 +161,62 @@ def top_relevance(
                 if not (row_queries or col_queries):
                     continue
                 b = a if sj == si else rows_f32(sj, ej, buffers.cols)
-                scores = gram(a, b, out=buffers.scores[: ei - si, : ej - sj], part=buffers.part[: ei - si, : ej - sj])
+                shape = (ei - si, ej - sj)
+                scores = gram(a, b, out=buffers.shaped("scores", shape), part=buffers.shaped("part", shape))
                 if sj == si:
                     scores.fill_diagonal_(float("nan"))  # the query itself never ranks
-                hit = buffers.hit[: ei - si, : ej - sj]
+                hit = buffers.shaped("hit", shape)
                 if row_queries:
-                    rows, cols, values = _select(torch.ge(scores, t_dev[si:ei, None], out=hit), scores)
+                    rows, cols, values = _select(scores, t_dev[si:ei, None], hit)
                     pending[si].append((rows, cols + sj, values))
                 if col_queries:  # the same block, read by its columns
-                    rows, cols, values = _select(torch.ge(scores, t_dev[None, sj:ej], out=hit), scores)
+                    rows, cols, values = _select(scores, t_dev[None, sj:ej], hit)
                     pending[sj].append((cols, rows + si, values))
             pieces = pending.pop(si)
             queries = np.flatnonzero(is_query[si:ei]) + si
-            if len(queries):
-                yield queries, _finalise(queries, si, pieces, grid, labels, depths, thresholds, width,
-                                         eps, unit, exact)
+            if not len(queries):
+                continue
+            out, unsafe = _finalise(queries, queries - si, pieces, grid, labels, depths, thresholds[queries],
+                                    width, eps, unit)
+            if len(unsafe):
+                out[unsafe] = _redo_exhaustively(queries[unsafe], g, grid, labels, depths, width, eps, unit,
+                                                 scale, block, exact)
+            yield queries, out
+
+
+def _redo_exhaustively(queries: np.ndarray, g, grid: np.ndarray, labels: np.ndarray, depths: np.ndarray,
+                       width: int, eps: float, unit: float, scale: float, block: int,
+                       exact: ExactRanker) -> np.ndarray:
+    """Relevance of queries whose sampled threshold failed, from their full float32 rows.
+
+    The threshold is then each row's own d-th best float32 score less 2 eps, which makes
+    the row safe by construction; :data:`ExactRanker` remains for the impossible case.
+    """
+    import torch
+
+    n = len(depths)
+    out = np.zeros((len(queries), width), dtype=bool)
+    step = max(1, (16 << 20) // (4 * n))
+    for s in range(0, len(queries), step):
+        q = queries[s : s + step]
+        a = g[torch.from_numpy(q).to(g.device)].to(torch.float32) * scale
+        full = torch.empty((len(q), n), dtype=torch.float32, device=g.device)
+        for c in range(0, n, block):
+            full[:, c : c + block] = gram(a, g[c : c + block].to(torch.float32) * scale)
+        full[torch.arange(len(q), device=g.device), torch.from_numpy(q).to(g.device)] = float("nan")
+        finite = torch.nan_to_num(full, nan=-float("inf"))
+        wanted = _kth_largest(finite, depths[q]) - 2 * eps
+        t = _round_down(wanted)
+        rows, cols, values = _select(full, torch.from_numpy(t).to(g.device)[:, None],
+                                     torch.empty(full.shape, dtype=torch.bool, device=g.device))
+        part, unsafe = _finalise(q, np.arange(len(q)), [(rows, cols, values)], grid, labels, depths, t, width,
+                                 eps, unit)
+        for u in unsafe:  # cannot happen (see above); kept as a last resort
+            depth = int(depths[q[u]])
+            idx = exact(q[u : u + 1], depth)[0]
+            part[u, :depth] = labels[idx] == labels[q[u]]
+        out[s : s + step] = part
+    return out
 
 
 class _Buffers:
@@ -184,9 +225,12 @@ class _Buffers:
     def __init__(self, torch, block: int, dim: int, dev) -> None:
         self.rows = torch.empty((block, dim), dtype=torch.float32, device=dev)
         self.cols = torch.empty((block, dim), dtype=torch.float32, device=dev)
-        self.scores = torch.empty((block, block), dtype=torch.float32, device=dev)
-        self.part = torch.empty((block, block), dtype=torch.float32, device=dev)
-        self.hit = torch.empty((block, block), dtype=torch.bool, device=dev)
+        self.flat = {name: torch.empty(block * block, dtype=dtype, device=dev)
+                     for name, dtype in (("scores", torch.float32), ("part", torch.float32), ("hit", torch.bool))}
+
+    def shaped(self, name: str, shape: tuple[int, int]):
+        """A contiguous [rows, cols] view of buffer ``name``."""
+        return self.flat[name][: shape[0] * shape[1]].view(shape)
 
 
 def gram(a, b, *, out=None, part=None):
@@ -208,11 +252,34 @@ def gram(a, b, *, out=None, part=None):
     return out
 
 
-def _select(hit, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, column, float32 score) of every True of ``hit`` (row-major)."""
+def _select(scores, thresholds, hit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, float32 score) of every score at or above its row's (or column's) threshold.
+
+    ``thresholds`` broadcasts against ``scores`` ([rows, 1] or [1, cols]); ``hit`` is a bool
+    buffer of the scores' shape. On the CPU numpy's comparison and ``flatnonzero`` are about
+    twice as fast as torch's.
+    """
+    import torch
+
+    if scores.device.type == "cpu":
+        s = scores.numpy()
+        h = hit.numpy()
+        np.greater_equal(s, thresholds.numpy(), out=h)
+        flat = np.flatnonzero(h)
+        rows, cols = np.divmod(flat, s.shape[1])
+        return rows, cols, s.reshape(-1)[flat]
+    torch.ge(scores, thresholds, out=hit)
     where = hit.nonzero()
     rows, cols = where[:, 0], where[:, 1]
     return rows.cpu().numpy(), cols.cpu().numpy(), scores[rows, cols].cpu().numpy()
+
+
+def _round_down(values: np.ndarray) -> np.ndarray:
+    """float32 values at most ``values`` (float64): a lower bound stays a lower bound."""
+    rounded = values.astype(np.float32)
+    up = rounded.astype(np.float64) > values
+    rounded[up] = np.nextafter(rounded[up], np.float32(-np.inf))
+    return rounded
 
 
 def _thresholds(g, depths: np.ndarray, eps: float, scale: float, sample: int, block: int,
@@ -250,11 +317,7 @@ def _thresholds(g, depths: np.ndarray, eps: float, scale: float, sample: int, bl
         mine = np.flatnonzero(own >= 0)
         if len(mine):  # the query itself, when sampled, is not a neighbour
             scores[torch.from_numpy(mine).to(dev), torch.from_numpy(own[mine]).to(dev)] = -float("inf")
-        wanted = _kth_largest(scores, k0[rows]) - 2 * eps
-        rounded = wanted.astype(np.float32)
-        up = rounded.astype(np.float64) > wanted  # round down, so that a safe row stays safe
-        rounded[up] = np.nextafter(rounded[up], np.float32(-np.inf))
-        thresholds[rows] = rounded
+        thresholds[rows] = _round_down(_kth_largest(scores, k0[rows]) - 2 * eps)
     return thresholds, expected
 
 
@@ -279,20 +342,25 @@ def _kth_largest(scores, k: np.ndarray, *, topk: bool | None = None) -> np.ndarr
     return out
 
 
-def _finalise(queries: np.ndarray, start: int, pieces, grid: np.ndarray, labels: np.ndarray,
-              depths: np.ndarray, thresholds: np.ndarray, width: int, eps: float, unit: float,
-              exact: ExactRanker) -> np.ndarray:
-    """The exact relevance [len(queries), width] of a panel's queries from their candidates."""
+def _finalise(queries: np.ndarray, local: np.ndarray, pieces, grid: np.ndarray, labels: np.ndarray,
+              depths: np.ndarray, thresholds: np.ndarray, width: int, eps: float,
+              unit: float) -> tuple[np.ndarray, np.ndarray]:
+    """The exact relevance [len(queries), width] of queries from their candidates, and the unsafe ones.
+
+    ``local`` is each query's row number in ``pieces``, ``thresholds`` the float32 threshold
+    its candidates were selected with. Rows whose threshold may have cut into their top
+    ``d`` (positions returned second) are left False, to be redone.
+    """
     out = np.zeros((len(queries), width), dtype=bool)
     d = depths[queries]
-    row, col, val, counts = _sorted_candidates(pieces, queries - start)
+    row, col, val, counts = _sorted_candidates(pieces, local)
     first = np.cumsum(counts) - counts
     # T: the d-th best float32 score; safe rows hold every item scoring at least T - 2 eps.
     enough = counts >= d
     kth = np.full(len(queries), -np.inf)
     kth[enough] = val[first[enough] + d[enough] - 1]
     floor = kth - 2 * eps
-    safe = enough & (floor >= thresholds[queries].astype(np.float64))
+    safe = enough & (floor >= thresholds.astype(np.float64))
     keep = safe[row] & (val >= floor[row])  # a prefix of each query's sorted candidates
     rank = (np.arange(len(row)) - first[row])[keep]
     row, col, val = row[keep], col[keep], val[keep]
@@ -313,15 +381,7 @@ def _finalise(queries: np.ndarray, start: int, pieces, grid: np.ndarray, labels:
             rel[pos] = rel[pos][np.lexsort((col[pos], -scores, chain[pos]))]
         inside = rank < d[row]
         out[row[inside], rank[inside]] = rel[inside]
-    unsafe = np.flatnonzero(~safe)
-    for s in range(0, len(unsafe), 256):
-        part = unsafe[s : s + 256]
-        depth = int(d[part].max())
-        idx = exact(queries[part], depth)
-        hit = labels[idx] == labels[queries[part]][:, None]
-        hit &= np.arange(depth)[None, :] < d[part][:, None]
-        out[part, :depth] = hit
-    return out
+    return out, np.flatnonzero(~safe)
 
 
 def _sorted_candidates(pieces, local_queries: np.ndarray) -> tuple[np.ndarray, ...]:

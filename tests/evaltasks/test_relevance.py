@@ -69,21 +69,30 @@ def test_relevance_equals_the_exact_full_ranking(data, symmetric, block, sample)
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_thresholds_above_the_depth_fall_back_to_the_exact_ranking(monkeypatch, symmetric):
-    # thresholds of every other query are pushed too high: too few candidates, or a d-th
-    # score too close to the threshold; those queries are ranked exactly against everything
+def test_thresholds_above_the_depth_are_redone_from_the_full_rows(monkeypatch, symmetric):
+    # thresholds of every other query are pushed above every similarity: those queries get
+    # no candidates, are found unsafe, and are redone from their whole float32 rows
     x, labels = tie_heavy(4)
     original = relevance._thresholds
 
     def too_high(*args):
         thresholds, expected = original(*args)
-        thresholds[::2] += np.float32(1.5)  # above every similarity
+        thresholds[::2] += np.float32(1.5)
         return thresholds, expected
 
+    redo = relevance._redo_exhaustively
+    redone: list[int] = []
+
+    def counting(queries, *args):
+        redone.extend(queries.tolist())
+        return redo(queries, *args)
+
     monkeypatch.setattr(relevance, "_thresholds", too_high)
+    monkeypatch.setattr(relevance, "_redo_exhaustively", counting)
     calls: list[int] = []
     got, queries, depths = fast_relevance(x, labels, block=32, sample=200, symmetric=symmetric, calls=calls)
-    assert sum(calls) >= (len(x) - 2) // 3  # many queries went through the fallback
+    assert sorted(redone) == [q for q in range(0, len(x), 2) if depths[q] > 0]
+    assert calls == []  # the last-resort exact ranking is never needed
     expected, _ = exact_relevance(x, labels, int(depths.max()))
     inside = np.arange(got.shape[1])[None, :] < depths[queries][:, None]
     assert np.array_equal(got, expected & inside)
