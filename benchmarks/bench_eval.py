@@ -153,8 +153,8 @@ def main() -> None:
           f"distinct), {r['model']} at {r['img_size']} px, batch {r['batch']}, {r['threads']} thread(s), "
           f"{r['workers']} decoding workers")
     print(f"uncached (decode per model and task): {r['uncached_s']:.1f} s, {r['uncached_task_img_s']:.1f} task-img/s")
-    print(f"cached: build {r['cache_build_s']:.1f} s + embed {r['cached_embed_s']:.1f} s = {r['cached_total_s']:.1f} s, "
-          f"{r['cached_task_img_s']:.1f} task-img/s ({r['speedup_total']:.2f}x)")
+    print(f"cached: build {r['cache_build_s']:.1f} s + embed {r['cached_embed_s']:.1f} s = "
+          f"{r['cached_total_s']:.1f} s, {r['cached_task_img_s']:.1f} task-img/s ({r['speedup_total']:.2f}x)")
     print(f"embedding from the cache {r['cached_embed_img_s']:.1f} img/s vs bare forward "
           f"{r['bare_img_s']:.1f} img/s: {r['ratio_cached_over_bare']:.2f}x (target >= 0.85)")
     print(f"max |cached - uncached| = {r['max_abs_diff_cached_vs_uncached']:.1e}")
