@@ -45,7 +45,12 @@ def counters(monkeypatch):
             counts["tensors"] += 1
             return parts.tensor(pixels)
 
-        return eval_images.SplitTransform(parts.pixels, tensor, parts.description)
+        def batch(pixels):
+            counts["tensors"] += len(pixels)
+            return parts.batch(pixels)
+
+        return eval_images.SplitTransform(parts.pixels, tensor, parts.description,
+                                          batch if parts.batch is not None else None)
 
     monkeypatch.setattr(eval_images, "split_transform", counting_split)
     return counts
@@ -131,4 +136,9 @@ def test_split_transform_cuts_before_to_tensor_and_reproduces_the_transform() ->
     pixels = _PixelsOf(parts.pixels)(image)
     assert pixels.shape == (32, 32, 3) and str(pixels.dtype) == "torch.uint8"
     assert (parts.tensor(pixels.numpy()) == transform(image)).all()  # bit for bit
+    other = Image.fromarray(np.random.default_rng(1).integers(0, 256, (70, 50, 3), dtype=np.uint8))
+    stacked = np.stack([pixels.numpy(), _PixelsOf(parts.pixels)(other).numpy()])
+    assert parts.batch is not None
+    batched = parts.batch(stacked)
+    assert (batched[0] == transform(image)).all() and (batched[1] == transform(other)).all()
     assert split_transform(lambda img: img) is None
