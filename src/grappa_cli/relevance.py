@@ -69,9 +69,9 @@ def float32_error_bound(dim: int) -> float:
 
 
 #: Bytes of candidates the symmetric mode may hold for panels not yet final.
-STASH_BUDGET = 64 << 20
-#: Bytes held per candidate (row, column, score).
-_CANDIDATE_BYTES = 16
+STASH_BUDGET = 192 << 20
+#: Bytes held per candidate waiting for a later panel (uint16 row and column in their blocks, float32 score).
+_CANDIDATE_BYTES = 8
 #: Standard deviations of margin when turning the sample into a threshold.
 _SIGMAS = 3.0
 
@@ -133,7 +133,7 @@ def top_relevance(
         return
     dev = torch.device(device)
     scale = math.sqrt(unit)
-    block = max(1, int(block))
+    block = min(max(1, int(block)), 1 << 15)  # local rows and columns fit uint16
     with _exact_float32_matmul(torch):
         g = torch.from_numpy(np.ascontiguousarray(grid)).to(dev)
 
@@ -168,10 +168,10 @@ def top_relevance(
                 hit = buffers.shaped("hit", shape)
                 if row_queries:
                     rows, cols, values = _select(scores, t_dev[si:ei, None], hit)
-                    pending[si].append((rows, cols + sj, values))
+                    pending[si].append((rows.astype(np.uint16), cols.astype(np.uint16), values, sj))
                 if col_queries:  # the same block, read by its columns
                     rows, cols, values = _select(scores, t_dev[None, sj:ej], hit)
-                    pending[sj].append((cols, rows + si, values))
+                    pending[sj].append((cols.astype(np.uint16), rows.astype(np.uint16), values, si))
             pieces = pending.pop(si)
             queries = np.flatnonzero(is_query[si:ei]) + si
             if not len(queries):
@@ -209,7 +209,7 @@ def _redo_exhaustively(queries: np.ndarray, g, grid: np.ndarray, labels: np.ndar
         t = _round_down(wanted)
         rows, cols, values = _select(full, torch.from_numpy(t).to(g.device)[:, None],
                                      torch.empty(full.shape, dtype=torch.bool, device=g.device))
-        part, unsafe = _finalise(q, np.arange(len(q)), [(rows, cols, values)], grid, labels, depths, t, width,
+        part, unsafe = _finalise(q, np.arange(len(q)), [(rows, cols, values, 0)], grid, labels, depths, t, width,
                                  eps, unit)
         for u in unsafe:  # cannot happen (see above); kept as a last resort
             depth = int(depths[q[u]])
@@ -361,24 +361,29 @@ def _finalise(queries: np.ndarray, local: np.ndarray, pieces, grid: np.ndarray, 
     kth[enough] = val[first[enough] + d[enough] - 1]
     floor = kth - 2 * eps
     safe = enough & (floor >= thresholds.astype(np.float64))
-    keep = safe[row] & (val >= floor[row])  # a prefix of each query's sorted candidates
+    # Kept: scores >= floor rounded down to float32, a prefix of each sorted row that holds
+    # every candidate >= floor (a few more at most, which is harmless: a superset of the top d).
+    floor32 = np.where(safe, _round_down(np.where(safe, floor, 0.0)), np.float32(np.inf))
+    keep = val >= floor32[row]
     rank = (np.arange(len(row)) - first[row])[keep]
     row, col, val = row[keep], col[keep], val[keep]
     if len(row):
-        rel = labels[col] == labels[queries[row]]
+        rel = labels[col] == labels[queries][row]
         # Chains: runs of a query's sorted candidates whose neighbours differ by at most 2 eps.
+        # float32 differences err by 2^-24 relative at most: the margin only ever merges chains.
+        gap = np.float32(2 * eps * (1 + 2.0**-20))
         new_chain = np.ones(len(row), dtype=bool)
-        new_chain[1:] = (row[1:] != row[:-1]) | (val[:-1] - val[1:] > 2 * eps)
-        chain = np.cumsum(new_chain) - 1
-        size = np.bincount(chain)
-        hits = np.bincount(chain, weights=rel)
-        begins = np.flatnonzero(new_chain)  # a chain starting at or past the depth never counts
-        starts_inside = rank[begins] < d[row[begins]]
-        mixed = ((hits > 0) & (hits < size) & starts_inside)[chain]
+        new_chain[1:] = (row[1:] != row[:-1]) | (val[:-1] - val[1:] > gap)
+        begins = np.flatnonzero(new_chain)
+        size = np.diff(np.append(begins, len(row)))
+        hits = np.add.reduceat(rel, begins, dtype=np.int64)
+        starts_inside = rank[begins] < d[row[begins]]  # a chain starting at or past the depth never counts
+        mixed = np.repeat((hits > 0) & (hits < size) & starts_inside, size)
         if mixed.any():
             pos = np.flatnonzero(mixed)
+            chain = np.searchsorted(begins, pos, side="right")
             scores = _exact_scores(grid, queries, row[pos], col[pos]) * unit
-            rel[pos] = rel[pos][np.lexsort((col[pos], -scores, chain[pos]))]
+            rel[pos] = rel[pos][np.lexsort((col[pos], -scores, chain))]
         inside = rank < d[row]
         out[row[inside], rank[inside]] = rel[inside]
     return out, np.flatnonzero(~safe)
@@ -387,25 +392,25 @@ def _finalise(queries: np.ndarray, local: np.ndarray, pieces, grid: np.ndarray, 
 def _sorted_candidates(pieces, local_queries: np.ndarray) -> tuple[np.ndarray, ...]:
     """Candidates grouped by query, each query's by float32 score descending.
 
-    Returns ``(query slot, item, score as float64, counts per query)``; equal scores come
+    Returns ``(query slot, item, float32 score, counts per query)``; equal scores come
     in any order (they share a chain, see the module docstring).
     """
     nq = len(local_queries)
     if not pieces or not sum(len(p[0]) for p in pieces):
         empty = np.zeros(0, np.int64)
-        return empty, empty, np.zeros(0), np.zeros(nq, np.int64)
+        return empty, empty.astype(np.int32), np.zeros(0, np.float32), np.zeros(nq, np.int64)
     row = np.concatenate([p[0] for p in pieces]).astype(np.int64)
     if nq != int(local_queries.max()) + 1:  # candidates exist only for query rows
         slot = np.full(int(local_queries.max()) + 1, -1, dtype=np.int64)
         slot[local_queries] = np.arange(nq)
         row = slot[row]
-    col = np.concatenate([p[1] for p in pieces])
-    val = np.concatenate([p[2] for p in pieces]).astype(np.float32)
+    # pieces are (rows, columns, scores, column offset)
+    col = np.concatenate([p[1].astype(np.int32) + np.int32(p[3]) for p in pieces])
+    val = np.concatenate([p[2] for p in pieces]).astype(np.float32, copy=False)
     bits = val.view(np.int32)
     ascending = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # IEEE order as signed integers
     order = np.argsort((row << 32) | (np.int64(0x7FFFFFFF) - ascending))  # row, then score descending
-    row, col, val = row[order], col[order], val[order].astype(np.float64)
-    return row, col, val, np.bincount(row, minlength=nq)
+    return row[order], col[order], val[order], np.bincount(row, minlength=nq)
 
 
 def _exact_scores(grid: np.ndarray, queries: np.ndarray, slot: np.ndarray, items: np.ndarray) -> np.ndarray:
