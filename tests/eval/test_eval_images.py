@@ -142,3 +142,42 @@ def test_split_transform_cuts_before_to_tensor_and_reproduces_the_transform() ->
     batched = parts.batch(stacked)
     assert (batched[0] == transform(image)).all() and (batched[1] == transform(other)).all()
     assert split_transform(lambda img: img) is None
+
+
+def test_an_interrupted_pixel_cache_redecodes_only_its_unfinished_shards(tmp_path, monkeypatch) -> None:
+    from grappa_cli.data import images
+    from grappa_cli.data.transforms import eval_transform
+    from grappa_cli.stages import eval_images
+    from grappa_cli.store import Store
+    from tests.conftest import make_image_folder
+
+    paths = sorted(str(p) for p in make_image_folder(tmp_path / "img", n_classes=2, per_class=5).rglob("*.png"))
+    split = eval_images.split_transform(eval_transform(
+        {"input_size": (3, 24, 24), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 0.9,
+         "interpolation": "bicubic"}))
+    store = Store(tmp_path / "store.zarr")
+    decoded: list[str] = []
+    decode = images.load_rgb
+    monkeypatch.setattr(images, "load_rgb", lambda path, min_side=None: decoded.append(path) or decode(path))
+
+    def build():
+        return eval_images.ensure_pixel_cache(store, paths[::-1], split, size=(24, 24), min_side=None, chunk_rows=4)
+
+    cache = build()
+    assert sorted(decoded) == paths and cache.decoded == len(paths)
+    assert cache.rows == {p: i for i, p in enumerate(paths)}  # each path once, sorted
+    full = store.read(f"{cache.key}/pixels")
+    # an interruption: shard 1 (rows 4-7) never marked done, its pixels lost
+    store.array(f"{cache.key}/pixels_done")[1] = False
+    store.array(f"{cache.key}/pixels")[4:8] = 0
+    record = store.provenance(cache.key)
+    store.update(cache.key, complete=False)
+    decoded.clear()
+    again = build()
+    assert sorted(decoded) == paths[4:8] and again.key == cache.key
+    np.testing.assert_array_equal(store.read(f"{cache.key}/pixels"), full)
+    assert store.provenance(cache.key)["complete"] and record["fingerprint"] == store.provenance(cache.key)[
+        "fingerprint"]
+    decoded.clear()
+    build()  # complete: nothing to decode
+    assert decoded == []

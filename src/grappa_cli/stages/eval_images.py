@@ -179,9 +179,16 @@ def ensure_pixel_cache(
         indices = [i for c in pending for i in range(chunks.rows(c).start, chunks.rows(c).stop)]
         dataset = ImageDataset(unique, _PixelsOf(split.pixels), indices, min_side=min_side)
         loader = make_loader(dataset, batch_size=chunk_rows, num_workers=num_workers, device=torch.device("cpu"))
-        filling = {c: (np.zeros((r.stop - r.start, *size, 3), np.uint8), np.zeros(r.stop - r.start, bool),
-                       np.full(r.stop - r.start, "", dtype=object), [r.stop - r.start])
-                   for c in pending for r in [chunks.rows(c)]}
+        filling: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]] = {}
+
+        def shard(c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+            """The buffers of shard ``c``, made on its first image (only shards being filled are held)."""
+            if c not in filling:
+                r = chunks.rows(c)
+                filling[c] = (np.zeros((r.stop - r.start, *size, 3), np.uint8), np.zeros(r.stop - r.start, bool),
+                              np.full(r.stop - r.start, "", dtype=object), [r.stop - r.start])
+            return filling[c]
+
         valid = store.array(f"{key}/valid")
         errors = store.array(f"{key}/error")
         with reporter.task("decoding test images once for every model", total=len(indices), unit="img") as bar:
@@ -189,12 +196,12 @@ def ensure_pixel_cache(
                 done: list[int] = []
                 for image, index in zip(batch.images, batch.indices.tolist(), strict=True):
                     c = index // chunks.chunk_rows
-                    filling[c][0][index - chunks.rows(c).start] = image.numpy()
-                    filling[c][1][index - chunks.rows(c).start] = True
+                    shard(c)[0][index - chunks.rows(c).start] = image.numpy()
+                    shard(c)[1][index - chunks.rows(c).start] = True
                     done.append(index)
                 for index, error in batch.bad:
                     c = index // chunks.chunk_rows
-                    filling[c][2][index - chunks.rows(c).start] = error
+                    shard(c)[2][index - chunks.rows(c).start] = error
                     done.append(index)
                 for index in done:
                     c = index // chunks.chunk_rows
