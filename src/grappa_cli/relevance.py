@@ -364,9 +364,9 @@ def _finalise(queries: np.ndarray, local: np.ndarray, pieces, grid: np.ndarray, 
     # Kept: scores >= floor rounded down to float32, a prefix of each sorted row that holds
     # every candidate >= floor (a few more at most, which is harmless: a superset of the top d).
     floor32 = np.where(safe, _round_down(np.where(safe, floor, 0.0)), np.float32(np.inf))
-    keep = val >= floor32[row]
-    rank = (np.arange(len(row)) - first[row])[keep]
-    row, col, val = row[keep], col[keep], val[keep]
+    kept = np.flatnonzero(val >= floor32[row])
+    row, col, val = row[kept], col[kept], val[kept]
+    rank = kept - first[row]
     if len(row):
         rel = labels[col] == labels[queries][row]
         # Chains: runs of a query's sorted candidates whose neighbours differ by at most 2 eps.
@@ -405,26 +405,39 @@ def _sorted_candidates(pieces, local_queries: np.ndarray) -> tuple[np.ndarray, .
         slot[local_queries] = np.arange(nq)
         row = slot[row]
     # pieces are (rows, columns, scores, column offset)
-    col = np.concatenate([p[1].astype(np.int32) + np.int32(p[3]) for p in pieces])
+    col = np.concatenate([p[1].astype(np.int64) + p[3] for p in pieces])
     val = np.concatenate([p[2] for p in pieces]).astype(np.float32, copy=False)
     bits = val.view(np.int32)
     ascending = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # IEEE order as signed integers
-    order = np.argsort((row << 32) | (np.int64(0x7FFFFFFF) - ascending))  # row, then score descending
-    return row[order], col[order], val[order], np.bincount(row, minlength=nq)
+    descending = (np.int64(0x7FFFFFFF) - ascending).astype(np.int64)  # 0 .. 2^32 - 1, best first
+    counts = np.bincount(row, minlength=nq)
+    col_bits = max(1, int(col.max()).bit_length())
+    if (nq - 1).bit_length() + 32 + col_bits <= 63:
+        # (row, score, item) packed in one int64: a plain sort, no permutation to apply
+        packed = np.sort((row << (32 + col_bits)) | (descending << col_bits) | col)
+        row = packed >> (32 + col_bits)
+        col = packed & ((1 << col_bits) - 1)
+        ascending = (np.int64(0x7FFFFFFF) - ((packed >> col_bits) & 0xFFFFFFFF)).astype(np.int32)
+        val = (ascending ^ ((ascending >> 31) & 0x7FFFFFFF)).view(np.float32)
+        return row, col, val, counts
+    order = np.argsort((row << 32) | descending)  # row, then score descending
+    return row[order], col[order], val[order], counts
 
 
 def _exact_scores(grid: np.ndarray, queries: np.ndarray, slot: np.ndarray, items: np.ndarray) -> np.ndarray:
     """Integer dot products grid[queries[slot_i]] . grid[items_i], exact in float64.
 
     Products of grid integers are below 2^52 and so are all partial sums (norms are about
-    2^26): float64 holds every one exactly, in any order. Query rows are converted once.
+    2^26): float64 holds every one exactly, in any order. ``slot`` is sorted: each query's
+    items are one matrix-vector product.
     """
-    q = grid[queries].astype(np.float64)
     out = np.empty(len(items), dtype=np.float64)
-    step = 4096
-    for s in range(0, len(items), step):
-        y = grid[items[s : s + step]].astype(np.float64)
-        out[s : s + step] = np.einsum("ij,ij->i", q[slot[s : s + step]], y)
+    if not len(items):
+        return out
+    bounds = np.flatnonzero(np.diff(slot)) + 1
+    for start, stop in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(slot)]]), strict=True):
+        query = grid[queries[slot[start]]].astype(np.float64)
+        out[start:stop] = grid[items[start:stop]].astype(np.float64) @ query
     return out
 
 
