@@ -8,18 +8,21 @@ of about half a float32 GEMM of the set with itself:
 1. **Thresholds.** Each query scores a fixed random sample of ``sample`` items; the
    ``k0``-th best sampled score, less ``2 eps``, is a threshold ``t`` that almost surely lies
    below the query's ``d``-th best score (``d`` = the depth it needs, e.g. R). ``k0`` is the
-   expected number of sampled items among the top ``d`` plus four standard deviations.
+   expected number of sampled items among the top ``d`` plus three standard deviations and
+   two (about 1.5 d candidates per query at R = 400-1,000; a threshold that fails is caught
+   below and costs one row).
 2. **Candidates.** The Gram matrix is computed in float32 blocks of ``block x block``. In the
    symmetric mode each block above the diagonal is computed once and read twice: by its rows
    (queries of panel I against items of panel J) and by its columns (queries of J against
    items of I), which halves the multiply-adds of a full ``X @ X.T``. Every score at or above
    the query's threshold is kept as a candidate; a panel's queries are final once all their
-   blocks are done. When the candidates waiting for later panels would exceed
-   ``STASH_BUDGET`` bytes (deep rankings, e.g. 50 classes of 1,000 images), row panels are
-   computed against all columns instead: twice the multiply-adds, memory bounded by one
-   panel.
-3. **Exactness.** float32 scores are within ``eps`` of the exact ones (bound of
-   :class:`grappa_cli.metrics.Ranking`). Let ``T`` be a query's ``d``-th best float32 score.
+   blocks are done. Candidates waiting for later panels are held compactly (uint16 positions
+   in their block, float32 score: 8 bytes); when they would exceed ``STASH_BUDGET`` bytes
+   (about n x 1.6 d / 4 candidates at the worst moment: for classes of 1,000 beyond ~55,000
+   images), row panels are computed against all columns instead: twice the multiply-adds,
+   memory bounded by one panel.
+3. **Exactness.** float32 scores are within ``eps`` of the exact ones
+   (:func:`float32_error_bound`). Let ``T`` be a query's ``d``-th best float32 score.
    Every item of the exact top ``d`` scores at least ``T - 2 eps`` in float32, so when
    ``t <= T - 2 eps`` the candidates contain the exact top ``d`` (otherwise, rarely, the
    query's whole float32 row is computed again and ``t`` set from its own ``d``-th score).
@@ -30,8 +33,10 @@ of about half a float32 GEMM of the set with itself:
    the grid vectors in float64) and sorted by the ranking rule.
 
 The result is the exact relevance pattern, so the metrics equal those of the full exact
-ranking to the last bit. Everything is torch on the given device: on a GPU the Gram blocks,
-thresholds and candidate selection run there, and only candidates come back to the host.
+ranking to the last bit. The Gram blocks, thresholds and selection are torch on the given
+device: on a GPU they run there and only candidates come back to the host (on the CPU the
+comparison and selection use numpy, about twice as fast there). Candidates are then sorted
+on the host as packed ``(row, score, item)`` integers, one plain sort per panel.
 """
 
 from __future__ import annotations
