@@ -169,3 +169,22 @@ def test_recall_deeper_than_r_and_metrics_match_the_old_ranking():
                              metrics=[Slow(m) for m in resolve_metrics(["map@r", "r_precision", "recall@1",
                                                                          "recall@5", "recall@12"])])
     assert fast == slow
+
+
+@pytest.mark.parametrize("orientation", ["rows", "columns"])
+def test_selection_is_the_same_with_torch_and_numpy(orientation):
+    # the torch branch is what runs on a GPU; both must give the same candidates in order
+    rng = np.random.default_rng(8)
+    scores = torch.from_numpy(rng.standard_normal((37, 53)).astype(np.float32))
+    scores[3, 3] = float("nan")  # a query itself never ranks
+    if orientation == "rows":
+        thresholds = torch.from_numpy(rng.standard_normal((37, 1)).astype(np.float32))
+    else:
+        thresholds = torch.from_numpy(rng.standard_normal((1, 53)).astype(np.float32))
+    hit = torch.empty(scores.shape, dtype=torch.bool)
+    by_numpy = relevance._select(scores, thresholds, hit, numpy=True)
+    by_torch = relevance._select(scores, thresholds, hit, numpy=False)
+    expected = np.argwhere(scores.numpy() >= thresholds.numpy())
+    for got in (by_numpy, by_torch):
+        assert np.array_equal(np.stack([got[0], got[1]], axis=1), expected)
+        assert np.array_equal(got[2], scores.numpy()[expected[:, 0], expected[:, 1]])
