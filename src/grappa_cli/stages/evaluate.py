@@ -2,9 +2,11 @@
 
 For every (model, task):
 
-1. the test images are embedded by the model into ``store.zarr/eval/<model dirname>/<task>``
-   (:func:`grappa_cli.stages.embed.run_embedding`: resumable, chunked, parallel under
-   ``torchrun``). The group's record holds the backbone parameters and the model name
+1. the test images are embedded by the model into ``store.zarr/eval/<model dirname>/<task>``:
+   from the pixel cache of :mod:`grappa_cli.stages.eval_images` (each test image list decoded
+   once for every model and later run; each model embeds each image once for all tasks over
+   it), or under ``torchrun`` with :func:`grappa_cli.stages.embed.run_embedding` (resumable,
+   chunked, parallel). The group's record holds the backbone parameters and the model name
    (params) and the image list's and model artifact's fingerprints (inputs), so retraining a
    model changes what its embeddings should be: a stale group is simply recomputed. The
    ``backbone`` model reuses ``features/test/<task>`` when ``grappa extract`` made it complete
