@@ -5,9 +5,9 @@ Evaluates N random D-dimensional embeddings in C classes with
 ``AccuracyCalculator`` (k = "max_bin_count", leave-one-out), each in its own process so
 peak memory is measured separately. Prints wall and CPU time (on a shared machine the CPU
 time of a one-thread run is the steadier measure: wall time also counts waiting for a
-core), peak RSS (above the process's footprint once the data exist) and the peak of
-Python/numpy allocations (tracemalloc), then checks that MAP@R, R-Precision and Recall@1
-agree to 1e-6.
+core), peak RSS (above the process's footprint once the data exist) and, with ``--tracemalloc``,
+the peak of Python/numpy allocations (tracing every allocation slows numpy-heavy code, so
+it is off for timing), then checks that MAP@R, R-Precision and Recall@1 agree to 1e-6.
 
 Shapes (``--shape``; ``--all`` runs the three one after the other, pml and grappa side by
 side for each):
@@ -73,7 +73,8 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
 
         x = x / np.linalg.norm(x, axis=1, keepdims=True)  # cosine = L2 order on the unit sphere
     baseline = peak_rss_mib()
-    tracemalloc.start()
+    if args.tracemalloc:
+        tracemalloc.start()
     start = time.perf_counter()
     cpu_start = time.process_time()
     if method == "grappa":
@@ -87,8 +88,10 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
         values = {k: float(result[v]) for k, v in KEYS.items()}
     seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
-    _, traced = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    traced = 0
+    if args.tracemalloc:
+        _, traced = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
     return {
         "method": method,
         "seconds": seconds,
@@ -114,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--small", action="store_true", help="10,000 embeddings in 10 classes")
     parser.add_argument("--shape", choices=tuple(SHAPES), help="one of the named shapes (sets --n, --classes)")
     parser.add_argument("--all", action="store_true", help="every named shape, one after the other")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="also trace Python/numpy allocations (slows numpy code: times not comparable)")
     parser.add_argument("--skip-pml", action="store_true", help="time grappa only")
     parser.add_argument("--only", choices=("grappa", "pml"), help=argparse.SUPPRESS)
     return parser
@@ -186,6 +191,7 @@ def compare(args: argparse.Namespace) -> list[dict]:
         f"--chunk-size={args.chunk_size}",
         f"--threads={args.threads}",
         f"--seed={args.seed}",
+        *(["--tracemalloc"] if args.tracemalloc else []),
     ]
     runs = []
     for method in ("grappa",) + (() if args.skip_pml else ("pml",)):
