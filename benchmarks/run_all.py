@@ -1,8 +1,8 @@
 """Every benchmark of the project in one run, at one size, as one Markdown table of ratios.
 
 Runs, one after the other on the same machine, the measurements of ``bench_input.py``,
-``bench_inference.py``, ``bench_model.py``, ``bench_kmeans.py`` and ``bench_metrics.py`` (their
-functions, imported), and prints each comparison as a ratio of two numbers measured side by
+``bench_inference.py``, ``bench_model.py``, ``bench_kmeans.py``, ``bench_metrics.py`` and
+``bench_eval.py`` (their functions, imported), and prints each comparison as a ratio of two numbers measured side by
 side, with what bounds it; the raw numbers go to ``--json``.
 
     PYTHONPATH=src python benchmarks/run_all.py --small --out bench.md    # a 2-core CPU in a few minutes
@@ -64,6 +64,10 @@ class Size:
     extract_img: int = 224
     extract_batch: int = 16
     extract_workers: int = 2
+    eval_model: str = "vit_tiny_patch16_224"
+    eval_img: int = 112
+    eval_images: int = 96
+    eval_models: int = 6
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -71,7 +75,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"input_images": 120, "input_epochs": 2, "compile_img": 64, "compile_depth": 4, "compile_batch": 8,
               "model_batch": 2, "model_img": 112, "model_repeats": 3, "kmeans_n": 8000, "kmeans_dim": 128,
               "kmeans_k": 256, "kmeans_niter": 10, "metrics_n": 10_000, "metrics_classes": 10, "train_img": 112,
-              "train_batch": 8, "extract_images": 64, "extract_img": 112, "extract_batch": 8},
+              "train_batch": 8, "extract_images": 64, "extract_img": 112, "extract_batch": 8,
+              "eval_images": 32, "eval_models": 3},
 }
 
 
@@ -168,11 +173,14 @@ def part_metrics(size: Size) -> tuple[dict, list[Row]]:
     grappa, pml = runs
     r = {"runs": runs, "max_abs_diff": bench_metrics.max_difference(runs)}
     return r, [(
-        f"retrieval metrics, {size.metrics_n:,} x 384, leave-one-out",
-        f"pytorch-metric-learning: {pml['seconds']:.1f} s, {pml['rss_above_baseline_mib']:.0f} MiB",
-        f"grappa: {grappa['seconds']:.1f} s, {grappa['rss_above_baseline_mib']:.0f} MiB",
-        f"**{pml['seconds'] / grappa['seconds']:.2f}x**",
-        f"max |difference| of MAP@R, R-Precision, Recall@1: {r['max_abs_diff']:.1e}",
+        f"retrieval metrics, {size.metrics_n:,} x 384, {size.metrics_classes:,} classes, leave-one-out",
+        f"pytorch-metric-learning: {pml['cpu_seconds']:.1f} s CPU ({pml['seconds']:.1f} s wall), "
+        f"{pml['rss_above_baseline_mib']:.0f} MiB",
+        f"grappa: {grappa['cpu_seconds']:.1f} s CPU ({grappa['seconds']:.1f} s wall), "
+        f"{grappa['rss_above_baseline_mib']:.0f} MiB",
+        f"**{pml['cpu_seconds'] / grappa['cpu_seconds']:.2f}x**",
+        f"CPU time (wall {pml['seconds'] / grappa['seconds']:.2f}x); max |difference| of MAP@R, R-Precision, "
+        f"Recall@1: {r['max_abs_diff']:.1e}",
     )]
 
 
@@ -209,9 +217,26 @@ def part_extract(size: Size) -> tuple[dict, list[Row]]:
     )]
 
 
+def part_eval(size: Size) -> tuple[dict, list[Row]]:
+    import bench_eval
+
+    r = bench_eval.measure(size.eval_model, size.eval_img, size.eval_images, size.eval_models, threads=THREADS)
+    return r, [
+        (f"grappa eval of {r['models']} models x {r['tasks']} tasks ({r['unique_images']} distinct JPEGs), "
+         f"{r['model']} {r['img_size']} px",
+         f"decoding per model and task: {r['uncached_s']:.1f} s",
+         f"pixel cache: {r['cached_total_s']:.1f} s (build {r['cache_build_s']:.1f} s)",
+         f"**{r['speedup_total']:.2f}x**", f"max |difference| {r['max_abs_diff_cached_vs_uncached']:.0e}"),
+        ("embedding from the pixel cache vs bare model(x) on the same tensors",
+         f"bare: {r['bare_img_s']:.1f} img/s", f"cached: {r['cached_embed_img_s']:.1f} img/s",
+         f"**{r['ratio_cached_over_bare']:.2f}x**",
+         f"target >= 0.85 {'met' if r['ratio_cached_over_bare'] >= 0.85 else 'NOT met'}"),
+    ]
+
+
 PARTS: dict[str, Callable[[Size], tuple[dict, list[Row]]]] = {
     "input": part_input, "compile": part_compile, "model": part_model, "kmeans": part_kmeans,
-    "metrics": part_metrics, "train": part_train, "extract": part_extract,
+    "metrics": part_metrics, "train": part_train, "extract": part_extract, "eval": part_eval,
 }
 
 

@@ -34,6 +34,14 @@ Metrics are plugins (hook ``register_metrics``): objects following :class:`Metri
 :class:`MetricFamily` for ``name@k`` metrics) that turn a :class:`Neighbors` chunk into one
 value per query. :func:`retrieval_metrics` ranks once and evaluates every requested metric
 on each chunk, so memory stays bounded by ``chunk_size`` queries times the ranking depth.
+
+Two ways to the same numbers. MAP@R, R-Precision and Recall@k read only *which ranks hold
+a relevant item*; when every requested metric says so (``relevance_only = True`` and a
+``query_depth(r)`` method), :func:`retrieval_metrics` computes that pattern exactly with
+:mod:`grappa_cli.relevance` (a blocked, symmetric float32 Gram matrix on the grid vectors,
+candidates above per-query thresholds, exact rescoring of near ties only; torch, on the GPU
+when there is one), without ranking the items themselves. Metrics that read indices or
+scores, and :func:`neighbors`, use the faiss ranking described above.
 """
 
 from __future__ import annotations
@@ -152,7 +160,7 @@ def retrieval_metrics(
     *,
     recall_at: Sequence[int] = (1,),
     metrics: Sequence[str | Metric] | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 512,
     device: str | None = None,
 ) -> dict[str, float | int]:
     """Leave-one-out retrieval metrics of ``embeddings`` (numpy or torch, [n, D]) and ``labels``.
@@ -160,8 +168,9 @@ def retrieval_metrics(
     Returns ``{metric name: mean over evaluated queries}`` for ``metrics`` (default
     ``map@r`` and ``r_precision``) and ``recall@k`` for each k of ``recall_at``, plus
     ``num_queries`` (queries evaluated) and ``num_skipped`` (queries whose class has no
-    other image). ``chunk_size`` queries are ranked at a time; ``device`` is ``None``/
-    ``"auto"`` (faiss on the GPU when the installed faiss has one), ``"cpu"`` or ``"cuda[:N]"``.
+    other image). ``chunk_size`` queries are ranked at a time (the block size of the Gram
+    matrix for relevance-only metrics); ``device`` is ``None``/``"auto"`` (the GPU when torch
+    or faiss has one), ``"cpu"`` or ``"cuda[:N]"``.
     """
     specs: list[str | Metric] = list(DEFAULT_METRICS if metrics is None else metrics)
     for k in recall_at:
@@ -174,6 +183,8 @@ def retrieval_metrics(
     if not resolved:
         raise DataError("no metric requested", hint="pass metrics=... or recall_at=...")
 
+    if chunk_size < 1:
+        raise DataError(f"chunk_size must be >= 1 (got {chunk_size})")
     ranking = Ranking(embeddings, labels, device=device)
     if ranking.num_queries == 0:
         raise DataError(
@@ -181,9 +192,12 @@ def retrieval_metrics(
             "retrieval has no query",
             hint="evaluate a split whose classes have at least two images",
         )
-    depth = max(m.depth(ranking.max_r) for m in resolved)
+    if all(getattr(m, "relevance_only", False) for m in resolved):
+        chunks: Iterator[Any] = ranking.relevance_chunks(resolved, block=chunk_size)
+    else:
+        chunks = ranking.chunks(max(m.depth(ranking.max_r) for m in resolved), chunk_size=chunk_size)
     values: dict[str, list[np.ndarray]] = {m.name: [] for m in resolved}
-    for chunk in ranking.chunks(depth, chunk_size=chunk_size):
+    for chunk in chunks:
         for metric in resolved:
             per_query = np.asarray(metric.compute(chunk), dtype=np.float64)
             if per_query.shape != (len(chunk),):
@@ -270,6 +284,31 @@ class Ranking:
                 scores=scores,
                 max_r=self.max_r,
             )
+
+    def relevance_chunks(self, metrics: Sequence[Any], *, block: int = 1024) -> Iterator[Any]:
+        """Exact relevance of each query's top neighbours (:mod:`grappa_cli.relevance`).
+
+        For metrics with ``relevance_only = True``: each needs ``query_depth(r)`` ranks per
+        query; the blocked, symmetric Gram computation gives their relevance exactly, without
+        ranking the items themselves.
+        """
+        from grappa_cli.relevance import RelevanceChunk, float32_error_bound, top_relevance
+
+        depths = np.zeros(self.n, dtype=np.int64)
+        for metric in metrics:
+            need = np.broadcast_to(np.asarray(metric.query_depth(self.r[self.queries]), dtype=np.int64),
+                                   (self.num_queries,))
+            depths[self.queries] = np.maximum(depths[self.queries], need)
+        depths[self.queries] = np.clip(depths[self.queries], 1, max(1, self.n - 1))
+        device = _torch_device(self.device)
+        if device != "cpu":
+            block = max(block, 4096)  # a GPU wants large GEMMs
+        for q, relevant in top_relevance(
+            self.grid, self.labels, depths, eps=float32_error_bound(self.dim), unit=_UNIT, device=device, block=block,
+            exact=lambda rows, depth: self._rank_exhaustive(rows, depth)[0],
+        ):
+            yield RelevanceChunk(query_indices=q, query_labels=self.labels[q], r=self.r[q], relevant=relevant,
+                                 max_r=self.max_r)
 
     # -- ranking -------------------------------------------------------------------------
 
@@ -418,6 +457,19 @@ def _as_numpy(value: Any, what: str) -> np.ndarray:
         return np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{what} cannot be read as an array: {exc}") from None
+
+
+def _torch_device(device: str | None) -> str:
+    """The torch device the Gram blocks run on: a GPU when asked for (or ``auto``) and present."""
+    if device == "cpu":
+        return "cpu"
+    if device not in (None, "auto") and not device.startswith("cuda"):
+        raise DataError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"  # results are identical on any device
+    return "cuda" if device in (None, "auto") else device
 
 
 def _gpu_id(device: str | None, faiss: Any) -> int | None:

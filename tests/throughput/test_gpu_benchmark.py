@@ -42,4 +42,7 @@ def test_tiny_gpu_benchmark_writes_its_report(tmp_path) -> None:
     # more clusters fit the same data better
     assert results["kmeans"][1]["torch_inertia"] < results["kmeans"][0]["torch_inertia"]
     assert 0 < results["eval"]["map_at_r"] <= 1
+    # grappa's exact path agrees with the float32 top-R search (no near ties at these sizes)
+    assert abs(results["eval"]["exact_map_at_r"] - results["eval"]["map_at_r"]) < 1e-6
+    assert results["eval"]["exact_seconds"] > 0
     assert all(seconds > 0 for seconds in results["estimate"].values())

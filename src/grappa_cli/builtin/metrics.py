@@ -38,8 +38,13 @@ class MapAtR:
     name = "map@r"
     description = "mean average precision at R (Musgrave et al. 2020); the paper's mAP"
 
+    relevance_only = True
+
     def depth(self, max_r: int) -> int:
         return max_r
+
+    def query_depth(self, r: np.ndarray) -> np.ndarray:
+        return r
 
     def compute(self, neighbors: Neighbors) -> np.ndarray:
         import numpy as np
@@ -55,8 +60,13 @@ class RPrecision:
     name = "r_precision"
     description = "R-Precision (Musgrave et al. 2020); the paper's RP"
 
+    relevance_only = True
+
     def depth(self, max_r: int) -> int:
         return max_r
+
+    def query_depth(self, r: np.ndarray) -> np.ndarray:
+        return r
 
     def compute(self, neighbors: Neighbors) -> np.ndarray:
         hits, _ = _within_r(neighbors)
@@ -71,7 +81,12 @@ class RecallAtK:
         self.name = f"recall@{self.k}"
         self.description = f"share of queries with a relevant image among the first {self.k} neighbours"
 
+    relevance_only = True
+
     def depth(self, max_r: int) -> int:
+        return self.k
+
+    def query_depth(self, r: np.ndarray) -> int:
         return self.k
 
     def compute(self, neighbors: Neighbors) -> np.ndarray:

@@ -2,9 +2,11 @@
 
 For every (model, task):
 
-1. the test images are embedded by the model into ``store.zarr/eval/<model dirname>/<task>``
-   (:func:`grappa_cli.stages.embed.run_embedding`: resumable, chunked, parallel under
-   ``torchrun``). The group's record holds the backbone parameters and the model name
+1. the test images are embedded by the model into ``store.zarr/eval/<model dirname>/<task>``:
+   from the pixel cache of :mod:`grappa_cli.stages.eval_images` (each test image list decoded
+   once for every model and later run; each model embeds each image once for all tasks over
+   it), or under ``torchrun`` with :func:`grappa_cli.stages.embed.run_embedding` (resumable,
+   chunked, parallel). The group's record holds the backbone parameters and the model name
    (params) and the image list's and model artifact's fingerprints (inputs), so retraining a
    model changes what its embeddings should be: a stale group is simply recomputed. The
    ``backbone`` model reuses ``features/test/<task>`` when ``grappa extract`` made it complete
@@ -281,6 +283,7 @@ def evaluate(project: Project, options: EvalOptions, reporter: Reporter | None =
     from grappa_cli.data.transforms import eval_transform
     from grappa_cli.model.backbone import build_backbone
     from grappa_cli.runtime import resolve_device
+    from grappa_cli.stages import eval_images
     from grappa_cli.stages.embed import run_embedding
     from grappa_cli.stages.extract import backbone_spec
     from grappa_cli.train import distributed
@@ -304,12 +307,18 @@ def evaluate(project: Project, options: EvalOptions, reporter: Reporter | None =
     device = resolve_device(options.device or config.runtime.device)
     transform = eval_transform(backbone.data_config)
     metric_device = "cpu" if device.type == "cpu" else None
+    split = eval_images.split_transform(transform)  # None: each model decodes the images itself
+    caches: dict[tuple[str, ...], eval_images.PixelCache] = {}
     for name in model_names:
         mine = [j for j in jobs if j.ref.name == name]
         embedding = [j for j in mine if j.needs_embedding]
         seconds: dict[str, float] = {}
         if embedding:
             model = models_mod.load(project, embedding[0].ref, backbone)
+            if split is not None and distributed.world_size() == 1:
+                seconds.update(_embed_from_pixel_caches(store, embedding, model, caches, split, backbone, config,
+                                                        options, device, reporter))
+                embedding = []
             for job in embedding:
                 start = time.perf_counter()
                 run_embedding(
@@ -330,6 +339,36 @@ def evaluate(project: Project, options: EvalOptions, reporter: Reporter | None =
     if main:
         run.oracle = oracle([e.stored() for e in run.entries])
     return run
+
+
+def _embed_from_pixel_caches(store: Any, jobs: list[_Job], model: Any, caches: dict, split: Any, backbone: Any,
+                             config: Any, options: EvalOptions, device: Any, reporter: Reporter) -> dict[str, float]:
+    """Embed ``jobs`` (one model) from the pixel caches of their images; seconds per task.
+
+    Each distinct image list is decoded once per run (and cached in the store for later
+    runs); the model embeds each list's images once, whatever the number of tasks over them.
+    """
+    from grappa_cli.data.images import decode_min_side
+    from grappa_cli.stages import eval_images
+
+    by_images: dict[tuple[str, ...], list[_Job]] = {}
+    for job in jobs:
+        by_images.setdefault(tuple(sorted(set(job.embed.paths))), []).append(job)
+    workers = config.data.num_workers if options.num_workers is None else options.num_workers
+    seconds: dict[str, float] = {}
+    for images, group in by_images.items():
+        if images not in caches:
+            caches[images] = eval_images.ensure_pixel_cache(
+                store, list(images), split, size=tuple(backbone.data_config["input_size"][1:]),
+                min_side=decode_min_side(backbone.data_config), num_workers=workers, reporter=reporter)
+        spent = eval_images.embed_jobs_from_cache(
+            store, caches[images], group, model, dim=backbone.embed_dim, dtype=config.data.feature_dtype,
+            chunk_rows=config.data.chunk_size, batch_size=options.batch_size or config.eval.batch_size,
+            device=device, amp=config.runtime.amp, compile=config.runtime.compile or None, reporter=reporter,
+            label=f" with {group[0].ref.name} ({', '.join(j.task for j in group)})")
+        for job in group:
+            seconds[job.task] = spent / len(group)
+    return seconds
 
 
 def _score(project: Project, store: Any, job: _Job, config: Any, device: str | None, reporter: Reporter,
