@@ -78,3 +78,30 @@ def test_the_cli_sets_them_before_torch_loads() -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     policy, threads, torch_loaded = done.stdout.split()[-3:]
     assert policy == "PASSIVE" and int(threads) >= 1 and torch_loaded == "False"
+
+
+def test_cpu_inference_runs_large_batches_in_parts() -> None:
+    """Same embeddings, in order, with at most CPU_PART images per forward (bounded memory)."""
+    import torch
+
+    from grappa_cli.stages.embed import CPU_PART, forward_in_parts
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten()).eval()
+    sizes = []
+
+    def model(x):
+        sizes.append(len(x))
+        return net(x)
+
+    images = torch.randn(2 * CPU_PART + 7, 3, 12, 12)
+    with torch.inference_mode():
+        whole = net(images)
+        parts = forward_in_parts(model, images)
+    assert sizes == [CPU_PART, CPU_PART, 7]
+    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-6)
+    sizes.clear()
+    with torch.inference_mode():
+        forward_in_parts(model, images[:CPU_PART])
+    assert sizes == [CPU_PART]

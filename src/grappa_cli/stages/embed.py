@@ -174,7 +174,7 @@ def run_embedding(
             for batch in loader:
                 if len(batch.indices):
                     with torch.inference_mode(), autocast(device, amp):
-                        out = model(batch.images.to(device, non_blocking=True))
+                        out = forward_in_parts(model, batch.images.to(device, non_blocking=True))
                     embedded(copies.push(out.float(), [int(i) for i in batch.indices]))
                 for index, error in batch.bad:
                     c = index // chunks.chunk_rows
@@ -199,6 +199,22 @@ def run_embedding(
     return result
 
 
+
+
+#: On the CPU, the model sees at most this many images at once; a larger batch is run in parts.
+#: Inference activations grow with the batch while throughput does not (one image's work is the
+#: same either way): the demo's evaluation at 256 images per batch peaked at 1.84 GB resident,
+#: at 64 at 1.47 GB (docs/benchmarks.md). GPUs keep the whole batch.
+CPU_PART = 64
+
+
+def forward_in_parts(model: Any, images: Any) -> Any:
+    """``model(images)``, on the CPU in parts of :data:`CPU_PART` images, concatenated in order."""
+    import torch
+
+    if images.device.type != "cpu" or len(images) <= CPU_PART:
+        return model(images)
+    return torch.cat([model(part) for part in images.split(CPU_PART)])
 
 
 def _result(store: Store, key: str, skipped: bool = False) -> EmbedResult:
