@@ -101,8 +101,20 @@ def main(argv: list[str] | None = None) -> None:
     except ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except Exception as exc:
-        if debug:
-            raise
-        _print_error(f"unexpected {type(exc).__name__}: {exc} (set GRAPPA_DEBUG=1 to see the traceback).")
+    except OSError as exc:
+        from grappa_cli.diskerrors import message
+
+        text = message(exc)
+        if debug or text is None:
+            _unexpected(exc, debug)
+        _print_error(text)
         sys.exit(1)
+    except Exception as exc:
+        _unexpected(exc, debug)
+
+
+def _unexpected(exc: Exception, debug: bool) -> None:
+    if debug:
+        raise exc
+    _print_error(f"unexpected {type(exc).__name__}: {exc} (set GRAPPA_DEBUG=1 to see the traceback).")
+    sys.exit(1)

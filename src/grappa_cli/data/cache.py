@@ -240,19 +240,20 @@ def prepare_cache(
     """Create the group's arrays unless a matching partial/complete cache exists; return the state found."""
     key = cache_key(name)
     state = check_state(store, name, size=size, chunk_rows=chunk_rows, inputs=inputs, force=force)
-    if state in ("complete", "partial") and not force:
+    n = len(paths)
+    intact = store.intact(key, {"rows": n, "paths": n, "valid": n, "error": n, "images": n})
+    if state in ("complete", "partial") and not force and intact:
         return state
     params = cache_params(size, chunk_rows)
-    n = len(paths)
     order = np.random.default_rng(ORDER_SEED).permutation(n).astype(np.int64)
     rows = max(1, min(chunk_rows, max(n, 1)))
     store.delete(key)
-    store.begin(key, "cache", params, inputs, images=n)
     store.write_array(f"{key}/rows", order, (max(1, min(n, 1 << 16)),))
     store.write_array(f"{key}/paths", np.asarray(paths, dtype=str)[order], (rows,))
     store.create_array(f"{key}/valid", (n,), bool, (rows,), fill_value=False)
     store.create_array(f"{key}/error", (n,), str, (rows,))
     ShardedRows.create_images(store, f"{key}/images", n, size, chunk_rows)
+    store.begin(key, "cache", params, inputs, images=n)  # last: the record says the arrays exist
     return state
 
 

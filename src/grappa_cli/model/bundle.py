@@ -9,7 +9,6 @@ backbone spec, the data config, N, D', the fusion kind and the caller's provenan
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from grappa_cli.errors import GrappaError, StoreError
-from grappa_cli.fsutil import temporary_sibling
+from grappa_cli.fsutil import publish, temporary_sibling
 from grappa_cli.model.adaptor import AdaptorSet
 from grappa_cli.model.backbone import Backbone
 from grappa_cli.model.grappa import GrappaModel
@@ -59,7 +58,7 @@ def save_bundle(
     tmp = temporary_sibling(Path(path))
     try:
         save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        publish(tmp, Path(path))
     finally:
         tmp.unlink(missing_ok=True)
 

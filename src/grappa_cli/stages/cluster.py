@@ -224,11 +224,12 @@ def _cluster_one(
     all_labels[rows] = labels
 
     store.delete(key)
-    store.begin(key, "cluster", cluster_params(k, backend, seed, niter, settings), inputs)
     store.write_array(f"{key}/centroids", centroids)
     store.write_array(f"{key}/labels", all_labels)
     store.write_array(f"{key}/sizes", sizes)
-    store.finish(key, summary=summary, inertia=float(result.inertia), iterations=int(result.iterations),
+    # The record last, complete in one write: arrays without it are remade, never used.
+    store.commit(key, "cluster", cluster_params(k, backend, seed, niter, settings), inputs,
+                 summary=summary, inertia=float(result.inertia), iterations=int(result.iterations),
                  seconds=round(seconds, 3), empty_clusters=summary["empty"], n=int(x.shape[0]),
                  unlabeled_rows=int(n_rows - x.shape[0]),
                  info=_jsonable(result.info))

@@ -121,14 +121,12 @@ def _eval(project: Project, config: Any, device: str | None, view: Any) -> Stage
 
 
 def _report(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
-    """Rewrite the report when results changed in this run (or when it does not exist yet)."""
-    from grappa_cli.stages.report import ReportOptions, report
+    """Rewrite the report unless its manifest shows exactly the current results, all files written."""
+    from grappa_cli.stages.report import ReportOptions, report, report_state
 
     outcome = StageOutcome("report")
     table = project.reports_dir / "table2.md"
-    results = sorted(project.results_dir.glob("*/*.json"))
-    newest = max((p.stat().st_mtime for p in results), default=0.0)
-    if table.is_file() and table.stat().st_mtime >= newest:
+    if report_state(project) == "complete":
         outcome.skipped.append(str(table))
         return outcome
     outcome.done.extend(report(project, ReportOptions(device=device), view).files)
