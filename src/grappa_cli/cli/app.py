@@ -74,12 +74,33 @@ def _print_error(message: str) -> None:
     err.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def _show_grappa_warnings() -> None:
+    """Print :class:`GrappaWarning` s as one ``Warning: ...`` line each (other warnings as Python does)."""
+    import warnings
+
+    from grappa_cli.errors import GrappaWarning
+
+    original = getattr(warnings.showwarning, "__wrapped__", warnings.showwarning)
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, GrappaWarning):
+            from grappa_cli.console import warn
+
+            warn(str(message))
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    show.__wrapped__ = original  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``grappa`` console script."""
     from grappa_cli.cli.clickcompat import Abort, ClickException, Exit
     from grappa_cli.errors import GrappaError
 
     debug = os.environ.get("GRAPPA_DEBUG") == "1"
+    _show_grappa_warnings()
     try:
         register_all()
         code = app(args=argv, prog_name="grappa", standalone_mode=False)
