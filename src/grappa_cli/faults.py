@@ -8,7 +8,9 @@ the N-th call fails the way the outside world can:
 * ``enospc`` (default): ``OSError(ENOSPC)``, as when the disk fills;
 * ``erofs``: ``OSError(EROFS)``, a read-only filesystem;
 * ``interrupt``: ``KeyboardInterrupt`` in the main thread, as after Ctrl-C (a write in a
-  zarr I/O thread asks the main thread to stop and is not made).
+  zarr I/O thread asks the main thread to stop and is not made);
+* ``pause``: touch the file named by ``GRAPPA_FAULT_READY`` and wait up to 3 s before the
+  write, so a test can deliver a real signal at a known point.
 
 The write never happens, so a test can sweep N over every write of a pipeline and check
 that a rerun still ends with the results of an uninterrupted run.
@@ -24,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 ENV = "GRAPPA_FAULT"
-KINDS = ("enospc", "erofs", "interrupt")
+KINDS = ("enospc", "erofs", "interrupt", "pause")
 
 
 @dataclass
@@ -86,6 +88,15 @@ def point(what: str) -> None:
             return
         _plan.fired = what
         kind = _plan.kind
+    if kind == "pause":
+        import time
+        from pathlib import Path
+
+        ready = os.environ.get("GRAPPA_FAULT_READY")
+        if ready:
+            Path(ready).touch()
+        time.sleep(3)
+        return
     if kind == "interrupt":
         if threading.current_thread() is threading.main_thread():
             raise KeyboardInterrupt

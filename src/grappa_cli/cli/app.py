@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         register_all()
         code = app(args=argv, prog_name="grappa", standalone_mode=False)
+        if code == 130:  # Typer turns Ctrl-C into Exit(130) before it reaches us
+            raise KeyboardInterrupt
         if isinstance(code, int) and code:
             sys.exit(code)  # typer.Exit(n) is returned, not raised, outside standalone mode
     except GrappaError as exc:
@@ -113,12 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except Exit as exc:
         sys.exit(exc.exit_code)
-    except Abort:
-        _print_error("interrupted; rerun the same command to resume.")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        _print_error("interrupted; rerun the same command to resume.")
-        sys.exit(130)
+    except (Abort, KeyboardInterrupt):
+        _interrupted()
     except ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -132,6 +130,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except Exception as exc:
         _unexpected(exc, debug)
+
+
+def _interrupted() -> None:
+    """One line and exit 130; the event loop zarr runs must not log its cancelled writes on the way out."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    _print_error("interrupted; rerun the same command to resume.")
+    sys.exit(130)
 
 
 def _unexpected(exc: Exception, debug: bool) -> None:

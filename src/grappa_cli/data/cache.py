@@ -269,7 +269,8 @@ def build_image_cache(
     ``reporter`` shard by shard.
     """
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from multiprocessing import get_context
+
+    from grappa_cli.runtime import ignore_interrupts, spawn_context
 
     reporter = reporter or NullReporter()
     key = cache_key(name)
@@ -293,7 +294,8 @@ def build_image_cache(
             for chunk, chunk_paths in jobs:
                 bar.advance(fill_shard(str(store.path), key, chunk, chunk_paths, size).rows)
         elif jobs:
-            with ProcessPoolExecutor(max_workers=num_workers, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(max_workers=num_workers, mp_context=spawn_context(),
+                                     initializer=ignore_interrupts) as pool:
                 queue = list(reversed(jobs))
                 running: set[Any] = set()
                 try:

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from grappa_cli.runtime import ignore_interrupts, spawn_context
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -137,7 +139,8 @@ def make_loader(
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(
-            multiprocessing_context="spawn", persistent_workers=False, prefetch_factor=4,
+            multiprocessing_context=spawn_context(), persistent_workers=False, prefetch_factor=4,
+            worker_init_fn=ignore_interrupts,
         )
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
