@@ -47,8 +47,10 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
                  until: str | None = None) -> RunOutcome:
     """Run the pipeline up to ``until`` (default: through the report)."""
     from grappa_cli.console import NullReporter
+    from grappa_cli.plugin_check import check_config
 
     config = project.config()
+    check_config(config)  # a misspelt plugin name fails now, not after hours of work
     stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
     view: Any = reporter or NullReporter()
     outcomes: list[StageOutcome] = []
