@@ -3,7 +3,8 @@
 The reference (``conftest.py``) records every write of an uninterrupted run. For each write
 N a fresh copy of the project runs with the N-th write failing (a full disk, or Ctrl-C),
 then runs again unfaulted: its results must be bit-identical to the reference, no temporary
-file may remain, and ``grappa status`` must have announced exactly the work the rerun did.
+file may remain, and the plan ``grappa status`` prints must have announced exactly the work
+the rerun did.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from tests.faults.conftest import leftovers, outputs
 
 
 def _faulted_then_rerun(reference, tmp_path, at: int, kind: str) -> None:
-    from grappa_cli import faults
+    from grappa_cli import faults, planner
     from grappa_cli.project import Project
     from grappa_cli.stages.run import run_pipeline
 
@@ -28,12 +29,33 @@ def _faulted_then_rerun(reference, tmp_path, at: int, kind: str) -> None:
         run_pipeline(project)
         raise AssertionError(f"write {at} ({reference.writes[at - 1]}) was never reached")  # pragma: no cover
     assert plan.fired, f"write {at} did not fail"
-    run_pipeline(project)
+    announced = {node.id for node in planner.build(project).todo()}
+    done = _done_ids(run_pipeline(project))
+    assert announced == done, f"after failing write {at} ({plan.fired}) status announced {sorted(announced)}, " \
+                              f"run did {sorted(done)}"
     assert not leftovers(root), f"after failing write {at} ({plan.fired}): {leftovers(root)}"
     got = outputs(project)
     differ = sorted(k for k in set(got) | set(reference.outputs) if got.get(k) != reference.outputs.get(k))
     assert not differ, f"after failing write {at} ({plan.fired}) these results differ: {differ}"
     assert not run_pipeline(project).changed
+
+
+def _done_ids(outcome) -> set[str]:
+    """What ``grappa run`` did, as the planner's artifact ids."""
+    prefix = {"cluster": "clusters/", "adapt": "adaptors/", "fuse": "fusion/"}
+    ids: set[str] = set()
+    for stage in outcome.stages:
+        for item in stage.done:
+            if stage.stage == "extract":
+                ids.add(item)
+            elif stage.stage == "eval":
+                model, task = item.split("/")
+                ids.add(f"results/{model.replace(':', '-')}/{task}")
+            elif stage.stage == "report":
+                ids.add("reports/table2")
+            else:
+                ids.add(prefix[stage.stage] + item)
+    return ids
 
 
 def _points(reference, stride: int) -> list[int]:

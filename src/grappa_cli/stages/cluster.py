@@ -29,6 +29,7 @@ from grappa_cli.clustering import kvalues
 from grappa_cli.clustering.base import settings_of
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import StoreError
+from grappa_cli.planner import require_current
 from grappa_cli.project import Project
 from grappa_cli.provenance import describe_mismatch
 
@@ -132,6 +133,7 @@ def run(
 
     store = project.store()
     feat_record = features_record(store)
+    require_current(project, FEATURES_KEY, "the training features")  # never cluster stale features
     inputs = {FEATURES_KEY: feat_record["fingerprint"]}
     embeddings = store.array(EMBEDDINGS_KEY)
     if len(embeddings.shape) != 2:
