@@ -54,7 +54,30 @@ def collect(project: Project) -> ProjectStatus:
         if not node.configured:
             detail = f"{detail}; not in grappa.toml" if detail else "not in grappa.toml"
         items.append(ArtifactStatus(node.stage, node.id, node.state, detail, node.stale_inputs))
+    items += _side_artifacts(project)
     return ProjectStatus(str(project.root), items, _next_steps(config, plan))
+
+
+def _side_artifacts(project: Project) -> list[ArtifactStatus]:
+    """Image caches and gallery embeddings: not pipeline steps, shown with the direct rule."""
+    from grappa_cli import artifacts
+
+    if not project.store_path.exists():
+        return []
+    store = project.store(mode="r")
+    found = []
+    for stage, group in (("cache", "cache"), ("index", "gallery")):
+        for name in store.children(group):
+            rec = store.provenance(f"{group}/{name}")
+            if rec is None:
+                state, stale = "missing", []
+            elif not rec.get("complete"):
+                state, stale = "partial", []
+            else:
+                stale = artifacts.stale_inputs(project, rec, store)
+                state = "stale" if stale else "complete"
+            found.append(ArtifactStatus(stage, f"{group}/{name}", state, _detail(rec), stale))
+    return found
 
 
 def _next_steps(config: Any, plan: Any) -> list[str]:
