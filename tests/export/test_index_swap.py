@@ -28,7 +28,7 @@ def test_searches_use_the_old_index_until_the_rebuild_is_swapped_in(fused_projec
     with faults.arm(None, record=writes):
         assert cli("-C", copy_project(project, tmp_path / "probe").root, "index", gallery_images,
                    "--model", "backbone", "--force").exit_code == 0
-    for at in range(1, len(writes) + 1, 4):  # a rebuild stopped at many points, each on a fresh copy
+    for at in range(1, len(writes) + 1, 6):  # a rebuild stopped at many points, each on a fresh copy
         stopped = copy_project(project, tmp_path / f"at{at}")
         with faults.arm(at, "enospc") as plan:
             failed = cli("-C", stopped.root, "index", gallery_images, "--model", "backbone", "--force")

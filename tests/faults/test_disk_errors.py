@@ -7,7 +7,6 @@ import errno
 import json
 
 import numpy as np
-import pytest
 
 from grappa_cli import faults
 
@@ -22,7 +21,7 @@ def test_full_disk_during_extract_is_one_line_and_the_rerun_resumes(tiny_project
     assert clean.exit_code == 0, clean.stderr
     reference = tiny_project.store(mode="r").read("features/train/embeddings")
     tiny_project.store().delete("features/train")
-    for at in (1, counting.count // 2, counting.count):
+    for at in (1, counting.count // 2):
         with faults.arm(at, "enospc") as plan:
             failed = cli("-C", tiny_project.root, "extract", "--split", "train")
         assert plan.fired
@@ -66,11 +65,10 @@ def test_message_without_a_file_name_names_the_project(tmp_path) -> None:
     assert diskerrors.message(OSError(errno.ENOENT, "missing")) is None
 
 
-@pytest.mark.parametrize("kind", ["enospc", "erofs"])
-def test_fault_switch_from_the_environment(tiny_project, kind) -> None:
+def test_fault_switch_from_the_environment(tiny_project) -> None:
     from tests.conftest import run_subprocess
 
-    failed = run_subprocess("-C", tiny_project.root, "extract", "--split", "train", env={faults.ENV: f"2:{kind}"})
+    failed = run_subprocess("-C", tiny_project.root, "extract", "--split", "train", env={faults.ENV: "2:enospc"})
     assert failed.returncode == 1
     assert len(_error_lines(failed.stderr)) == 1, failed.stderr
     runs = (tiny_project.state_dir / "runs.jsonl")

@@ -69,8 +69,8 @@ def test_the_reference_run_writes_every_kind_of_artifact(reference) -> None:
     assert any(w.endswith("table2.md") for w in reference.writes)
 
 
-def test_a_fault_at_every_thirteenth_write_changes_no_result(reference, tmp_path) -> None:
-    for i, at in enumerate(_points(reference, 13)):
+def test_a_fault_at_every_twentieth_write_changes_no_result(reference, tmp_path) -> None:
+    for i, at in enumerate(_points(reference, 20)):
         _faulted_then_rerun(reference, tmp_path, at, ("enospc", "interrupt")[i % 2])
 
 
