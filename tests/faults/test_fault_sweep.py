@@ -30,7 +30,9 @@ def _faulted_then_rerun(reference, tmp_path, at: int, kind: str) -> None:
         raise AssertionError(f"write {at} ({reference.writes[at - 1]}) was never reached")  # pragma: no cover
     assert plan.fired, f"write {at} did not fail"
     announced = {node.id for node in planner.build(project).todo()}
-    done = _done_ids(run_pipeline(project))
+    outcome = run_pipeline(project)
+    done = _done_ids(outcome)
+    assert set(outcome.planned) == announced
     assert announced == done, f"after failing write {at} ({plan.fired}) status announced {sorted(announced)}, " \
                               f"run did {sorted(done)}"
     assert not leftovers(root), f"after failing write {at} ({plan.fired}): {leftovers(root)}"
