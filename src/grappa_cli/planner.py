@@ -25,11 +25,10 @@ not here: the planner reads records and stats files, it never loads a model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from grappa_cli import artifacts
-from grappa_cli import provenance as prov
 from grappa_cli.errors import StoreError
 from grappa_cli.project import Project
 
@@ -54,11 +53,6 @@ class Node:
     def todo(self) -> bool:
         """Whether ``grappa run`` (re)makes it."""
         return self.configured and self.state != "complete"
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("record")
-        return data
 
 
 @dataclass
@@ -367,7 +361,3 @@ def _maker(artifact_id: str) -> str:
     if artifact_id.startswith("fusion/"):
         return f"grappa fuse --strategy {artifact_id.split('/', 1)[1]} --force"
     return "grappa run"
-
-
-def fingerprint_of(params: dict[str, Any], inputs: dict[str, str]) -> str:
-    return prov.fingerprint({"params": params, "inputs": inputs})

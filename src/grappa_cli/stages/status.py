@@ -85,10 +85,10 @@ def _next_steps(config: Any, plan: Any) -> list[str]:
     if not config.tasks and config.data.train == ["mrt"]:
         steps.append("add the tasks' dataset roots: `grappa task add cub /data/CUB_200_2011` (or edit grappa.toml)")
     todo = plan.todo()
-    if todo:
+    stage = plan.first_stage()
+    if stage is not None:
         from grappa_cli.planner import STAGE_COMMANDS
 
-        stage = todo[0].stage
         bad = [n for n in todo if n.stage == stage and n.state in ("stale", "partial")]
         reason = f" ({', '.join(f'{n.id} is {n.state}' for n in bad)})" if bad else ""
         later = sorted({n.stage for n in todo} - {stage}, key=list(STAGE_COMMANDS).index)
