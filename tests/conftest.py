@@ -11,6 +11,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("GRAPPA_PROGRESS", "0")
+# Only the built-in plugins: an installed plugin (say, one registering an extra metric) must not
+# change what the tests see. Tests of plugin loading opt back in per subprocess.
+os.environ["GRAPPA_LOAD_PLUGINS"] = ""
+os.environ.pop("GRAPPA_DISABLE_PLUGINS", None)
 
 #: timm kwargs of the tiny random ViT tests use instead of ViT-S/16.
 TINY_VIT_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 2}
@@ -77,11 +81,17 @@ def cli(capsys, monkeypatch):
     return run
 
 
-def run_subprocess(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 300):
-    """Run ``python -m grappa_cli ARGS`` in a fresh interpreter (for lock, import and kill tests)."""
+def run_subprocess(*args: str, cwd: Path | None = None, env: dict[str, str | None] | None = None,
+                   timeout: int = 300):
+    """Run ``python -m grappa_cli ARGS`` in a fresh interpreter (for lock, import and kill tests).
+
+    A value of None in ``env`` removes that variable (``GRAPPA_LOAD_PLUGINS: None`` loads
+    every installed plugin again).
+    """
     import subprocess
 
     full_env = {**os.environ, "GRAPPA_PROGRESS": "0", **(env or {})}
+    full_env = {key: value for key, value in full_env.items() if value is not None}  # None: unset it
     return subprocess.run(
         [sys.executable, "-m", "grappa_cli", *map(str, args)],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,

@@ -57,3 +57,7 @@ class DataError(GrappaError):
 
 class TrainingError(GrappaError):
     """Training diverged (NaN/inf loss) or cannot start with the given settings."""
+
+
+class GrappaWarning(UserWarning):
+    """Something the user should know that did not stop the command (printed as ``Warning: ...``)."""

@@ -1,11 +1,42 @@
-"""Filesystem helpers that never leave half-written files behind."""
+"""Filesystem helpers that never leave half-written files behind.
+
+Every lasting file is written to a temporary sibling, flushed to disk (``fsync``), given the
+mode a plain ``open()`` would give it under the user's umask (``mkstemp`` makes 0600), and
+renamed over the target in one step (:func:`publish`): a reader sees the old file or the
+new one, never a part, even after a crash or a full disk.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
+
+from grappa_cli import faults
+
+_umask_lock = threading.Lock()
+
+
+def file_mode() -> int:
+    """``0o666`` minus the process umask: the mode ``open(path, "w")`` creates files with."""
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Make the finished temporary file ``tmp`` the file ``path``: fsync, chmod, rename."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, file_mode())
+    faults.point(str(path))
+    os.replace(tmp, path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -19,9 +50,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        publish(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -96,8 +96,11 @@ class Project:
 
     def record_run(self, command: str, **fields: Any) -> None:
         """Append one line to ``.grappa/runs.jsonl`` (what ran, when, with what outcome)."""
+        from grappa_cli import faults
+
         record = {"time": _now(), "command": command, **fields}
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        faults.point(str(self.state_dir / "runs.jsonl"))
         with open(self.state_dir / "runs.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=str) + "\n")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.context
 from typing import Any
 
 from grappa_cli.errors import GrappaError
@@ -175,3 +176,48 @@ class HostCopies:
             done.synchronize()
             ready.append((host.numpy(), tag))
         return ready
+
+
+def ignore_interrupts(*_: object) -> None:
+    """Worker-process initialiser: leave Ctrl-C to the parent, which stops the workers itself.
+
+    A terminal sends SIGINT to the whole process group; without this, every DataLoader or
+    decoding worker would print its own ``KeyboardInterrupt`` traceback.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class QuietSpawnProcess(multiprocessing.context.SpawnProcess):
+    """A ``spawn`` worker started while the parent ignores ``SIGINT`` (see :func:`spawn_context`)."""
+
+    def start(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return super().start()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return super().start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class QuietSpawnContext(multiprocessing.context.SpawnContext):
+    Process = QuietSpawnProcess
+
+
+_SPAWN = QuietSpawnContext()
+
+
+def spawn_context() -> Any:
+    """The ``spawn`` multiprocessing context, with workers that ignore Ctrl-C from birth.
+
+    ``SIGINT`` is ignored in the parent just while a worker is started: a disposition of
+    "ignore" survives ``exec``, so the new interpreter never installs its
+    ``KeyboardInterrupt`` handler, even while it is still importing (when a worker
+    initialiser could not run yet). The parent alone turns Ctrl-C into one message.
+    """
+    return _SPAWN

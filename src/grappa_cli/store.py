@@ -17,6 +17,14 @@ Layout (groups)::
 
 Only one process writes metadata (creates arrays, sets attributes); several processes
 may fill disjoint chunks of an array created beforehand (see :class:`ChunkedArray`).
+
+Write protocol (what makes an interrupted write harmless): a group's arrays are created,
+and those written in one go filled, *before* its record; the record is written last and
+``complete`` only once every chunk is in. A group without a record is garbage to remake, a
+resumed partial group is checked for its arrays (:meth:`Store.intact`) and remade when one
+is missing, and :meth:`Store.delete` first moves the group out of the store in one rename,
+so no half-deleted group can keep its old record. Every key written goes through
+:func:`grappa_cli.faults.point`, so tests can fail any single write.
 """
 
 from __future__ import annotations
@@ -26,11 +34,27 @@ from typing import Any, Literal
 
 import numpy as np
 
+from grappa_cli import faults
 from grappa_cli import provenance as prov
 from grappa_cli.errors import StoreError
 
 State = Literal["missing", "partial", "complete", "stale"]
 ATTR = "grappa"
+
+
+def _local_store(path: Path, read_only: bool) -> Any:
+    """A zarr ``LocalStore`` whose every key write is a :func:`faults.point`."""
+    from zarr.storage import LocalStore
+
+    class CountingLocalStore(LocalStore):
+        async def _set(self, key: str, value: Any, exclusive: bool = False) -> None:
+            faults.point(f"{self.root.name}/{key}")
+            await super()._set(key, value, exclusive=exclusive)
+
+        def with_read_only(self, read_only: bool = False) -> Any:
+            return CountingLocalStore(self.root, read_only=read_only)
+
+    return CountingLocalStore(path, read_only=read_only)
 
 
 class Store:
@@ -42,7 +66,7 @@ class Store:
         self.path = Path(path)
         if mode == "r" and not self.path.exists():
             raise StoreError(f"no feature store at {self.path}", hint="run `grappa init` to create the project")
-        self.root = zarr.open_group(str(self.path), mode=mode)
+        self.root = zarr.open_group(_local_store(self.path, mode == "r"), mode=mode)
 
     # -- navigation -------------------------------------------------------------------
     def exists(self, key: str) -> bool:
@@ -64,8 +88,35 @@ class Store:
         return sorted(name for name, _ in self.root[key].groups())
 
     def delete(self, key: str) -> None:
-        if key in self.root:
+        """Remove ``key``: one rename out of the store (atomic), then the files.
+
+        Deleting file by file could stop half-way and leave a group whose record survives
+        its arrays; after the rename the group is simply gone.
+        """
+        import shutil
+        import uuid
+
+        if key not in self.root:
+            return
+        where = self.path / key
+        if where.is_dir():
+            trash = self.path.parent / f".{self.path.name}.trash-{uuid.uuid4().hex[:12]}"
+            faults.point(f"{self.path.name}/{key} (delete)")
+            where.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
             del self.root[key]
+
+    def intact(self, key: str, arrays: dict[str, int]) -> bool:
+        """Whether group ``key`` holds each array ``name`` with ``rows`` rows (resume check)."""
+        for name, rows in arrays.items():
+            full = f"{key}/{name}"
+            if full not in self.root:
+                return False
+            shape = getattr(self.root[full], "shape", None)  # a group where an array belongs: broken
+            if not shape or int(shape[0]) != rows:
+                return False
+        return True
 
     # -- arrays -----------------------------------------------------------------------
     def create_array(
@@ -100,7 +151,10 @@ class Store:
         return dict(value) if value else None
 
     def begin(self, key: str, stage: str, params: dict[str, Any], inputs: dict[str, str], **extra: Any) -> dict:
-        """Write a fresh ``complete = False`` record on group ``key`` and return it."""
+        """Write a fresh ``complete = False`` record on group ``key`` and return it.
+
+        Call it after the group's arrays exist: the record says they do.
+        """
         record = prov.record(stage, params, inputs, **extra)
         self.group(key).attrs[ATTR] = record
         return record
@@ -110,6 +164,12 @@ class Store:
         record = self.provenance(key) or {}
         record.update(fields)
         self.root[key].attrs[ATTR] = record
+
+    def commit(self, key: str, stage: str, params: dict[str, Any], inputs: dict[str, str], **fields: Any) -> None:
+        """Write a complete record in one go, for a group whose data was written in one go."""
+        record = prov.record(stage, params, inputs, **fields)
+        record.update(complete=True, completed=prov.now())
+        self.group(key).attrs[ATTR] = record
 
     def finish(self, key: str, **fields: Any) -> None:
         """Mark ``key`` complete: its data is fully written. Always the stage's last write."""

@@ -24,7 +24,6 @@ atomic rename.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -151,13 +150,13 @@ def save_index(index: Any, path: Path) -> None:
     """Write ``index`` to ``path`` atomically."""
     import faiss
 
-    from grappa_cli.fsutil import temporary_sibling
+    from grappa_cli.fsutil import publish, temporary_sibling
 
     path = Path(path)
     tmp = temporary_sibling(path)
     try:
         faiss.write_index(index, str(tmp))
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -37,7 +37,8 @@ def gallery(tmp_path_factory, gallery_images) -> Path:
 
 def gallery_rows(project, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     store = project.store(mode="r")
-    key = gallery_key(name)
+    sidecar = read_sidecar(project, name)
+    key = sidecar["store_key"] if sidecar else gallery_key(name)
     return store.read(f"{key}/paths"), store.read(f"{key}/embeddings"), store.read(f"{key}/valid")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -39,8 +40,12 @@ def fake_site(tmp_path: Path) -> Path:
     return site
 
 
-def _plugins_json(env: dict[str, str], *args: str) -> list[dict]:
-    proc = run_subprocess("plugins", "--json", *args, env=env)
+#: The test session loads built-ins only; these tests load installed plugins again.
+ALL_PLUGINS = {"GRAPPA_LOAD_PLUGINS": None}
+
+
+def _plugins_json(env: dict[str, str | None], *args: str) -> list[dict]:
+    proc = run_subprocess("plugins", "--json", *args, env={**ALL_PLUGINS, **env})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -71,7 +76,7 @@ def test_disable_and_allow_list(fake_site: Path) -> None:
 
 def test_duplicate_names_fail_loudly(fake_site: Path) -> None:
     install_fake_distribution(fake_site, name="grappa-dup", module="grappa_fake_duplicate")
-    proc = run_subprocess("plugins", env={"PYTHONPATH": str(fake_site)})
+    proc = run_subprocess("plugins", env={**ALL_PLUGINS, "PYTHONPATH": str(fake_site)})
     assert proc.returncode == 1
     assert "clusterer 'farthest' is registered twice" in proc.stderr
     assert "grappa-fake" in proc.stderr and "grappa-dup" in proc.stderr
@@ -86,11 +91,38 @@ def test_broken_plugin_names_itself(tmp_path: Path) -> None:
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: grappa-broken\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[grappa]\nbroken = grappa_broken\n")
-    proc = run_subprocess("plugins", env={"PYTHONPATH": str(site)})
+    proc = run_subprocess("plugins", env={**ALL_PLUGINS, "PYTHONPATH": str(site)})
     assert proc.returncode == 1
     assert "plugin 'broken'" in proc.stderr and "GRAPPA_DISABLE_PLUGINS=broken" in proc.stderr
-    ok = run_subprocess("plugins", env={"PYTHONPATH": str(site), "GRAPPA_DISABLE_PLUGINS": "broken"})
+    ok = run_subprocess("plugins", env={**ALL_PLUGINS, "PYTHONPATH": str(site),
+                                        "GRAPPA_DISABLE_PLUGINS": "broken"})
     assert ok.returncode == 0, ok.stderr
+
+
+def test_the_test_session_ignores_installed_plugins(tmp_path: Path) -> None:
+    """With the project's template plugin installed, the suite still sees the built-ins alone."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    site = tmp_path / "site"
+    dist = site / "grappa_plugin_template-0.1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: grappa-plugin-template\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text("[grappa]\ntemplate = grappa_plugin_template.plugin\n")
+    (dist / "RECORD").write_text("")
+    path = os.pathsep.join([str(site), str(repo / "plugins" / "grappa-plugin-template" / "src"), str(repo),
+                            *sys.path])
+    code = ("import tests.conftest\n"  # what every test session imports first
+            "from grappa_cli import plugins\n"
+            "print(','.join(plugins.registry('metrics').names()))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAPPA_")}
+    env["PYTHONPATH"] = path
+    seen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert seen.returncode == 0, seen.stderr
+    assert "precision@10" not in seen.stdout.split(",")
+    installed = run_subprocess("plugins", "--json", env={**ALL_PLUGINS, "PYTHONPATH": path})
+    assert any(i["name"].startswith("template") for i in json.loads(installed.stdout)), installed.stdout
 
 
 class _Named:

@@ -34,7 +34,7 @@ def test_init_with_an_image_folder_trains_on_it(cli, tmp_path: Path) -> None:
     assert config.data.train == ["mydata"]
     assert "train 2 classes / 6 images; test 2 classes / 6 images (in the training set)" in result.stdout
     status = json.loads(cli("-C", tmp_path / "p", "status", "--json").stdout)
-    assert status["next"] == ["run `grappa extract`"]
+    assert len(status["next"]) == 1 and status["next"][0].startswith("run `grappa extract`")
 
 
 def test_mrt_six_keep_mrt_as_the_training_set() -> None:

@@ -31,10 +31,13 @@ WorkersOption = Annotated[
 
 def resolve_project(ctx: typer.Context, project: Path | None) -> Any:
     """The project named on this command, else globally, else discovered."""
+    from grappa_cli.diskerrors import set_root
     from grappa_cli.project import discover
 
     explicit = project if project is not None else (ctx.obj or {}).get("project")
-    return discover(explicit)
+    found = discover(explicit)
+    set_root(found.root)
+    return found
 
 
 def print_json(data: Any) -> None:

@@ -27,8 +27,14 @@ def export(
 
     proj = resolve_project(ctx, project)
     check_output(output, force)  # before building anything
+    existed = output.exists()
     result = export_model(proj, model, output, include_backbone=not no_backbone, force=force)
-    proj.record_run("export", model=result.model, path=result.path, sha256=result.sha256)
+    try:
+        proj.record_run("export", model=result.model, path=result.path, sha256=result.sha256)
+    except OSError:
+        if not existed:  # a failed command leaves no new file behind
+            output.unlink(missing_ok=True)
+        raise
     if as_json:
         print_json(result.__dict__)
         return

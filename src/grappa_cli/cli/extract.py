@@ -31,6 +31,8 @@ def extract(
     weights: Annotated[str | None, typer.Option(help="Local pretrained weights file for the backbone.",
                                                 show_default=False)] = None,
     force: ForceOption = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Hash every image's bytes and redo the splits whose "
+                                         "images changed, even where size and time stayed the same.")] = False,
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -48,7 +50,8 @@ def extract(
         raise UsageError(f"--split must be train, test or all (got {split!r})")
     proj = resolve_project(ctx, project)
     options = ExtractOptions(splits=splits, tasks=split_csv(task) or None, device=device, batch_size=batch_size,
-                             num_workers=workers, weights=weights, force=force)
+                             num_workers=workers, weights=weights, force=force,
+                             verify=verify)
     main_rank = launch_rank() == 0
     if main_rank:
         with proj.lock("extract"):

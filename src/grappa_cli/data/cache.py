@@ -240,19 +240,20 @@ def prepare_cache(
     """Create the group's arrays unless a matching partial/complete cache exists; return the state found."""
     key = cache_key(name)
     state = check_state(store, name, size=size, chunk_rows=chunk_rows, inputs=inputs, force=force)
-    if state in ("complete", "partial") and not force:
+    n = len(paths)
+    intact = store.intact(key, {"rows": n, "paths": n, "valid": n, "error": n, "images": n})
+    if state in ("complete", "partial") and not force and intact:
         return state
     params = cache_params(size, chunk_rows)
-    n = len(paths)
     order = np.random.default_rng(ORDER_SEED).permutation(n).astype(np.int64)
     rows = max(1, min(chunk_rows, max(n, 1)))
     store.delete(key)
-    store.begin(key, "cache", params, inputs, images=n)
     store.write_array(f"{key}/rows", order, (max(1, min(n, 1 << 16)),))
     store.write_array(f"{key}/paths", np.asarray(paths, dtype=str)[order], (rows,))
     store.create_array(f"{key}/valid", (n,), bool, (rows,), fill_value=False)
     store.create_array(f"{key}/error", (n,), str, (rows,))
     ShardedRows.create_images(store, f"{key}/images", n, size, chunk_rows)
+    store.begin(key, "cache", params, inputs, images=n)  # last: the record says the arrays exist
     return state
 
 
@@ -268,7 +269,8 @@ def build_image_cache(
     ``reporter`` shard by shard.
     """
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from multiprocessing import get_context
+
+    from grappa_cli.runtime import ignore_interrupts, spawn_context
 
     reporter = reporter or NullReporter()
     key = cache_key(name)
@@ -292,7 +294,8 @@ def build_image_cache(
             for chunk, chunk_paths in jobs:
                 bar.advance(fill_shard(str(store.path), key, chunk, chunk_paths, size).rows)
         elif jobs:
-            with ProcessPoolExecutor(max_workers=num_workers, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(max_workers=num_workers, mp_context=spawn_context(),
+                                     initializer=ignore_interrupts) as pool:
                 queue = list(reversed(jobs))
                 running: set[Any] = set()
                 try:

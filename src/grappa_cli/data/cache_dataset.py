@@ -26,6 +26,7 @@ import torch
 from grappa_cli.data.cache import read_layout
 from grappa_cli.data.chunk_sampler import ChunkShuffleBatchSampler
 from grappa_cli.errors import DataError
+from grappa_cli.runtime import ignore_interrupts, spawn_context
 
 __all__ = ["CachedImageDataset", "CachedPairDataset", "collate_cached", "make_cached_loader"]
 
@@ -210,6 +211,7 @@ def make_cached_loader(
     num_workers = loader_workers(num_workers, len(batch_sampler), len(dataset))
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
-        kwargs.update(multiprocessing_context="spawn", persistent_workers=False, prefetch_factor=prefetch_factor)
+        kwargs.update(multiprocessing_context=spawn_context(), persistent_workers=False,
+                      prefetch_factor=prefetch_factor, worker_init_fn=ignore_interrupts)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
                                        collate_fn=collate_cached, pin_memory=pin_memory, **kwargs)

@@ -18,16 +18,50 @@ from typing import Any
 import torch
 from PIL import Image
 
+from grappa_cli.runtime import ignore_interrupts, spawn_context
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
+class UnsafeImage(ValueError):
+    """An image whose pixel count exceeds PIL's decompression-bomb limit: refused, not decoded."""
+
+
 def load_rgb(path: str, min_side: int | None = None) -> Image.Image:
-    """Decode ``path`` fully into an RGB image (raises on unreadable or truncated files)."""
-    with Image.open(path) as img:
-        if min_side and img.format == "JPEG":
-            img.draft("RGB", (min_side, min_side))
-        img.load()  # forces full decoding: truncated files raise here, not later in a worker
-        return img.convert("RGB")
+    """Decode ``path`` fully into an RGB image (raises on unreadable, truncated or oversized files).
+
+    16-bit and 32-bit grey levels are scaled to 8 bits (PIL's own conversion clips them,
+    which turns a 16-bit image almost white). An image above PIL's decompression-bomb limit
+    (``Image.MAX_IMAGE_PIXELS``) raises :class:`UnsafeImage` naming its size, so it is listed
+    as unreadable with that reason instead of printing PIL's warning.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as img:
+                if min_side and img.format == "JPEG":
+                    img.draft("RGB", (min_side, min_side))
+                img.load()  # forces full decoding: truncated files raise here, not later in a worker
+                return _to_rgb(img)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise UnsafeImage(f"too many pixels to decode safely (a possible decompression bomb): {exc}") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with 8 bits per channel, high-bit-depth grey levels scaled rather than clipped."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        import numpy as np
+
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            top = 1.0 if values.size and values.max() <= 1.0 else 255.0
+        else:
+            top = 65535.0 if img.mode.startswith("I;16") or (values.size and values.max() > 255) else 255.0
+        grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return img.convert("RGB")
 
 
 def decode_min_side(data_config: dict[str, Any]) -> int:
@@ -110,7 +144,8 @@ def make_loader(
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(
-            multiprocessing_context="spawn", persistent_workers=False, prefetch_factor=4,
+            multiprocessing_context=spawn_context(), persistent_workers=False, prefetch_factor=4,
+            worker_init_fn=ignore_interrupts,
         )
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,

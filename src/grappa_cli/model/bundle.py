@@ -10,7 +10,6 @@ use ``min(D', D_l - 1)``), the fusion kind and the caller's provenance.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from grappa_cli.errors import GrappaError, StoreError
-from grappa_cli.fsutil import temporary_sibling
+from grappa_cli.fsutil import publish, temporary_sibling
 from grappa_cli.model.adaptor import Adaptor, AdaptorSet
 from grappa_cli.model.backbone import Backbone
 from grappa_cli.model.grappa import GrappaModel
@@ -67,7 +66,7 @@ def save_bundle(
     tmp = temporary_sibling(Path(path))
     try:
         save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        publish(tmp, Path(path))
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -22,7 +22,6 @@ file or the complete new one, never a partial write.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from grappa_cli import diskerrors
 from grappa_cli.errors import GrappaError, StoreError
-from grappa_cli.fsutil import temporary_sibling
+from grappa_cli.fsutil import publish, temporary_sibling
 from grappa_cli.model.adaptor import Adaptor, AdaptorSet, layer_bottlenecks
 from grappa_cli.model.backbone import Backbone
 from grappa_cli.model.fusion import AttentionFusion, MeanFusion
@@ -65,8 +65,9 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
     tmp = temporary_sibling(path)
     try:
         cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+        diskerrors.expect(sum(v.numel() * v.element_size() for v in cpu.values()))
         save_file(cpu, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -124,6 +124,7 @@ def initial_prototypes(store: Any, k: int, params: dict[str, Any], dim: int) -> 
 
 def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = None) -> list[AdaptResult]:
     """Train (or resume, or skip) the adaptor set of every requested k."""
+    from grappa_cli.planner import require_current
     from grappa_cli.stages.extract import backbone_spec
     from grappa_cli.train import distributed
 
@@ -141,6 +142,8 @@ def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = N
         raise StoreError(f"no complete clustering for k = {', '.join(map(str, missing))}; stored: "
                          f"{', '.join(map(str, available)) or 'none'}",
                          hint=f"run `grappa cluster --k {','.join(map(str, missing))}`")
+    for k in ks:  # never train on pseudo-labels of stale features, --force included
+        require_current(project, cluster_key(k), f"the pseudo-labels at k={k}")
     from grappa_cli.data.cached_training import find_training_cache
     from grappa_cli.model.backbone import build_backbone
 

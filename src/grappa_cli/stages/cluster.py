@@ -29,6 +29,7 @@ from grappa_cli.clustering import kvalues
 from grappa_cli.clustering.base import settings_of
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import StoreError
+from grappa_cli.planner import require_current
 from grappa_cli.project import Project
 from grappa_cli.provenance import describe_mismatch
 
@@ -132,6 +133,7 @@ def run(
 
     store = project.store()
     feat_record = features_record(store)
+    require_current(project, FEATURES_KEY, "the training features")  # never cluster stale features
     inputs = {FEATURES_KEY: feat_record["fingerprint"]}
     embeddings = store.array(EMBEDDINGS_KEY)
     if len(embeddings.shape) != 2:
@@ -224,11 +226,12 @@ def _cluster_one(
     all_labels[rows] = labels
 
     store.delete(key)
-    store.begin(key, "cluster", cluster_params(k, backend, seed, niter, settings), inputs)
     store.write_array(f"{key}/centroids", centroids)
     store.write_array(f"{key}/labels", all_labels)
     store.write_array(f"{key}/sizes", sizes)
-    store.finish(key, summary=summary, inertia=float(result.inertia), iterations=int(result.iterations),
+    # The record last, complete in one write: arrays without it are remade, never used.
+    store.commit(key, "cluster", cluster_params(k, backend, seed, niter, settings), inputs,
+                 summary=summary, inertia=float(result.inertia), iterations=int(result.iterations),
                  seconds=round(seconds, 3), empty_clusters=summary["empty"], n=int(x.shape[0]),
                  unlabeled_rows=int(n_rows - x.shape[0]),
                  info=_jsonable(result.info))

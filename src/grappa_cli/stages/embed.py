@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from grappa_cli import diskerrors
 from grappa_cli import provenance as prov
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import DataError, StoreError
@@ -95,13 +96,12 @@ def prepare(store: Store, job: EmbedJob, *, dim: int, dtype: str, chunk_rows: in
             f"{job.key} was made from other inputs ({prov.describe_mismatch(old, job.params, job.inputs)})",
             hint=f"rerun with --force to redo it (this makes what was built from {job.key} stale)",
         )
-    if state == "complete" and not force:
-        return "complete"
-    if state == "partial" and not force:
-        return "partial"
     n = len(job.paths)
+    if state in ("complete", "partial") and not force and store.intact(job.key, _arrays(job, n, chunk_rows)):
+        return state
+    diskerrors.expect(n * dim * np.dtype(dtype).itemsize + sum(len(x) for x in job.paths) * 4)
     store.delete(job.key)
-    store.begin(job.key, job.stage, job.params, job.inputs)
+    # Arrays first, record last: a group without a record is remade, never resumed.
     ChunkedArray.create(store, f"{job.key}/embeddings", (n, dim), dtype, chunk_rows)
     rows = max(1, min(chunk_rows, max(n, 1)))
     store.create_array(f"{job.key}/valid", (n,), bool, (rows,), fill_value=False)
@@ -109,7 +109,17 @@ def prepare(store: Store, job: EmbedJob, *, dim: int, dtype: str, chunk_rows: in
     store.write_array(f"{job.key}/paths", np.asarray(job.paths, dtype=str), (rows,))
     if job.labels is not None:
         store.write_array(f"{job.key}/labels", np.asarray(job.labels, dtype=np.int32), (rows,))
+    store.begin(job.key, job.stage, job.params, job.inputs)
     return "created"
+
+
+def _arrays(job: EmbedJob, n: int, chunk_rows: int) -> dict[str, int]:
+    """The arrays (and their row counts) a group of ``job`` must hold to be resumed or used."""
+    rows = max(1, min(chunk_rows, max(n, 1)))
+    arrays = {"embeddings": n, "embeddings_done": -(-n // rows), "valid": n, "error": n, "paths": n}
+    if job.labels is not None:
+        arrays["labels"] = n
+    return arrays
 
 
 def run_embedding(

@@ -33,6 +33,8 @@ class ExtractOptions:
     force: bool = False
     #: redo stale splits instead of refusing them (``grappa run``)
     refresh: bool = False
+    #: hash every image's bytes and redo splits whose images changed (``--verify``)
+    verify: bool = False
 
 
 def backbone_spec(config: Any, weights: str | None = None) -> Any:
@@ -75,24 +77,52 @@ def extract(project: Project, options: ExtractOptions, reporter: Reporter | None
     params = backbone_params(backbone, config)
     store = project.store()
 
-    jobs: list[EmbedJob] = []
+    jobs: list[tuple[EmbedJob, str | None]] = []
     if "train" in options.splits:
         train = sources.training_set(config)
-        jobs.append(EmbedJob(TRAIN_KEY, "extract", train.paths, None, params,
-                             {"images": train.fingerprint()}, "training set"))
+        inputs, content = image_inputs(store, TRAIN_KEY, train, options.verify)
+        jobs.append((EmbedJob(TRAIN_KEY, "extract", train.paths, None, params, inputs, "training set"), content))
     if "test" in options.splits:
         for task in options.tasks or sources.evaluation_tasks(config):
             test = sources.test_set(config, task)
-            jobs.append(EmbedJob(test_key(task), "extract", test.paths, test.labels, params,
-                                 {"images": test.fingerprint()}, f"{task} test split"))
+            inputs, content = image_inputs(store, test_key(task), test, options.verify)
+            jobs.append((EmbedJob(test_key(task), "extract", test.paths, test.labels, params, inputs,
+                                  f"{task} test split"), content))
     results = []
-    for job in jobs:
+    for job, content in jobs:
+        changed = "content" in job.inputs and (store.provenance(job.key) or {}).get("inputs", {}).get(
+            "content") != job.inputs["content"]
         results.append(run_embedding(
             store, job, backbone, transform, dim=backbone.embed_dim, dtype=config.data.feature_dtype,
             chunk_rows=config.data.chunk_size, batch_size=options.batch_size or config.data.batch_size,
             num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
             device=device, amp=config.runtime.amp, min_side=decode_min_side(backbone.data_config),
-            force=options.force, refresh=options.refresh, reporter=reporter,
+            force=options.force, refresh=options.refresh or changed, reporter=reporter,
             compile=config.runtime.compile or None,
         ))
+        if content is not None and distributed.rank() == 0:
+            store.update(job.key, content=content)
     return results
+
+
+def image_inputs(store: Any, key: str, images: Any, verify: bool) -> tuple[dict[str, str], str | None]:
+    """The ``inputs`` of a features group, and the content hash to record (``--verify`` only).
+
+    ``images`` is the fingerprint of paths, sizes and mtimes. ``--verify`` hashes the bytes
+    too: when they differ from the hash recorded last time, the hash joins the inputs, so
+    the split is redone and everything made from it becomes stale. Later runs without
+    ``--verify`` carry that hash over while the stat fingerprint is unchanged.
+    """
+    inputs = {"images": images.fingerprint()}
+    record = store.provenance(key) or {}
+    old = record.get("inputs") or {}
+    same_files = old.get("images") == inputs["images"]
+    if not verify:
+        if same_files and "content" in old:
+            inputs["content"] = old["content"]
+        return inputs, None
+    content = images.content_fingerprint()
+    known = old.get("content", record.get("content"))
+    if "content" in old or (known is not None and known != content) or not same_files:
+        inputs["content"] = content
+    return inputs, content

@@ -47,6 +47,7 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
     from grappa_cli.model.backbone import build_backbone
     from grappa_cli.model.bundle import save_bundle
     from grappa_cli.model.checkpoint import load_adaptor_set, save_fusion
+    from grappa_cli.planner import require_current
     from grappa_cli.stages.extract import backbone_spec
     from grappa_cli.train import distributed
 
@@ -64,7 +65,7 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
     if unknown:
         raise StoreError(f"no trained adaptor set {', '.join(unknown)}; available: {', '.join(available)}",
                          hint="run `grappa adapt --k ...` first")
-    records = {n: artifacts.record(project, f"adaptors/{n}") for n in names}
+    records = {n: require_current(project, f"adaptors/{n}", f"adaptor set {n}") for n in names}
     for n, rec in records.items():
         if rec.get("inputs", {}).get(FEATURES) != features["fingerprint"]:
             raise StoreError(f"adaptor set {n} was trained on another feature store (features/train changed)",

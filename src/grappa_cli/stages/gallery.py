@@ -8,12 +8,17 @@ files are skipped and listed. The L2-normalised embeddings then go into a faiss 
 ``indexes/<name>.json`` that says what the index holds: the store group of its paths, the
 model's name and fingerprint, the dimension and the index settings. The sidecar is written
 last: an index without one is unfinished.
+
+A rebuild (``--force``, or new images) fills the next generation (``gallery/<name>+2``, ...,
+with its own faiss file ``<name>+2.faiss``) beside the current one and swaps by replacing the
+sidecar atomically; only then are the old generation's files removed. Searches read the
+sidecar first, so they use the old complete index until the swap, and one that loses a race
+with the removal starts over on the new sidecar.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -64,11 +69,10 @@ def list_images(root: Path) -> list[str]:
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"gallery folder {root} does not exist or is not a folder", hint="pass a folder of images")
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(os.path.join(folder, f) for f in files
-                     if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+    from grappa_cli.data.tasks.imagefolder import walk_images, warn_skipped
+
+    found, skipped = walk_images(root, IMAGE_EXTENSIONS)
+    warn_skipped(root, skipped)
     if not found:
         raise DataError(f"no image files under {root}",
                         hint=f"the gallery needs files ending in {', '.join(IMAGE_EXTENSIONS)}")
@@ -153,40 +157,46 @@ def build_gallery_index(project: Project, gallery: Path, options: IndexOptions,
     model_fp = models.fingerprint(project, ref, backbone)
     chunk_rows = config.data.chunk_size
     params = {"model": ref.name, "model_fingerprint": model_fp, "dtype": "float32", "chunk_size": chunk_rows}
-    job = EmbedJob(gallery_key(name), "index", paths, None, params,
-                   {"images": ImageList(paths).fingerprint(), **model_inputs}, f"gallery {name}")
+    inputs = {"images": ImageList(paths).fingerprint(), **model_inputs}
     store = project.store()
-    if not options.force and distributed.is_main() and store.state(job.key, params, job.inputs) == "stale":
-        why = prov.describe_mismatch(store.provenance(job.key) or {}, params, job.inputs)
+    sidecar = read_sidecar(project, name)
+    current = sidecar["store_key"] if sidecar else None
+    if current and not options.force and store.state(current, params, inputs) == "stale":
+        why = prov.describe_mismatch(store.provenance(current) or {}, params, inputs)
         raise StoreError(f"the gallery embeddings of index {name!r} were made from other inputs ({why})",
                          hint="pass --force to redo them (the gallery's files or the model changed), "
                               "or choose another --name to keep both")
+    # Searches keep reading the current generation; a rebuild fills the next one beside it.
+    reuse = current and not options.force and store.state(current, params, inputs) == "complete"
+    key = current if reuse else next_generation(name, current)
+    job = EmbedJob(key, "index", paths, None, params, inputs, f"gallery {name}")
     embedded = run_embedding(
         store, job, embedder, eval_transform(backbone.data_config), dim=backbone.embed_dim, dtype="float32",
         chunk_rows=chunk_rows, batch_size=options.batch_size or config.data.batch_size,
         num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
         device=resolve_device(options.device or config.runtime.device), amp=config.runtime.amp,
-        min_side=decode_min_side(backbone.data_config), force=options.force, reporter=reporter,
+        min_side=decode_min_side(backbone.data_config), refresh=True, reporter=reporter,
     )
     if not distributed.is_main():
         return None
     group = store.provenance(job.key) or {}
     valid = store.read(f"{job.key}/valid")
     settings = options.settings.resolved(int(valid.sum()))
-    sidecar = read_sidecar(project, name)
     result = IndexResult(name, ref.name, str(Path(gallery).expanduser().resolve()), len(paths), int(valid.sum()),
-                         backbone.embed_dim, settings.params(), embedded.bad, str(index_path(project, name)),
+                         backbone.embed_dim, settings.params(), embedded.bad,
+                         str(project.indexes_dir / f"{generation_name(job.key)}.faiss"),
                          embed_seconds=embedded.seconds, embedding_skipped=embedded.skipped)
     if (sidecar and not options.force and sidecar.get("embeddings_fingerprint") == group.get("fingerprint")
             and sidecar.get("embeddings_completed") == group.get("completed")
-            and sidecar.get("index") == settings.params() and index_path(project, name).is_file()):
+            and sidecar.get("index") == settings.params() and index_file(project, sidecar).is_file()):
         result.index_skipped = True
         return result
     start = time.perf_counter()
     index = _fill_index(store, job.key, valid, settings, backbone.embed_dim, reporter)
     result.index_seconds = time.perf_counter() - start
-    _write(project, name, index, {
-        "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "name": name, "gallery": result.gallery,
+    _write(project, name, index, sidecar, {
+        "format": SIDECAR_FORMAT, "index_file": f"{generation_name(job.key)}.faiss",
+        "format_version": SIDECAR_VERSION, "name": name, "gallery": result.gallery,
         "store_key": job.key, "paths": f"{job.key}/paths", "embeddings_fingerprint": group.get("fingerprint"),
         "embeddings_completed": group.get("completed"), "model": ref.name, "model_fingerprint": model_fp,
         "model_id": backbone.model_id, "model_inputs": model_inputs, "dim": backbone.embed_dim,
@@ -220,15 +230,40 @@ def _fill_index(store: Any, key: str, valid: np.ndarray, settings: IndexSettings
     return build_index(settings, dim, batches(), training)
 
 
-def _write(project: Project, name: str, index: Any, sidecar: dict[str, Any]) -> None:
-    """The index, then its sidecar (the sidecar marks the index finished)."""
+def _write(project: Project, name: str, index: Any, old: dict[str, Any] | None, sidecar: dict[str, Any]) -> None:
+    """The index file, then the sidecar naming it (one atomic replace swaps generations),
+    then the previous generation's files, which no new search can reach any more."""
     from grappa_cli.fsutil import atomic_write_text
     from grappa_cli.vector_index import save_index
 
     project.indexes_dir.mkdir(parents=True, exist_ok=True)
-    sidecar_path(project, name).unlink(missing_ok=True)
-    save_index(index, index_path(project, name))
+    new_file = project.indexes_dir / sidecar["index_file"]
+    save_index(index, new_file)
     atomic_write_text(sidecar_path(project, name), json.dumps(sidecar, indent=2, default=str) + "\n")
+    if old:
+        old_file = index_file(project, old)
+        if old_file != new_file:
+            old_file.unlink(missing_ok=True)
+        if old.get("store_key") and old["store_key"] != sidecar["store_key"]:
+            project.store().delete(old["store_key"])
+
+
+def generation_name(key: str) -> str:
+    """``gallery/default+3`` -> ``default+3`` (file stem of that generation's index)."""
+    return key.split("/", 1)[1]
+
+
+def next_generation(name: str, current: str | None) -> str:
+    """The store key of the next build of index ``name``: ``gallery/<name>``, then ``gallery/<name>+2``, ..."""
+    if current is None:
+        return gallery_key(name)
+    tail = current.rsplit("+", 1)[1] if "+" in current else "1"
+    return f"{gallery_key(name)}+{(int(tail) if tail.isdigit() else 1) + 1}"
+
+
+def index_file(project: Project, sidecar: dict[str, Any]) -> Path:
+    """The faiss file a sidecar names (``<name>.faiss`` for indexes built before generations)."""
+    return project.indexes_dir / sidecar.get("index_file", f"{sidecar['name']}.faiss")
 
 
 def require_index(project: Project, name: str | None) -> dict[str, Any]:
@@ -238,7 +273,7 @@ def require_index(project: Project, name: str | None) -> dict[str, Any]:
         name = DEFAULT_NAME if DEFAULT_NAME in names or len(names) != 1 else names[0]
     check_name(name)
     sidecar = read_sidecar(project, name)
-    if sidecar is None or not index_path(project, name).is_file():
+    if sidecar is None or not index_file(project, sidecar).is_file():
         others = f"; existing indexes: {', '.join(names)}" if names else ""
         flag = "" if name == DEFAULT_NAME else f" --name {name}"
         raise StoreError(f"no index named {name!r} in this project{others}",

@@ -91,6 +91,18 @@ def initialise(
     summaries = read_tasks(config)
     text = config_mod.render(config)
 
+    if is_project(root):  # --force on an existing project: not while another command works in it
+        with Project(root).lock("init --force"):
+            config_path = root / config_mod.CONFIG_NAME
+            atomic_write_text(root / f"{config_mod.CONFIG_NAME}.bak", config_path.read_text())
+            _write_layout(root, text)
+        return Project(root), summaries
+    _write_layout(root, text)
+    return Project(root), summaries
+
+
+def _write_layout(root: Path, text: str) -> None:
+    """The folders, the empty store and ``grappa.toml``; on failure, remove what was created."""
     created: list[Path] = []
     try:
         if not root.exists():
@@ -110,7 +122,6 @@ def initialise(
             shutil.rmtree(path, ignore_errors=True)
         raise GrappaError(f"cannot create the project in {root}: {exc.strerror or exc}",
                           hint="choose a writable directory") from None
-    return Project(root), summaries
 
 
 def read_tasks(config: config_mod.GrappaConfig) -> list[Any]:

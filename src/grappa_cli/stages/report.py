@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from grappa_cli import artifacts, paper
@@ -43,6 +45,8 @@ from grappa_cli.stages.results import (
 METRIC_KEYS = tuple(key for key, _ in TABLE_METRICS)
 #: Appended to the value of a result whose inputs changed since it was computed.
 STALE_MARK = "†"
+#: Written after every other report file: which results the report shows (``report_state``).
+MANIFEST = "report.json"
 
 
 @dataclass
@@ -314,4 +318,27 @@ def report(project: Project, options: ReportOptions, reporter: Reporter | None =
                                                per_task=options.examples_per_task, task_order=list(config.tasks),
                                                device=options.device)
             files.append(str(path))
+    # The manifest last: it says which results the files above show, and that they are all written.
+    manifest = {"results": current_results(project), "files": [Path(f).name for f in files]}
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return ReportResult(table, files, examples)
+
+
+def current_results(project: Project) -> dict[str, str | None]:
+    """``results/<model>/<task>`` -> fingerprint of every stored result."""
+    ids = [f"results/{p.parent.name}/{p.stem}" for p in sorted(project.results_dir.glob("*/*.json"))]
+    return {i: artifacts.fingerprint(project, i) for i in ids}
+
+
+def report_state(project: Project) -> str:
+    """``complete`` when the report's manifest lists every file present and the current results, else why not."""
+    path = project.reports_dir / MANIFEST
+    if not path.is_file():
+        return "missing"
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError:
+        return "missing"
+    if any(not (project.reports_dir / name).is_file() for name in manifest.get("files", [])):
+        return "partial"
+    return "complete" if manifest.get("results") == current_results(project) else "stale"

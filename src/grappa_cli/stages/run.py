@@ -5,6 +5,9 @@ model) -> report. Each stage skips what is complete for the current configuratio
 inputs, resumes what was interrupted, and redoes what is stale: a changed setting or input
 makes exactly the artifacts that depend on it stale (their recorded input fingerprints no
 longer match), so only those rerun. A second ``grappa run`` finds nothing to do.
+
+The plan (:mod:`grappa_cli.planner`, what ``grappa status`` prints) is built first and returned
+as ``planned``: the artifacts the run is expected to (re)make; the stages apply the same rules.
 """
 
 from __future__ import annotations
@@ -33,23 +36,29 @@ class StageOutcome:
 class RunOutcome:
     stages: list[StageOutcome]
     report: Any = None
+    #: what the plan (``grappa status``) announced before the run: artifact ids to (re)make
+    planned: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         return any(s.changed for s in self.stages)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"changed": self.changed,
+        return {"changed": self.changed, "planned": self.planned,
                 "stages": [{"stage": s.stage, "done": s.done, "skipped": s.skipped} for s in self.stages]}
 
 
 def run_pipeline(project: Project, *, device: str | None = None, reporter: PipelineReporter | None = None,
                  until: str | None = None) -> RunOutcome:
     """Run the pipeline up to ``until`` (default: through the report)."""
+    from grappa_cli import planner
     from grappa_cli.console import NullReporter
+    from grappa_cli.plugin_check import check_config
 
     config = project.config()
+    check_config(config)  # a misspelt plugin name fails now, not after hours of work
     stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
+    planned = [node.id for node in planner.build(project, config).todo() if node.stage in stages]
     view: Any = reporter or NullReporter()
     outcomes: list[StageOutcome] = []
     for stage in stages:
@@ -59,7 +68,7 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
         outcomes.append(outcome)
         if hasattr(view, "step_done"):
             view.step_done()
-    return RunOutcome(outcomes)
+    return RunOutcome(outcomes, planned=planned)
 
 
 def _extract(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
@@ -121,14 +130,12 @@ def _eval(project: Project, config: Any, device: str | None, view: Any) -> Stage
 
 
 def _report(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
-    """Rewrite the report when results changed in this run (or when it does not exist yet)."""
-    from grappa_cli.stages.report import ReportOptions, report
+    """Rewrite the report unless its manifest shows exactly the current results, all files written."""
+    from grappa_cli.stages.report import ReportOptions, report, report_state
 
     outcome = StageOutcome("report")
     table = project.reports_dir / "table2.md"
-    results = sorted(project.results_dir.glob("*/*.json"))
-    newest = max((p.stat().st_mtime for p in results), default=0.0)
-    if table.is_file() and table.stat().st_mtime >= newest:
+    if report_state(project) == "complete":
         outcome.skipped.append(str(table))
         return outcome
     outcome.done.extend(report(project, ReportOptions(device=device), view).files)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from grappa_cli.errors import DataError, StoreError
+from grappa_cli.errors import DataError, GrappaError, StoreError
 from grappa_cli.project import Project
 
 
@@ -82,13 +82,33 @@ def embed_queries(paths: list[str], embedder: Any, data_config: dict[str, Any], 
 def search_gallery(project: Project, queries: list[str | Path], *, k: int = 10, name: str | None = None,
                    nprobe: int | None = None, ef_search: int | None = None,
                    device: str | None = None) -> SearchResult:
-    """Top-``k`` gallery images for each query image, with cosine similarities."""
+    """Top-``k`` gallery images for each query image, with cosine similarities.
+
+    A concurrent ``grappa index --force`` swaps in a new generation and then removes the
+    old one; a search that read the old sidecar and lost its files starts over once on the
+    new sidecar.
+    """
+    from grappa_cli.stages.gallery import read_sidecar, require_index
+
+    for attempt in range(3):
+        seen = require_index(project, name)
+        try:
+            return _search_once(project, queries, k=k, name=name, nprobe=nprobe, ef_search=ef_search,
+                                device=device)
+        except (GrappaError, OSError, KeyError):
+            if attempt == 2 or read_sidecar(project, seen["name"]) == seen:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _search_once(project: Project, queries: list[str | Path], *, k: int, name: str | None,
+                 nprobe: int | None, ef_search: int | None, device: str | None) -> SearchResult:
     from grappa_cli.model.backbone import build_backbone
     from grappa_cli.model.export import EmbeddingModel
     from grappa_cli.runtime import resolve_device
     from grappa_cli.stages import models
     from grappa_cli.stages.extract import backbone_spec
-    from grappa_cli.stages.gallery import index_path, require_index
+    from grappa_cli.stages.gallery import index_file, require_index
     from grappa_cli.vector_index import configure_search, load_index, search
 
     sidecar = require_index(project, name)
@@ -115,9 +135,9 @@ def search_gallery(project: Project, queries: list[str | Path], *, k: int = 10, 
         what = "its backbone" if backbone.model_id != sidecar.get("model_id") else "its adaptor sets or fusion"
         raise _stale(sidecar, f"model {ref.name!r} changed since the gallery was embedded ({what})")
 
-    index = load_index(index_path(project, name))
+    index = load_index(index_file(project, sidecar))
     if index.ntotal != sidecar.get("vectors") or index.d != sidecar.get("dim"):
-        raise _stale(sidecar, f"{index_path(project, name).name} does not match its sidecar")
+        raise _stale(sidecar, f"{index_file(project, sidecar).name} does not match its sidecar")
     configure_search(index, nprobe=nprobe, ef_search=ef_search)
 
     embedder = EmbeddingModel(models.load(project, ref, backbone), name=ref.name)

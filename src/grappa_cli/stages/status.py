@@ -6,7 +6,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from grappa_cli import artifacts
 from grappa_cli.project import Project
 
 
@@ -31,15 +30,6 @@ class ProjectStatus:
         return {"root": self.root, "artifacts": [asdict(a) for a in self.artifacts], "next": self.next_steps}
 
 
-def _state(project: Project, rec: dict[str, Any] | None, store: Any) -> tuple[str, list[str]]:
-    if rec is None:
-        return "missing", []
-    if not rec.get("complete"):
-        return "partial", []
-    stale = artifacts.stale_inputs(project, rec, store)
-    return ("stale" if stale else "complete"), stale
-
-
 def _detail(rec: dict[str, Any] | None) -> str:
     if not rec:
         return ""
@@ -47,62 +37,65 @@ def _detail(rec: dict[str, Any] | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in summary.items())
 
 
-def _by_k(name: str) -> tuple[int, str]:
-    """``k8`` before ``k32`` before ``k128`` (numeric order), other names after."""
-    return (int(name[1:]), name) if name[1:].isdigit() else (1 << 62, name)
-
-
 def collect(project: Project) -> ProjectStatus:
-    """Inspect the store, checkpoints and results of ``project`` (reads metadata only)."""
+    """Every artifact of the project's plan (:mod:`grappa_cli.planner`): what ``grappa run`` would do.
+
+    Reads records and stats the images; loads no model.
+    """
+    from grappa_cli import planner
+
     config = project.config()
-    store = project.store(mode="r") if project.store_path.exists() else None
+    plan = planner.build(project, config)
     items: list[ArtifactStatus] = []
-
-    def add(stage: str, artifact_id: str) -> ArtifactStatus:
-        rec = artifacts.record(project, artifact_id, store) if store is not None or not artifact_id.startswith(
-            artifacts.STORE_PREFIXES) else None
-        state, stale = _state(project, rec, store)
-        item = ArtifactStatus(stage, artifact_id, state, _detail(rec), stale)
-        items.append(item)
-        return item
-
-    add("extract", "features/train")
-    if store is not None:
-        for task in store.children("features/test"):
-            add("extract", f"features/test/{task}")
-        for name in sorted(store.children("clusters"), key=_by_k):
-            add("cluster", f"clusters/{name}")
-        for name in store.children("cache"):
-            add("cache", f"cache/{name}")
-        for name in store.children("gallery"):
-            add("index", f"gallery/{name}")
-    for path in sorted(project.adaptors_dir.glob("*.safetensors"), key=lambda p: _by_k(p.stem)):
-        add("adapt", f"adaptors/{path.stem}")
-    for path in sorted(project.fusion_dir.glob("*.safetensors")):
-        add("fuse", f"fusion/{path.stem}")
-    for path in sorted(project.results_dir.glob("*/*.json")):
-        add("eval", f"results/{path.parent.name}/{path.stem}")
-
-    return ProjectStatus(str(project.root), items, _next_steps(config, items))
+    for node in plan.nodes:
+        detail = _detail(node.record)
+        if node.state != "complete" and node.reason and node.reason != "not made yet":
+            detail = f"{detail}; {node.reason}" if detail else node.reason
+        if not node.configured:
+            detail = f"{detail}; not in grappa.toml" if detail else "not in grappa.toml"
+        items.append(ArtifactStatus(node.stage, node.id, node.state, detail, node.stale_inputs))
+    items += _side_artifacts(project)
+    return ProjectStatus(str(project.root), items, _next_steps(config, plan))
 
 
-def _next_steps(config: Any, items: list[ArtifactStatus]) -> list[str]:
-    by_stage: dict[str, list[ArtifactStatus]] = {}
-    for item in items:
-        by_stage.setdefault(item.stage, []).append(item)
+def _side_artifacts(project: Project) -> list[ArtifactStatus]:
+    """Image caches and gallery embeddings: not pipeline steps, shown with the direct rule."""
+    from grappa_cli import artifacts
+
+    if not project.store_path.exists():
+        return []
+    store = project.store(mode="r")
+    found = []
+    for stage, group in (("cache", "cache"), ("index", "gallery")):
+        for name in store.children(group):
+            rec = store.provenance(f"{group}/{name}")
+            if rec is None:
+                state, stale = "missing", []
+            elif not rec.get("complete"):
+                state, stale = "partial", []
+            else:
+                stale = artifacts.stale_inputs(project, rec, store)
+                state = "stale" if stale else "complete"
+            found.append(ArtifactStatus(stage, f"{group}/{name}", state, _detail(rec), stale))
+    return found
+
+
+def _next_steps(config: Any, plan: Any) -> list[str]:
     steps: list[str] = []
     problem = _training_set_problem(config)
-    if problem:
+    if problem:  # no stage can run before data.train can be read
         steps.append(problem)
         return steps
-    for stage, command in (("extract", "grappa extract"), ("cluster", "grappa cluster"),
-                           ("adapt", "grappa adapt"), ("fuse", "grappa fuse"), ("eval", "grappa eval")):
-        entries = by_stage.get(stage, [])
-        if not entries or any(e.state != "complete" for e in entries):
-            bad = [e for e in entries if e.state in ("stale", "partial")]
-            reason = f" ({', '.join(f'{e.id} is {e.state}' for e in bad)})" if bad else ""
-            steps.append(f"run `{command}`{reason}")
-            break
+    todo = plan.todo()
+    stage = plan.first_stage()
+    if stage is not None:
+        from grappa_cli.planner import STAGE_COMMANDS
+
+        bad = [n for n in todo if n.stage == stage and n.state in ("stale", "partial")]
+        reason = f" ({', '.join(f'{n.id} is {n.state}' for n in bad)})" if bad else ""
+        later = sorted({n.stage for n in todo} - {stage}, key=list(STAGE_COMMANDS).index)
+        then = f", then {', '.join(later)} (or all at once: `grappa run`)" if later else ""
+        steps.append(f"run `{STAGE_COMMANDS[stage]}`{reason}{then}")
     return steps
 
 

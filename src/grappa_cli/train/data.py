@@ -25,10 +25,47 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from grappa_cli.runtime import loader_workers
+from grappa_cli.runtime import ignore_interrupts, loader_workers, spawn_context
 from grappa_cli.train.rng import derive_seed
 
-__all__ = ["BatchSamplerFactory", "EpochBatchSampler", "EpochShuffleSampler", "make_batch_loader", "make_loader"]
+__all__ = ["BatchSamplerFactory", "EpochBatchSampler", "EpochShuffleSampler", "SeededSamples", "make_batch_loader",
+           "make_loader"]
+
+
+class SeededSamples(Dataset):
+    """``dataset[i]`` drawn under random generators seeded by ``(seed, i)``: worker-count independent.
+
+    DataLoader workers seed their generators per worker, so the augmentation an item gets
+    would depend on which worker loads it, and a run with 2 workers would train other
+    weights than one with 0. Here python's ``random``, numpy's and torch's global generators
+    are seeded from the epoch's ``seed`` and the item's index just for that item (and put
+    back afterwards, so the caller's streams are untouched), which makes every item a pure
+    function of ``(seed, epoch, index)``.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        import random
+
+        import numpy as np
+
+        item_seed = derive_seed(self.seed, int(index))
+        saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        try:
+            random.seed(item_seed)
+            np.random.seed(item_seed % (1 << 32))
+            torch.manual_seed(item_seed)
+            return self.dataset[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
 
 
 class EpochBatchSampler(Protocol):
@@ -102,8 +139,9 @@ def make_loader(
         pin_memory=pin_memory,
         drop_last=True,
         generator=torch.Generator().manual_seed(worker_seed),
-        multiprocessing_context="spawn" if num_workers > 0 else None,
+        multiprocessing_context=spawn_context() if num_workers > 0 else None,
         persistent_workers=False,
+        worker_init_fn=ignore_interrupts if num_workers > 0 else None,
     )
 
 
@@ -120,7 +158,8 @@ def make_batch_loader(
     num_workers = loader_workers(num_workers, len(batch_sampler), len(dataset))  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
-        kwargs.update(multiprocessing_context="spawn", persistent_workers=False, prefetch_factor=4)
+        kwargs.update(multiprocessing_context=spawn_context(), persistent_workers=False, prefetch_factor=4,
+                      worker_init_fn=ignore_interrupts)
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,

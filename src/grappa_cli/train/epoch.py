@@ -112,5 +112,18 @@ def _diverged(value: float, epoch: int, index: int, progress: dict[str, Any], ru
     raise TrainingError(
         f"the loss became {kind} at epoch {epoch + 1}, step {index + 1} (global step {progress['step'] + 1}); "
         f"{kept} in {run.path}",
-        hint="lower the learning rate or enable gradient clipping (grad_clip)",
+        hint=divergence_hint(run.path.name),
     )
+
+
+def divergence_hint(run_name: str) -> str:
+    """What to change after a NaN/inf loss, in settings the stage's own section accepts.
+
+    Runs are named after their stage (``adapt-k<K>``, ``fuse-<strategy>``): ``[adapt]`` has
+    ``grad_clip``, ``[fuse]`` has none but a warm-up.
+    """
+    if run_name.startswith("fuse-"):
+        return "lower [fuse] lr or lengthen [fuse] warmup_epochs in grappa.toml, then rerun with --force"
+    if run_name.startswith("adapt-"):
+        return "lower [adapt] lr or set [adapt] grad_clip (e.g. 1.0) in grappa.toml, then rerun with --force"
+    return "lower the learning rate or enable gradient clipping (grad_clip)"

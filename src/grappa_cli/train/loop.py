@@ -40,7 +40,13 @@ from grappa_cli.provenance import fingerprint
 from grappa_cli.runtime import resolve_device
 from grappa_cli.train import distributed as dist_utils
 from grappa_cli.train.checkpoint import RunDir
-from grappa_cli.train.data import BatchSamplerFactory, EpochShuffleSampler, make_batch_loader, make_loader
+from grappa_cli.train.data import (
+    BatchSamplerFactory,
+    EpochShuffleSampler,
+    SeededSamples,
+    make_batch_loader,
+    make_loader,
+)
 from grappa_cli.train.epoch import run_epoch
 from grappa_cli.train.objective import load_trainable_state, trainable_state
 from grappa_cli.train.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
@@ -58,6 +64,7 @@ BatchPreparer = Callable[[Any, torch.device, torch.Generator], Any]
 
 #: Mixed into the seed of the generator handed to ``prepare_batch``.
 _PREPARE_STREAM = 0xBA7C
+_ITEM_STREAM = 0x17E5
 
 
 @dataclass
@@ -264,14 +271,15 @@ def _epoch_loader(
         set_epoch(epoch)  # before the loader pickles the dataset for its workers
     common = {"num_workers": config.num_workers, "collate_fn": collate_fn, "pin_memory": device.type == "cuda",
               "worker_seed": derive_seed(config.seed, epoch, rank, 0x0A7A)}
+    items = SeededSamples(data, derive_seed(config.seed, epoch, _ITEM_STREAM))  # same for any worker count
     if make_batch_sampler is None:
         sampler = EpochShuffleSampler(len(data), config.batch_size, seed=config.seed, rank=rank, world_size=world)
         sampler.set_epoch(epoch)
-        return make_loader(data, sampler, **common)
+        return make_loader(items, sampler, **common)
     batches = make_batch_sampler(data, batch_size=config.batch_size // world, seed=config.seed, rank=rank,
                                  world_size=world)
     batches.set_epoch(epoch)
-    return make_batch_loader(data, batches, **common)
+    return make_batch_loader(items, batches, **common)
 
 
 def _epoch_preparer(

@@ -30,19 +30,40 @@ class ImageList:
         return len(self.paths)
 
     def fingerprint(self) -> str:
-        """Hash of the paths, their sizes and the labels: what an artifact was made from."""
+        """Hash of the paths, their sizes and modification times (ns), and the labels.
+
+        What an artifact was made from: an edited image changes its mtime even when its size
+        stays, so the features made from it become stale. :meth:`content_fingerprint` also
+        sees edits that keep both (``grappa extract --verify``).
+        """
         import hashlib
         import os
 
         digest = hashlib.sha256()
         for path in self.paths:
             try:
-                size = os.stat(path).st_size
+                info = os.stat(path)
+                size, mtime = info.st_size, info.st_mtime_ns
             except OSError:
-                size = -1
-            digest.update(f"{path}\t{size}\n".encode())
+                size, mtime = -1, -1
+            digest.update(f"{path}\t{size}\t{mtime}\n".encode())
         if self.labels is not None:
             digest.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
+
+    def content_fingerprint(self) -> str:
+        """Hash of the paths and every file's bytes (slow: reads all images)."""
+        import hashlib
+
+        from grappa_cli.fsutil import sha256_file
+
+        digest = hashlib.sha256()
+        for path in self.paths:
+            try:
+                content = sha256_file(Path(path))
+            except OSError as exc:
+                content = f"unreadable {exc.errno}"
+            digest.update(f"{path}\t{content}\n".encode())
         return digest.hexdigest()[:16]
 
 

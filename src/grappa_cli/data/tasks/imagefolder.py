@@ -31,13 +31,84 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def list_images(directory: Path) -> list[str]:
-    """Every image file below ``directory`` (recursively, links followed), sorted by path."""
+def folder_key(path: str | Path) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of a folder (links followed), None when it cannot be read."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def walk_images(
+    directory: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, avoid: set[tuple[int, int]] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Image files below ``directory`` (links followed, each real folder visited once), sorted,
+    and the linked folders skipped because they were already visited (symlink loops and
+    duplicate links).
+
+    A folder is known by ``(st_dev, st_ino)``: a link back to an ancestor would otherwise be
+    walked forever, and a second link to the same folder would list its images twice.
+    ``avoid`` holds folders never to enter below ``directory`` (a dataset root and its other
+    class folders, so a link cannot file one class's images under another).
+    """
     found: list[str] = []
-    for current, dirs, files in os.walk(directory, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(os.path.join(current, f) for f in files if is_image_file(f))
-    return sorted(found)
+    skipped: list[str] = []
+    seen: set[tuple[int, int]] = set(avoid or ())
+    seen.discard(folder_key(directory))  # type: ignore[arg-type]
+    stack = [str(directory)]
+    while stack:
+        current = stack.pop()
+        key = folder_key(current)
+        if key is None:
+            continue
+        if key in seen:
+            skipped.append(current)
+            continue
+        seen.add(key)
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                continue
+            if is_dir:
+                subdirs.append(entry.path)
+            elif entry.name.lower().endswith(extensions):
+                found.append(entry.path)
+        stack.extend(reversed(subdirs))
+    return sorted(found), skipped
+
+
+def list_images(directory: Path) -> list[str]:
+    """Every image file below ``directory`` (recursively, links followed, loops cut), sorted by path.
+
+    Folders reached twice (a symlink loop, or two links to one folder) are walked once and
+    reported as a :class:`~grappa_cli.errors.GrappaWarning`.
+    """
+    found, skipped = walk_images(Path(directory))
+    warn_skipped(directory, skipped)
+    return found
+
+
+def warn_skipped(directory: Path, skipped: list[str]) -> None:
+    """One warning naming the folders walked once only (shown as ``Warning: ...`` by the CLI)."""
+    if not skipped:
+        return
+    import warnings
+
+    from grappa_cli.errors import GrappaWarning
+
+    shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    warnings.warn(GrappaWarning(
+        f"{directory}: {len(skipped)} linked folder(s) lead to a folder already listed (symlink loop or "
+        f"duplicate link), listed once: {shown}"), stacklevel=2)
 
 
 def _check_dir(root: Path) -> Path:
@@ -64,17 +135,27 @@ def split_folders(root: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def class_samples(root: Path) -> tuple[list[Sample], list[str]]:
-    """Images of every class folder under ``root``, and the names of the empty class folders."""
+def class_samples(root: Path, avoid: set[tuple[int, int]] | None = None) -> tuple[list[Sample], list[str]]:
+    """Images of every class folder under ``root``, and the names of the empty class folders.
+
+    Each class folder is walked once by ``(st_dev, st_ino)``; a link from one class folder into
+    ``root``, another class folder or a folder in ``avoid`` is cut, and the folders cut are
+    reported in one warning.
+    """
     samples: list[Sample] = []
     empty: list[str] = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        images = list_images(Path(entry.path))
+    classes = [e for e in sorted(os.scandir(root), key=lambda e: e.name)
+               if not e.name.startswith(".") and e.is_dir()]
+    keys = {k for k in (folder_key(root), *(folder_key(e.path) for e in classes)) if k is not None}
+    keys |= set(avoid or ())
+    skipped: list[str] = []
+    for entry in classes:
+        images, loops = walk_images(Path(entry.path), avoid=keys)
+        skipped += loops
         if not images:
             empty.append(entry.name)
         samples += [Sample(path, entry.name) for path in images]
+    warn_skipped(root, skipped)
     return samples, empty
 
 
@@ -106,7 +187,7 @@ class ImageFolderTask(BaseReader):
 
     def read(self, root: Path, **options: Any) -> TaskSplits:
         root = _check_dir(root)
-        layout = options["layout"]
+        layout = options.get("layout", "auto")
         if layout not in LAYOUTS:
             raise DataError(f"task type {self.name!r}: layout must be one of {', '.join(LAYOUTS)} (got {layout!r})")
         folders = split_folders(root) if layout == "auto" else None
@@ -125,8 +206,9 @@ class ImageFolderTask(BaseReader):
 
     def _read_split_folders(self, root: Path, train_dir: Path, test_dir: Path, *, split: str) -> TaskSplits:
         """``train/`` and ``test/`` as the two splits (their classes may overlap: labels are per split)."""
-        train_samples, train_empty = class_samples(train_dir)
-        test_samples, test_empty = class_samples(test_dir)
+        outer = {k for k in (folder_key(root), folder_key(train_dir), folder_key(test_dir)) if k is not None}
+        train_samples, train_empty = class_samples(train_dir, avoid=outer)
+        test_samples, test_empty = class_samples(test_dir, avoid=outer)
         for folder, samples in ((train_dir, train_samples), (test_dir, test_samples)):
             if not samples:
                 raise _no_images(folder)

@@ -1,0 +1,363 @@
+"""One dependency graph of the project's artifacts, shared by ``run``, ``status`` and the stages.
+
+Every artifact the configuration asks for (features, clusterings, adaptor sets, fused
+models, results, the report) is a :class:`Node` with the artifacts it is made from. Its
+state follows one rule, applied in pipeline order:
+
+* ``missing``: no record; ``partial``: a record that is not complete (interrupted work);
+* ``stale``: complete, but made from other inputs or settings than those configured now:
+  a recorded input fingerprint differs from that input's current one, an input is itself
+  not complete and current (staleness is *transitive*: redoing the features makes every
+  clustering, adaptor set, fused model and result made from the old ones stale), or the
+  parameters a stage would record today differ from the recorded ones;
+* ``complete``: none of the above.
+
+``grappa status`` prints these nodes and ``grappa run`` redoes exactly the configured
+nodes that are not complete, so the two cannot disagree; a stage consuming an input calls
+:func:`require_current` and refuses a stale or partial one, naming the command to run first.
+
+The roots are the image lists: a features group is stale when its images' fingerprint
+(paths, sizes, mtimes) or the configured backbone's name differs from what it recorded.
+Whether the *weights* behind an unchanged backbone name changed is seen when a stage
+builds the backbone (``extract``, ``adapt``, ``fuse``, ``eval`` compare its ``model_id``),
+not here: the planner reads records and stats files, it never loads a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from grappa_cli import artifacts
+from grappa_cli.errors import StoreError
+from grappa_cli.project import Project
+
+STAGE_COMMANDS = {"extract": "grappa extract", "cluster": "grappa cluster", "adapt": "grappa adapt",
+                  "fuse": "grappa fuse", "eval": "grappa eval", "report": "grappa report"}
+
+
+@dataclass
+class Node:
+    """One artifact: which stage makes it, from what, and whether it must be (re)made."""
+
+    id: str
+    stage: str
+    state: str  # complete | partial | stale | missing
+    inputs: list[str] = field(default_factory=list)
+    reason: str = ""
+    stale_inputs: list[str] = field(default_factory=list)
+    configured: bool = True  # False: present in the project but not asked for by grappa.toml
+    record: dict[str, Any] | None = None
+
+    @property
+    def todo(self) -> bool:
+        """Whether ``grappa run`` (re)makes it."""
+        return self.configured and self.state != "complete"
+
+
+@dataclass
+class Plan:
+    nodes: list[Node]
+
+    def get(self, artifact_id: str) -> Node | None:
+        return next((n for n in self.nodes if n.id == artifact_id), None)
+
+    def todo(self) -> list[Node]:
+        return [n for n in self.nodes if n.todo]
+
+    def first_stage(self) -> str | None:
+        """The earliest stage with work to do (what to run first)."""
+        todo = self.todo()
+        return todo[0].stage if todo else None
+
+
+class _Builder:
+    def __init__(self, project: Project, config: Any) -> None:
+        self.project = project
+        self.config = config
+        self.store = project.store(mode="r") if project.store_path.exists() else None
+        self.nodes: dict[str, Node] = {}
+
+    def current(self, artifact_id: str) -> str | None:
+        """Fingerprint of an input when it is complete and current, else None."""
+        node = self.nodes.get(artifact_id)
+        if node is not None:
+            return node.record.get("fingerprint") if node.state == "complete" and node.record else None
+        return artifacts.fingerprint(self.project, artifact_id, self.store)
+
+    def record(self, artifact_id: str) -> dict[str, Any] | None:
+        if artifact_id.startswith(artifacts.STORE_PREFIXES) and self.store is None:
+            return None
+        return artifacts.record(self.project, artifact_id, self.store)
+
+    def add(self, artifact_id: str, stage: str, inputs: dict[str, str | None] | None,
+            params: dict[str, Any] | None = None, *, configured: bool = True, partial: bool = False) -> Node:
+        """Judge ``artifact_id`` against the ``inputs`` (id -> current fingerprint) it needs now.
+
+        ``params``: what the stage would record today (compared key by key); ``partial``:
+        interrupted work exists beside a missing record.
+        """
+        rec = self.record(artifact_id)
+        node = Node(artifact_id, stage, "missing", list(inputs or {}), configured=configured, record=rec)
+        if rec is None:
+            node.state = "partial" if partial else "missing"
+            node.reason = "interrupted; the rerun resumes it" if partial else "not made yet"
+        elif not rec.get("complete"):
+            node.state, node.reason = "partial", "interrupted; the rerun resumes it"
+        else:
+            recorded = rec.get("inputs") or {}
+            stale = [i for i, fp in (inputs or {}).items() if fp is None or recorded.get(i) != fp]
+            stale += [i for i in artifacts.stale_inputs(self.project, rec, self.store) if i not in stale]
+            changed = []
+            for key, value in (params or {}).items():
+                if (rec.get("params") or {}).get(key) != value:
+                    changed.append(key)
+            if stale or changed:
+                node.state = "stale"
+                node.stale_inputs = stale
+                why = [f"{i} changed" if self.current(i) else f"{i} is not current" for i in stale]
+                why += [f"setting {k} changed" for k in changed]
+                node.reason = "; ".join(why)
+            else:
+                node.state = "complete"
+        self.nodes[artifact_id] = node
+        return node
+
+
+def build(project: Project, config: Any | None = None) -> Plan:
+    """The plan of ``project`` for its current ``grappa.toml`` (reads records and stats images)."""
+    config = config or project.config()
+    b = _Builder(project, config)
+    _features(b)
+    ks = _ks(b)
+    _clusters(b, ks)
+    _adaptors(b, ks)
+    _fusion(b, ks)
+    _results(b, ks)
+    _report(b)
+    return Plan(list(b.nodes.values()))
+
+
+def _features(b: _Builder) -> None:
+    from grappa_cli.data import sources
+    from grappa_cli.errors import GrappaError
+    from grappa_cli.stages.extract import TRAIN_KEY, test_key
+
+    def listed(make: Any) -> Any:
+        try:
+            return make()
+        except GrappaError:  # `grappa extract` stops with it; status's next step says what to add
+            return None
+
+    lists = [(TRAIN_KEY, listed(lambda: sources.training_set(b.config)))]
+    for task in listed(lambda: sources.evaluation_tasks(b.config)) or []:
+        lists.append((test_key(task), listed(lambda t=task: sources.test_set(b.config, t))))
+    name = b.config.backbone.name
+    for key, images in lists:
+        node = b.add(key, "extract", {})
+        if node.state != "complete" or node.record is None:
+            continue
+        recorded = node.record.get("inputs") or {}
+        why = []
+        if images is not None and "images" in recorded and recorded["images"] != images.fingerprint():
+            why.append("its images changed")
+        made_with = str((node.record.get("params") or {}).get("backbone", ""))
+        if "@" in made_with and made_with.split("@", 1)[0] != name:
+            why.append(f"the backbone changed ({made_with.split('@', 1)[0]} -> {name})")
+        if why:
+            node.state, node.reason = "stale", "; ".join(why)
+    if b.store is not None:
+        for task in b.store.children("features/test"):
+            if test_key(task) not in b.nodes:
+                b.add(test_key(task), "extract", {}, configured=False)
+
+
+def _ks(b: _Builder) -> list[int]:
+    """The configured k values (``auto`` needs the stored training set's size)."""
+    from grappa_cli.clustering import kvalues
+    from grappa_cli.stages.cluster import usable_rows
+
+    raw = b.config.cluster.k
+    if isinstance(raw, list) and all(isinstance(k, int) for k in raw):
+        return sorted(set(raw))
+    if b.current("features/train") is None or b.store is None:
+        return []
+    n = len(usable_rows(b.store, int(b.store.array("features/train/embeddings").shape[0])))
+    return list(kvalues.resolve(raw, n, auto_count=b.config.cluster.auto_count, source="grappa.toml [cluster] k"))
+
+
+def _clusters(b: _Builder, ks: list[int]) -> None:
+    from grappa_cli import plugins
+    from grappa_cli.clustering.base import settings_of
+    from grappa_cli.stages.cluster import cluster_key, cluster_params
+
+    cfg = b.config.cluster
+    settings = settings_of(plugins.get("clusterers", cfg.backend))
+    features = b.current("features/train")
+    for k in ks:
+        params = cluster_params(k, cfg.backend, cfg.seed, cfg.niter, settings)
+        b.add(cluster_key(k), "cluster", {"features/train": features}, params)
+    _extra(b, "cluster", [f"clusters/{n}" for n in (b.store.children("clusters") if b.store else [])])
+
+
+def _backbone_id(b: _Builder) -> str | None:
+    node = b.nodes.get("features/train")
+    return (node.record or {}).get("params", {}).get("backbone") if node and node.state == "complete" else None
+
+
+def _adaptors(b: _Builder, ks: list[int]) -> None:
+    from grappa_cli.stages.adapt import AdaptOptions, adapt_params
+
+    features = b.current("features/train")
+    backbone = _backbone_id(b)
+    for k in ks:
+        params = adapt_params(b.config, AdaptOptions(), k, backbone or "")
+        interrupted = (b.project.runs_dir / f"adapt-k{k}").is_dir()
+        inputs = {f"clusters/k{k}": b.current(f"clusters/k{k}"), "features/train": features}
+        b.add(f"adaptors/k{k}", "adapt", inputs, params, partial=interrupted)
+    _extra(b, "adapt", [f"adaptors/{p.stem}" for p in b.project.adaptors_dir.glob("*.safetensors")])
+
+
+def _fusion(b: _Builder, ks: list[int]) -> None:
+    from grappa_cli import plugins
+    from grappa_cli.fusion.base import FusionOptions
+
+    sets = [f"k{k}" for k in ks]
+    inputs = {f"adaptors/{s}": b.current(f"adaptors/{s}") for s in sets}
+    inputs["features/train"] = b.current("features/train")
+    backbone = _backbone_id(b)
+    for name in b.config.fuse.strategies:
+        strategy = plugins.get("fusion_strategies", name)
+        params = {**strategy.params(b.config, FusionOptions()), "strategy": strategy.name, "sets": sets,
+                  "backbone": backbone}
+        interrupted = (b.project.runs_dir / f"fuse-{strategy.name}").is_dir()
+        b.add(f"fusion/{strategy.name}", "fuse", dict(inputs), params, partial=interrupted)
+    _extra(b, "fuse", [f"fusion/{p.stem}" for p in b.project.fusion_dir.glob("*.safetensors")])
+
+
+def _results(b: _Builder, ks: list[int]) -> None:
+    from grappa_cli.data import sources
+    from grappa_cli.errors import GrappaError
+    from grappa_cli.stages import models
+    from grappa_cli.stages.evaluate import PROTOCOL, metric_names, result_id
+
+    try:
+        tasks = sources.evaluation_tasks(b.config)
+    except GrappaError:
+        tasks = []
+    names = ["backbone", *(f"adaptor:k{k}" for k in ks), *(f"fused:{s}" for s in b.config.fuse.strategies)]
+    refs = [models.parse(n) for n in names]
+    for ref in models.available(b.project):  # `grappa eval` also scores every other model the project has
+        if ref not in refs and not artifacts.stale_inputs(b.project, models.record(b.project, ref) or {}, b.store):
+            refs.append(ref)
+    metrics = metric_names(b.config)
+    for ref in refs:
+        # the backbone's results are scored on features/test/<task>, the others on the model's artifact
+        model = {ref.artifact: b.current(ref.artifact)} if ref.artifact else {}
+        for task in tasks:
+            params = {"model": ref.name, "task": task, "metrics": metrics, "protocol": PROTOCOL}
+            source = {} if ref.artifact else {f"features/test/{task}": b.current(f"features/test/{task}")}
+            b.add(result_id(ref, task), "eval", {**model, **source}, params)
+    found = [f"results/{p.parent.name}/{p.stem}" for p in b.project.results_dir.glob("*/*.json")]
+    _extra(b, "eval", found)
+
+
+def _report(b: _Builder) -> None:
+    from grappa_cli.stages.report import report_state
+
+    results_todo = any(n.todo for n in b.nodes.values() if n.stage == "eval")
+    state = report_state(b.project)
+    node = Node("reports/table2", "report", state, record=None)
+    if state == "complete" and results_todo:
+        node.state, node.reason = "stale", "results will change"
+    elif state != "complete":
+        node.reason = {"missing": "not made yet", "partial": "interrupted", "stale": "results changed"}[state]
+    b.nodes[node.id] = node
+
+
+def _extra(b: _Builder, stage: str, ids: list[str]) -> None:
+    """Artifacts the project holds but grappa.toml does not ask for: shown, never redone by ``run``."""
+    for artifact_id in sorted(ids):
+        if artifact_id not in b.nodes:
+            rec = b.record(artifact_id)
+            inputs = {i: b.current(i) for i in ((rec or {}).get("inputs") or {})
+                      if i.startswith((*artifacts.STORE_PREFIXES, "adaptors/", "fusion/"))}
+            b.add(artifact_id, stage, inputs, configured=False)
+
+
+def require_current(project: Project, artifact_id: str, what: str) -> dict[str, Any]:
+    """The record of an input a stage is about to consume, if it is complete and current.
+
+    Otherwise a one-line error that names what is wrong with it and the command to run
+    first: a stage never trains or scores on stale or partial inputs, ``--force`` included.
+    Current means, transitively: every input it recorded still has the recorded
+    fingerprint and is itself current, down to the image lists of the features.
+    """
+    rec = artifacts.record(project, artifact_id)
+    if rec is None or not rec.get("complete"):
+        state = "is incomplete" if rec else "does not exist yet"
+        raise StoreError(f"{what} ({artifact_id}) {state}", hint=f"run `{_maker(artifact_id)}` first")
+    problem = _not_current(project, artifact_id, rec, {})
+    if problem:
+        culprit, why = problem
+        then = "" if culprit == artifact_id else " and what depends on it"
+        raise StoreError(f"{what} ({artifact_id}) is stale: {why}",
+                         hint=f"run `{_maker(culprit)}`{then}, or `grappa run` for everything")
+    return rec
+
+
+def _not_current(project: Project, artifact_id: str, rec: dict[str, Any],
+                 seen: dict[str, tuple[str, str] | None]) -> tuple[str, str] | None:
+    """(the first artifact to redo, why) when ``artifact_id`` is not current, else None."""
+    if artifact_id in seen:
+        return seen[artifact_id]
+    seen[artifact_id] = None
+    result: tuple[str, str] | None = None
+    if artifact_id.startswith("features/"):
+        result = _root_changed(project, artifact_id, rec)
+    for input_id, recorded in (rec.get("inputs") or {}).items():
+        if result or not input_id.startswith((*artifacts.STORE_PREFIXES, "adaptors/", "fusion/")):
+            continue
+        current = artifacts.record(project, input_id)
+        if not current or not current.get("complete"):
+            result = (input_id, f"its input {input_id} is {'incomplete' if current else 'missing'}")
+        elif current.get("fingerprint") != recorded:  # the input was redone: redo this one
+            result = (artifact_id, f"{input_id} changed since it was made")
+        else:
+            result = _not_current(project, input_id, current, seen)
+    seen[artifact_id] = result
+    return result
+
+
+def _root_changed(project: Project, key: str, rec: dict[str, Any]) -> tuple[str, str] | None:
+    """Whether the images (or the backbone's name) behind a features group changed."""
+    from grappa_cli.data import sources
+    from grappa_cli.errors import GrappaError
+
+    config = project.config()
+    recorded = rec.get("inputs") or {}
+    made_with = str((rec.get("params") or {}).get("backbone", ""))
+    if "@" in made_with and made_with.split("@", 1)[0] != config.backbone.name:
+        return key, f"{key} was extracted with another backbone ({made_with.split('@', 1)[0]})"
+    if "images" not in recorded:
+        return None
+    try:
+        images = (sources.training_set(config) if key == "features/train"
+                  else sources.test_set(config, key.rsplit("/", 1)[1]))
+    except GrappaError:
+        return None  # the configuration no longer lists these images: extract says why
+    if images.fingerprint() != recorded["images"]:
+        return key, f"the images of {key} changed since it was extracted"
+    return None
+
+
+def _maker(artifact_id: str) -> str:
+    if artifact_id.startswith("features/"):
+        return "grappa extract"
+    if artifact_id.startswith("clusters/k"):
+        return f"grappa cluster --k {artifact_id.split('/k', 1)[1]} --force"
+    if artifact_id.startswith("adaptors/k"):
+        return f"grappa adapt --k {artifact_id.split('/k', 1)[1]} --force"
+    if artifact_id.startswith("fusion/"):
+        return f"grappa fuse --strategy {artifact_id.split('/', 1)[1]} --force"
+    return "grappa run"
