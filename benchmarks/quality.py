@@ -49,6 +49,8 @@ SIZES: dict[str, dict[str, int]] = {
     "default": {"digits": 40, "photos": 12, "stamps": 16, "stamps-coarse": 16, "clipart": 24},
     "small": {"digits": 24, "photos": 6, "stamps": 10, "stamps-coarse": 10},
 }
+#: Settings of ``--small`` (a smoke run of minutes, used by the test suite): two sets, short training.
+SMALL_OVERRIDES = {"cluster.auto_count": 2, "adapt.min_steps": 30, "fuse.min_steps": 30}
 #: Fusion strategies trained per seed (``--strategies``); the baselines are optional.
 DEFAULT_STRATEGIES = ("avg", "transform", "neighbor")
 ALL_STRATEGIES = ("avg", "transform", "neighbor", "single-random", "random", "supervised")
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         packages = sorted({quality_data.PACKAGES.get(t, t) for t in missing})
         raise SystemExit(f"Error: the images of {', '.join(missing)} are not installed; "
                          f"apt-get install {' '.join(packages)} (or pass --tasks without them)")
-    overrides = dict(parse_override(o) for o in args.overrides)
+    overrides = {**(SMALL_OVERRIDES if args.small else {}), **dict(parse_override(o) for o in args.overrides)}
     settings = Settings(args.split, size, tasks, overrides, [s for s in args.strategies.split(",") if s])
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,8 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "numbers of clusters, one pseudo-label set P_i each, increasing; \"auto\" = a geometric "
                   "ladder from about n/512 to n/2 for n training images",
                   "256, 1024, 4096, 8192, 16384, 32768, 65536, 131072 on MRT (section 4)", check=_k_list),
-        FieldSpec("auto_count", "int", 8, "how many k values \"auto\" chooses", "N = 8 (section 4)",
+        FieldSpec("auto_count", "int", 8,
+                  "how many k values \"auto\" chooses (at most 4 below 20,000 training images)", "N = 8 (section 4)",
                   check=_positive),
         FieldSpec("backend", "str", "faiss", "clusterer plugin (see `grappa plugins`)"),
         FieldSpec("niter", "int", 25, "k-means (Lloyd) iterations", check=_positive),

@@ -76,8 +76,16 @@ def test_auto_ladder_invariants(n, count):
 
 
 def test_auto_ladder_with_few_powers_returns_all_of_them():
-    # n = 100: powers of two from 2 (n/512 < 2) up to 32 (<= 50): 5 distinct values.
-    assert kvalues.auto_ladder(100, 8) == [2, 4, 8, 16, 32]
+    # n = 100: powers of two from 2 (n/512 < 2) up to 32 (<= 50): 5 distinct values, at most 4 on a small set
+    assert kvalues.auto_ladder(100, 3) == [2, 8, 32]
+    assert kvalues.auto_ladder(100, 8) == [2, 4, 16, 32]  # exponents 1, 2.33, 3.67, 5 rounded
+
+
+def test_small_sets_get_at_most_four_sets():
+    # 800 images: exponents 1 (n/512 < 2) ... 8 (256 <= 400); four rungs: 2, 2^3.33, 2^5.67, 2^8
+    assert kvalues.auto_ladder(800, 8) == [2, 8, 64, 256]
+    assert len(kvalues.auto_ladder(19_999, 8)) == 4
+    assert len(kvalues.auto_ladder(20_000, 8)) == 8
 
 
 def test_auto_needs_at_least_four_images():

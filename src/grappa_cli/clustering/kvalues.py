@@ -58,8 +58,17 @@ def parse_k_list(spec: str, *, source: str = "--k") -> list[int] | str:
     return sorted(values)
 
 
+#: Below this many training images ``auto`` makes at most ``SMALL_SET_COUNT`` sets.
+SMALL_SET_IMAGES = 20_000
+SMALL_SET_COUNT = 4
+
+
 def auto_ladder(n: int, count: int) -> list[int]:
     """``count`` powers of two spread geometrically from about n/512 to about n/2 (deduplicated).
+
+    Below ``SMALL_SET_IMAGES`` training images the ladder has at most ``SMALL_SET_COUNT`` rungs:
+    a few thousand images hold few distinct granularities, and each set costs a training run
+    (on a CPU, minutes); the paper's eight sets are for its 133k images.
 
     Exponents run from round(log2(n/512)) (at least 1, i.e. k = 2) to floor(log2(n/2)), evenly
     spaced and rounded; with fewer distinct powers of two than ``count`` in that range, all
@@ -70,6 +79,8 @@ def auto_ladder(n: int, count: int) -> list[int]:
     if count < 1:
         raise GrappaError(f"`auto` k needs a positive count, got {count}",
                           hint="set [cluster] auto_count >= 1")
+    if n < SMALL_SET_IMAGES:
+        count = min(count, SMALL_SET_COUNT)
     hi = math.floor(math.log2(n / 2))
     lo = min(max(1, round(math.log2(n / 512))), hi)
     if count == 1 or lo == hi:

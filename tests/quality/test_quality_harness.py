@@ -1,0 +1,60 @@
+"""The quality harness (benchmarks/quality.py) on real images: its data splits and a --small run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import quality_data  # noqa: E402
+
+
+def test_validation_classes_are_carved_from_training_classes() -> None:
+    classes = [f"c{i:02d}" for i in range(10)]
+    train = quality_data.training_classes(classes)
+    test = quality_data.held_out_classes(classes, "test")
+    val = quality_data.held_out_classes(classes, "val")
+    assert train == classes[:5] and test == classes[5:]
+    assert val == ["c03", "c04"] and set(val) <= set(train)  # never a test class
+    assert not set(val) & set(test)
+
+
+def test_val_split_writes_no_test_class(tmp_path: Path) -> None:
+    counts = quality_data.write_task(tmp_path, "digits", 3, split="val")
+    assert sorted(counts) == [f"digit_{d}" for d in range(5)]  # digits 0-4: the training classes
+    assert sum(1 for _ in (tmp_path / "digits").rglob("*.png")) == 15
+
+
+@pytest.mark.skipif(not quality_data.available("stamps"), reason="needs tuxpaint-stamps-default (.ci/run installs it)")
+def test_coarse_stamps_are_the_fine_tasks_evaluated_images(tmp_path: Path) -> None:
+    fine = quality_data.stamps_samples(10)
+    coarse = quality_data.stamps_coarse_samples(10, split="test")
+    evaluated = quality_data.held_out_classes(list(fine), "test")
+    assert sorted(f for files in coarse.values() for f in files) == sorted(f for c in evaluated for f in fine[c])
+    assert all(label == c.split("-")[0] for label, files in coarse.items() for c in evaluated
+               if set(fine[c]) & set(files))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not quality_data.available("stamps"), reason="needs tuxpaint-stamps-default (.ci/run installs it)")
+def test_small_harness_runs_the_pipeline_and_prints_table2(tmp_path: Path) -> None:
+    import quality
+
+    out = quality.main(["--small", "--split", "val", "--seeds", "0", "--strategies", "avg,neighbor",
+                        "--work", str(tmp_path)])
+    agg, tasks = out["aggregate"], out["tasks"]
+    assert tasks == ["digits", "photos", "stamps", "stamps-coarse"]
+    singles = [row for row in agg if row.startswith("M + P")]
+    assert len(singles) == 2 and {"backbone", "oracle", "fused:avg", "fused:neighbor"} <= set(agg)
+    for task in tasks:
+        rp = {row: agg[row][task]["r_precision"][0] for row in agg}
+        assert all(0 <= v <= 100 for v in rp.values())
+        assert rp["oracle"] == max(rp[row] for row in singles)  # the oracle is the best single set
+    verdict = out["verdict"]
+    expected = sum(agg["fused:neighbor"][t]["r_precision"][0] - agg["backbone"][t]["r_precision"][0]
+                   for t in tasks) / len(tasks)
+    assert verdict["N_minus_M_mean_RP"] == pytest.approx(expected)
