@@ -5,6 +5,8 @@ from __future__ import annotations
 from enum import Enum, StrEnum
 from typing import Any
 
+from grappa_cli.stages.run import STAGES
+
 
 class Split(StrEnum):
     """``grappa extract --split``."""
@@ -14,15 +16,8 @@ class Split(StrEnum):
     all = "all"
 
 
-class Stage(StrEnum):
-    """``grappa run --until``."""
-
-    extract = "extract"
-    cluster = "cluster"
-    adapt = "adapt"
-    fuse = "fuse"
-    eval = "eval"
-    report = "report"
+#: ``grappa run --until``: the pipeline's own stage list, so the two cannot drift apart.
+Stage = StrEnum("Stage", [(name, name) for name in STAGES])
 
 
 class IndexType(StrEnum):

@@ -196,13 +196,7 @@ def run_embedding(
     if rank == 0:
         if not chunks.complete():
             raise StoreError(f"{job.key}: some chunks were not written", hint="rerun the same command to resume")
-        valid_mask = np.asarray(valid[:])
-        if not valid_mask.any():
-            raise DataError(f"{job.key}: none of the {len(job.paths)} images could be read",
-                            hint="check the dataset root and the image files")
-        bad = unreadable_files(store, job.key, valid_mask)
-        store.finish(job.key, summary={"images": int(valid_mask.sum()), "bad": len(bad), "dim": dim},
-                     images=len(job.paths), bad_files=bad[:1000], dim=dim, dtype=dtype)
+        finish_group(store, job, np.asarray(valid[:]), dim=dim, dtype=dtype)
     result = _result(store, job.key)
     result.seconds = seconds
     result.images = len(indices)
@@ -216,6 +210,16 @@ def run_embedding(
 #: same either way): the demo's evaluation at 256 images per batch peaked at 1.84 GB resident,
 #: at 64 at 1.47 GB (docs/benchmarks.md). GPUs keep the whole batch.
 CPU_PART = 64
+
+
+def finish_group(store: Store, job: EmbedJob, valid_mask: np.ndarray, *, dim: int, dtype: str) -> None:
+    """Mark a filled embedding group complete, listing its unreadable images (none readable: an error)."""
+    if not valid_mask.any():
+        raise DataError(f"{job.key}: none of the {len(job.paths)} images could be read",
+                        hint="check the dataset root and the image files")
+    bad = unreadable_files(store, job.key, valid_mask)
+    store.finish(job.key, summary={"images": int(valid_mask.sum()), "bad": len(bad), "dim": dim},
+                 images=len(job.paths), bad_files=bad[:1000], dim=dim, dtype=dtype)
 
 
 def forward_in_parts(model: Any, images: Any) -> Any:

@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 
 from grappa_cli.console import NullReporter, Reporter
-from grappa_cli.errors import DataError
 from grappa_cli.store import ChunkedArray, Store, unreadable_files
 
 PREFIX = "cache/test-"
@@ -285,7 +284,7 @@ def write_task_group(
     dim: int, dtype: str, chunk_rows: int, force: bool,
 ) -> None:
     """Fill ``job.key`` (an :class:`~grappa_cli.stages.embed.EmbedJob`) from per-image rows."""
-    from grappa_cli.stages.embed import prepare
+    from grappa_cli.stages.embed import finish_group, prepare
 
     state = prepare(store, job, dim=dim, dtype=dtype, chunk_rows=chunk_rows, force=force)
     if state == "complete":
@@ -300,13 +299,7 @@ def write_task_group(
         group_valid[part] = valid[mine]
         group_error[part] = errors[mine].astype(str)
         chunks.write(c, np.where(valid[mine][:, None], embeddings[mine], 0.0).astype(dtype))
-    mask = np.asarray(group_valid[:])
-    if not mask.any():
-        raise DataError(f"{job.key}: none of the {len(job.paths)} images could be read",
-                        hint="check the dataset root and the image files")
-    bad = unreadable_files(store, job.key, mask)
-    store.finish(job.key, summary={"images": int(mask.sum()), "bad": len(bad), "dim": dim},
-                 images=len(job.paths), bad_files=bad[:1000], dim=dim, dtype=dtype)
+    finish_group(store, job, np.asarray(group_valid[:]), dim=dim, dtype=dtype)
 
 
 def embed_jobs_from_cache(
