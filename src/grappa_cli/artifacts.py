@@ -79,6 +79,19 @@ def stale_inputs(project: Any, rec: dict[str, Any], store: Any | None = None) ->
     for input_id, recorded in (rec.get("inputs") or {}).items():
         if not input_id.startswith((*STORE_PREFIXES, "adaptors/", "fusion/", "results/")):
             continue
-        if fingerprint(project, input_id, store) != recorded:
+        if not input_matches(project, input_id, recorded, store):
             stale.append(input_id)
     return stale
+
+
+def input_matches(project: Any, input_id: str, recorded: str | None, store: Any | None = None) -> bool:
+    """Whether an input recorded at fingerprint ``recorded`` is still what it was.
+
+    The training features only grow in an incremental update: what was made from an earlier
+    increment of them stays valid (:func:`grappa_cli.increments.accepts`).
+    """
+    if input_id == "features/train":
+        from grappa_cli import increments
+
+        return increments.accepts(record(project, input_id, store), recorded)
+    return fingerprint(project, input_id, store) == recorded

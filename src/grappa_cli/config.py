@@ -105,6 +105,11 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   choices=("float16", "float32")),
         FieldSpec("chunk_size", "int", 4096,
                   "rows per stored chunk; the unit of resumption after an interruption", check=_positive),
+        FieldSpec("update", "str", "incremental",
+                  "when data.train grows (new entries after the old ones, old images unchanged): "
+                  "\"incremental\" extracts only the new images and trains new adaptor sets on them, keeping "
+                  "every existing set; \"full\" redoes everything on the union (like `grappa run --full`)",
+                  choices=("incremental", "full")),
     ],
     "runtime": [
         FieldSpec("device", "str", "auto", "\"auto\" (CUDA when available), \"cpu\", \"cuda\" or \"cuda:N\""),
@@ -123,6 +128,11 @@ SCHEMA: dict[str, list[FieldSpec]] = {
         FieldSpec("auto_count", "int", 8,
                   "how many k values \"auto\" chooses (at most 4 below 20,000 training images)", "N = 8 (section 4)",
                   check=_positive),
+        FieldSpec("k_added", "k", "auto",
+                  "numbers of clusters for images added by an incremental update (clustered on their own, "
+                  "sets named like k16-coral for an added task coral); \"auto\" = the ladder of `k` for the added "
+                  "images' count",
+                  check=_k_list),
         FieldSpec("backend", "str", "faiss", "clusterer plugin (see `grappa plugins`)"),
         FieldSpec("niter", "int", 25, "k-means (Lloyd) iterations", check=_positive),
         FieldSpec("seed", "int", 0, "k-means++ seeding seed", "k-means++ initialisation (section 3.3)",
@@ -185,6 +195,9 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "start of attention fusion: \"uniform\" (a per-layer logit scale starting at 0, so M* "
                   "starts exactly at Grappa-avg) or \"linear\" (Q and K with nn.Linear's initialisation only, "
                   "the literal eq. 3); the paper does not say", choices=("uniform", "linear")),
+        FieldSpec("warm_start", "bool", True,
+                  "after an incremental update, start the fusion from the previous fused model's attention "
+                  "(Q, K and logit scales do not depend on the number of sets) instead of from scratch"),
         FieldSpec("pair_augment", "bool", False,
                   "augment both images of Grappa-N's k-NN pairs (random resized crop + flip); off, the "
                   "pairs are plain views, so the loss is attention propagation only, not transformation "

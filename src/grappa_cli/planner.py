@@ -58,6 +58,8 @@ class Node:
 @dataclass
 class Plan:
     nodes: list[Node]
+    #: the training set's increments with their adaptor sets (:class:`grappa_cli.increments.IncrementSets`)
+    increments: list[Any] = field(default_factory=list)
 
     def get(self, artifact_id: str) -> Node | None:
         return next((n for n in self.nodes if n.id == artifact_id), None)
@@ -124,21 +126,26 @@ class _Builder:
         return node
 
 
-def build(project: Project, config: Any | None = None) -> Plan:
-    """The plan of ``project`` for its current ``grappa.toml`` (reads records and stats images)."""
+def build(project: Project, config: Any | None = None, *, full: bool = False) -> Plan:
+    """The plan of ``project`` for its current ``grappa.toml`` (reads records and stats images).
+
+    ``full``: plan a rebuild from scratch of a grown training set (``grappa run --full``).
+    """
     config = config or project.config()
     b = _Builder(project, config)
-    _features(b)
-    ks = _ks(b)
-    _clusters(b, ks)
-    _adaptors(b, ks)
-    _fusion(b, ks)
-    _results(b, ks)
+    sets = _features(b, full or config.data.update == "full")
+    _clusters(b, sets)
+    _adaptors(b, sets)
+    names = [name for entry in sets for name in entry.names]
+    _fusion(b, names)
+    _results(b, names)
     _report(b)
-    return Plan(list(b.nodes.values()))
+    return Plan(list(b.nodes.values()), sets)
 
 
-def _features(b: _Builder) -> None:
+def _features(b: _Builder, full: bool) -> list[Any]:
+    """Judge the features groups; returns the increments of the training set with their sets."""
+    from grappa_cli import increments
     from grappa_cli.data import sources
     from grappa_cli.errors import GrappaError
     from grappa_cli.stages.extract import TRAIN_KEY, test_key
@@ -149,12 +156,23 @@ def _features(b: _Builder) -> None:
         except GrappaError:  # `grappa extract` stops with it; status's next step says what to add
             return None
 
-    lists = [(TRAIN_KEY, listed(lambda: sources.training_set(b.config)))]
+    train = listed(lambda: sources.training_set(b.config))
+    lists = [(TRAIN_KEY, train)]
     for task in listed(lambda: sources.evaluation_tasks(b.config)) or []:
         lists.append((test_key(task), listed(lambda t=task: sources.test_set(b.config, t))))
     name = b.config.backbone.name
+    pending: list[Any] = []
+    keep_stored = True
     for key, images in lists:
         node = b.add(key, "extract", {})
+        if key == TRAIN_KEY and node.record is not None and images is not None:
+            grown = _growth(b, node, images, full)
+            if grown is not None:
+                pending, keep_stored = grown
+                continue
+            if full and len(increments.recorded(node.record)) > 1:
+                node.state, node.reason = "stale", "grew incrementally; a full rebuild extracts it anew"
+                continue
         if node.state != "complete" or node.record is None:
             continue
         recorded = node.record.get("inputs") or {}
@@ -170,59 +188,95 @@ def _features(b: _Builder) -> None:
         for task in b.store.children("features/test"):
             if test_key(task) not in b.nodes:
                 b.add(test_key(task), "extract", {}, configured=False)
-
-
-def _ks(b: _Builder) -> list[int]:
-    """The configured k values (``auto`` needs the stored training set's size)."""
-    from grappa_cli.clustering import kvalues
-    from grappa_cli.stages.cluster import usable_rows
-
-    raw = b.config.cluster.k
-    if isinstance(raw, list) and all(isinstance(k, int) for k in raw):
-        return sorted(set(raw))
-    if b.current("features/train") is None or b.store is None:
+    train_node = b.nodes[TRAIN_KEY]
+    if train_node.state != "complete" and not pending:  # extracted (or resumed) from scratch: one increment
+        keep_stored = False
+        if train is not None:
+            pending = [increments.Increment(0, 0, len(train.paths), [])]
+    try:
+        return increments.configured(b.config, b.store, pending, use_stored=keep_stored)
+    except GrappaError:
         return []
-    n = len(usable_rows(b.store, int(b.store.array("features/train/embeddings").shape[0])))
-    return list(kvalues.resolve(raw, n, auto_count=b.config.cluster.auto_count, source="grappa.toml [cluster] k"))
 
 
-def _clusters(b: _Builder, ks: list[int]) -> None:
-    from grappa_cli import plugins
+def _growth(b: _Builder, node: Node, images: Any, full: bool) -> tuple[list[Any], bool] | None:
+    """When the training features can grow to ``images``: (the increment to extract, keep stored).
+
+    Marks ``node`` stale (or keeps it partial, for an interrupted update) with the reason.
+    None when the features are complete for ``images`` or must be extracted from scratch.
+    """
+    from grappa_cli import increments
+    from grappa_cli import provenance as prov
+    from grappa_cli.data.tasks.base import ImageList
+    from grappa_cli.stages.extract import training_part_names
+
+    rec = node.record or {}
+    made_with = str((rec.get("params") or {}).get("backbone", ""))
+    if full or ("@" in made_with and made_with.split("@", 1)[0] != b.config.backbone.name):
+        return None
+    if rec.get("complete") and (rec.get("inputs") or {}).get("images") == images.fingerprint():
+        return None
+
+    def prefix(n: int) -> str:
+        fp = ImageList(paths=images.paths[:n], labels=None, classes=[]).fingerprint()
+        return prov.fingerprint({"params": rec.get("params"), "inputs": {"images": fp}})
+
+    kept = increments.growth(rec, images.paths, rec.get("params") or {}, prefix)
+    if kept is None:
+        return None
+    try:
+        parts = training_part_names(b.config)
+    except Exception:  # the parts only name the new sets
+        parts = []
+    new = increments.layout(rec, len(images.paths), parts, "incremental")[-1]
+    words = f"{new.rows} new training images ({', '.join(new.parts) or 'added'}); its {kept} rows are kept"
+    if rec.get("complete"):
+        node.state, node.reason = "stale", f"grows by {words}"
+    else:
+        node.reason = f"interrupted while growing by {words}; the rerun resumes it"
+    return [new], True
+
+
+def _clusters(b: _Builder, sets: list[Any]) -> None:
+    from grappa_cli import increments, plugins
     from grappa_cli.clustering.base import settings_of
     from grappa_cli.stages.cluster import cluster_key, cluster_params
 
     cfg = b.config.cluster
     settings = settings_of(plugins.get("clusterers", cfg.backend))
-    features = b.current("features/train")
-    for k in ks:
-        params = cluster_params(k, cfg.backend, cfg.seed, cfg.niter, settings)
-        b.add(cluster_key(k), "cluster", {"features/train": features}, params)
+    for entry in sets:
+        for k, name in zip(entry.ks, entry.names, strict=True):
+            params = {**cluster_params(k, cfg.backend, cfg.seed, cfg.niter, settings),
+                      **increments.set_params(entry.increment)}
+            b.add(cluster_key(name), "cluster", {"features/train": entry.features}, params)
     _extra(b, "cluster", [f"clusters/{n}" for n in (b.store.children("clusters") if b.store else [])])
 
 
 def _backbone_id(b: _Builder) -> str | None:
     node = b.nodes.get("features/train")
-    return (node.record or {}).get("params", {}).get("backbone") if node and node.state == "complete" else None
+    rec = node.record if node else None
+    return (rec or {}).get("params", {}).get("backbone") if node and node.state != "missing" else None
 
 
-def _adaptors(b: _Builder, ks: list[int]) -> None:
+def _adaptors(b: _Builder, sets: list[Any]) -> None:
+    from grappa_cli import increments
     from grappa_cli.stages.adapt import AdaptOptions, adapt_params
 
-    features = b.current("features/train")
     backbone = _backbone_id(b)
-    for k in ks:
-        params = adapt_params(b.config, AdaptOptions(), k, backbone or "")
-        interrupted = (b.project.runs_dir / f"adapt-k{k}").is_dir()
-        inputs = {f"clusters/k{k}": b.current(f"clusters/k{k}"), "features/train": features}
-        b.add(f"adaptors/k{k}", "adapt", inputs, params, partial=interrupted)
+    for entry in sets:
+        for k, name in zip(entry.ks, entry.names, strict=True):
+            params = {**adapt_params(b.config, AdaptOptions(), k, backbone or ""),
+                      **increments.set_params(entry.increment)}
+            interrupted = (b.project.runs_dir / f"adapt-{name}").is_dir()
+            inputs = {f"clusters/{name}": b.current(f"clusters/{name}"), "features/train": entry.features}
+            b.add(f"adaptors/{name}", "adapt", inputs, params, partial=interrupted)
     _extra(b, "adapt", [f"adaptors/{p.stem}" for p in b.project.adaptors_dir.glob("*.safetensors")])
 
 
-def _fusion(b: _Builder, ks: list[int]) -> None:
+def _fusion(b: _Builder, sets: list[str]) -> None:
     from grappa_cli import plugins
     from grappa_cli.fusion.base import FusionOptions
 
-    sets = [f"k{k}" for k in ks]
     inputs = {f"adaptors/{s}": b.current(f"adaptors/{s}") for s in sets}
     inputs["features/train"] = b.current("features/train")
     backbone = _backbone_id(b)
@@ -235,7 +289,7 @@ def _fusion(b: _Builder, ks: list[int]) -> None:
     _extra(b, "fuse", [f"fusion/{p.stem}" for p in b.project.fusion_dir.glob("*.safetensors")])
 
 
-def _results(b: _Builder, ks: list[int]) -> None:
+def _results(b: _Builder, sets: list[str]) -> None:
     from grappa_cli.data import sources
     from grappa_cli.errors import GrappaError
     from grappa_cli.stages import models
@@ -245,7 +299,7 @@ def _results(b: _Builder, ks: list[int]) -> None:
         tasks = sources.evaluation_tasks(b.config)
     except GrappaError:
         tasks = []
-    names = ["backbone", *(f"adaptor:k{k}" for k in ks), *(f"fused:{s}" for s in b.config.fuse.strategies)]
+    names = ["backbone", *(f"adaptor:{s}" for s in sets), *(f"fused:{s}" for s in b.config.fuse.strategies)]
     refs = [models.parse(n) for n in names]
     for ref in models.available(b.project):  # `grappa eval` also scores every other model the project has
         if ref not in refs and not artifacts.stale_inputs(b.project, models.record(b.project, ref) or {}, b.store):
@@ -319,9 +373,10 @@ def _not_current(project: Project, artifact_id: str, rec: dict[str, Any],
         if result or not input_id.startswith((*artifacts.STORE_PREFIXES, "adaptors/", "fusion/")):
             continue
         current = artifacts.record(project, input_id)
-        if not current or not current.get("complete"):
+        grown = input_id == "features/train" and artifacts.input_matches(project, input_id, recorded)
+        if not grown and (not current or not current.get("complete")):
             result = (input_id, f"its input {input_id} is {'incomplete' if current else 'missing'}")
-        elif current.get("fingerprint") != recorded:  # the input was redone: redo this one
+        elif not grown and current.get("fingerprint") != recorded:  # the input was redone: redo this one
             result = (artifact_id, f"{input_id} changed since it was made")
         else:
             result = _not_current(project, input_id, current, seen)

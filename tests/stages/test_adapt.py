@@ -70,7 +70,7 @@ def test_missing_inputs_name_the_command(extracted_project, tiny_project, cli, t
 def test_unknown_k_lists_the_stored_ones(clustered_project, cli) -> None:
     result = cli("-C", clustered_project.root, "adapt", "--k", "8")
     assert result.exit_code == 1
-    assert "no complete clustering for k = 8; stored: 2, 4" in result.stderr
+    assert "no complete clustering for k8; stored: k2, k4" in result.stderr
 
 
 @pytest.mark.slow

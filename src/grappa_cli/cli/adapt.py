@@ -19,23 +19,25 @@ from grappa_cli.cli.common import (
 )
 
 
-def parse_set_names(value: str | None) -> list[int] | None:
-    """``"256,4096"``, ``"k256,k4096"`` or ``"adaptor:k256"`` -> ``[256, 4096]`` (one spelling everywhere)."""
+def parse_set_names(value: str | None) -> list[str] | None:
+    """``"256,4096"``, ``"k256,k4096"``, ``"adaptor:k256"`` or ``"k16-coral"`` -> set names (one spelling)."""
+    from grappa_cli import increments
     from grappa_cli.errors import UsageError
 
     names = split_csv(value)
     if not names:
         return None
-    ks = []
+    sets = []
     for name in names:
         name = name.removeprefix("adaptor:")
-        digits = name[1:] if name.lower().startswith("k") else name
-        if not digits.isdigit():
-            raise UsageError(f"--k expects stored adaptor sets like k256,k4096 (or 256, adaptor:k256; got {name!r})")
-        ks.append(int(digits))
-    if len(set(ks)) != len(ks):
+        name = f"k{name}" if name[:1].isdigit() else name[:1].lower() + name[1:]
+        if not increments.is_set_name(name):
+            raise UsageError(f"--k expects stored adaptor sets like k256,k4096 (or 256, adaptor:k256, k16-coral; "
+                             f"got {name!r})")
+        sets.append(name)
+    if len(set(sets)) != len(sets):
         raise UsageError(f"--k lists a value twice ({value})")
-    return sorted(ks)
+    return sorted(sets, key=increments.set_sort_key)
 
 
 def adapt(
@@ -61,23 +63,23 @@ def adapt(
     from grappa_cli.stages.adapt import adapt as run
 
     proj = resolve_project(ctx, project)
-    options = AdaptOptions(ks=parse_set_names(k), epochs=epochs, batch_size=batch_size, device=device, seed=seed,
+    options = AdaptOptions(sets=parse_set_names(k), epochs=epochs, batch_size=batch_size, device=device, seed=seed,
                            num_workers=workers, force=force)
     if launch_rank() != 0:
         run(proj, options, None)
         return
     with proj.lock("adapt"):
         results = run(proj, options, RichReporter())
-    proj.record_run("adapt", sets=[r.k for r in results])
+    proj.record_run("adapt", sets=[r.name for r in results])
     if as_json:
         print_json([r.__dict__ for r in results])
         return
     table = Table(title="adaptor sets")
-    for column in ("k", "epochs", "loss (first -> last)", "seconds", "images/s", "file"):
+    for column in ("set", "epochs", "loss (first -> last)", "seconds", "images/s", "file"):
         table.add_column(column)
     for r in results:
         losses = f"{r.epoch_losses[0]:.3f} -> {r.epoch_losses[-1]:.3f}" if r.epoch_losses else "-"
-        table.add_row(str(r.k), str(len(r.epoch_losses)), losses, "-" if r.skipped else f"{r.seconds:.1f}",
+        table.add_row(r.name, str(len(r.epoch_losses)), losses, "-" if r.skipped else f"{r.seconds:.1f}",
                       "-" if r.skipped else f"{r.images_per_second:,.1f}",
                       r.path + (" (already complete)" if r.skipped else ""))
     out.print(table)

@@ -72,6 +72,7 @@ def _print_table(report: ClusterReport) -> None:
         table.add_column(column, justify="left" if column == "status" else "right", no_wrap=True)
     for o in report.outcomes:
         sizes = f"{o.min_size:,}/{o.median_size:g}/{o.max_size:,}"
-        table.add_row(f"{o.k:,}", o.status, f"{o.empty:,}", sizes, f"{o.inertia:.6g}", str(o.iterations),
+        label = o.name if "-" in o.name else f"{o.k:,}"  # a set of added images: k16-coral
+        table.add_row(label, o.status, f"{o.empty:,}", sizes, f"{o.inertia:.6g}", str(o.iterations),
                       f"{o.seconds:.2f}")
     out.print(table)

@@ -113,5 +113,4 @@ def _set_names(value: str | None) -> list[str] | None:
     """``k256,k1024`` (also ``256`` or ``adaptor:k256``) -> ``["k256", "k1024"]``; None for all."""
     from grappa_cli.cli.adapt import parse_set_names
 
-    ks = parse_set_names(value)
-    return [f"k{k}" for k in ks] if ks else None
+    return parse_set_names(value)

@@ -14,6 +14,8 @@ def run(
     ctx: typer.Context,
     until: Annotated[Stage | None, typer.Option(help="Stop after this stage: extract, cluster, adapt, fuse, "
                                                 "eval or report.", show_default=False)] = None,
+    full: Annotated[bool, typer.Option("--full", help="After data.train grew: rebuild everything on the union "
+                                       "from scratch instead of the incremental update.")] = False,
     device: DeviceOption = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,
@@ -29,7 +31,7 @@ def run(
     proj = resolve_project(ctx, project)
     stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
     with proj.lock("run"), PipelineReporter(len(stages)) as view:
-        outcome = run_pipeline(proj, device=device, reporter=view, until=until)
+        outcome = run_pipeline(proj, device=device, reporter=view, until=until, full=full)
     proj.record_run("run", **outcome.to_dict())
     if as_json:
         print_json(outcome.to_dict())

@@ -30,6 +30,10 @@ def status(ctx: typer.Context, project: ProjectOption = None, as_json: JsonOptio
             detail = (detail + "; " if detail else "") + "changed inputs: " + ", ".join(item.stale_inputs)
         table.add_row(item.stage, item.id, f"[{_STYLE[item.state]}]{item.state}[/]", detail)
     out.print(table)
+    if report.update:
+        out.print("Incremental update (data.train grew):", highlight=False)
+        for line in report.update:
+            out.print(f"  - {line}", highlight=False)
     for step in report.next_steps:
         out.print(f"Next: {step}", highlight=False)
     if not report.next_steps:

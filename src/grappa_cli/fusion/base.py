@@ -23,6 +23,15 @@ class FusionOptions:
 
 
 @dataclass
+class WarmStart:
+    """The attention layers of a previous fused model that a retrained fusion starts from."""
+
+    layers: list[Any]
+    set_names: list[str]
+    fingerprint: str
+
+
+@dataclass
 class FusionContext:
     """Everything a strategy may use; built by ``grappa_cli.stages.fuse``."""
 
@@ -37,6 +46,8 @@ class FusionContext:
     params: dict[str, Any]
     run_dir: Path
     reporter: Reporter
+    #: a previous fused model whose attention layers start this one (an incremental update)
+    warm_start: WarmStart | None = field(default=None, init=False, repr=False)
     _cache: Any = field(default=None, init=False, repr=False)
     _cache_checked: bool = field(default=False, init=False, repr=False)
 
@@ -93,8 +104,13 @@ class FusionContext:
         from grappa_cli.model.grappa import GrappaModel
 
         torch.manual_seed(self.seed)
-        return GrappaModel.with_adaptor_sets(self.backbone, self.adaptor_sets, fusion=fusion,
-                                             attention_init=str(self.params.get("attention_init", "uniform")))
+        model = GrappaModel.with_adaptor_sets(self.backbone, self.adaptor_sets, fusion=fusion,
+                                              attention_init=str(self.params.get("attention_init", "uniform")))
+        if self.warm_start is not None and fusion == "attention":
+            with torch.no_grad():
+                for layer, previous in zip(model.fusion_layers(), self.warm_start.layers, strict=True):
+                    layer.load_state_dict(previous.state_dict())
+        return model
 
 
 @dataclass

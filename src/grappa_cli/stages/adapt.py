@@ -36,6 +36,8 @@ FEATURES = "features/train"
 @dataclass
 class AdaptOptions:
     ks: list[int] | None = None
+    #: set names (``k256``, ``k16-coral``); with ``ks``, the first increment's ``k<K>`` are added
+    sets: list[str] | None = None
     epochs: int | None = None
     batch_size: int | None = None
     device: str | None = None
@@ -54,34 +56,49 @@ class AdaptResult:
     epoch_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     images_per_second: float = 0.0
+    name: str = ""
 
 
-def adaptor_id(k: int) -> str:
-    return f"adaptors/k{k}"
+def adaptor_id(k: int | str) -> str:
+    """``adaptors/k256`` for a k or a set name (``adaptors/k16-coral``)."""
+    return f"adaptors/{k}" if isinstance(k, str) else f"adaptors/k{k}"
+
+
+def stored_set_names(store: Any) -> list[str]:
+    """Names of the sets whose clustering is complete in the store (first increment's first, by k)."""
+    from grappa_cli import increments
+
+    names = []
+    for name in store.children("clusters"):
+        if increments.is_set_name(name):
+            record = store.provenance(f"clusters/{name}") or {}
+            if record.get("complete"):
+                names.append(name)
+    return sorted(names, key=increments.set_sort_key)
 
 
 def stored_ks(store: Any) -> list[int]:
-    """k values whose clustering is complete in the store, increasing."""
-    ks = []
-    for name in store.children("clusters"):
-        if name.startswith("k") and name[1:].isdigit():
-            record = store.provenance(f"clusters/{name}") or {}
-            if record.get("complete"):
-                ks.append(int(name[1:]))
-    return sorted(ks)
+    """k values of the first increment's complete clusterings (``k<K>``), increasing."""
+    return [int(n[1:]) for n in stored_set_names(store) if n[1:].isdigit()]
 
 
-def training_labels(store: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pseudo-labels under clustering k by training row (-1: none) and which rows are usable."""
+def training_labels(store: Any, k: int | str) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudo-labels under clustering k by training row (-1: none) and which rows are usable.
+
+    A clustering made before the training set grew covers its first rows only: the rows
+    added since have no label under it (-1).
+    """
     valid = store.read(f"{FEATURES}/valid").astype(bool)
     labels = store.read(f"{cluster_key(k)}/labels").astype(np.int64)
-    if len(labels) != len(valid):
+    if len(labels) > len(valid):
         raise StoreError(f"{cluster_key(k)} has {len(labels)} labels for {len(valid)} training images",
                          hint="rerun `grappa cluster --force`")
+    if len(labels) < len(valid):
+        labels = np.concatenate([labels, np.full(len(valid) - len(labels), -1, dtype=np.int64)])
     return labels, valid & (labels >= 0)
 
 
-def training_rows(store: Any, k: int) -> tuple[list[str], np.ndarray]:
+def training_rows(store: Any, k: int | str) -> tuple[list[str], np.ndarray]:
     """Paths of the usable training images and their pseudo-labels under clustering k."""
     labels, keep = training_labels(store, k)
     paths = store.read(f"{FEATURES}/paths")
@@ -101,7 +118,7 @@ def adapt_params(config: Any, options: AdaptOptions, k: int, backbone_id: str) -
     }
 
 
-def initial_prototypes(store: Any, k: int, params: dict[str, Any], dim: int) -> Any:
+def initial_prototypes(store: Any, k: int | str, params: dict[str, Any], dim: int) -> Any:
     """The norm-softmax prototypes' start: the clustering's L2-normalised centroids, or None (random).
 
     The untrained model (zero-output adaptors) embeds an image exactly as the backbone whose
@@ -114,9 +131,12 @@ def initial_prototypes(store: Any, k: int, params: dict[str, Any], dim: int) -> 
         return None
     import torch
 
+    from grappa_cli import increments
+
+    clusters = k if isinstance(k, int) else increments.parse_set(k)[0]
     centroids = np.asarray(store.read(f"{cluster_key(k)}/centroids"), dtype=np.float32)
-    if centroids.shape != (k, dim):
-        raise StoreError(f"{cluster_key(k)}/centroids has shape {centroids.shape}, expected ({k}, {dim})",
+    if centroids.shape != (clusters, dim):
+        raise StoreError(f"{cluster_key(k)}/centroids has shape {centroids.shape}, expected ({clusters}, {dim})",
                          hint="rerun `grappa cluster --force`")
     norms = np.linalg.norm(centroids, axis=1, keepdims=True)
     return torch.from_numpy(centroids / np.maximum(norms, 1e-12))
@@ -133,17 +153,18 @@ def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = N
     distributed.init_distributed()
     store = project.store()
     features = store.require_complete(FEATURES, "the training set's features", "grappa extract")
-    available = stored_ks(store)
-    ks = options.ks or available
-    if not ks:
+    available = stored_set_names(store)
+    names = [*(f"k{k}" for k in options.ks or []), *(options.sets or [])] or available
+    if not names:
         raise StoreError("no pseudo-label sets yet", hint="run `grappa cluster`")
-    missing = [k for k in ks if k not in available]
+    missing = [n for n in names if n not in available]
     if missing:
-        raise StoreError(f"no complete clustering for k = {', '.join(map(str, missing))}; stored: "
-                         f"{', '.join(map(str, available)) or 'none'}",
-                         hint=f"run `grappa cluster --k {','.join(map(str, missing))}`")
-    for k in ks:  # never train on pseudo-labels of stale features, --force included
-        require_current(project, cluster_key(k), f"the pseudo-labels at k={k}")
+        raise StoreError(f"no complete clustering for {', '.join(missing)}; stored: "
+                         f"{', '.join(available) or 'none'}",
+                         hint=f"run `grappa cluster --k {','.join(m[1:] for m in missing)}` (or `grappa run`)")
+    for name in names:  # never train on pseudo-labels of stale features, --force included
+        what = f"the pseudo-labels at k={name[1:]}" if name[1:].isdigit() else f"the pseudo-labels of {name}"
+        require_current(project, cluster_key(name), what)
     from grappa_cli.data.cached_training import find_training_cache
     from grappa_cli.model.backbone import build_backbone
 
@@ -154,12 +175,12 @@ def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = N
                          hint="rerun `grappa extract --force`")
     cache = find_training_cache(store, reporter)
     results = []
-    for k in ks:
-        results.append(_adapt_one(project, config, options, store, backbone, features, k, reporter, cache))
+    for name in names:
+        results.append(_adapt_one(project, config, options, store, backbone, features, name, reporter, cache))
     return results
 
 
-def training_inputs(store: Any, k: int, data_config: dict[str, Any], cache: Any,
+def training_inputs(store: Any, k: int | str, data_config: dict[str, Any], cache: Any,
                     crop_scale: float = 0.08) -> tuple[Any, dict[str, Any]]:
     """The dataset of images with their pseudo-labels under clustering k, and the loop's extra inputs.
 
@@ -185,46 +206,53 @@ def training_inputs(store: Any, k: int, data_config: dict[str, Any], cache: Any,
 
 
 def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any, backbone: Any,
-               features: dict, k: int, reporter: Reporter, cache: Any = None) -> AdaptResult:
+               features: dict, name: str, reporter: Reporter, cache: Any = None) -> AdaptResult:
     import torch
 
+    from grappa_cli import increments
     from grappa_cli.model.checkpoint import save_adaptor_set
     from grappa_cli.model.grappa import GrappaModel, new_adaptor_set
+    from grappa_cli.stages.cluster import trained_on
     from grappa_cli.train import distributed
     from grappa_cli.train.loop import TrainConfig, train
     from grappa_cli.train.losses import NormSoftmaxLoss
     from grappa_cli.train.objective import Objective
     from grappa_cli.train.schedule import build_scheduler, fit_to_size
 
-    path = artifacts.checkpoint_path(project, adaptor_id(k))
-    params = adapt_params(config, options, k, backbone.model_id)
-    inputs = {cluster_key(k): store.provenance(cluster_key(k))["fingerprint"], FEATURES: features["fingerprint"]}
+    k, _ = increments.parse_set(name)
+    path = artifacts.checkpoint_path(project, adaptor_id(name))
+    clustering = store.provenance(cluster_key(name)) or {}
+    added = {key: clustering["params"][key] for key in ("increment", "rows") if key in clustering.get("params", {})}
+    params = {**adapt_params(config, options, k, backbone.model_id), **added}
+    # the features as the clustering saw them (an earlier increment's, when the set grew since)
+    inputs = {cluster_key(name): clustering["fingerprint"],
+              FEATURES: (clustering.get("inputs") or {}).get(FEATURES, features["fingerprint"])}
     fp = prov.fingerprint({"params": params, "inputs": inputs})
     existing = artifacts.read_checkpoint_record(path)
     if existing and not options.force:
         if existing.get("fingerprint") == fp:
-            return AdaptResult(k, str(path), True, existing.get("loss_curve", []))
+            return AdaptResult(k, str(path), True, existing.get("loss_curve", []), name=name)
         if not options.refresh:
             raise StoreError(f"{path.name} was trained with other inputs or settings "
                              f"({prov.describe_mismatch(existing, params, inputs)})",
                              hint="rerun with --force to retrain it")
 
-    dataset, loop_inputs = training_inputs(store, k, backbone.data_config, cache, params["crop_scale"])
+    dataset, loop_inputs = training_inputs(store, name, backbone.data_config, cache, params["crop_scale"])
     model = GrappaModel.with_adaptor_sets(
         backbone, [new_adaptor_set(backbone, config.adapt.bottleneck, seed=params["seed"], k=k,
                                    config_path=config.path)], fusion=None)
     model.set_trainable(adaptors=True, fusion=False)
     torch.manual_seed(params["seed"])
     criterion = NormSoftmaxLoss(backbone.embed_dim, k, scale=params["scale"],
-                                weight=initial_prototypes(store, k, params, backbone.embed_dim))
+                                weight=initial_prototypes(store, name, params, backbone.embed_dim))
     objective = Objective(model, criterion)
-    run_dir = project.runs_dir / f"adapt-k{k}"
+    run_dir = project.runs_dir / f"adapt-{name}"
     batch_size, epochs = fit_to_size(len(dataset), params["batch_size"], params["epochs"], params["min_steps"])
     train_config = TrainConfig(
         run_dir=run_dir, epochs=epochs, batch_size=batch_size, seed=params["seed"],
         device=options.device or config.runtime.device, amp=config.runtime.amp, grad_clip=params["grad_clip"],
         num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
-        description=f"adapt k={k}", force=options.force, restart_on_mismatch=options.refresh,
+        description=f"adapt {name}", force=options.force, restart_on_mismatch=options.refresh,
         settings={"params": params, "inputs": inputs},
     )
     start = time.perf_counter()
@@ -240,13 +268,14 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
         record.update(complete=True, completed=prov.now(), loss_curve=result.epoch_losses,
                       images=len(dataset), seconds=result.seconds, input="cache" if loop_inputs else "files",
                       batch_size=batch_size, epochs=epochs,
+                      trained_on=clustering.get("trained_on") or trained_on(None, len(dataset)),
                       summary={"k": k, "epochs": epochs, "final_loss": _last(result.epoch_losses)})
         save_adaptor_set(path, model.adaptor_set(0), backbone=backbone, provenance=record, k=k,
                          config={"adapt": params})
         (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # the set is saved; keep metrics.jsonl only
     distributed.barrier()
     return AdaptResult(k, str(path), False, result.epoch_losses, time.perf_counter() - start,
-                       result.images_per_second)
+                       result.images_per_second, name)
 
 
 def _last(values: list[float]) -> float | None:

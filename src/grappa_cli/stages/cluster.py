@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from grappa_cli import plugins
+from grappa_cli import increments, plugins
 from grappa_cli.clustering import kvalues
 from grappa_cli.clustering.base import settings_of
 from grappa_cli.console import NullReporter, Reporter
@@ -43,9 +43,9 @@ NORMALIZATION = "l2"
 _CORE_PARAMS = ("k", "backend", "seed", "niter", "normalize")
 
 
-def cluster_key(k: int) -> str:
-    """Store group of one pseudo-label set: ``clusters/k256``."""
-    return f"clusters/k{k}"
+def cluster_key(k: int | str) -> str:
+    """Store group of one pseudo-label set: ``clusters/k256`` (k) or ``clusters/k16-coral`` (a set name)."""
+    return f"clusters/{k}" if isinstance(k, str) else f"clusters/k{k}"
 
 
 def cluster_params(k: int, backend: str, seed: int, niter: int, settings: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +70,8 @@ class KOutcome:
     iterations: int
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
+    #: the set's name: ``k<K>``, or ``k<K>-<added>`` for images added by an incremental update
+    name: str = ""
 
 
 @dataclass
@@ -132,33 +134,31 @@ def run(
     clusterer = plugins.get("clusterers", backend)
 
     store = project.store()
-    feat_record = features_record(store)
+    features_record(store)
     require_current(project, FEATURES_KEY, "the training features")  # never cluster stale features
-    inputs = {FEATURES_KEY: feat_record["fingerprint"]}
     embeddings = store.array(EMBEDDINGS_KEY)
     if len(embeddings.shape) != 2:
         raise StoreError(f"{EMBEDDINGS_KEY} has shape {tuple(embeddings.shape)}, expected [n, D]",
                          hint="re-extract with `grappa extract --force`")
     n_rows, dim = (int(s) for s in embeddings.shape)
-    rows = usable_rows(store, n_rows)
-    n = len(rows)
-    source = "--k" if k is not None else "grappa.toml [cluster] k"
-    ks = kvalues.resolve(k if k is not None else cfg.k, n, auto_count=cfg.auto_count, source=source)
+    all_rows = usable_rows(store, n_rows)
+    work = _work(project.config(), store, all_rows, k)
 
     settings = settings_of(clusterer)
-    todo: list[int] = []
-    skipped: dict[int, dict[str, Any]] = {}
-    for value in ks:
-        key = cluster_key(value)
-        params = cluster_params(value, backend, seed, niter, settings)
+    todo: list[tuple[str, int, Any]] = []
+    skipped: dict[str, dict[str, Any]] = {}
+    for name, value, entry in work:
+        key = cluster_key(name)
+        params = {**cluster_params(value, backend, seed, niter, settings), **increments.set_params(entry.increment)}
+        inputs = {FEATURES_KEY: entry.features}
         state = store.state(key, params, inputs)
         old = store.provenance(key)
         if force or state in ("missing", "partial"):
-            todo.append(value)
+            todo.append((name, value, entry))
         elif state == "complete":
-            skipped[value] = old or {}
+            skipped[name] = old or {}
         elif refresh or (old is not None and not old.get("complete")):  # stale, or unfinished with other settings
-            todo.append(value)
+            todo.append((name, value, entry))
         else:
             difference = describe_mismatch(old or {}, params, inputs)
             raise StoreError(
@@ -166,17 +166,38 @@ def run(
                 hint=f"redo it with `grappa cluster --k {value} --force`",
             )
 
-    x = _load_points(store, rows) if todo else None
+    points = _load_points(store, all_rows) if todo else None
     outcomes = []
-    for value in ks:
-        if value in skipped:
-            reporter.log(f"{cluster_key(value)} is complete; skipped (use --force to redo it)")
-            outcomes.append(_outcome_from_record(value, skipped[value]))
+    for name, value, entry in work:
+        if name in skipped:
+            reporter.log(f"{cluster_key(name)} is complete; skipped (use --force to redo it)")
+            outcomes.append(_outcome_from_record(value, skipped[name], name))
             continue
-        assert x is not None
-        outcomes.append(_cluster_one(store, clusterer, x, rows, n_rows, value, backend, seed, niter,
-                                     settings, inputs, reporter))
-    return ClusterReport(n, dim, n_rows - n, backend, seed, niter, outcomes)
+        assert points is not None
+        inc = entry.increment
+        inside = (all_rows >= inc.start) & (all_rows < inc.stop)
+        outcomes.append(_cluster_one(store, clusterer, points[inside], all_rows[inside], n_rows, value, backend,
+                                     seed, niter, settings, {FEATURES_KEY: entry.features}, reporter,
+                                     name=name, increment=inc))
+    return ClusterReport(len(all_rows), dim, n_rows - len(all_rows), backend, seed, niter, outcomes)
+
+
+def _work(config: Any, store: Any, rows: np.ndarray, k: str | Sequence[int] | None) -> list[tuple[str, int, Any]]:
+    """(set name, k, increment) of every clustering to make.
+
+    Without ``k``: every increment's configured sets (:mod:`grappa_cli.increments`). With ``k``
+    (``grappa cluster --k``): those k values for the first increment (all images, unless the
+    training set grew incrementally).
+    """
+    cfg = config.cluster
+    entries = increments.configured(config, store)
+    if k is None and all(entry.increment.index == 0 for entry in entries):
+        entries[0].ks = kvalues.resolve(cfg.k, entries[0].images, auto_count=cfg.auto_count,
+                                        source="grappa.toml [cluster] k")  # checked: a k too large fails here
+    elif k is not None:
+        entries = entries[:1]
+        entries[0].ks = kvalues.resolve(k, entries[0].images, auto_count=cfg.auto_count, source="--k")
+    return [(name, value, entry) for entry in entries for value, name in zip(entry.ks, entry.names, strict=True)]
 
 
 def usable_rows(store: Any, n_rows: int) -> np.ndarray:
@@ -206,9 +227,10 @@ def _load_points(store: Any, rows: np.ndarray) -> np.ndarray:
 
 def _cluster_one(
     store: Any, clusterer: Any, x: np.ndarray, rows: np.ndarray, n_rows: int, k: int, backend: str,
-    seed: int, niter: int, settings: dict[str, Any], inputs: dict[str, str], reporter: Reporter,
+    seed: int, niter: int, settings: dict[str, Any], inputs: dict[str, str], reporter: Reporter, *,
+    name: str | None = None, increment: Any = None,
 ) -> KOutcome:
-    key = cluster_key(k)
+    key = cluster_key(name or k)
     start = time.perf_counter()
     result = clusterer.fit(x, k, seed=seed, niter=niter, reporter=reporter)
     seconds = time.perf_counter() - start
@@ -230,21 +252,29 @@ def _cluster_one(
     store.write_array(f"{key}/labels", all_labels)
     store.write_array(f"{key}/sizes", sizes)
     # The record last, complete in one write: arrays without it are remade, never used.
-    store.commit(key, "cluster", cluster_params(k, backend, seed, niter, settings), inputs,
+    extra = increments.set_params(increment) if increment is not None else {}
+    store.commit(key, "cluster", {**cluster_params(k, backend, seed, niter, settings), **extra}, inputs,
                  summary=summary, inertia=float(result.inertia), iterations=int(result.iterations),
                  seconds=round(seconds, 3), empty_clusters=summary["empty"], n=int(x.shape[0]),
                  unlabeled_rows=int(n_rows - x.shape[0]),
-                 info=_jsonable(result.info))
+                 info=_jsonable(result.info), trained_on=trained_on(increment, int(x.shape[0])))
     return KOutcome(k, "clustered", summary["empty"], summary["min"], summary["median"], summary["max"],
-                    float(result.inertia), int(result.iterations), seconds, dict(result.info))
+                    float(result.inertia), int(result.iterations), seconds, dict(result.info), name or f"k{k}")
 
 
-def _outcome_from_record(k: int, record: dict[str, Any]) -> KOutcome:
+def trained_on(increment: Any, images: int) -> dict[str, Any]:
+    """Which training images a clustering or adaptor set saw: rows of ``features/train`` and their sources."""
+    if increment is None:
+        return {"images": images}
+    return {"rows": [increment.start, increment.stop], "parts": list(increment.parts), "images": images}
+
+
+def _outcome_from_record(k: int, record: dict[str, Any], name: str | None = None) -> KOutcome:
     summary = record.get("summary") or {}
     return KOutcome(k, "skipped", int(summary.get("empty", 0)), int(summary.get("min", 0)),
                     float(summary.get("median", 0.0)), int(summary.get("max", 0)),
                     float(record.get("inertia", float("nan"))), int(record.get("iterations", 0)),
-                    float(record.get("seconds", 0.0)), dict(record.get("info") or {}))
+                    float(record.get("seconds", 0.0)), dict(record.get("info") or {}), name or f"k{k}")
 
 
 def _jsonable(value: Any) -> Any:

@@ -61,6 +61,11 @@ class EmbedJob:
     params: dict[str, Any]
     inputs: dict[str, str]
     summary_name: str = ""
+    #: rows already embedded by an earlier extraction of a prefix of ``paths`` (an incremental
+    #: update of the training set): kept bit-identical, never embedded again
+    keep_rows: int = 0
+    #: fields the complete record gets in the same write that completes it
+    record_extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _dist() -> tuple[int, int]:
@@ -90,13 +95,18 @@ def prepare(store: Store, job: EmbedJob, *, dim: int, dtype: str, chunk_rows: in
     ``refresh``, which redoes stale work only, as ``grappa run`` does).
     """
     state = store.state(job.key, job.params, job.inputs)
+    n = len(job.paths)
+    if job.keep_rows and not force:
+        if state in ("complete", "partial") and store.intact(job.key, _arrays(job, n, chunk_rows)):
+            return state
+        grow(store, job, chunk_rows=chunk_rows, dim=dim, dtype=dtype)
+        return "grown"
     if state == "stale" and not (force or refresh):
         old = store.provenance(job.key) or {}
         raise StoreError(
             f"{job.key} was made from other inputs ({prov.describe_mismatch(old, job.params, job.inputs)})",
             hint=f"rerun with --force to redo it (this makes what was built from {job.key} stale)",
         )
-    n = len(job.paths)
     if state in ("complete", "partial") and not force and store.intact(job.key, _arrays(job, n, chunk_rows)):
         return state
     diskerrors.expect(n * dim * np.dtype(dtype).itemsize + sum(len(x) for x in job.paths) * 4)
@@ -111,6 +121,40 @@ def prepare(store: Store, job: EmbedJob, *, dim: int, dtype: str, chunk_rows: in
         store.write_array(f"{job.key}/labels", np.asarray(job.labels, dtype=np.int32), (rows,))
     store.begin(job.key, job.stage, job.params, job.inputs)
     return "created"
+
+
+def grow(store: Store, job: EmbedJob, *, chunk_rows: int, dim: int, dtype: str) -> None:
+    """Extend a group by the images after its first ``job.keep_rows`` rows (an incremental update).
+
+    The record goes first here (incomplete, with the new inputs and a ``growing`` note), then
+    the arrays are lengthened: an interrupted grow leaves a partial record whose rerun lengthens
+    them again (lengthening to the same size changes nothing) and fills the pending chunks. The
+    kept rows are never written with other values: the chunk they share with the first new
+    rows is filled from the stored values (see :func:`run_embedding`).
+    """
+    n, kept = len(job.paths), job.keep_rows
+    old = store.provenance(job.key) or {}
+    diskerrors.expect((n - kept) * dim * np.dtype(dtype).itemsize + sum(len(x) for x in job.paths[kept:]) * 4)
+    from grappa_cli import increments
+
+    record = prov.record(job.stage, job.params, job.inputs)
+    record.update(increments=[inc.to_dict() for inc in increments.recorded(old)], growing={"from": kept, "to": n})
+    store.group(job.key).attrs["grappa"] = record
+    data = store.array(f"{job.key}/embeddings")
+    rows_per_chunk = int(data.chunks[0])
+    data.resize((n, dim))
+    done = store.array(f"{job.key}/embeddings_done")
+    n_chunks = -(-n // rows_per_chunk)
+    if int(done.shape[0]) != n_chunks:
+        done.resize((n_chunks,))
+    first_new = kept // rows_per_chunk
+    done[first_new:] = False  # the chunk shared with the kept rows is refilled (from their stored values)
+    for name in ("valid", "error", "paths") + (("labels",) if job.labels is not None else ()):
+        store.array(f"{job.key}/{name}").resize((n,))
+    store.array(f"{job.key}/paths")[kept:] = np.asarray(job.paths[kept:], dtype=str)
+    if job.labels is not None:
+        store.array(f"{job.key}/labels")[kept:] = np.asarray(job.labels[kept:], dtype=np.int32)
+    store.array(f"{job.key}/valid")[kept:] = False
 
 
 def _arrays(job: EmbedJob, n: int, chunk_rows: int) -> dict[str, int]:
@@ -147,7 +191,8 @@ def run_embedding(
     valid = store.array(f"{job.key}/valid")
     errors = store.array(f"{job.key}/error")
     mine = [c for c in chunks.pending() if c % world == rank]
-    indices = [i for c in mine for i in range(chunks.rows(c).start, chunks.rows(c).stop)]
+    kept = job.keep_rows
+    indices = [i for c in mine for i in range(max(chunks.rows(c).start, kept), chunks.rows(c).stop)]
     start = time.perf_counter()
     if indices:
         dataset = ImageDataset(job.paths, transform, indices, min_side=min_side)
@@ -156,7 +201,14 @@ def run_embedding(
         buffers = {c: np.zeros((r.stop - r.start, dim), np.float32) for c, r in pending_rows.items()}
         ok = {c: np.zeros(r.stop - r.start, bool) for c, r in pending_rows.items()}
         why = {c: np.full(r.stop - r.start, "", dtype=object) for c, r in pending_rows.items()}
-        remaining = {c: r.stop - r.start for c, r in pending_rows.items()}
+        remaining = {c: r.stop - max(r.start, kept) for c, r in pending_rows.items()}
+        for c, r in pending_rows.items():  # a chunk shared with kept rows keeps their stored values
+            if r.start < kept:
+                stored = slice(r.start, min(r.stop, kept))
+                width = stored.stop - stored.start
+                buffers[c][:width] = np.asarray(chunks.data[stored], dtype=np.float32)
+                ok[c][:width] = np.asarray(valid[stored], dtype=bool)
+                why[c][:width] = np.asarray(errors[stored]).astype(object)
         model = maybe_compile(model.to(device).eval(), compile)
         copies = HostCopies()
 
@@ -219,7 +271,8 @@ def finish_group(store: Store, job: EmbedJob, valid_mask: np.ndarray, *, dim: in
                         hint="check the dataset root and the image files")
     bad = unreadable_files(store, job.key, valid_mask)
     store.finish(job.key, summary={"images": int(valid_mask.sum()), "bad": len(bad), "dim": dim},
-                 images=len(job.paths), bad_files=bad[:1000], dim=dim, dtype=dtype)
+                 images=len(job.paths), bad_files=bad[:1000], dim=dim, dtype=dtype, growing=None,
+                 **job.record_extra)
 
 
 def forward_in_parts(model: Any, images: Any) -> Any:

@@ -35,6 +35,8 @@ class ExtractOptions:
     refresh: bool = False
     #: hash every image's bytes and redo splits whose images changed (``--verify``)
     verify: bool = False
+    #: extract a grown training set from scratch instead of appending the new images (``run --full``)
+    full: bool = False
 
 
 def backbone_spec(config: Any, weights: str | None = None) -> Any:
@@ -81,7 +83,9 @@ def extract(project: Project, options: ExtractOptions, reporter: Reporter | None
     if "train" in options.splits:
         train = sources.training_set(config)
         inputs, content = image_inputs(store, TRAIN_KEY, train, options.verify)
-        jobs.append((EmbedJob(TRAIN_KEY, "extract", train.paths, None, params, inputs, "training set"), content))
+        job = EmbedJob(TRAIN_KEY, "extract", train.paths, None, params, inputs, "training set")
+        plan_increments(store, config, job, full=options.full or options.force)
+        jobs.append((job, content))
     if "test" in options.splits:
         for task in options.tasks or sources.evaluation_tasks(config):
             test = sources.test_set(config, task)
@@ -103,6 +107,43 @@ def extract(project: Project, options: ExtractOptions, reporter: Reporter | None
         if content is not None and distributed.rank() == 0:
             store.update(job.key, content=content)
     return results
+
+
+def plan_increments(store: Any, config: Any, job: EmbedJob, *, full: bool) -> None:
+    """Set ``job`` to append to the stored training features when ``data.train`` only grew.
+
+    The rows the store holds are kept (``job.keep_rows``) when :func:`increments.growth` says
+    the new image list starts with them, unchanged, and ``[data] update`` is ``incremental``;
+    the completed record lists the increments (see :mod:`grappa_cli.increments`).
+    """
+    from grappa_cli import increments
+    from grappa_cli import provenance as prov
+    from grappa_cli.data.tasks.base import ImageList
+
+    def prefix_fingerprint(n: int) -> str | None:
+        if "content" in job.inputs:  # a content hash cannot be recomputed for a prefix: extract anew
+            return None
+        images = ImageList(paths=job.paths[:n], labels=None, classes=[]).fingerprint()
+        return prov.fingerprint({"params": job.params, "inputs": {"images": images}})
+
+    record = store.provenance(job.key)
+    grow = not full and config.data.update == "incremental"
+    kept = increments.growth(record, job.paths, job.params, prefix_fingerprint) if grow else None
+    parts = training_part_names(config)
+    if kept:
+        job.keep_rows = kept
+        planned = increments.layout(record, len(job.paths), parts, "incremental")
+    else:
+        planned = [increments.Increment(0, 0, len(job.paths), parts)]
+    planned[-1].fingerprint = prov.fingerprint({"params": job.params, "inputs": job.inputs})
+    job.record_extra["increments"] = [inc.to_dict() for inc in planned]
+
+
+def training_part_names(config: Any) -> list[str]:
+    """The entries of ``data.train`` as they form D (``"mrt"`` expanded to its six tasks)."""
+    from grappa_cli.data import sources
+
+    return [name for name, _ in sources.training_parts(config)]
 
 
 def image_inputs(store: Any, key: str, images: Any, verify: bool) -> tuple[dict[str, str], str | None]:

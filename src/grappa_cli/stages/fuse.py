@@ -17,7 +17,7 @@ from grappa_cli import artifacts, plugins
 from grappa_cli import provenance as prov
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import StoreError
-from grappa_cli.fusion.base import FusionContext, FusionOptions
+from grappa_cli.fusion.base import FusionContext, FusionOptions, WarmStart
 from grappa_cli.project import Project
 
 FEATURES = "features/train"
@@ -37,9 +37,11 @@ class FuseResult:
 
 def stored_sets(project: Project) -> list[str]:
     """Names of complete adaptor sets (``k256``...), by increasing k."""
+    from grappa_cli import increments
+
     names = [p.stem for p in project.adaptors_dir.glob("*.safetensors")]
     names = [n for n in names if artifacts.fingerprint(project, f"adaptors/{n}") is not None]
-    return sorted(names, key=lambda n: int(n[1:]) if n[1:].isdigit() else 1 << 62)
+    return sorted(names, key=increments.set_sort_key)
 
 
 def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: FusionOptions,
@@ -66,8 +68,10 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
         raise StoreError(f"no trained adaptor set {', '.join(unknown)}; available: {', '.join(available)}",
                          hint="run `grappa adapt --k ...` first")
     records = {n: require_current(project, f"adaptors/{n}", f"adaptor set {n}") for n in names}
+    from grappa_cli import increments
+
     for n, rec in records.items():
-        if rec.get("inputs", {}).get(FEATURES) != features["fingerprint"]:
+        if not increments.accepts(features, rec.get("inputs", {}).get(FEATURES)):
             raise StoreError(f"adaptor set {n} was trained on another feature store (features/train changed)",
                              hint=f"rerun `grappa adapt --k {n[1:]} --force`")
     backbone = build_backbone(backbone_spec(config))
@@ -92,6 +96,11 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
     run_dir = project.runs_dir / f"fuse-{strategy.name}"
     context = FusionContext(project, config, store, backbone, names, adaptor_sets, [str(p) for p in paths],
                             options, params, run_dir, reporter)
+    warm = warm_start_source(project, config, strategy, names, existing, backbone) if not options.force else None
+    if warm is not None:
+        context.warm_start = warm
+        reporter.log(f"fusion/{strategy.name} starts from the previous fused model over "
+                     f"{', '.join(warm.set_names)} ([fuse] warm_start)")
     outcome = strategy.train(context)
     if distributed.is_main():
         from grappa_cli.fusion.attention_stats import epoch_overview, read_attention_log
@@ -104,7 +113,9 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
         record = prov.record("fuse", params, inputs)
         record.update(complete=True, completed=prov.now(), loss_curve=outcome.epoch_losses,
                       uses_labels=strategy.uses_labels, seconds=outcome.seconds, info=_plain(outcome.info),
-                      input="cache" if context.read_cache else "files", attention=attention, summary=summary)
+                      input="cache" if context.read_cache else "files", attention=attention, summary=summary,
+                      trained_on={"images": len(paths), "rows": [0, len(store.read(f"{FEATURES}/valid"))]},
+                      warm_start=None if warm is None else {"from": warm.fingerprint, "sets": warm.set_names})
         if outcome.trained_adaptors:
             save_bundle(path, outcome.model, provenance=record,
                         backbone_spec=backbone_spec(config).to_dict(), extra={"strategy": strategy.name})
@@ -115,6 +126,35 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
     distributed.barrier()
     return FuseResult(strategy.name, str(path), names, False, strategy.uses_labels, outcome.epoch_losses,
                       outcome.seconds, outcome.images_per_second)
+
+
+def warm_start_source(project: Project, config: Any, strategy: Any, names: list[str],
+                      existing: dict[str, Any] | None, backbone: Any) -> WarmStart | None:
+    """The previous fused model to start from after an incremental update, or None.
+
+    Only when ``[fuse] warm_start`` is on, the strategy trains attention fusion layers only
+    (not adaptors), and the stored fused model fuses a strict subset of ``names`` (sets were
+    added; the attention's Q, K and logit scale do not depend on the number of sets) with the
+    same backbone and the same attention start. A retrain for any other reason starts cold,
+    as a fresh run would.
+    """
+    from grappa_cli.model.checkpoint import load_fusion
+
+    if not config.fuse.warm_start or existing is None or not existing.get("complete"):
+        return None
+    if getattr(strategy, "trains_adaptors", False):
+        return None
+    previous = list((existing.get("params") or {}).get("sets") or [])
+    if not previous or not set(previous) < set(names):
+        return None
+    try:
+        checkpoint = load_fusion(artifacts.checkpoint_path(project, f"fusion/{strategy.name}"), backbone)
+    except Exception:  # an unreadable or foreign file: start cold, as without one
+        return None
+    if checkpoint.kind != "attention" or str(checkpoint.metadata.get("attention_init") or "linear") != str(
+            config.fuse.attention_init):
+        return None
+    return WarmStart(checkpoint.layers, previous, str(existing.get("fingerprint")))
 
 
 def _plain(info: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from grappa_cli import artifacts
+from grappa_cli import artifacts, increments
 from grappa_cli.errors import StoreError, UsageError
 from grappa_cli.project import Project
 from grappa_cli.suggest import did_you_mean
@@ -32,7 +32,7 @@ class ModelRef:
 
 
 def parse(name: str) -> ModelRef:
-    """``backbone``, ``adaptor:k256`` or ``fused:neighbor``.
+    """``backbone``, ``adaptor:k256`` (``adaptor:k16-coral``: a set of added images) or ``fused:neighbor``.
 
     Also accepted: ``k256`` (an adaptor set as ``--k`` names it) and the directory forms
     ``adaptor-k256`` / ``fused-neighbor`` used under ``results/``.
@@ -40,8 +40,8 @@ def parse(name: str) -> ModelRef:
     name = name.strip()
     if name in ("backbone", "M", "dino"):
         return ModelRef("backbone", "backbone", None)
-    if name[:1] in "kK" and name[1:].isdigit():
-        name = f"adaptor:{name.lower()}"
+    if increments.is_set_name(name[:1].lower() + name[1:]):
+        name = f"adaptor:{name[:1].lower()}{name[1:]}"
     for kind in ("adaptor", "fused"):
         if name.startswith(f"{kind}-"):
             name = f"{kind}:{name[len(kind) + 1:]}"
@@ -55,14 +55,12 @@ def parse(name: str) -> ModelRef:
                      hint="use backbone, adaptor:k<K> (e.g. adaptor:k1024) or fused:<strategy> (e.g. fused:neighbor)")
 
 
-def _k_of(name: str) -> int:
-    return int(name[1:]) if name[1:].isdigit() else 1 << 62
 
 
 def available(project: Project) -> list[ModelRef]:
     """Every model the project can build now: the backbone, each adaptor set, each fused model."""
     refs = [ModelRef("backbone", "backbone", None)]
-    sets = sorted((p.stem for p in project.adaptors_dir.glob("*.safetensors")), key=_k_of)
+    sets = sorted((p.stem for p in project.adaptors_dir.glob("*.safetensors")), key=increments.set_sort_key)
     refs += [parse(f"adaptor:{s}") for s in sets]
     refs += [parse(f"fused:{p.stem}") for p in sorted(project.fusion_dir.glob("*.safetensors"))]
     return [r for r in refs if r.artifact is None or artifacts.fingerprint(project, r.artifact) is not None]

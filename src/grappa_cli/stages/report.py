@@ -32,7 +32,6 @@ from grappa_cli.stages.results import (
     TABLE_METRICS,
     OracleChoice,
     StoredResult,
-    adaptor_k,
     display_name,
     load_results,
     oracle,
@@ -92,7 +91,7 @@ def _set_text(choice: OracleChoice, indices: dict[str, int]) -> str:
     def short(model: str) -> str:
         return f"P{indices[model]}" if model in indices else model
 
-    text = f"{short(choice.model)} (k{adaptor_k(choice.model)})"
+    text = f"{short(choice.model)} ({choice.model.partition(':')[2]})"
     return text + "".join(f" = {short(m)}" for m in choice.ties)
 
 

@@ -108,11 +108,20 @@ def load_results(results_dir: Path) -> list[StoredResult]:
 
 
 def adaptor_k(model: str) -> int | None:
-    """``adaptor:k1024`` -> 1024 (None for other models)."""
+    """``adaptor:k1024`` -> 1024, ``adaptor:k16-coral`` -> 16 (None for other models)."""
+    from grappa_cli import increments
+
     kind, _, rest = model.partition(":")
-    if kind == "adaptor" and rest.startswith("k") and rest[1:].isdigit():
-        return int(rest[1:])
+    if kind == "adaptor" and increments.is_set_name(rest):
+        return increments.parse_set(rest)[0]
     return None
+
+
+def _set_order(model: str) -> tuple[int, str, int]:
+    """Adaptor sets in fusion order: the first increment's by k, then each added increment's."""
+    from grappa_cli import increments
+
+    return increments.set_sort_key(model.partition(":")[2])
 
 
 def section_of(model: str, uses_labels: bool) -> str:
@@ -136,10 +145,10 @@ def order_models(models: Iterable[str], uses_labels: dict[str, bool] | None = No
 
     def key(model: str) -> tuple[Any, ...]:
         section = sections.index(section_of(model, labels.get(model, False)))
-        k = adaptor_k(model)
+        order = _set_order(model) if adaptor_k(model) is not None else (-1, "", -1)
         fixed = ("fused:single-random", "fused:random", *_FUSED_ORDER)
         within = fixed.index(model) if model in fixed else len(fixed)
-        return (section, k if k is not None else -1, within, model)
+        return (section, order, within, model)
 
     return sorted(set(models), key=key)
 
@@ -152,7 +161,7 @@ def display_name(model: str, *, set_index: int | None = None, uses_labels: bool 
         name = FUSED_NAMES[model]
     elif adaptor_k(model) is not None:
         prefix = f"M + P{set_index}" if set_index is not None else "M + P"
-        name = f"{prefix} (k{adaptor_k(model)})"
+        name = f"{prefix} ({model.partition(':')[2]})"
     else:
         name = model
     return f"{name} [uses labels]" if uses_labels else name
@@ -160,7 +169,7 @@ def display_name(model: str, *, set_index: int | None = None, uses_labels: bool 
 
 def set_indices(models: Iterable[str]) -> dict[str, int]:
     """``{adaptor model: i}`` numbering the single sets P_1..P_N by increasing k."""
-    adaptors = sorted((m for m in set(models) if adaptor_k(m) is not None), key=lambda m: adaptor_k(m) or 0)
+    adaptors = sorted((m for m in set(models) if adaptor_k(m) is not None), key=_set_order)
     return {m: i + 1 for i, m in enumerate(adaptors)}
 
 

@@ -49,8 +49,12 @@ class RunOutcome:
 
 
 def run_pipeline(project: Project, *, device: str | None = None, reporter: PipelineReporter | None = None,
-                 until: str | None = None) -> RunOutcome:
-    """Run the pipeline up to ``until`` (default: through the report)."""
+                 until: str | None = None, full: bool = False) -> RunOutcome:
+    """Run the pipeline up to ``until`` (default: through the report).
+
+    ``full``: extract a grown training set from scratch, so that every set is clustered and
+    trained again on the union (instead of the incremental update, :mod:`grappa_cli.increments`).
+    """
     from grappa_cli import planner
     from grappa_cli.console import NullReporter
     from grappa_cli.plugin_check import check_config
@@ -58,23 +62,31 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
     config = project.config()
     check_config(config)  # a misspelt plugin name fails now, not after hours of work
     stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
-    planned = [node.id for node in planner.build(project, config).todo() if node.stage in stages]
+    planned = [node.id for node in planner.build(project, config, full=full).todo() if node.stage in stages]
     view: Any = reporter or NullReporter()
     outcomes: list[StageOutcome] = []
     for stage in stages:
         if hasattr(view, "stage"):
             view.stage(f"[{len(outcomes) + 1}/{len(stages)}] {stage}")
-        outcome = _RUNNERS[stage](project, config, device, view)
+        outcome = (_extract(project, config, device, view, full=full) if stage == "extract"
+                   else _RUNNERS[stage](project, config, device, view))
         outcomes.append(outcome)
         if hasattr(view, "step_done"):
             view.step_done()
     return RunOutcome(outcomes, planned=planned)
 
 
-def _extract(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
+def _extract(project: Project, config: Any, device: str | None, view: Any, *, full: bool = False) -> StageOutcome:
     from grappa_cli.stages.extract import ExtractOptions, extract
 
-    results = extract(project, ExtractOptions(device=device, refresh=True), view)
+    if full:  # from scratch: the training features are made anew as one increment
+        from grappa_cli.stages.extract import TRAIN_KEY
+
+        store = project.store()
+        record = store.provenance(TRAIN_KEY) or {}
+        if len(record.get("increments") or []) > 1 or record.get("growing"):
+            store.delete(TRAIN_KEY)
+    results = extract(project, ExtractOptions(device=device, refresh=True, full=full), view)
     return StageOutcome("extract", [r.key for r in results if not r.skipped], [r.key for r in results if r.skipped])
 
 
@@ -84,34 +96,30 @@ def _cluster(project: Project, config: Any, device: str | None, view: Any) -> St
     report = run(project, refresh=True, reporter=view)
     outcome = StageOutcome("cluster")
     for item in report.outcomes:
-        (outcome.skipped if item.status == "skipped" else outcome.done).append(f"k{item.k}")
+        (outcome.skipped if item.status == "skipped" else outcome.done).append(item.name or f"k{item.k}")
     return outcome
 
 
-def configured_ks(project: Project, config: Any) -> list[int]:
-    """The k values of ``[cluster] k`` resolved for the stored training set (``auto`` included)."""
-    from grappa_cli.clustering import kvalues
-    from grappa_cli.stages.cluster import usable_rows
+def configured_sets(project: Project, config: Any) -> list[str]:
+    """The adaptor sets of every increment of the stored training set (``auto`` resolved)."""
+    from grappa_cli import increments
 
-    store = project.store(mode="r")
-    n = len(usable_rows(store, int(store.array("features/train/embeddings").shape[0])))
-    return list(kvalues.resolve(config.cluster.k, n, auto_count=config.cluster.auto_count,
-                                source="grappa.toml [cluster] k"))
+    return increments.set_names(config, project.store(mode="r"))
 
 
 def _adapt(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
     from grappa_cli.stages.adapt import AdaptOptions, adapt
 
-    results = adapt(project, AdaptOptions(ks=configured_ks(project, config), device=device, refresh=True), view)
-    return StageOutcome("adapt", [f"k{r.k}" for r in results if not r.skipped],
-                        [f"k{r.k}" for r in results if r.skipped])
+    results = adapt(project, AdaptOptions(sets=configured_sets(project, config), device=device, refresh=True),
+                    view)
+    return StageOutcome("adapt", [r.name for r in results if not r.skipped], [r.name for r in results if r.skipped])
 
 
 def _fuse(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:
     from grappa_cli.fusion.base import FusionOptions
     from grappa_cli.stages.fuse import fuse
 
-    sets = [f"k{k}" for k in configured_ks(project, config)]
+    sets = configured_sets(project, config)
     outcome = StageOutcome("fuse")
     for strategy in config.fuse.strategies:
         result = fuse(project, strategy, sets, FusionOptions(device=device, refresh=True), view)

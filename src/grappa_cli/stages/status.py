@@ -25,9 +25,12 @@ class ProjectStatus:
     root: str
     artifacts: list[ArtifactStatus]
     next_steps: list[str]
+    #: what an incremental update of the training set will do (empty when none is pending)
+    update: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"root": self.root, "artifacts": [asdict(a) for a in self.artifacts], "next": self.next_steps}
+        return {"root": self.root, "artifacts": [asdict(a) for a in self.artifacts], "next": self.next_steps,
+                "update": self.update}
 
 
 def _detail(rec: dict[str, Any] | None) -> str:
@@ -55,7 +58,33 @@ def collect(project: Project) -> ProjectStatus:
             detail = f"{detail}; not in grappa.toml" if detail else "not in grappa.toml"
         items.append(ArtifactStatus(node.stage, node.id, node.state, detail, node.stale_inputs))
     items += _side_artifacts(project)
-    return ProjectStatus(str(project.root), items, _next_steps(config, plan))
+    return ProjectStatus(str(project.root), items, _next_steps(config, plan), incremental_update(config, plan))
+
+
+def incremental_update(config: Any, plan: Any) -> list[str]:
+    """Lines saying what ``grappa run`` will do to add the images of an incremental update."""
+    added = [entry for entry in plan.increments if entry.increment.index > 0 and (
+        entry.features is None or any(n.todo for n in plan.nodes if n.id in {f"adaptors/{s}" for s in entry.names}))]
+    if not added:
+        return []
+    kept = [name for entry in plan.increments if entry not in added for name in entry.names
+            if (node := plan.get(f"adaptors/{name}")) is not None and not node.todo]
+    lines = []
+    for entry in added:
+        inc = entry.increment
+        what = ", ".join(inc.parts) or inc.name
+        extract = "extract" if entry.features is None else "extracted:"
+        lines.append(f"{extract} {entry.images} added training images ({what}), rows {inc.start}-{inc.stop - 1}; "
+                     f"the {inc.start} rows before them are kept as they are")
+        lines.append(f"cluster and train {len(entry.names)} new adaptor sets on them alone: {', '.join(entry.names)}")
+    if kept:
+        lines.append(f"keep {len(kept)} adaptor sets untouched: {', '.join(kept)}")
+    fused = [n.id.split("/", 1)[1] for n in plan.nodes if n.stage == "fuse" and n.todo]
+    if fused:
+        start = "starting from the current fused models" if config.fuse.warm_start else "from scratch"
+        lines.append(f"retrain the fusion over all sets on the union ({', '.join(fused)}), {start}")
+    lines.append("evaluate every task; `grappa run --full` rebuilds everything on the union instead")
+    return lines
 
 
 def _side_artifacts(project: Project) -> list[ArtifactStatus]:

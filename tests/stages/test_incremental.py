@@ -1,0 +1,227 @@
+"""Adding a domain incrementally: new images only, old sets untouched, fusion retrained, all tasks scored.
+
+A tiny project trains on one image folder (``shapes``); a second folder (``stripes``) is then
+added to the training set and the evaluated tasks, and ``grappa run`` updates the project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_image_folder, make_tiny_project
+
+
+def _configure(project) -> None:
+    from grappa_cli.config import update_file
+
+    def edit(doc):
+        doc["cluster"]["k"] = [2]
+        doc["cluster"]["k_added"] = [2, 3]
+        doc["fuse"]["strategies"] = ["avg", "neighbor"]
+        doc["fuse"]["neighbors"] = 2
+        doc["backbone"]["kwargs"]["depth"] = 1
+
+    update_file(project.config_path, edit)
+
+
+def _add_stripes(project, root: Path) -> None:
+    from grappa_cli.stages.tasks import add_task
+
+    add_task(project, "stripes", root, train=True)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _arrays(project, group: str) -> dict[str, bytes]:
+    store = project.store(mode="r")
+    return {name: np.asarray(store.read(f"{group}/{name}")).tobytes() for name in ("centroids", "labels", "sizes")}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A project trained on ``shapes`` alone, and the ``stripes`` folder to add."""
+    from grappa_cli.stages.run import run_pipeline
+
+    root = tmp_path_factory.mktemp("incremental")
+    shapes = make_image_folder(root / "shapes", n_classes=2, per_class=6)
+    stripes = make_image_folder(root / "stripes", n_classes=2, per_class=5, seed=7)
+    project = make_tiny_project(root / "project", shapes)
+    _configure(project)
+    run_pipeline(project)
+    return project, stripes
+
+
+def _copy(base, tmp_path):
+    from grappa_cli.project import Project
+
+    project, stripes = base
+    shutil.copytree(project.root, tmp_path / "project")
+    return Project(tmp_path / "project"), stripes
+
+
+def test_status_announces_the_incremental_update(base, tmp_path) -> None:
+    from grappa_cli import planner
+    from grappa_cli.stages.status import collect
+
+    project, stripes = _copy(base, tmp_path)
+    _add_stripes(project, stripes)
+    plan = planner.build(project)
+    todo = {node.id for node in plan.todo()}
+    assert "features/train" in todo and "features/test/stripes" in todo
+    assert {"clusters/k2-stripes", "adaptors/k2-stripes", "adaptors/k3-stripes"} <= todo
+    assert not {"clusters/k2", "adaptors/k2", "results/adaptor-k2/shapes", "results/backbone/shapes"} & todo
+    assert {"fusion/avg", "fusion/neighbor", "results/fused-neighbor/shapes"} <= todo
+    assert "grows by" in plan.get("features/train").reason
+    lines = collect(project).update
+    assert any("extract" in line and "stripes" in line for line in lines)
+    assert any("k2-stripes, k3-stripes" in line for line in lines)
+    assert any("keep 1 adaptor sets untouched: k2" in line for line in lines)
+
+
+def test_update_extracts_only_new_images_and_keeps_old_artifacts(base, tmp_path) -> None:
+    from grappa_cli import artifacts, planner
+    from grappa_cli.stages.run import run_pipeline
+
+    project, stripes = _copy(base, tmp_path)
+    store = project.store(mode="r")
+    old_rows = np.asarray(store.read("features/train/embeddings"))
+    old_valid = np.asarray(store.read("features/train/valid"))
+    old_paths = [str(p) for p in store.read("features/train/paths")]
+    old_fp = store.provenance("features/train")["fingerprint"]
+    adaptor = project.adaptors_dir / "k2.safetensors"
+    adaptor_digest, clusters = _digest(adaptor), _arrays(project, "clusters/k2")
+    backbone_result = _digest(project.results_dir / "backbone" / "shapes.json")
+    old_neighbor = artifacts.record(project, "fusion/neighbor")
+
+    _add_stripes(project, stripes)
+    announced = {node.id for node in planner.build(project).todo()}
+    outcome = run_pipeline(project)
+    done = {s.stage: s.done for s in outcome.stages}
+    assert set(outcome.planned) == announced
+    assert done["extract"] == ["features/train", "features/test/stripes"]
+    assert done["cluster"] == ["k2-stripes", "k3-stripes"]
+    assert done["adapt"] == ["k2-stripes", "k3-stripes"]
+    assert sorted(done["fuse"]) == ["avg", "neighbor"]
+
+    store = project.store(mode="r")
+    rows = np.asarray(store.read("features/train/embeddings"))
+    n0 = len(old_rows)
+    assert len(rows) == n0 + 5
+    assert rows[:n0].tobytes() == old_rows.tobytes()  # the old rows, bit for bit
+    assert np.asarray(store.read("features/train/valid"))[:n0].tolist() == old_valid.tolist()
+    assert [str(p) for p in store.read("features/train/paths")][:n0] == old_paths
+    assert all("stripes" in str(p) for p in store.read("features/train/paths")[n0:])
+    record = store.provenance("features/train")
+    assert record["complete"] and not record.get("growing")
+    assert [inc["stop"] for inc in record["increments"]] == [n0, n0 + 5]
+    assert record["increments"][0]["fingerprint"] == old_fp
+    assert record["increments"][1]["parts"] == ["stripes"]
+
+    # old pseudo-labels and adaptor set untouched, still current; the new sets saw the new rows only
+    assert _digest(adaptor) == adaptor_digest and _arrays(project, "clusters/k2") == clusters
+    assert _digest(project.results_dir / "backbone" / "shapes.json") == backbone_result
+    new_labels = np.asarray(store.read("clusters/k2-stripes/labels"))
+    assert (new_labels[:n0] == -1).all() and (new_labels[n0:] >= 0).all()
+    assert store.provenance("clusters/k2-stripes")["trained_on"]["rows"] == [n0, n0 + 5]
+    assert artifacts.record(project, "adaptors/k3-stripes")["trained_on"]["parts"] == ["stripes"]
+    neighbor = artifacts.record(project, "fusion/neighbor")
+    assert neighbor["params"]["sets"] == ["k2", "k2-stripes", "k3-stripes"]
+    assert neighbor["warm_start"] == {"from": old_neighbor["fingerprint"], "sets": ["k2"]}
+    assert artifacts.record(project, "fusion/avg")["warm_start"] is None  # no attention to start from
+    for model in ("backbone", "adaptor-k2", "adaptor-k2-stripes", "fused-avg", "fused-neighbor"):
+        assert (project.results_dir / model / "stripes.json").is_file()
+    assert not run_pipeline(project).changed
+    assert not planner.build(project).todo()
+
+
+def test_warm_start_starts_the_fusion_at_the_previous_attention(base, tmp_path) -> None:
+    """With the previous Q, K and logit scales, step 0 of the new fusion holds the old layers' values."""
+    from grappa_cli import artifacts, plugins
+    from grappa_cli.config import update_file
+    from grappa_cli.model.backbone import build_backbone
+    from grappa_cli.model.checkpoint import load_fusion
+    from grappa_cli.stages.extract import backbone_spec
+    from grappa_cli.stages.fuse import warm_start_source
+
+    project, _ = _copy(base, tmp_path)
+    config = project.config()
+    backbone = build_backbone(backbone_spec(config))
+    strategy = plugins.get("fusion_strategies", "neighbor")
+    existing = artifacts.record(project, "fusion/neighbor")
+    warm = warm_start_source(project, config, strategy, ["k2", "k2-stripes"], existing, backbone)
+    assert warm is not None and warm.set_names == ["k2"]
+    stored = load_fusion(project.fusion_dir / "neighbor.safetensors", backbone)
+    for got, want in zip(warm.layers, stored.layers, strict=True):
+        for (name, a), (_, b) in zip(got.state_dict().items(), want.state_dict().items(), strict=True):
+            assert a.equal(b), name
+    assert warm_start_source(project, config, strategy, ["k2"], existing, backbone) is None  # no set added
+    update_file(project.config_path, lambda doc: doc["fuse"].__setitem__("warm_start", False))
+    assert warm_start_source(project, project.config(), strategy, ["k2", "k2-stripes"], existing, backbone) is None
+
+
+def test_full_rebuild_redoes_everything_on_the_union(base, tmp_path) -> None:
+    from grappa_cli import planner
+    from grappa_cli.stages.run import run_pipeline
+
+    project, stripes = _copy(base, tmp_path)
+    _add_stripes(project, stripes)
+    run_pipeline(project)
+    incremental = np.asarray(project.store(mode="r").read("features/train/embeddings"), dtype=np.float32)
+    full_plan = {node.id for node in planner.build(project, full=True).todo()}
+    assert {"features/train", "clusters/k2", "adaptors/k2", "fusion/neighbor"} <= full_plan
+    outcome = run_pipeline(project, full=True)
+    assert set(outcome.planned) == full_plan
+    store = project.store(mode="r")
+    record = store.provenance("features/train")
+    assert len(record["increments"]) == 1
+    n = int(record["images"])
+    assert store.provenance("clusters/k2")["trained_on"]["rows"] == [0, n]
+    rebuilt = np.asarray(store.read("features/train/embeddings"), dtype=np.float32)
+    np.testing.assert_allclose(rebuilt, incremental, atol=2e-3)  # same images, same model (float16 storage)
+    plan = planner.build(project)
+    assert not plan.todo()
+    assert not plan.get("adaptors/k2-stripes").configured  # the added images' sets are no longer asked for
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8])
+def test_an_interrupted_update_resumes_to_the_same_result(base, tmp_path, fraction) -> None:
+    from grappa_cli import faults, planner
+    from grappa_cli.stages.run import run_pipeline
+
+    reference, stripes = _copy(base, tmp_path / "reference")
+    _add_stripes(reference, stripes)
+    writes: list[str] = []
+    with faults.arm(None, record=writes):
+        run_pipeline(reference)
+    at = max(1, int(len(writes) * fraction))
+
+    project, _ = _copy(base, tmp_path / "faulted")
+    _add_stripes(project, stripes)
+    with faults.arm(at, "interrupt") as plan, pytest.raises(KeyboardInterrupt):
+        run_pipeline(project)
+    assert plan.fired
+    announced = {node.id for node in planner.build(project).todo()}
+    outcome = run_pipeline(project)
+    assert set(outcome.planned) == announced
+    for group in ("features/train", "clusters/k2-stripes", "clusters/k3-stripes"):
+        for name in ("embeddings", "valid", "paths", "labels", "centroids"):
+            key = f"{group}/{name}"
+            if reference.store(mode="r").exists(key):
+                got = np.asarray(project.store(mode="r").read(key))
+                want = np.asarray(reference.store(mode="r").read(key))
+                assert got.dtype == want.dtype and got.shape == want.shape, f"{key} after write {at}"
+                assert got.tolist() == want.tolist(), f"{key} after write {at}"
+    for path in sorted(reference.checkpoints.glob("*/*.safetensors")):
+        from safetensors.numpy import load_file
+
+        got = load_file(str(project.checkpoints / path.parent.name / path.name))
+        want = load_file(str(path))
+        assert {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in want.items()}, path.name
+    assert not run_pipeline(project).changed
