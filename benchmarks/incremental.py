@@ -44,11 +44,30 @@ def settings_for(split: str, size: str, tasks: list[str], overrides: dict[str, A
     return quality.Settings(split, size, tasks, overrides, ["avg", "neighbor"])
 
 
-def timed_run(project: Any, **kwargs: Any) -> float:
+STAGE_SECONDS: dict[str, dict[str, float]] = {}
+
+
+def timed_run(project: Any, label: str = "", **kwargs: Any) -> float:
+    """Wall time of ``grappa run`` through eval; the seconds of each stage go to ``STAGE_SECONDS[label]``."""
+    from grappa_cli.console import NullReporter
     from grappa_cli.stages.run import run_pipeline
 
+    stages: dict[str, float] = {}
+
+    class StageClock(NullReporter):
+        current: str | None = None
+        since = 0.0
+
+        def stage(self, text: str) -> None:
+            self.current, self.since = text.split("] ", 1)[-1], time.perf_counter()
+
+        def step_done(self) -> None:
+            if self.current:
+                stages[self.current] = round(time.perf_counter() - self.since, 1)
+
     start = time.perf_counter()
-    run_pipeline(project, until="eval", **kwargs)
+    run_pipeline(project, until="eval", reporter=StageClock(), **kwargs)
+    STAGE_SECONDS[label] = stages
     return time.perf_counter() - start
 
 
@@ -75,7 +94,7 @@ def run_seed(work: Path, data_root: Path, base_extracted: Path, base: quality.Se
     shutil.copytree(base_extracted, before_root, ignore=shutil.ignore_patterns("extracted", "*.lock"))
     before = Project(before_root)
     quality.configure(before, data_root, base, seed)
-    out["seconds"]["before"] = timed_run(before)
+    out["seconds"]["before"] = timed_run(before, "before")
     out["scores"]["before"] = scores(before)
 
     for name, warm in (("incremental", True), ("cold", False)):
@@ -86,7 +105,7 @@ def run_seed(work: Path, data_root: Path, base_extracted: Path, base: quality.Se
         project = Project(root)
         quality.configure(project, data_root, union, seed)  # data.train: the base tasks, then the added one
         update_file(project.config_path, lambda doc, w=warm: doc["fuse"].__setitem__("warm_start", w))
-        out["seconds"][name] = timed_run(project)
+        out["seconds"][name] = timed_run(project, name)
         out["scores"][name] = scores(project)
         record = project.store(mode="r").provenance("features/train") or {}
         out.setdefault("increments", [inc["stop"] for inc in record.get("increments") or []])
@@ -96,8 +115,9 @@ def run_seed(work: Path, data_root: Path, base_extracted: Path, base: quality.Se
         shutil.rmtree(root)
     project = create_project(root)
     quality.configure(project, data_root, union, seed)
-    out["seconds"]["scratch"] = timed_run(project)
+    out["seconds"]["scratch"] = timed_run(project, "scratch")
     out["scores"]["scratch"] = scores(project)
+    out["stage_seconds"] = dict(STAGE_SECONDS)
     return out
 
 
@@ -203,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for seed in [int(s) for s in args.seeds.split(",") if s]:
         per_seed.append(run_seed(work, data_root, base_extracted, base, union, seed))
         print(f"seed {seed}: " + ", ".join(f"{k} {v:.0f} s" for k, v in per_seed[-1]["seconds"].items()),
-              file=sys.stderr)
+              json.dumps(per_seed[-1]["stage_seconds"]), file=sys.stderr)
     text = tables(per_seed, tasks, added)
     summary = verdict(per_seed, old, added)
     print(text)

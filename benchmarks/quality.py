@@ -19,7 +19,7 @@ Each ``--set SECTION.KEY=VALUE`` overrides one ``grappa.toml`` key (values parse
 every ablation of the defaults is one switch, e.g. ``adapt.prototypes=random`` (random instead of
 centroid prototypes), ``fuse.attention_init=linear`` (Q/K with ``nn.Linear``'s initialisation
 instead of a start at Grappa-avg), ``fuse.pair_augment=true`` (augment k-NN pairs),
-``fuse.identity=false`` (no backbone candidate in the fusion), ``cluster.k=[8,32,128]``.
+``cluster.k=[8,32,128]``.
 Projects live under ``--work`` and are reused: features are extracted once per split and size,
 and a rerun with the same settings resumes or only re-reads the results.
 """
