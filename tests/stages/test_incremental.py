@@ -225,3 +225,26 @@ def test_an_interrupted_update_resumes_to_the_same_result(base, tmp_path, fracti
         want = load_file(str(path))
         assert {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in want.items()}, path.name
     assert not run_pipeline(project).changed
+
+
+def test_the_commands_show_and_run_the_update(base, tmp_path, cli) -> None:
+    """`task add --train`, `status` (the update block), `run`, then `run --full` from the command line."""
+    import json
+
+    project, stripes = _copy(base, tmp_path)
+    added = cli("task", "add", "stripes", stripes, "--train", "-C", project.root)
+    assert added.exit_code == 0, added.stderr
+    shown = cli("status", "-C", project.root)
+    assert shown.exit_code == 0, shown.stderr
+    assert "Incremental update (data.train grew):" in shown.stdout
+    assert "k2-stripes, k3-stripes" in shown.stdout and "--full" in shown.stdout
+    ran = cli("run", "--json", "-C", project.root)
+    assert ran.exit_code == 0, ran.stderr
+    stages = {s["stage"]: s["done"] for s in json.loads(ran.stdout)["stages"]}
+    assert stages["adapt"] == ["k2-stripes", "k3-stripes"]
+    after = json.loads(cli("status", "--json", "-C", project.root).stdout)
+    assert after["update"] == [] and after["next"] == []
+    full = cli("run", "--full", "--json", "-C", project.root)
+    assert full.exit_code == 0, full.stderr
+    stages = {s["stage"]: s["done"] for s in json.loads(full.stdout)["stages"]}
+    assert stages["extract"] == ["features/train"] and stages["adapt"] == ["k2"]
