@@ -248,7 +248,7 @@ def run_embedding(
     if rank == 0:
         if not chunks.complete():
             raise StoreError(f"{job.key}: some chunks were not written", hint="rerun the same command to resume")
-        finish_group(store, job, np.asarray(valid[:]), dim=dim, dtype=dtype)
+        finish_group(store, job, np.asarray(valid[:]), dim=dim, dtype=dtype, seconds=seconds, embedded=len(indices))
     result = _result(store, job.key)
     result.seconds = seconds
     result.images = len(indices)
@@ -264,14 +264,20 @@ def run_embedding(
 CPU_PART = 64
 
 
-def finish_group(store: Store, job: EmbedJob, valid_mask: np.ndarray, *, dim: int, dtype: str) -> None:
-    """Mark a filled embedding group complete, listing its unreadable images (none readable: an error)."""
+def finish_group(store: Store, job: EmbedJob, valid_mask: np.ndarray, *, dim: int, dtype: str,
+                 seconds: float | None = None, embedded: int | None = None) -> None:
+    """Mark a filled embedding group complete, listing its unreadable images (none readable: an error).
+
+    ``seconds`` and ``embedded``: how long this run took for how many images (the measured rate
+    :mod:`grappa_cli.stages.estimate` predicts later work from).
+    """
     if not valid_mask.any():
         raise DataError(f"{job.key}: none of the {len(job.paths)} images could be read",
                         hint="check the dataset root and the image files")
     bad = unreadable_files(store, job.key, valid_mask)
     store.finish(job.key, summary={"images": int(valid_mask.sum()), "bad": len(bad), "dim": dim},
                  images=len(job.paths), bad_files=bad[:1000], dim=dim, dtype=dtype, growing=None,
+                 **({"seconds": round(seconds, 3), "embedded": embedded} if seconds and embedded else {}),
                  **job.record_extra)
 
 

@@ -404,6 +404,8 @@ def _score(project: Project, store: Any, job: _Job, config: Any, device: str | N
         "model": job.ref.name, "task": job.task, "metrics": {k: float(v) for k, v in values.items()},
         "num_queries": num_queries, "num_skipped": num_skipped, "images": len(rows), "unreadable": total - len(rows),
         "uses_labels": job.uses_labels, "embeddings": job.source, "provenance": record,
+        # how long embedding the test images took this time (the rate `grappa status` estimates from)
+        "embedded": embedded, "seconds": round(seconds, 3),
     }
     atomic_write_text(path, json.dumps(document, indent=2) + "\n")
     return EvalEntry(job.ref.name, job.task, document["metrics"], num_queries, num_skipped, len(rows),

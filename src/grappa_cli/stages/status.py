@@ -27,10 +27,14 @@ class ProjectStatus:
     next_steps: list[str]
     #: what an incremental update of the training set will do (empty when none is pending)
     update: list[str] = field(default_factory=list)
+    #: how long the remaining work will take (from rates measured in the project), or why unknown
+    remaining: str = ""
+    remaining_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"root": self.root, "artifacts": [asdict(a) for a in self.artifacts], "next": self.next_steps,
-                "update": self.update}
+                "update": self.update, "remaining": self.remaining,
+                "remaining_seconds": {k: round(v, 1) for k, v in self.remaining_seconds.items()}}
 
 
 def _detail(rec: dict[str, Any] | None) -> str:
@@ -58,7 +62,14 @@ def collect(project: Project) -> ProjectStatus:
             detail = f"{detail}; not in grappa.toml" if detail else "not in grappa.toml"
         items.append(ArtifactStatus(node.stage, node.id, node.state, detail, node.stale_inputs))
     items += _side_artifacts(project)
-    return ProjectStatus(str(project.root), items, _next_steps(config, plan), incremental_update(config, plan))
+    remaining, seconds = "", {}
+    if plan.todo():
+        from grappa_cli.stages.estimate import estimate
+
+        guess = estimate(project, config, plan)
+        remaining, seconds = guess.line(), guess.seconds
+    return ProjectStatus(str(project.root), items, _next_steps(config, plan), incremental_update(config, plan),
+                         remaining, seconds)
 
 
 def incremental_update(config: Any, plan: Any) -> list[str]:

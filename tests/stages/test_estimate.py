@@ -1,0 +1,82 @@
+"""Time estimates of the remaining work, from rates the project measured on its own runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import make_image_folder, make_tiny_project
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    from grappa_cli.config import update_file
+    from grappa_cli.stages.run import run_pipeline
+
+    root = tmp_path_factory.mktemp("estimate")
+    shapes = make_image_folder(root / "shapes", n_classes=2, per_class=6)
+    stripes = make_image_folder(root / "stripes", n_classes=2, per_class=5, seed=7)
+    project = make_tiny_project(root / "project", shapes)
+
+    def edit(doc):
+        doc["cluster"]["k"] = [2]
+        doc["cluster"]["k_added"] = [2, 3]
+        doc["fuse"]["strategies"] = ["avg", "neighbor"]
+        doc["fuse"]["neighbors"] = 2
+        doc["backbone"]["kwargs"]["depth"] = 1
+
+    update_file(project.config_path, edit)
+    run_pipeline(project)
+    return project, stripes
+
+
+def test_a_fresh_project_has_no_estimate(tmp_path) -> None:
+    from grappa_cli import planner
+    from grappa_cli.stages.estimate import estimate
+
+    project = make_tiny_project(tmp_path / "p", make_image_folder(tmp_path / "img", n_classes=2, per_class=3))
+    guess = estimate(project, project.config(), planner.build(project))
+    assert guess.seconds == {} and "extract" in guess.unknown
+    assert guess.line().startswith("no estimate yet")
+
+
+def test_rates_come_from_the_records(ran) -> None:
+    from grappa_cli import artifacts
+    from grappa_cli.stages.estimate import measured
+
+    project, _ = ran
+    store = project.store(mode="r")
+    rates = measured(project, store)
+    train = store.provenance("features/train")
+    assert train["embedded"] == train["images"] == 6 and train["seconds"] > 0
+    rec = artifacts.record(project, "adaptors/k2")
+    assert rates.adapt == pytest.approx(rec["seconds"] / (rec["epochs"] * rec["images"]))
+    fused = artifacts.record(project, "fusion/neighbor")
+    expected = fused["seconds"] / (len(fused["loss_curve"]) * fused["trained_on"]["images"] * 2)
+    assert rates.fuse == pytest.approx(expected)
+    assert rates.embed > 0 and rates.rough == []
+
+
+def test_the_update_is_estimated_from_the_plan(ran, tmp_path) -> None:
+    import shutil
+
+    from grappa_cli import planner
+    from grappa_cli.project import Project
+    from grappa_cli.stages.estimate import estimate, measured
+    from grappa_cli.stages.tasks import add_task
+
+    base, stripes = ran
+    shutil.copytree(base.root, tmp_path / "project")
+    project = Project(tmp_path / "project")
+    add_task(project, "stripes", stripes, train=True)
+    config = project.config()
+    plan = planner.build(project, config)
+    guess = estimate(project, config, plan)
+    rates = measured(project, project.store(mode="r"))
+    # two new sets on the 5 added images: batch 5 (no more images), one epoch, 5 passes each
+    assert guess.seconds["adapt"] == pytest.approx(10 * rates.adapt)
+    # 5 new training images and the 5 test images of the new task
+    assert guess.seconds["extract"] == pytest.approx(10 * rates.embed)
+    # warm start: half of one epoch rounds to one; 11 images, batch 8 -> 8 passes, 1 + 3 candidates
+    assert guess.seconds["fuse"] == pytest.approx(8 * 4 * rates.fuse)
+    assert guess.seconds["eval"] > 0 and guess.unknown == []
+    assert guess.line().startswith("about ") and "from rates measured in this project" in guess.line()
