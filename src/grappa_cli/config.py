@@ -133,6 +133,9 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "sets named like k16-coral for an added task coral); \"auto\" = the ladder of `k` for the added "
                   "images' count",
                   check=_k_list),
+        FieldSpec("auto_count_added", "int", 2,
+                  "how many k values \"auto\" chooses for the images of an incremental update (each is a set "
+                  "to train and a candidate the fusion weighs on every image)", check=_positive),
         FieldSpec("backend", "str", "faiss", "clusterer plugin (see `grappa plugins`)"),
         FieldSpec("niter", "int", 25, "k-means (Lloyd) iterations", check=_positive),
         FieldSpec("seed", "int", 0, "k-means++ seeding seed", "k-means++ initialisation (section 3.3)",
@@ -198,6 +201,9 @@ SCHEMA: dict[str, list[FieldSpec]] = {
         FieldSpec("warm_start", "bool", True,
                   "after an incremental update, start the fusion from the previous fused model's attention "
                   "(Q, K and logit scales do not depend on the number of sets) instead of from scratch"),
+        FieldSpec("warm_steps", "float", 0.5,
+                  "a warm-started fusion trains for this fraction of the epochs and min_steps of a fusion from "
+                  "scratch (it starts from trained attention)", check=_probability_open),
         FieldSpec("pair_augment", "bool", False,
                   "augment both images of Grappa-N's k-NN pairs (random resized crop + flip); off, the "
                   "pairs are plain views, so the loss is attention propagation only, not transformation "

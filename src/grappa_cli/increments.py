@@ -236,7 +236,8 @@ def ks_for(config: Any, increment: Increment, images: int) -> list[int]:
     if images < 4:
         return []
     source = "grappa.toml [cluster] k" if first else f"grappa.toml [cluster] k_added ({increment.name})"
-    return list(kvalues.resolve(spec, images, auto_count=config.cluster.auto_count, source=source))
+    count = config.cluster.auto_count if first else config.cluster.auto_count_added
+    return list(kvalues.resolve(spec, images, auto_count=count, source=source))
 
 
 def set_names(config: Any, store: Any) -> list[str]:

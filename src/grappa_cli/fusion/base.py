@@ -55,8 +55,11 @@ class FusionContext:
         """(batch, epochs) fitted to the training set's size (:func:`~grappa_cli.train.schedule.fit_to_size`)."""
         from grappa_cli.train.schedule import fit_to_size
 
-        return fit_to_size(max(len(self.train_paths), 1), int(self.params["batch_size"]),
-                           int(self.params["epochs"]), int(self.params.get("min_steps", 0)))
+        epochs, min_steps = int(self.params["epochs"]), int(self.params.get("min_steps", 0))
+        if self.warm_start is not None:  # starts from trained attention: a fraction of the training
+            fraction = float(self.config.fuse.warm_steps)
+            epochs, min_steps = max(1, round(epochs * fraction)), round(min_steps * fraction)
+        return fit_to_size(max(len(self.train_paths), 1), int(self.params["batch_size"]), epochs, min_steps)
 
     @property
     def epochs(self) -> int:
