@@ -51,9 +51,10 @@ class Estimate:
         parts = [f"{stage} {_duration(s)}{' (rough)' if stage in self.rough else ''}"
                  for stage, s in self.seconds.items() if s >= 0.5]
         text = f"about {_duration(self.total)}" + (f" ({', '.join(parts)})" if parts else "")
+        text += ", from rates measured in this project"
         if self.unknown:
-            text += f"; not counted: {', '.join(self.unknown)} (no measured rate yet)"
-        return text + ", from rates measured in this project"
+            text += f"; not counted: {', '.join(self.unknown)} (no rate measured yet)"
+        return text
 
 
 def _duration(seconds: float) -> str:
