@@ -153,6 +153,13 @@ def shard_range(n: int, *, rank: int | None = None, world_size: int | None = Non
 
 
 def cleanup() -> None:
-    """Leave the process group if this process is in one."""
+    """Leave the process group if this process is in one.
+
+    Every rank first waits for the others: with gloo, a rank that tears its group down while
+    its peer is still finishing the previous collective could abort the peer at exit
+    ("terminate called without an active exception"): 5 of 10 two-process torchrun runs of the
+    toy training on a loaded 2-core machine, 0 of 10 with this barrier.
+    """
     if dist.is_available() and dist.is_initialized():
+        barrier()
         dist.destroy_process_group()
