@@ -28,3 +28,26 @@ def adapted_project(clustered_project, cli):
     assert result.exit_code == 0, result.stderr
     return clustered_project
 
+
+
+def trained_on_one_domain(root):
+    """A tiny project trained through every stage on one folder (``shapes``), and a second folder
+    (``stripes``, 5 training images) to add: the start of an incremental update."""
+    from grappa_cli.config import update_file
+    from grappa_cli.stages.run import run_pipeline
+    from tests.conftest import make_image_folder, make_tiny_project
+
+    shapes = make_image_folder(root / "shapes", n_classes=2, per_class=6)
+    stripes = make_image_folder(root / "stripes", n_classes=2, per_class=5, seed=7)
+    project = make_tiny_project(root / "project", shapes)
+
+    def edit(doc):
+        doc["cluster"]["k"] = [2]
+        doc["cluster"]["k_added"] = [2, 3]
+        doc["fuse"]["strategies"] = ["avg", "neighbor"]
+        doc["fuse"]["neighbors"] = 2
+        doc["backbone"]["kwargs"]["depth"] = 1
+
+    update_file(project.config_path, edit)
+    run_pipeline(project)
+    return project, stripes

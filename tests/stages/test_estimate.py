@@ -5,28 +5,12 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import make_image_folder, make_tiny_project
+from tests.stages.conftest import trained_on_one_domain
 
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
-    from grappa_cli.config import update_file
-    from grappa_cli.stages.run import run_pipeline
-
-    root = tmp_path_factory.mktemp("estimate")
-    shapes = make_image_folder(root / "shapes", n_classes=2, per_class=6)
-    stripes = make_image_folder(root / "stripes", n_classes=2, per_class=5, seed=7)
-    project = make_tiny_project(root / "project", shapes)
-
-    def edit(doc):
-        doc["cluster"]["k"] = [2]
-        doc["cluster"]["k_added"] = [2, 3]
-        doc["fuse"]["strategies"] = ["avg", "neighbor"]
-        doc["fuse"]["neighbors"] = 2
-        doc["backbone"]["kwargs"]["depth"] = 1
-
-    update_file(project.config_path, edit)
-    run_pipeline(project)
-    return project, stripes
+    return trained_on_one_domain(tmp_path_factory.mktemp("estimate"))
 
 
 def test_a_fresh_project_has_no_estimate(tmp_path) -> None:

@@ -13,20 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import make_image_folder, make_tiny_project
-
-
-def _configure(project) -> None:
-    from grappa_cli.config import update_file
-
-    def edit(doc):
-        doc["cluster"]["k"] = [2]
-        doc["cluster"]["k_added"] = [2, 3]
-        doc["fuse"]["strategies"] = ["avg", "neighbor"]
-        doc["fuse"]["neighbors"] = 2
-        doc["backbone"]["kwargs"]["depth"] = 1
-
-    update_file(project.config_path, edit)
+from tests.stages.conftest import trained_on_one_domain
 
 
 def _add_stripes(project, root: Path) -> None:
@@ -47,15 +34,7 @@ def _arrays(project, group: str) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A project trained on ``shapes`` alone, and the ``stripes`` folder to add."""
-    from grappa_cli.stages.run import run_pipeline
-
-    root = tmp_path_factory.mktemp("incremental")
-    shapes = make_image_folder(root / "shapes", n_classes=2, per_class=6)
-    stripes = make_image_folder(root / "stripes", n_classes=2, per_class=5, seed=7)
-    project = make_tiny_project(root / "project", shapes)
-    _configure(project)
-    run_pipeline(project)
-    return project, stripes
+    return trained_on_one_domain(tmp_path_factory.mktemp("incremental"))
 
 
 def _copy(base, tmp_path):
