@@ -82,7 +82,7 @@ def scores(project: Any) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def run_seed(work: Path, data_root: Path, base_extracted: Path, base: quality.Settings, union: quality.Settings,
-             seed: int) -> dict[str, Any]:
+             seed: int, runs: tuple[str, ...] = RUNS) -> dict[str, Any]:
     from grappa_cli.config import update_file
     from grappa_cli.project import Project
     from grappa_cli.stages.init import create_project
@@ -98,6 +98,8 @@ def run_seed(work: Path, data_root: Path, base_extracted: Path, base: quality.Se
     out["scores"]["before"] = scores(before)
 
     for name, warm in (("incremental", True), ("cold", False)):
+        if name not in runs:
+            continue
         root = work / f"{name}-s{seed}"
         if root.exists():
             shutil.rmtree(root)
@@ -128,14 +130,14 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {std:.1f}"
 
 
-def tables(per_seed: list[dict[str, Any]], tasks: list[str], added: list[str]) -> str:
+def tables(per_seed: list[dict[str, Any]], tasks: list[str], added: list[str], runs: tuple[str, ...] = RUNS) -> str:
     lines = []
     for metric, label in METRICS:
         lines += [f"### {label} (percent), mean ± std over {len(per_seed)} seeds", "",
                   "| model | project | " + " | ".join(f"{t}{' (added)' if t in added else ''}" for t in tasks)
                   + " | mean |", "|---|---|" + "---|" * (len(tasks) + 1)]
         for model, name in MODELS:
-            for run in RUNS:
+            for run in runs:
                 if model == "backbone" and run != "scratch":
                     continue
                 cells, means = [], []
@@ -152,12 +154,14 @@ def tables(per_seed: list[dict[str, Any]], tasks: list[str], added: list[str]) -
                 shown = "M" if model == "backbone" else run
                 lines.append(f"| {name} | {shown} | " + " | ".join(cells) + f" | {mean_std(means)} |")
         lines.append("")
-    secs = {run: [s["seconds"][run] for s in per_seed] for run in RUNS}
+    secs = {run: [s["seconds"][run] for s in per_seed] for run in runs}
     ratio = [s["seconds"]["incremental"] / s["seconds"]["scratch"] for s in per_seed]
-    cold = [s["seconds"]["cold"] / s["seconds"]["scratch"] for s in per_seed]
     lines += ["| run | wall time (s) |", "|---|---|"]
-    lines += [f"| {run} | {mean_std(secs[run])} |" for run in RUNS]
-    lines += ["", f"incremental / scratch: {mean_std(ratio)} (cold fusion: {mean_std(cold)})"]
+    lines += [f"| {run} | {mean_std(secs[run])} |" for run in runs]
+    lines += ["", f"incremental / scratch: {mean_std(ratio)}"]
+    if "cold" in runs:
+        cold = [s["seconds"]["cold"] / s["seconds"]["scratch"] for s in per_seed]
+        lines[-1] += f" (cold fusion: {mean_std(cold)})"
     return "\n".join(lines)
 
 
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--work", default=os.environ.get("GRAPPA_INCREMENTAL_WORK", "/tmp/grappa-incremental"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-cold", action="store_true", help="leave out the update with a cold-started fusion")
     parser.add_argument("--md", default="")
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
@@ -199,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         torch.set_num_threads(args.threads)
     size = "small" if args.small else "default"
+    runs = tuple(r for r in RUNS if not (args.skip_cold and r == "cold"))
     old = [t for t in args.base.split(",") if t]
     added = [t for t in args.add.split(",") if t]
     tasks = old + added
@@ -221,10 +227,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base_extracted = quality.base_project(work, data_root, base)
     per_seed = []
     for seed in [int(s) for s in args.seeds.split(",") if s]:
-        per_seed.append(run_seed(work, data_root, base_extracted, base, union, seed))
+        per_seed.append(run_seed(work, data_root, base_extracted, base, union, seed, runs))
         print(f"seed {seed}: " + ", ".join(f"{k} {v:.0f} s" for k, v in per_seed[-1]["seconds"].items()),
               json.dumps(per_seed[-1]["stage_seconds"]), file=sys.stderr)
-    text = tables(per_seed, tasks, added)
+    text = tables(per_seed, tasks, added, runs)
     summary = verdict(per_seed, old, added)
     print(text)
     print(json.dumps(summary, indent=1))
