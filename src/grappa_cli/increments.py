@@ -128,11 +128,6 @@ def accepts(record: dict[str, Any] | None, fingerprint: str | None) -> bool:
     return any(inc.fingerprint == fingerprint for inc in recorded(record))
 
 
-def covering(record: dict[str, Any] | None, fingerprint: str | None) -> Increment | None:
-    """The finished increment whose completion left the features at ``fingerprint``."""
-    return next((inc for inc in recorded(record) if inc.fingerprint == fingerprint), None)
-
-
 def growth(record: dict[str, Any] | None, paths: list[str], params: dict[str, Any],
            prefix_fingerprint: Any) -> int | None:
     """Rows of a ``features/train`` record that a new extraction of ``paths`` can keep, or None.
@@ -153,6 +148,15 @@ def growth(record: dict[str, Any] | None, paths: list[str], params: dict[str, An
     if prefix_fingerprint(kept) != done[-1].fingerprint:
         return None
     return kept
+
+
+def prefix_fingerprint(params: dict[str, Any], paths: list[str], n: int) -> str:
+    """The fingerprint a ``features/train`` record of the first ``n`` of ``paths`` has (see :func:`growth`)."""
+    from grappa_cli import provenance as prov
+    from grappa_cli.data.tasks.base import ImageList
+
+    images = ImageList(paths=paths[:n], labels=None, classes=[]).fingerprint()
+    return prov.fingerprint({"params": params, "inputs": {"images": images}})
 
 
 def layout(record: dict[str, Any] | None, total: int, parts: list[str], mode: str) -> list[Increment]:
@@ -243,15 +247,6 @@ def ks_for(config: Any, increment: Increment, images: int) -> list[int]:
 def set_names(config: Any, store: Any) -> list[str]:
     """Every configured adaptor set of the stored increments, in fusion order."""
     return [name for entry in configured(config, store) for name in entry.names]
-
-
-def owner(config: Any, store: Any, name: str) -> IncrementSets | None:
-    """The increment (with its configured sets) that adaptor set ``name`` belongs to."""
-    _, suffix = parse_set(name)
-    for entry in configured(config, store):
-        if entry.increment.name == suffix:
-            return entry
-    return None
 
 
 def set_params(increment: Increment) -> dict[str, Any]:

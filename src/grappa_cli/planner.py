@@ -206,8 +206,7 @@ def _growth(b: _Builder, node: Node, images: Any, full: bool) -> tuple[list[Any]
     None when the features are complete for ``images`` or must be extracted from scratch.
     """
     from grappa_cli import increments
-    from grappa_cli import provenance as prov
-    from grappa_cli.data.tasks.base import ImageList
+    from grappa_cli.errors import GrappaError
     from grappa_cli.stages.extract import training_part_names
 
     rec = node.record or {}
@@ -217,16 +216,14 @@ def _growth(b: _Builder, node: Node, images: Any, full: bool) -> tuple[list[Any]
     if rec.get("complete") and (rec.get("inputs") or {}).get("images") == images.fingerprint():
         return None
 
-    def prefix(n: int) -> str:
-        fp = ImageList(paths=images.paths[:n], labels=None, classes=[]).fingerprint()
-        return prov.fingerprint({"params": rec.get("params"), "inputs": {"images": fp}})
-
-    kept = increments.growth(rec, images.paths, rec.get("params") or {}, prefix)
+    params = rec.get("params") or {}
+    kept = increments.growth(rec, images.paths, params,
+                             lambda n: increments.prefix_fingerprint(params, images.paths, n))
     if kept is None:
         return None
     try:
         parts = training_part_names(b.config)
-    except Exception:  # the parts only name the new sets
+    except GrappaError:  # the parts only name the new sets
         parts = []
     new = increments.layout(rec, len(images.paths), parts, "incremental")[-1]
     words = f"{new.rows} new training images ({', '.join(new.parts) or 'added'}); its {kept} rows are kept"

@@ -48,7 +48,6 @@ def test_accepts_the_current_and_every_finished_increment() -> None:
     incs = increments.recorded(record)
     assert [(i.start, i.stop) for i in incs] == [(0, 10), (10, 15), (15, 18)]
     assert [i.set_name(4) for i in incs] == ["k4", "k4-p1", "k4-p2"]
-    assert increments.covering(record, "f1").index == 1
 
 
 def test_growth_keeps_an_unchanged_prefix_only() -> None:

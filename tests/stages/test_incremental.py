@@ -219,6 +219,7 @@ def test_the_commands_show_and_run_the_update(base, tmp_path, cli) -> None:
     assert "k2-stripes, k3-stripes" in shown.stdout and "--full" in shown.stdout
     ran = cli("run", "--json", "-C", project.root)
     assert ran.exit_code == 0, ran.stderr
+    assert "Estimated time: about " in ran.stderr  # announced from the rates of the first run
     stages = {s["stage"]: s["done"] for s in json.loads(ran.stdout)["stages"]}
     assert stages["adapt"] == ["k2-stripes", "k3-stripes"]
     after = json.loads(cli("status", "--json", "-C", project.root).stdout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -30,9 +31,9 @@ def run(
         raise UsageError(f"--until must be one of {', '.join(STAGES)} (got {until!r})")
     proj = resolve_project(ctx, project)
     stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
-    _announce(proj, full)
     with proj.lock("run"), PipelineReporter(len(stages)) as view:
-        outcome = run_pipeline(proj, device=device, reporter=view, until=until, full=full)
+        outcome = run_pipeline(proj, device=device, reporter=view, until=until, full=full,
+                               on_plan=_announce(proj))
     proj.record_run("run", **outcome.to_dict())
     if as_json:
         print_json(outcome.to_dict())
@@ -46,17 +47,15 @@ def run(
     out.print("Done. `grappa report` shows the results; `grappa status` what exists.")
 
 
-def _announce(project: Any, full: bool) -> None:
-    """Say on stderr how long the run will take, from the rates measured in the project so far."""
-    from grappa_cli import planner
-    from grappa_cli.console import err
-    from grappa_cli.errors import GrappaError
-    from grappa_cli.stages.estimate import estimate
 
-    try:
-        config = project.config()
-        plan = planner.build(project, config, full=full)
+def _announce(project: Any) -> Callable[[Any, Any], None]:
+    """Say on stderr how long the run will take, from the rates measured in the project so far."""
+
+    def announce(config: Any, plan: Any) -> None:
+        from grappa_cli.console import err
+        from grappa_cli.stages.estimate import estimate
+
         if plan.todo():
             err.print(f"Estimated time: {estimate(project, config, plan).line()}.", highlight=False)
-    except GrappaError:
-        return  # the run itself reports what is wrong
+
+    return announce

@@ -77,11 +77,6 @@ def stored_set_names(store: Any) -> list[str]:
     return sorted(names, key=increments.set_sort_key)
 
 
-def stored_ks(store: Any) -> list[int]:
-    """k values of the first increment's complete clusterings (``k<K>``), increasing."""
-    return [int(n[1:]) for n in stored_set_names(store) if n[1:].isdigit()]
-
-
 def training_labels(store: Any, k: int | str) -> tuple[np.ndarray, np.ndarray]:
     """Pseudo-labels under clustering k by training row (-1: none) and which rows are usable.
 

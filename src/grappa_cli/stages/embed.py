@@ -137,9 +137,8 @@ def grow(store: Store, job: EmbedJob, *, chunk_rows: int, dim: int, dtype: str) 
     diskerrors.expect((n - kept) * dim * np.dtype(dtype).itemsize + sum(len(x) for x in job.paths[kept:]) * 4)
     from grappa_cli import increments
 
-    record = prov.record(job.stage, job.params, job.inputs)
-    record.update(increments=[inc.to_dict() for inc in increments.recorded(old)], growing={"from": kept, "to": n})
-    store.group(job.key).attrs["grappa"] = record
+    store.begin(job.key, job.stage, job.params, job.inputs,
+                increments=[inc.to_dict() for inc in increments.recorded(old)], growing={"from": kept, "to": n})
     data = store.array(f"{job.key}/embeddings")
     rows_per_chunk = int(data.chunks[0])
     data.resize((n, dim))

@@ -133,11 +133,16 @@ def estimate(project: Any, config: Any, plan: Any) -> Estimate:
             return
         seconds[stage] = seconds.get(stage, 0.0) + rate * work
 
+    counts: dict[str, int] = {}
+
     def test_images(task: str) -> int:
-        try:
-            return len(sources.test_set(config, task))
-        except GrappaError:
-            return 0
+        """Images of a task's test split (read once: every model's result of it embeds the same)."""
+        if task not in counts:
+            try:
+                counts[task] = len(sources.test_set(config, task))
+            except GrappaError:
+                counts[task] = 0
+        return counts[task]
 
     sets = {name: entry.images for entry in plan.increments for name in entry.names}
     union = sum(entry.images for entry in plan.increments)

@@ -118,13 +118,11 @@ def plan_increments(store: Any, config: Any, job: EmbedJob, *, full: bool) -> No
     """
     from grappa_cli import increments
     from grappa_cli import provenance as prov
-    from grappa_cli.data.tasks.base import ImageList
 
     def prefix_fingerprint(n: int) -> str | None:
         if "content" in job.inputs:  # a content hash cannot be recomputed for a prefix: extract anew
             return None
-        images = ImageList(paths=job.paths[:n], labels=None, classes=[]).fingerprint()
-        return prov.fingerprint({"params": job.params, "inputs": {"images": images}})
+        return increments.prefix_fingerprint(job.params, job.paths, n)
 
     record = store.provenance(job.key)
     grow = not full and config.data.update == "incremental"

@@ -16,7 +16,7 @@ import numpy as np
 from grappa_cli import artifacts, plugins
 from grappa_cli import provenance as prov
 from grappa_cli.console import NullReporter, Reporter
-from grappa_cli.errors import StoreError
+from grappa_cli.errors import GrappaError, StoreError
 from grappa_cli.fusion.base import FusionContext, FusionOptions, WarmStart
 from grappa_cli.project import Project
 
@@ -150,7 +150,7 @@ def warm_start_source(project: Project, config: Any, strategy: Any, names: list[
         return None
     try:
         checkpoint = load_fusion(artifacts.checkpoint_path(project, f"fusion/{strategy.name}"), backbone)
-    except Exception:  # an unreadable or foreign file: start cold, as without one
+    except (GrappaError, OSError):  # an unreadable or foreign file: start cold, as without one
         return None
     if checkpoint.kind != "attention" or str(checkpoint.metadata.get("attention_init") or "linear") != str(
             config.fuse.attention_init):

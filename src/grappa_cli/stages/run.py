@@ -12,6 +12,7 @@ as ``planned``: the artifacts the run is expected to (re)make; the stages apply 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,11 +50,14 @@ class RunOutcome:
 
 
 def run_pipeline(project: Project, *, device: str | None = None, reporter: PipelineReporter | None = None,
-                 until: str | None = None, full: bool = False) -> RunOutcome:
+                 until: str | None = None, full: bool = False,
+                 on_plan: Callable[[Any, Any], None] | None = None) -> RunOutcome:
     """Run the pipeline up to ``until`` (default: through the report).
 
     ``full``: extract a grown training set from scratch, so that every set is clustered and
     trained again on the union (instead of the incremental update, :mod:`grappa_cli.increments`).
+    ``on_plan(config, plan)``: called with the plan before any stage runs (the CLI announces its
+    time estimate from it).
     """
     from grappa_cli import planner
     from grappa_cli.console import NullReporter
@@ -62,7 +66,10 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
     config = project.config()
     check_config(config)  # a misspelt plugin name fails now, not after hours of work
     stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
-    planned = [node.id for node in planner.build(project, config, full=full).todo() if node.stage in stages]
+    plan = planner.build(project, config, full=full)
+    if on_plan is not None:
+        on_plan(config, plan)
+    planned = [node.id for node in plan.todo() if node.stage in stages]
     view: Any = reporter or NullReporter()
     outcomes: list[StageOutcome] = []
     for stage in stages:
