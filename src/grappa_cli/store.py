@@ -62,11 +62,17 @@ class Store:
 
     def __init__(self, path: Path, *, mode: str = "a") -> None:
         import zarr
+        from zarr.errors import ContainsGroupError
 
         self.path = Path(path)
         if mode == "r" and not self.path.exists():
             raise StoreError(f"no feature store at {self.path}", hint="run `grappa init` to create the project")
-        self.root = zarr.open_group(_local_store(self.path, mode == "r"), mode=mode)
+        try:
+            self.root = zarr.open_group(_local_store(self.path, mode == "r"), mode=mode)
+        except ContainsGroupError:
+            # Another process (a torchrun rank) created the root between zarr's "open" and
+            # its "create": the group exists now, so opening it is the answer.
+            self.root = zarr.open_group(_local_store(self.path, mode == "r"), mode=mode)
 
     # -- navigation -------------------------------------------------------------------
     def exists(self, key: str) -> bool:
@@ -74,7 +80,12 @@ class Store:
 
     def group(self, key: str) -> Any:
         """The group at ``key``, created (with parents) if needed."""
-        return self.root.require_group(key)
+        from zarr.errors import ContainsGroupError
+
+        try:
+            return self.root.require_group(key)
+        except ContainsGroupError:  # another process created it since zarr looked: open it
+            return self.root.require_group(key)
 
     def array(self, key: str) -> Any:
         if key not in self.root:

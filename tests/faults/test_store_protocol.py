@@ -59,3 +59,30 @@ def test_delete_is_one_rename(tiny_project, cli) -> None:
     store.delete("features/test/shapes")
     assert not store.exists("features/test/shapes")
     assert not list(tiny_project.root.glob(".store.zarr.trash-*"))
+
+
+def test_two_processes_creating_one_store_both_open_it(tmp_path) -> None:
+    """torchrun ranks open the store at once: zarr's open-or-create lets the slower one find a
+    group the faster one just made (``ContainsGroupError``); both must end up with the group."""
+    import threading
+
+    from grappa_cli.store import Store
+
+    failures: list[BaseException] = []
+    for attempt in range(40):  # the race lands in about one attempt in five
+        path = tmp_path / f"{attempt}.zarr"
+        start = threading.Barrier(2)
+
+        def open_store(path=path, start=start) -> None:
+            start.wait()
+            try:
+                Store(path).group("features")
+            except BaseException as exc:  # collected, reported by the assert below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures[0]
