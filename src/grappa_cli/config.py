@@ -45,6 +45,10 @@ def _non_negative(value: Any) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
+def _at_least_two(value: Any) -> str | None:
+    return None if value >= 2 else "must be >= 2"
+
+
 def _probability(value: Any) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
@@ -128,6 +132,10 @@ SCHEMA: dict[str, list[FieldSpec]] = {
         FieldSpec("auto_count", "int", 8,
                   "how many k values \"auto\" chooses (at most 4 below 20,000 training images)", "N = 8 (section 4)",
                   check=_positive),
+        FieldSpec("auto_min_k", "int", 2,
+                  "the smallest k \"auto\" chooses (rounded up to a power of two, while n/2 allows it): "
+                  "n/512 is k = 2 on a few hundred images, a split in two that says one bit about an image",
+                  "the paper's coarsest set, k = 256, has about 40 clusters per domain", check=_at_least_two),
         FieldSpec("k_added", "k", "auto",
                   "numbers of clusters for images added by an incremental update (clustered on their own, "
                   "sets named like k16-coral for an added task coral); \"auto\" = the ladder of `k` for the added "

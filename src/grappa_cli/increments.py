@@ -241,7 +241,8 @@ def ks_for(config: Any, increment: Increment, images: int) -> list[int]:
         return []
     source = "grappa.toml [cluster] k" if first else f"grappa.toml [cluster] k_added ({increment.name})"
     count = config.cluster.auto_count if first else config.cluster.auto_count_added
-    return list(kvalues.resolve(spec, images, auto_count=count, source=source))
+    return list(kvalues.resolve(spec, images, auto_count=count, auto_min_k=config.cluster.auto_min_k,
+                                source=source))
 
 
 def set_names(config: Any, store: Any) -> list[str]:

@@ -108,3 +108,18 @@ def test_lists_from_the_config_are_checked_too():
         kvalues.resolve([4, 4], 100, auto_count=8, source="grappa.toml [cluster] k")
     with pytest.raises(UsageError, match="k=128 is not smaller"):
         kvalues.resolve([4, 128], 100, auto_count=8, source="grappa.toml [cluster] k")
+
+
+def test_auto_ladder_floor_raises_the_coarsest_rung_only_where_n_allows_it():
+    # n = 786: exponents round(log2(786/512)) = 1 ... floor(log2(393)) = 8
+    assert kvalues.auto_ladder(786, 4) == [2, 8, 64, 256]
+    # floor 16 = 2^4: exponents 4, 5.33, 6.67, 8 rounded
+    assert kvalues.auto_ladder(786, 4, min_k=16) == [16, 32, 128, 256]
+    assert kvalues.auto_ladder(786, 4, min_k=12) == [16, 32, 128, 256]  # rounded up to a power of two
+    # at the paper's scale n/512 is already above the floor: the ladder is unchanged
+    assert kvalues.auto_ladder(PAPER_N, 8, min_k=16) == kvalues.auto_ladder(PAPER_N, 8)
+    # n/2 below the floor: the finest power of two under n/2 alone
+    assert kvalues.auto_ladder(20, 4, min_k=16) == [8]
+    assert kvalues.resolve("auto", 786, auto_count=4, auto_min_k=16) == [16, 32, 128, 256]
+    with pytest.raises(GrappaError, match="auto_min_k"):
+        kvalues.auto_ladder(786, 4, min_k=1)

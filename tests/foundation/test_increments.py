@@ -73,13 +73,17 @@ def test_layout_adds_one_increment_of_the_new_parts() -> None:
 
 
 def test_k_values_per_increment() -> None:
-    config = SimpleNamespace(cluster=SimpleNamespace(k=[8, 32], k_added="auto", auto_count=8, auto_count_added=4))
+    config = SimpleNamespace(cluster=SimpleNamespace(k=[8, 32], k_added="auto", auto_count=8, auto_count_added=4,
+                                                  auto_min_k=2))
     first, added = increments.Increment(0, 0, 100), increments.Increment(1, 100, 400, ["coral"])
     assert increments.ks_for(config, first, 100) == [8, 32]
     # auto for 300 images: powers of two from about 300/512 to 300/2, at most four below 20,000 images
     assert increments.ks_for(config, added, 300) == [2, 8, 32, 128]
     config.cluster.auto_count_added = 2
     assert increments.ks_for(config, added, 300) == [2, 128]
+    config.cluster.auto_min_k = 16  # the coarsest rung is raised to 16 (2^4 .. 2^7)
+    assert increments.ks_for(config, added, 300) == [16, 128]
+    config.cluster.auto_min_k = 2
     config.cluster.k_added = [4, 64, 512]
     assert increments.ks_for(config, added, 300) == [4, 64]  # an explicit k must fit the added images
     assert increments.ks_for(config, added, 3) == []

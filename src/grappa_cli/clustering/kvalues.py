@@ -63,26 +63,31 @@ SMALL_SET_IMAGES = 20_000
 SMALL_SET_COUNT = 4
 
 
-def auto_ladder(n: int, count: int) -> list[int]:
+def auto_ladder(n: int, count: int, min_k: int = 2) -> list[int]:
     """``count`` powers of two spread geometrically from about n/512 to about n/2 (deduplicated).
 
     Below ``SMALL_SET_IMAGES`` training images the ladder has at most ``SMALL_SET_COUNT`` rungs:
     a few thousand images hold few distinct granularities, and each set costs a training run
     (on a CPU, minutes); the paper's eight sets are for its 133k images.
 
-    Exponents run from round(log2(n/512)) (at least 1, i.e. k = 2) to floor(log2(n/2)), evenly
-    spaced and rounded; with fewer distinct powers of two than ``count`` in that range, all
-    of them are returned.
+    Exponents run from round(log2(n/512)) to floor(log2(n/2)), evenly spaced and rounded; with
+    fewer distinct powers of two than ``count`` in that range, all of them are returned. The
+    lowest rung is at least ``min_k`` (rounded up to a power of two) while n/2 allows it: on a
+    few hundred images n/512 would be k = 2, a split in two that carries one bit about an
+    image, and training a set on it pulls every embedding towards one of two prototypes.
     """
     if n < 4:
         raise GrappaError(f"`auto` k needs at least 4 training images, got {n}", hint="extract more images")
     if count < 1:
         raise GrappaError(f"`auto` k needs a positive count, got {count}",
                           hint="set [cluster] auto_count >= 1")
+    if min_k < 2:
+        raise GrappaError(f"`auto` k needs a smallest k of at least 2, got {min_k}",
+                          hint="set [cluster] auto_min_k >= 2")
     if n < SMALL_SET_IMAGES:
         count = min(count, SMALL_SET_COUNT)
     hi = math.floor(math.log2(n / 2))
-    lo = min(max(1, round(math.log2(n / 512))), hi)
+    lo = min(max(math.ceil(math.log2(min_k)), round(math.log2(n / 512))), hi)
     if count == 1 or lo == hi:
         exponents = [hi]
     else:
@@ -92,7 +97,7 @@ def auto_ladder(n: int, count: int) -> list[int]:
 
 
 def resolve(
-    spec: str | Sequence[int] | None, n: int, *, auto_count: int, source: str = "--k",
+    spec: str | Sequence[int] | None, n: int, *, auto_count: int, source: str = "--k", auto_min_k: int = 2,
 ) -> list[int]:
     """The k values to run for ``n`` training images: parsed, expanded and validated.
 
@@ -112,7 +117,7 @@ def resolve(
         if dup is not None:
             raise UsageError(f"{source}: k={dup} is listed twice", hint="list each k once")
     if values == AUTO:
-        return auto_ladder(n, auto_count)
+        return auto_ladder(n, auto_count, auto_min_k)
     check(values, n, source=source)
     return list(values)
 

@@ -192,11 +192,13 @@ def _work(config: Any, store: Any, rows: np.ndarray, k: str | Sequence[int] | No
     cfg = config.cluster
     entries = increments.configured(config, store)
     if k is None and all(entry.increment.index == 0 for entry in entries):
+        # checked here: a k too large for the images fails before any work
         entries[0].ks = kvalues.resolve(cfg.k, entries[0].images, auto_count=cfg.auto_count,
-                                        source="grappa.toml [cluster] k")  # checked: a k too large fails here
+                                        auto_min_k=cfg.auto_min_k, source="grappa.toml [cluster] k")
     elif k is not None:
         entries = entries[:1]
-        entries[0].ks = kvalues.resolve(k, entries[0].images, auto_count=cfg.auto_count, source="--k")
+        entries[0].ks = kvalues.resolve(k, entries[0].images, auto_count=cfg.auto_count,
+                                        auto_min_k=cfg.auto_min_k, source="--k")
     return [(name, value, entry) for entry in entries for value, name in zip(entry.ks, entry.names, strict=True)]
 
 
