@@ -121,6 +121,7 @@ def make_tiny_project(root: Path, images: Path):
     for key, value in {"batch_size": 8, "num_workers": 0, "chunk_size": 8}.items():
         doc["data"][key] = value
     doc["runtime"]["device"] = "cpu"
+    doc["cluster"]["auto_min_k"] = 2  # a few dozen images: the default floor (16) would leave one set
     for key, value in {"bottleneck": 16, "batch_size": 8, "epochs": 1, "min_steps": 0}.items():
         doc["adapt"][key] = value
     for key, value in {"batch_size": 8, "epochs": 1, "min_steps": 0, "projector": [32, 32]}.items():

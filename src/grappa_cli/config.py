@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from grappa_cli.errors import ConfigError
+from grappa_cli.clustering import kvalues
 
 CONFIG_NAME = "grappa.toml"
 
@@ -132,7 +133,7 @@ SCHEMA: dict[str, list[FieldSpec]] = {
         FieldSpec("auto_count", "int", 8,
                   "how many k values \"auto\" chooses (at most 4 below 20,000 training images)", "N = 8 (section 4)",
                   check=_positive),
-        FieldSpec("auto_min_k", "int", 2,
+        FieldSpec("auto_min_k", "int", kvalues.DEFAULT_MIN_K,
                   "the smallest k \"auto\" chooses (rounded up to a power of two, while n/2 allows it): "
                   "n/512 is k = 2 on a few hundred images, a split in two that says one bit about an image",
                   "the paper's coarsest set, k = 256, has about 40 clusters per domain", check=_at_least_two),

@@ -238,9 +238,10 @@ def test_auto_in_the_config_uses_the_ladder(cli, feature_project):
     assert result.exit_code == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["backend"] == "sklearn"
-    # n = 400: powers of two from round(log2(400/512)) -> 2 up to floor(log2(200)) -> 128
-    assert [c["k"] for c in out["clusters"]] == [2, 16, 128]
-    assert feature_project.store(mode="r").children("clusters") == ["k128", "k16", "k2"]
+    # n = 400: powers of two from round(log2(400/512)) -> 2, raised to auto_min_k = 16 (2^4), up to
+    # floor(log2(200)) -> 128: exponents 4, 5.5, 7 rounded
+    assert [c["k"] for c in out["clusters"]] == [16, 64, 128]
+    assert feature_project.store(mode="r").children("clusters") == ["k128", "k16", "k64"]
 
 
 def test_other_backends_through_the_cli(cli, feature_project):

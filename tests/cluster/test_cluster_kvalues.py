@@ -68,7 +68,7 @@ def test_auto_ladder_for_the_paper_scale():
 @pytest.mark.parametrize("n", [4, 5, 100, 2000, 50_000, 1_000_000])
 @pytest.mark.parametrize("count", [1, 3, 8, 20])
 def test_auto_ladder_invariants(n, count):
-    ladder = kvalues.auto_ladder(n, count)
+    ladder = kvalues.auto_ladder(n, count, min_k=2)
     assert 1 <= len(ladder) <= count
     assert ladder == sorted(set(ladder))
     assert all(2 <= k <= n / 2 and k & (k - 1) == 0 for k in ladder)
@@ -77,13 +77,15 @@ def test_auto_ladder_invariants(n, count):
 
 def test_auto_ladder_with_few_powers_returns_all_of_them():
     # n = 100: powers of two from 2 (n/512 < 2) up to 32 (<= 50): 5 distinct values, at most 4 on a small set
-    assert kvalues.auto_ladder(100, 3) == [2, 8, 32]
-    assert kvalues.auto_ladder(100, 8) == [2, 4, 16, 32]  # exponents 1, 2.33, 3.67, 5 rounded
+    assert kvalues.auto_ladder(100, 3, min_k=2) == [2, 8, 32]
+    assert kvalues.auto_ladder(100, 8, min_k=2) == [2, 4, 16, 32]  # exponents 1, 2.33, 3.67, 5 rounded
+    assert kvalues.auto_ladder(100, 8) == [16, 32]  # the default floor, 16: exponents 4 and 5 only
 
 
 def test_small_sets_get_at_most_four_sets():
     # 800 images: exponents 1 (n/512 < 2) ... 8 (256 <= 400); four rungs: 2, 2^3.33, 2^5.67, 2^8
-    assert kvalues.auto_ladder(800, 8) == [2, 8, 64, 256]
+    assert kvalues.auto_ladder(800, 8, min_k=2) == [2, 8, 64, 256]
+    assert kvalues.auto_ladder(800, 8) == [16, 32, 128, 256]  # from 16: 2^4, 2^5.33, 2^6.67, 2^8
     assert len(kvalues.auto_ladder(19_999, 8)) == 4
     assert len(kvalues.auto_ladder(20_000, 8)) == 8
 
@@ -112,12 +114,12 @@ def test_lists_from_the_config_are_checked_too():
 
 def test_auto_ladder_floor_raises_the_coarsest_rung_only_where_n_allows_it():
     # n = 786: exponents round(log2(786/512)) = 1 ... floor(log2(393)) = 8
-    assert kvalues.auto_ladder(786, 4) == [2, 8, 64, 256]
+    assert kvalues.auto_ladder(786, 4, min_k=2) == [2, 8, 64, 256]
     # floor 16 = 2^4: exponents 4, 5.33, 6.67, 8 rounded
     assert kvalues.auto_ladder(786, 4, min_k=16) == [16, 32, 128, 256]
     assert kvalues.auto_ladder(786, 4, min_k=12) == [16, 32, 128, 256]  # rounded up to a power of two
     # at the paper's scale n/512 is already above the floor: the ladder is unchanged
-    assert kvalues.auto_ladder(PAPER_N, 8, min_k=16) == kvalues.auto_ladder(PAPER_N, 8)
+    assert kvalues.auto_ladder(PAPER_N, 8, min_k=16) == kvalues.auto_ladder(PAPER_N, 8, min_k=2)
     # n/2 below the floor: the finest power of two under n/2 alone
     assert kvalues.auto_ladder(20, 4, min_k=16) == [8]
     assert kvalues.resolve("auto", 786, auto_count=4, auto_min_k=16) == [16, 32, 128, 256]

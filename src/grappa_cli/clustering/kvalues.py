@@ -58,12 +58,16 @@ def parse_k_list(spec: str, *, source: str = "--k") -> list[int] | str:
     return sorted(values)
 
 
+#: The smallest k ``auto`` picks (``[cluster] auto_min_k``): on the quality harness's validation
+#: classes, a ladder starting at 16 instead of 2 raised Grappa-N by 0.4 RP (docs/benchmarks.md).
+DEFAULT_MIN_K = 16
+
 #: Below this many training images ``auto`` makes at most ``SMALL_SET_COUNT`` sets.
 SMALL_SET_IMAGES = 20_000
 SMALL_SET_COUNT = 4
 
 
-def auto_ladder(n: int, count: int, min_k: int = 2) -> list[int]:
+def auto_ladder(n: int, count: int, min_k: int = DEFAULT_MIN_K) -> list[int]:
     """``count`` powers of two spread geometrically from about n/512 to about n/2 (deduplicated).
 
     Below ``SMALL_SET_IMAGES`` training images the ladder has at most ``SMALL_SET_COUNT`` rungs:
@@ -97,7 +101,8 @@ def auto_ladder(n: int, count: int, min_k: int = 2) -> list[int]:
 
 
 def resolve(
-    spec: str | Sequence[int] | None, n: int, *, auto_count: int, source: str = "--k", auto_min_k: int = 2,
+    spec: str | Sequence[int] | None, n: int, *, auto_count: int, source: str = "--k",
+    auto_min_k: int = DEFAULT_MIN_K,
 ) -> list[int]:
     """The k values to run for ``n`` training images: parsed, expanded and validated.
 
