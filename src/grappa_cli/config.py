@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grappa_cli.errors import ConfigError
 from grappa_cli.clustering import kvalues
+from grappa_cli.errors import ConfigError
 
 CONFIG_NAME = "grappa.toml"
 

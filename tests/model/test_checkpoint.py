@@ -143,3 +143,32 @@ def test_failed_write_keeps_the_old_file(tiny_backbone, tmp_path, monkeypatch):
         save_adaptor_set(path, sets[1], backbone=tiny_backbone, provenance=PROVENANCE)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["k4.safetensors"]
+
+
+@pytest.mark.parametrize("header", ["current", "without fusion kind"])
+def test_attention_fused_single_set_bundle_loads(tiny_backbone, images, tmp_path, header):
+    """One set fused by attention (a project with one k) keeps Q, K and a scale; they must load,
+    also from files whose header left the fusion kind empty for a single set."""
+    from safetensors.torch import load_file, save_file
+
+    from grappa_cli.model.bundle import load_layers, read_bundle_metadata, save_bundle
+    from grappa_cli.model.grappa import GrappaModel
+
+    model = GrappaModel.with_adaptor_sets(tiny_backbone, [trained_like_set(tiny_backbone)], fusion="attention")
+    with torch.no_grad():
+        for layer in model.fusion_layers():
+            layer.logit_scale.fill_(1.5)
+    path = tmp_path / "one.safetensors"
+    save_bundle(path, model)
+    assert read_bundle_metadata(path)["fusion"] == "attention"
+    if header == "without fusion kind":
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata())
+        meta["fusion"] = ""
+        save_file(load_file(str(path)), str(path), metadata=meta)
+    loaded, _ = load_layers(path, tiny_backbone)
+    assert loaded.fusion_kind == "attention"
+    for ours, theirs in zip(model.fusion_layers(), loaded.fusion_layers(), strict=True):
+        assert torch.equal(ours.query.weight, theirs.query.weight) and float(theirs.logit_scale) == 1.5
+    with torch.inference_mode():
+        assert torch.equal(model.eval()(images), loaded.eval()(images))

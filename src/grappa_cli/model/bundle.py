@@ -41,7 +41,8 @@ def describe(model: GrappaModel) -> dict[str, Any]:
         "num_sets": model.num_sets,
         "bottleneck": max(widths),
         "bottlenecks": widths,
-        "fusion": model.fusion_kind if model.num_sets > 1 else "",
+        # also for one set: attention fused over a single set still has Q, K and a scale to load
+        "fusion": model.fusion_kind or "",
     }
 
 
@@ -146,7 +147,10 @@ def load_layers(
     layer_state = {k[len("layers."):]: v for k, v in tensors.items() if k.startswith("layers.")}
     # attention fusion that starts at Grappa-avg carries a logit scale; the literal eq. 3 has none
     init = "uniform" if any(k.endswith("fusion.logit_scale") for k in layer_state) else "linear"
-    model = empty_model(backbone, meta["num_sets"], widths, meta.get("fusion", ""), init)
+    fusion = meta.get("fusion", "")
+    if not fusion and any(k.endswith("fusion.query.weight") for k in layer_state):
+        fusion = "attention"  # one attention-fused set, saved before the header named its fusion
+    model = empty_model(backbone, meta["num_sets"], widths, fusion, init)
     model.layers.load_state_dict(layer_state, strict=True)
     return model.to(_device_of(backbone)), meta
 
