@@ -128,7 +128,7 @@ SCHEMA: dict[str, list[FieldSpec]] = {
     "cluster": [
         FieldSpec("k", "k", "auto",
                   "numbers of clusters, one pseudo-label set P_i each, increasing; \"auto\" = a geometric "
-                  "ladder from about n/512 to n/2 for n training images",
+                  "ladder from about n/512 (at least auto_min_k) to n/2 for n training images",
                   "256, 1024, 4096, 8192, 16384, 32768, 65536, 131072 on MRT (section 4)", check=_k_list),
         FieldSpec("auto_count", "int", 8,
                   "how many k values \"auto\" chooses (at most 4 below 20,000 training images)", "N = 8 (section 4)",

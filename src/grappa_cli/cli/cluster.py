@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 K_HELP = (
     "Numbers of clusters: a comma list (256,1024,4096), binary suffixes (4k = 4096, 64k = 65536: "
     "k means 1024, as the paper's k are powers of two) or `auto` (cluster.auto_count powers of two "
-    "from about n/512 to n/2 for n training images). Default: \\[cluster] k in grappa.toml."
+    "from about n/512, at least cluster.auto_min_k, to n/2 for n training images). "
+    "Default: \\[cluster] k in grappa.toml."
 )
 
 
