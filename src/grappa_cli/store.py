@@ -29,6 +29,7 @@ so no half-deleted group can keep its old record. Every key written goes through
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,22 +58,31 @@ def _local_store(path: Path, read_only: bool) -> Any:
     return CountingLocalStore(path, read_only=read_only)
 
 
+def _open_or_create(open_group: Callable[[], Any]) -> Any:
+    """``open_group()``, once more if another process created the group while it ran.
+
+    zarr's open-or-create looks for the group, then creates it; when another process (a torchrun
+    rank) creates it in between, zarr raises ``ContainsGroupError``. The group exists then, so
+    the second call opens it.
+    """
+    from zarr.errors import ContainsGroupError
+
+    try:
+        return open_group()
+    except ContainsGroupError:
+        return open_group()
+
+
 class Store:
     """A zarr v3 group on the local filesystem."""
 
     def __init__(self, path: Path, *, mode: str = "a") -> None:
         import zarr
-        from zarr.errors import ContainsGroupError
 
         self.path = Path(path)
         if mode == "r" and not self.path.exists():
             raise StoreError(f"no feature store at {self.path}", hint="run `grappa init` to create the project")
-        try:
-            self.root = zarr.open_group(_local_store(self.path, mode == "r"), mode=mode)
-        except ContainsGroupError:
-            # Another process (a torchrun rank) created the root between zarr's "open" and
-            # its "create": the group exists now, so opening it is the answer.
-            self.root = zarr.open_group(_local_store(self.path, mode == "r"), mode=mode)
+        self.root = _open_or_create(lambda: zarr.open_group(_local_store(self.path, mode == "r"), mode=mode))
 
     # -- navigation -------------------------------------------------------------------
     def exists(self, key: str) -> bool:
@@ -80,12 +90,7 @@ class Store:
 
     def group(self, key: str) -> Any:
         """The group at ``key``, created (with parents) if needed."""
-        from zarr.errors import ContainsGroupError
-
-        try:
-            return self.root.require_group(key)
-        except ContainsGroupError:  # another process created it since zarr looked: open it
-            return self.root.require_group(key)
+        return _open_or_create(lambda: self.root.require_group(key))
 
     def array(self, key: str) -> Any:
         if key not in self.root:

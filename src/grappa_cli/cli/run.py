@@ -47,7 +47,6 @@ def run(
     out.print("Done. `grappa report` shows the results; `grappa status` what exists.")
 
 
-
 def _announce(project: Any) -> Callable[[Any, Any], None]:
     """Say on stderr how long the run will take, from the rates measured in the project so far."""
 
