@@ -203,10 +203,19 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "three layers as in Barlow Twins [68] (4x the embedding width)", check=_layer_sizes),
         FieldSpec("neighbors", "int", 5, "k of the k-NN graph whose pairs Grappa-N trains on",
                   "x_j in N_k(x_i; D), section 3.5", check=_positive),
+        FieldSpec("graph", "str", "model",
+                  "features Grappa-N's k-NN graph is built from: \"model\" (the current fused model, rebuilt "
+                  "every epoch) or \"backbone\" (the stored backbone features, built once: the paper's static "
+                  "k-NN)", "the current model, every epoch (section 3.5)", choices=("model", "backbone")),
         FieldSpec("attention_init", "str", "uniform",
                   "start of attention fusion: \"uniform\" (a per-layer logit scale starting at 0, so M* "
                   "starts exactly at Grappa-avg) or \"linear\" (Q and K with nn.Linear's initialisation only, "
                   "the literal eq. 3); the paper does not say", choices=("uniform", "linear")),
+        FieldSpec("balance", "float", 0.0,
+                  "weight of the attention balance term added to the fusion loss: the KL divergence from "
+                  "uniform to the batch-mean attention of each layer, so that no adaptor set is abandoned "
+                  "(each image may still prefer its own); 0 = the paper's loss alone",
+                  check=_non_negative),
         FieldSpec("warm_start", "bool", True,
                   "after an incremental update, start the fusion from the previous fused model's attention "
                   "(Q, K and logit scales do not depend on the number of sets) instead of from scratch"),

@@ -121,3 +121,40 @@ def test_sets_of_another_backbone_are_refused(adapted_project, cli) -> None:
     result = cli("-C", adapted_project.root, "fuse", "--strategy", "avg")
     assert result.exit_code == 1
     assert "k2.safetensors" in result.stderr and "backbone" in result.stderr
+
+
+def test_neighbor_on_the_static_backbone_graph_with_balance(adapted_project, cli) -> None:
+    """``fuse.graph = "backbone"``: one graph from the stored features, never rebuilt; the balance
+    weight reaches the record and the trained attention stays finite."""
+    from grappa_cli.config import update_file
+
+    def static(doc):
+        doc["fuse"]["graph"] = "backbone"
+        doc["fuse"]["balance"] = 2.0
+
+    update_file(adapted_project.config_path, static)
+    result = cli("-C", adapted_project.root, "fuse", "--strategy", "neighbor", "--neighbors", "3", "--epochs", "3",
+                 "--json")
+    assert result.exit_code == 0, result.stderr
+    assert all(np.isfinite(json.loads(result.stdout)["epoch_losses"]))
+    record = artifacts.read_checkpoint_record(adapted_project.fusion_dir / "neighbor.safetensors")
+    assert record["params"]["graph"] == "backbone" and record["params"]["balance"] == 2.0
+    assert record["info"]["graph_changes"] == [0.0, 0.0]  # the same graph at every epoch
+    fused, _ = _model(adapted_project, "fused:neighbor")
+    with torch.inference_mode():
+        _, alpha = fused.eval()(torch.randn(4, 3, 32, 32), return_attention=True)
+    assert torch.isfinite(alpha).all() and torch.allclose(alpha.sum(-1), torch.ones(4, alpha.shape[1]))
+
+
+def test_fusion_settings_are_checked(adapted_project, cli) -> None:
+    import re
+
+    original = adapted_project.config_path.read_text()
+    for key, bad in (("graph", '"features"'), ("balance", "-1.0")):
+        text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {bad}", original)
+        assert text != original
+        adapted_project.config_path.write_text(text)
+        result = cli("-C", adapted_project.root, "fuse", "--strategy", "neighbor")
+        assert result.exit_code != 0 and f"fuse.{key}" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (adapted_project.fusion_dir / "neighbor.safetensors").exists()

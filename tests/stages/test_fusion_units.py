@@ -109,3 +109,55 @@ def test_graph_changes_when_the_model_changes() -> None:
             layer.fusion.query.weight.normal_(0, 1.0, generator=generator)
     after = knn_graph(embed_paths(model, paths, transform, **kwargs), 3)
     assert (before != after).any()
+
+
+def test_attention_balance_is_the_kl_from_uniform_to_the_batch_mean() -> None:
+    from grappa_cli.fusion.balance import attention_balance
+
+    uniform = torch.full((4, 2, 3), 1 / 3)
+    assert attention_balance(uniform).item() == pytest.approx(0.0, abs=1e-7)
+    # each image picks one set, the batch shares them evenly: balanced, whatever the entropy per image
+    one_hot = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    assert attention_balance(one_hot).item() == pytest.approx(0.0, abs=1e-7)
+    # batch mean (0.75, 0.25): -log 2 - (log 0.75 + log 0.25) / 2 = 0.143841
+    skewed = torch.tensor([[[0.75, 0.25]], [[0.5, 0.5]], [[1.0, 0.0]]])
+    assert attention_balance(skewed).item() == pytest.approx(0.143841, abs=1e-5)
+    # layers are averaged: one balanced layer and the skewed one give half the value
+    two_layers = torch.cat([skewed, torch.full((3, 1, 2), 0.5)], dim=1)
+    assert attention_balance(two_layers).item() == pytest.approx(0.143841 / 2, abs=1e-5)
+    # an abandoned set costs a large but finite amount; one set costs nothing
+    assert 5 < attention_balance(torch.tensor([[[1.0, 0.0]]])).item() < 20
+    assert attention_balance(torch.ones(2, 3, 1)).item() == 0.0
+    with pytest.raises(ValueError, match="batch, layers, sets"):
+        attention_balance(torch.ones(2, 3))
+
+
+def test_pair_loss_adds_the_weighted_balance_of_both_members_for_attention_only() -> None:
+    from grappa_cli.fusion.balance import attention_balance, pair_loss
+
+    model = _tiny_model(init="linear", up_std=0.5)
+    with torch.no_grad():  # sharp random attention, far from the balanced start
+        for fusion in model.fusion_layers():
+            fusion.query.weight.mul_(30)
+    criterion = BarlowTwinsLoss(model.backbone.embed_dim, [32])
+    generator = torch.Generator().manual_seed(3)
+    batch = (torch.randn(4, 3, 32, 32, generator=generator), torch.randn(4, 3, 32, 32, generator=generator))
+    model.eval()
+    criterion.eval()
+    with torch.no_grad():
+        z1, a1 = model(batch[0], return_attention=True)
+        z2, a2 = model(batch[1], return_attention=True)
+        barlow = criterion(z1, z2)
+        balance = attention_balance(torch.cat([a1, a2]))
+        assert balance.item() > 1e-3  # sharp random Q, K: not balanced
+        assert pair_loss(0.0)(model, criterion, batch).item() == pytest.approx(barlow.item(), rel=1e-6)
+        weighted = pair_loss(2.5)(model, criterion, batch).item()
+        assert weighted == pytest.approx(barlow.item() + 2.5 * balance.item(), rel=1e-6)
+        mean_model = _tiny_model(fusion="mean")
+        plain = criterion(mean_model(batch[0]), mean_model(batch[1])).item()
+        assert pair_loss(2.5)(mean_model, criterion, batch).item() == pytest.approx(plain, rel=1e-6)
+    # the balance term reaches Q and K: its gradient alone is non-zero
+    model.train()
+    z1, a1 = model(batch[0], return_attention=True)
+    attention_balance(a1).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fusion_parameters())

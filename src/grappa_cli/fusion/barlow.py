@@ -17,10 +17,18 @@ from grappa_cli.fusion.base import FusionContext
 
 
 def barlow_params(config: Any) -> dict[str, Any]:
+    """The settings of Barlow Twins pair training that determine its result.
+
+    ``balance`` is recorded only when it is on, so fusions trained without it keep their
+    fingerprints (and are not retrained) after the option appeared.
+    """
     f = config.fuse
-    return {"lr": f.lr, "weight_decay": f.weight_decay, "warmup_epochs": f.warmup_epochs, "lambd": f.lambd,
-            "loss_scale": f.loss_scale, "projector": list(f.projector), "optimizer": "lars",
-            "attention_init": f.attention_init}
+    params = {"lr": f.lr, "weight_decay": f.weight_decay, "warmup_epochs": f.warmup_epochs, "lambd": f.lambd,
+              "loss_scale": f.loss_scale, "projector": list(f.projector), "optimizer": "lars",
+              "attention_init": f.attention_init}
+    if f.balance > 0:
+        params["balance"] = f.balance
+    return params
 
 
 def train_pairs(
@@ -37,6 +45,7 @@ def train_pairs(
     import torch
 
     from grappa_cli.errors import TrainingError
+    from grappa_cli.fusion.balance import pair_loss
     from grappa_cli.train import distributed
     from grappa_cli.train.lars import LARS, param_groups
     from grappa_cli.train.loop import TrainConfig, train
@@ -52,7 +61,7 @@ def train_pairs(
     torch.manual_seed(context.seed)
     criterion = BarlowTwinsLoss(context.backbone.embed_dim, p["projector"], lambd=p["lambd"],
                                 scale_loss=p["loss_scale"])
-    objective = Objective(model, criterion, lambda m, c, b: c(m(b[0]), m(b[1])))
+    objective = Objective(model, criterion, pair_loss(float(p.get("balance", 0.0))))
 
     def make_optimizer(params: list) -> torch.optim.Optimizer:
         if optimizer == "lars":

@@ -3,7 +3,8 @@
 * ``avg``: Grappa-avg, the mean of the N sets; nothing to train.
 * ``transform``: Grappa-T, attention fusion trained with Barlow Twins on two augmented views.
 * ``neighbor``: Grappa-N, attention fusion trained with Barlow Twins on k-NN pairs in the
-  feature space of the current M*, the graph recomputed every epoch.
+  feature space of the current M*, the graph recomputed every epoch (``fuse.graph = "model"``),
+  or of the stored backbone features, built once (``"backbone"``, the paper's static k-NN).
 * ``supervised``: appendix C's reference, attention fusion trained with the tasks' class
   labels (norm-softmax, Adam); it uses labels, and reports say so.
 * ``random``: M*(random), N randomly initialised adaptor sets trained together with the
@@ -112,9 +113,12 @@ class NeighborFusion:
     trains_adaptors = False
 
     def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
-        return {"fusion": "attention", **_common(config, options), **barlow_params(config),
-                "neighbors": options.neighbors or config.fuse.neighbors,
-                "augmentation": "random-resized-crop+flip" if config.fuse.pair_augment else "none"}
+        params = {"fusion": "attention", **_common(config, options), **barlow_params(config),
+                  "neighbors": options.neighbors or config.fuse.neighbors,
+                  "augmentation": "random-resized-crop+flip" if config.fuse.pair_augment else "none"}
+        if config.fuse.graph != "model":  # recorded only when not the default: older fingerprints hold
+            params["graph"] = config.fuse.graph
+        return params
 
     def train(self, context: FusionContext) -> FusionOutcome:
         start = time.perf_counter()
@@ -143,11 +147,17 @@ class NeighborFusion:
         device = resolve_device(context.device())
         view = CenterView.for_cache(data_config, cache.size)
 
+        static = _backbone_graph(context, rows, k)
+
         def on_epoch_start(epoch: int, objective: Any) -> Any:
-            embeddings = embed_cached(objective.model, cache, rows, view, batch_size=context.config.data.batch_size,
-                                      num_workers=context.num_workers(), device=device,
-                                      amp=context.config.runtime.amp)
-            graph = knn_graph(embeddings, k)
+            if static is not None:
+                graph = static
+            else:
+                embeddings = embed_cached(objective.model, cache, rows, view,
+                                          batch_size=context.config.data.batch_size,
+                                          num_workers=context.num_workers(), device=device,
+                                          amp=context.config.runtime.amp)
+                graph = knn_graph(embeddings, k)
             graphs.append(graph)
             partners = np.full((cache.layout.n, k), -1, dtype=np.int64)
             partners[rows] = rows[graph]  # graph positions -> training rows
@@ -176,12 +186,17 @@ class NeighborFusion:
         plain = eval_transform(data_config)
         augment = plain if context.params["augmentation"] == "none" else train_transform(data_config)
 
+        static = _backbone_graph(context, np.flatnonzero(context.store.read("features/train/valid")), k)
+
         def on_epoch_start(epoch: int, objective: Any) -> Any:
-            embeddings = embed_paths(objective.model, context.train_paths, plain,
-                                     batch_size=context.config.data.batch_size,
-                                     num_workers=context.num_workers(), device=device,
-                                     amp=context.config.runtime.amp, min_side=min_side)
-            graph = knn_graph(embeddings, k)
+            if static is not None:
+                graph = static
+            else:
+                embeddings = embed_paths(objective.model, context.train_paths, plain,
+                                         batch_size=context.config.data.batch_size,
+                                         num_workers=context.num_workers(), device=device,
+                                         amp=context.config.runtime.amp, min_side=min_side)
+                graph = knn_graph(embeddings, k)
             graphs.append(graph)
             pairs = sample_pairs(graph, np.random.default_rng(derive_seed(context.seed, epoch, 0, 0x6E6E)))
             return ImagePairs(context.train_paths, pairs, augment, augment, min_side=min_side)
@@ -189,6 +204,19 @@ class NeighborFusion:
         n = len(context.train_paths)
         placeholder = ImagePairs(context.train_paths, np.stack([np.arange(n)] * 2, axis=1), augment, augment)
         return train_pairs(context, model, placeholder, on_epoch_start=on_epoch_start, description="fuse neighbor")
+
+
+def _backbone_graph(context: FusionContext, rows: np.ndarray, k: int) -> np.ndarray | None:
+    """The static k-NN graph of the stored backbone features of ``rows`` (``fuse.graph = "backbone"``).
+
+    None for the paper's default (``"model"``): the graph of the current M*, rebuilt every epoch.
+    """
+    if context.params.get("graph", "model") != "backbone":
+        return None
+    from grappa_cli.fusion.neighbors import knn_graph
+
+    features = np.asarray(context.store.read("features/train/embeddings"))[rows]
+    return knn_graph(features, k)
 
 
 class RandomAdaptorsFusion:
