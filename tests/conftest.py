@@ -16,6 +16,24 @@ os.environ.setdefault("GRAPPA_PROGRESS", "0")
 os.environ["GRAPPA_LOAD_PLUGINS"] = ""
 os.environ.pop("GRAPPA_DISABLE_PLUGINS", None)
 
+
+def _restore_ctrl_c() -> None:
+    """Give the test process Python's Ctrl-C handler when it started with SIGINT ignored.
+
+    A shell without job control starts background jobs (``pytest &``, ``nohup``) with SIGINT
+    ignored; Python then installs no KeyboardInterrupt handler, ``_thread.interrupt_main`` does
+    nothing and child processes inherit the ignored signal, so the Ctrl-C tests would see no
+    interruption at all. Installing the handler here also resets SIGINT to its default in the
+    children, which is what a user's terminal gives grappa.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_restore_ctrl_c()
+
 #: timm kwargs of the tiny random ViT tests use instead of ViT-S/16.
 TINY_VIT_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 2}
 TINY_VIT_NAME = "vit_small_patch16_224"
