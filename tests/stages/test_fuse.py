@@ -123,10 +123,17 @@ def test_sets_of_another_backbone_are_refused(adapted_project, cli) -> None:
     assert "k2.safetensors" in result.stderr and "backbone" in result.stderr
 
 
-def test_neighbor_on_the_static_backbone_graph_with_balance(adapted_project, cli) -> None:
-    """``fuse.graph = "backbone"``: one graph from the stored features, never rebuilt; the balance
-    weight reaches the record and the trained attention stays finite."""
+def test_neighbor_on_the_static_backbone_graph_with_balance(adapted_project, cli, monkeypatch) -> None:
+    """``fuse.graph = "backbone"``: one graph from the stored features, never rebuilt (the model never
+    embeds the training set); the balance weight reaches the record and the attention stays finite."""
     from grappa_cli.config import update_file
+    from grappa_cli.fusion import neighbors
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("a static graph must not embed the training set with the model")
+
+    monkeypatch.setattr(neighbors, "embed_paths", no_embedding)
+    monkeypatch.setattr(neighbors, "embed_cached", no_embedding)
 
     def static(doc):
         doc["fuse"]["graph"] = "backbone"
@@ -158,3 +165,21 @@ def test_fusion_settings_are_checked(adapted_project, cli) -> None:
         assert result.exit_code != 0 and f"fuse.{key}" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
     assert not (adapted_project.fusion_dir / "neighbor.safetensors").exists()
+
+
+def test_backbone_graph_is_the_knn_graph_of_the_stored_features(adapted_project) -> None:
+    from types import SimpleNamespace
+
+    from grappa_cli.fusion.neighbors import knn_graph
+    from grappa_cli.fusion.strategies import _backbone_graph
+
+    store = adapted_project.store(mode="r")
+    features = np.asarray(store.read("features/train/embeddings"), dtype=np.float32)
+    valid = np.flatnonzero(store.read("features/train/valid"))
+    context = SimpleNamespace(params={"graph": "backbone"}, store=store)
+    graph = _backbone_graph(context, 2)
+    assert graph.shape == (len(valid), 2)
+    assert np.array_equal(graph, knn_graph(features[valid], 2))
+    rows = valid[::2]  # positions refer to the rows given
+    assert np.array_equal(_backbone_graph(context, 2, rows), knn_graph(features[rows], 2))
+    assert _backbone_graph(SimpleNamespace(params={}, store=store), 2) is None

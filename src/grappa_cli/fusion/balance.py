@@ -20,6 +20,7 @@ fusion loss becomes ``barlow_twins + fuse.balance * balance``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -39,7 +40,7 @@ def attention_balance(alpha: Tensor) -> Tensor:
     return (-math.log(n) - mean.log().mean(dim=-1)).mean()
 
 
-def pair_loss(weight: float):
+def pair_loss(weight: float) -> Callable[[torch.nn.Module, torch.nn.Module, tuple[Tensor, Tensor]], Tensor]:
     """``compute_loss`` of an :class:`~grappa_cli.train.objective.Objective` on pairs.
 
     Barlow Twins on the two members of each pair, plus ``weight`` times the attention
@@ -57,5 +58,5 @@ def pair_loss(weight: float):
 
 
 def _fuses_by_attention(model: torch.nn.Module) -> bool:
-    inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model
-    return getattr(inner, "fusion_kind", None) == "attention" and getattr(inner, "num_sets", 0) > 1
+    """Whether ``model`` (the GrappaModel inside the Objective, which DDP wraps as a whole) has alphas to balance."""
+    return getattr(model, "fusion_kind", None) == "attention" and getattr(model, "num_sets", 0) > 1

@@ -147,17 +147,12 @@ class NeighborFusion:
         device = resolve_device(context.device())
         view = CenterView.for_cache(data_config, cache.size)
 
-        static = _backbone_graph(context, rows, k)
+        static = _backbone_graph(context, k, rows)
 
         def on_epoch_start(epoch: int, objective: Any) -> Any:
-            if static is not None:
-                graph = static
-            else:
-                embeddings = embed_cached(objective.model, cache, rows, view,
-                                          batch_size=context.config.data.batch_size,
-                                          num_workers=context.num_workers(), device=device,
-                                          amp=context.config.runtime.amp)
-                graph = knn_graph(embeddings, k)
+            graph = static if static is not None else knn_graph(
+                embed_cached(objective.model, cache, rows, view, batch_size=context.config.data.batch_size,
+                             num_workers=context.num_workers(), device=device, amp=context.config.runtime.amp), k)
             graphs.append(graph)
             partners = np.full((cache.layout.n, k), -1, dtype=np.int64)
             partners[rows] = rows[graph]  # graph positions -> training rows
@@ -186,17 +181,13 @@ class NeighborFusion:
         plain = eval_transform(data_config)
         augment = plain if context.params["augmentation"] == "none" else train_transform(data_config)
 
-        static = _backbone_graph(context, np.flatnonzero(context.store.read("features/train/valid")), k)
+        static = _backbone_graph(context, k)
 
         def on_epoch_start(epoch: int, objective: Any) -> Any:
-            if static is not None:
-                graph = static
-            else:
-                embeddings = embed_paths(objective.model, context.train_paths, plain,
-                                         batch_size=context.config.data.batch_size,
-                                         num_workers=context.num_workers(), device=device,
-                                         amp=context.config.runtime.amp, min_side=min_side)
-                graph = knn_graph(embeddings, k)
+            graph = static if static is not None else knn_graph(
+                embed_paths(objective.model, context.train_paths, plain, batch_size=context.config.data.batch_size,
+                            num_workers=context.num_workers(), device=device, amp=context.config.runtime.amp,
+                            min_side=min_side), k)
             graphs.append(graph)
             pairs = sample_pairs(graph, np.random.default_rng(derive_seed(context.seed, epoch, 0, 0x6E6E)))
             return ImagePairs(context.train_paths, pairs, augment, augment, min_side=min_side)
@@ -206,17 +197,20 @@ class NeighborFusion:
         return train_pairs(context, model, placeholder, on_epoch_start=on_epoch_start, description="fuse neighbor")
 
 
-def _backbone_graph(context: FusionContext, rows: np.ndarray, k: int) -> np.ndarray | None:
-    """The static k-NN graph of the stored backbone features of ``rows`` (``fuse.graph = "backbone"``).
+def _backbone_graph(context: FusionContext, k: int, rows: np.ndarray | None = None) -> np.ndarray | None:
+    """The static k-NN graph of the stored backbone features (``fuse.graph = "backbone"``).
 
-    None for the paper's default (``"model"``): the graph of the current M*, rebuilt every epoch.
+    ``rows``: the training rows the pairs are drawn from, in order (default: every readable row,
+    the order of ``context.train_paths``); graph entries are positions in ``rows``. None for the
+    paper's default (``"model"``): the graph of the current M*, rebuilt every epoch.
     """
     if context.params.get("graph", "model") != "backbone":
         return None
     from grappa_cli.fusion.neighbors import knn_graph
 
-    features = np.asarray(context.store.read("features/train/embeddings"))[rows]
-    return knn_graph(features, k)
+    if rows is None:
+        rows = np.flatnonzero(context.store.read("features/train/valid"))
+    return knn_graph(np.asarray(context.store.read("features/train/embeddings"))[rows], k)
 
 
 class RandomAdaptorsFusion:
