@@ -169,3 +169,25 @@ def copy_project(project, dest: Path):
 def tiny_project(tmp_path: Path, image_folder: Path):
     """A project on a synthetic image folder with a tiny random ViT and small settings."""
     return make_tiny_project(tmp_path / "proj", image_folder)
+
+
+def rewrite_adaptor_weights(project, name: str) -> None:
+    """Write other weights under the same record: a retrain with the same settings on a GPU (whose kernels
+    are not deterministic), or a ``--force`` retrain after an upgrade, gives the same fingerprint."""
+    import torch
+
+    from grappa_cli import artifacts
+    from grappa_cli.model.backbone import build_backbone
+    from grappa_cli.model.checkpoint import load_adaptor_set, save_adaptor_set
+    from grappa_cli.stages.extract import backbone_spec
+
+    backbone = build_backbone(backbone_spec(project.config()))
+    path = artifacts.checkpoint_path(project, f"adaptors/{name}")
+    record = artifacts.record(project, f"adaptors/{name}")
+    adaptor_set = load_adaptor_set(path, backbone)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for adaptor in adaptor_set.layers:
+            adaptor.up.weight.add_(0.5 * torch.randn(adaptor.up.weight.shape, generator=generator))
+    save_adaptor_set(path, adaptor_set, backbone=backbone, provenance=record, k=adaptor_set.k)
+    assert artifacts.record(project, f"adaptors/{name}") == record

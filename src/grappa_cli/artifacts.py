@@ -11,10 +11,17 @@ An artifact id names one output of a stage:
 A record's ``inputs`` maps the ids of the artifacts it was made from to their
 fingerprints at that time; an artifact is *stale* when an input's current fingerprint
 differs. This one rule drives ``grappa status`` and ``grappa run``.
+
+A fingerprint says which settings and inputs made an artifact, not which bytes a training
+wrote: two trainings with the same settings can write different weights (a GPU's
+non-deterministic kernels, a retrain with ``--force`` after upgrading grappa). What is
+computed *from* weights (test embeddings, results, gallery indexes) therefore also records
+:func:`checkpoint_digest` of the files it used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,31 @@ def checkpoint_path(project: Any, artifact_id: str) -> Path:
 def result_path(project: Any, artifact_id: str) -> Path:
     """``results/backbone/cub`` -> ``<project>/results/backbone/cub.json``."""
     return project.root / f"{artifact_id}.json"
+
+
+#: (path, size, mtime_ns) -> digest: a file is hashed once per process while it is unchanged
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def checkpoint_digest(project: Any, artifact_id: str) -> str | None:
+    """SHA-256 (16 hex digits) of a checkpoint file's bytes, or None when the file does not exist.
+
+    Changes whenever a training rewrites the weights, even with the same settings (and so the
+    same fingerprint); adaptor and fusion files are a few MB, so hashing them costs milliseconds.
+    """
+    path = checkpoint_path(project, artifact_id)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()[:16]
+    return _DIGESTS[key]
 
 
 def read_checkpoint_record(path: Path) -> dict[str, Any] | None:

@@ -31,6 +31,14 @@ from typing import Any
 from grappa_cli import artifacts
 from grappa_cli.errors import StoreError
 from grappa_cli.project import Project
+from grappa_cli.stages.models import WEIGHTS
+
+#: Recorded inputs that are not artifacts, and how a change of each reads in ``grappa status``.
+_NOT_ARTIFACTS = {WEIGHTS: "the model's files were rewritten (retrained with the same settings)"}
+
+
+def _changed(input_id: str) -> str:
+    return _NOT_ARTIFACTS.get(input_id, f"{input_id} changed")
 
 STAGE_COMMANDS = {"extract": "grappa extract", "cluster": "grappa cluster", "adapt": "grappa adapt",
                   "fuse": "grappa fuse", "eval": "grappa eval", "report": "grappa report"}
@@ -117,7 +125,8 @@ class _Builder:
             if stale or changed:
                 node.state = "stale"
                 node.stale_inputs = stale
-                why = [f"{i} changed" if self.current(i) else f"{i} is not current" for i in stale]
+                why = [_changed(i) if i in _NOT_ARTIFACTS or self.current(i) else f"{i} is not current"
+                       for i in stale]
                 why += [f"setting {k} changed" for k in changed]
                 node.reason = "; ".join(why)
             else:
@@ -304,7 +313,8 @@ def _results(b: _Builder, sets: list[str]) -> None:
     metrics = metric_names(b.config)
     for ref in refs:
         # the backbone's results are scored on features/test/<task>, the others on the model's artifact
-        model = {ref.artifact: b.current(ref.artifact)} if ref.artifact else {}
+        model = ({ref.artifact: b.current(ref.artifact), models.WEIGHTS: models.weights_digest(b.project, ref)}
+                 if ref.artifact else {})
         for task in tasks:
             params = {"model": ref.name, "task": task, "metrics": metrics, "protocol": PROTOCOL}
             source = {} if ref.artifact else {f"features/test/{task}": b.current(f"features/test/{task}")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -9,8 +10,10 @@ import pytest
 import torch
 
 from grappa_cli import artifacts
+from grappa_cli import provenance as prov
 from grappa_cli.hookspecs import hookimpl
 from grappa_cli.metrics import retrieval_metrics
+from tests.conftest import rewrite_adaptor_weights
 
 MODELS = ("backbone", "adaptor:k2", "adaptor:k4", "fused:avg")
 
@@ -26,6 +29,10 @@ def _direct_metrics(project, key: str, recall_at=(1,)) -> dict:
     embeddings = store.read(f"{key}/embeddings").astype(np.float32)[valid]
     labels = store.read(f"{key}/labels")[valid]
     return retrieval_metrics(embeddings, labels, recall_at=recall_at)
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _status(project, cli) -> dict[str, str]:
@@ -56,6 +63,10 @@ def test_results_equal_metrics_of_the_stored_embeddings(evaluated_project, cli) 
         if model != "backbone":
             artifact = {"adaptor:k2": "adaptors/k2", "adaptor:k4": "adaptors/k4", "fused:avg": "fusion/avg"}[model]
             expected_inputs[artifact] = artifacts.fingerprint(project, artifact)
+            # the bytes of every file the model is built from: a fused model's are its own and its sets'
+            files = [artifact, "adaptors/k2", "adaptors/k4"] if model == "fused:avg" else [artifact]
+            expected_inputs["weights"] = prov.fingerprint({f: _sha256(artifacts.checkpoint_path(project, f))
+                                                           for f in files})
             eval_record = store.provenance(key)
             assert eval_record["inputs"][artifact] == expected_inputs[artifact]
             assert eval_record["params"]["model"] == model
@@ -279,3 +290,40 @@ def test_torchrun_two_processes_match_one(evaluated_project) -> None:
     store = project.store(mode="r")
     np.testing.assert_array_equal(store.read("eval/adaptor-k2/shapes/embeddings"), reference)
     assert _doc(project, "adaptor:k2")["metrics"] == metrics
+
+
+def test_other_weights_under_the_same_settings_are_evaluated_anew(evaluated_project, cli) -> None:
+    project = evaluated_project
+    store = project.store(mode="r")
+    trained = [m for m in MODELS if m != "backbone"]  # the backbone is scored on features/test
+    old = {m: store.read(f"eval/{m.replace(':', '-')}/shapes/embeddings") for m in trained}
+    fingerprint = artifacts.fingerprint(project, "adaptors/k4")
+    rewrite_adaptor_weights(project, "k4")
+    assert artifacts.fingerprint(project, "adaptors/k4") == fingerprint  # the settings did not change
+
+    result = cli("-C", project.root, "status", "--json")
+    assert result.exit_code == 0, result.stderr
+    listed = {a["id"]: a for a in json.loads(result.stdout)["artifacts"]}
+    assert listed["adaptors/k4"]["state"] == "complete" and listed["fusion/avg"]["state"] == "complete"
+    # the set's own results and those of the fusion over it describe the old weights
+    for model in ("adaptor-k4", "fused-avg"):
+        assert listed[f"results/{model}/shapes"]["state"] == "stale"
+        assert "rewritten" in json.dumps(listed[f"results/{model}/shapes"])
+    for model in ("adaptor-k2", "backbone"):
+        assert listed[f"results/{model}/shapes"]["state"] == "complete"
+
+    result = cli("-C", project.root, "eval", "--json")
+    assert result.exit_code == 0, result.stderr
+    done = {r["model"]: (r["computed"], r["embedded"]) for r in json.loads(result.stdout)["results"]}
+    assert done == {"backbone": (False, False), "adaptor:k2": (False, False),
+                    "adaptor:k4": (True, True), "fused:avg": (True, True)}
+    store = project.store(mode="r")
+    for model in trained:
+        new = store.read(f"eval/{model.replace(':', '-')}/shapes/embeddings")
+        assert np.array_equal(old[model], new) == (model == "adaptor:k2")
+        expected = _direct_metrics(project, f"eval/{model.replace(':', '-')}/shapes")
+        assert _doc(project, model)["metrics"]["map@r"] == expected["map@r"]
+    states = _status(project, cli)
+    assert all(states[f"results/{m.replace(':', '-')}/shapes"] == "complete" for m in MODELS), states
+    again = json.loads(cli("-C", project.root, "eval", "--json").stdout)["results"]
+    assert not any(r["computed"] or r["embedded"] for r in again)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from grappa_cli.stages.gallery import gallery_key, read_sidecar
-from tests.conftest import copy_project, make_image_folder, run_subprocess
+from tests.conftest import copy_project, make_image_folder, rewrite_adaptor_weights, run_subprocess
 from tests.conftest import make_tiny_project as write_tiny_project
 
 
@@ -161,6 +161,11 @@ def test_errors(fused_project, gallery_images, cli, tmp_path) -> None:
     assert cli("-C", project.root, "index", gallery_images, "--model", "fused:avg", "--force").exit_code == 0
     result = cli("-C", project.root, "search", query, "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["results"][0]["matches"][0]["path"] == query
+
+    # other weights under the same settings (a GPU retrain): the index no longer holds this model's embeddings
+    rewrite_adaptor_weights(project, "k4")
+    result = cli("-C", project.root, "search", query)
+    assert result.exit_code == 1 and "index 'default' is stale" in result.stderr
 
 
 @pytest.mark.slow

@@ -7,8 +7,9 @@ For every (model, task):
    once for every model and later run; each model embeds each image once for all tasks over
    it), or under ``torchrun`` with :func:`grappa_cli.stages.embed.run_embedding` (resumable,
    chunked, parallel). The group's record holds the backbone parameters and the model name
-   (params) and the image list's and model artifact's fingerprints (inputs), so retraining a
-   model changes what its embeddings should be: a stale group is simply recomputed. The
+   (params) and the image list's and model artifact's fingerprints and the digest of the model's
+   files (inputs, ``weights``), so retraining a model changes what its embeddings should be, even
+   a retrain with the same settings that wrote other weights: a stale group is simply recomputed. The
    ``backbone`` model reuses ``features/test/<task>`` when ``grappa extract`` made it complete
    with the same backbone parameters and images (the features are the same function);
 2. MAP@R, R-Precision, Recall@k (``eval.recall_at``) and every other installed metric plugin
@@ -244,6 +245,8 @@ def _plan(project: Project, config: Any, store: Any, backbone: Any, refs: list[M
     jobs: list[_Job] = []
     for ref in refs:
         model_fp = artifacts.fingerprint(project, ref.artifact, store) if ref.artifact else None
+        model = ({ref.artifact: model_fp, models_mod.WEIGHTS: models_mod.weights_digest(project, ref)}
+                 if ref.artifact else {})
         labels = uses_labels(project, ref)
         for task in tasks:
             test = tests[task]
@@ -255,7 +258,7 @@ def _plan(project: Project, config: Any, store: Any, backbone: Any, refs: list[M
             else:
                 source = eval_key(ref, task)
                 params = {**bparams, "model": ref.name}
-                inputs = images | ({ref.artifact: model_fp} if ref.artifact else {})
+                inputs = images | model
                 embed = EmbedJob(source, "eval", test.paths, test.labels, params, inputs,
                                  f"{task} test split with {ref.name}")
                 state = store.state(source, params, inputs)
@@ -264,7 +267,7 @@ def _plan(project: Project, config: Any, store: Any, backbone: Any, refs: list[M
             source_fp = prov.fingerprint({"params": embed.params, "inputs": embed.inputs}) if embed else \
                 store.provenance(source)["fingerprint"]
             result_params = {"model": ref.name, "task": task, "metrics": metrics, "protocol": PROTOCOL}
-            result_inputs = {source: source_fp} | ({ref.artifact: model_fp} if ref.artifact else {})
+            result_inputs = {source: source_fp} | model
             current = False
             if not force and state == "complete":
                 rec = artifacts.record(project, result_id(ref, task), store)

@@ -125,10 +125,34 @@ def inputs(project: Project, ref: ModelRef) -> dict[str, str]:
     return found
 
 
+#: The input key under which test embeddings and results record :func:`weights_digest`.
+WEIGHTS = "weights"
+
+
+def weights_digest(project: Project, ref: ModelRef) -> str | None:
+    """One digest of the bytes of every file the model is built from; None for the backbone or a missing file.
+
+    A fused model is its fusion checkpoint and the adaptor sets it fuses. Provenance
+    fingerprints change with settings and inputs; this changes with the weights themselves, so
+    embeddings of a model retrained with the same settings (non-deterministic GPU kernels, a
+    ``--force`` retrain after an upgrade) are not mistaken for the old model's.
+    """
+    from grappa_cli import provenance as prov
+
+    if ref.artifact is None:
+        return None
+    ids = [ref.artifact, *(i for i in sorted((record(project, ref) or {}).get("inputs") or {})
+                           if i.startswith("adaptors/"))]
+    digests = {i: artifacts.checkpoint_digest(project, i) for i in ids}
+    if any(d is None for d in digests.values()):
+        return None
+    return prov.fingerprint(digests)
+
+
 def fingerprint(project: Project, ref: ModelRef, backbone: Any) -> str:
-    """What the model computes: changes when its backbone, preprocessing or files change."""
+    """What the model computes: changes when its backbone, preprocessing, files' records or bytes change."""
     from grappa_cli import provenance as prov
 
     data_config = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()}
     return prov.fingerprint({"model": ref.name, "backbone": backbone.model_id, "data_config": data_config,
-                             "inputs": inputs(project, ref)})
+                             "inputs": inputs(project, ref), WEIGHTS: weights_digest(project, ref)})
