@@ -123,3 +123,78 @@ def test_training_stages_find_the_current_cache(cli, cache_project, cache_images
     write_features_train(store, cache_images[1:])  # extraction redone on another image list
     with pytest.raises(StoreError, match="--force"):
         require_training_cache(store)
+
+
+def _pixels_by_training_row(store) -> tuple[dict[int, bytes], dict[int, bool]]:
+    rows = np.asarray(store.read("cache/train/rows"))
+    images = np.asarray(store.read("cache/train/images"))
+    valid = np.asarray(store.read("cache/train/valid"))
+    return ({int(r): images[i].tobytes() for i, r in enumerate(rows)},
+            {int(r): bool(valid[i]) for i, r in enumerate(rows)})
+
+
+def test_a_cache_grows_by_the_images_an_update_appends(cli, cache_project, cache_images, tmp_path) -> None:
+    """An incremental update appends images to the training set: only those (and the shard they join) are
+    decoded, and every training row then holds the pixels a fresh build would hold."""
+    from grappa_cli.errors import StoreError
+    from grappa_cli.stages import cache as stage
+    from grappa_cli.stages.init import create_project
+
+    store = cache_project.store()
+    old = len(cache_images) - 5  # 19 images, shards of 4 rows: the 5th shard holds 3 old rows
+    write_features_train(store, cache_images[:old])
+    options = stage.CacheOptions(chunk_rows=4, num_workers=0)
+    first = stage.build(cache_project, stage.plan(cache_project, options), options)
+    assert first.built == old
+    kept = np.asarray(store.read("cache/train/images"))[:16].tobytes()  # the 4 full shards
+
+    write_features_train(store, cache_images)  # the update appended 5 images
+    with pytest.raises(StoreError, match="5 added since") as raised:
+        stage.require_training_cache(store)
+    assert "grappa cache build" in raised.value.hint and "--force" not in raised.value.hint
+    (entry,) = stage.info(cache_project)
+    assert not entry.stale and entry.grows_by == 5 and entry.images == old
+
+    plan = stage.plan(cache_project, options)
+    assert (plan.state, plan.grown_from, plan.to_decode) == ("grow", old, 5)
+    grown = stage.build(cache_project, plan, options)
+    assert grown.built == 8  # the shard of rows 16-19 (3 old rows, 1 new) and the new one of rows 20-23
+    assert stage.require_training_cache(store) == "cache/train"
+    record = store.provenance("cache/train")
+    assert record["complete"] and record["grown"] == [old] and record["images"] == len(cache_images)
+    assert np.asarray(store.read("cache/train/images"))[:16].tobytes() == kept
+    rows = np.asarray(store.read("cache/train/rows"))
+    assert sorted(rows.tolist()) == list(range(len(cache_images))) and set(rows[old:].tolist()) == set(
+        range(old, len(cache_images)))
+
+    fresh = create_project(tmp_path / "fresh")
+    write_features_train(fresh.store(), cache_images)
+    stage.build(fresh, stage.plan(fresh, options), options)
+    assert _pixels_by_training_row(store) == _pixels_by_training_row(fresh.store())
+    assert stage.plan(cache_project, options).state == "complete"
+
+
+def test_a_growth_interrupted_before_its_images_are_decoded_resumes(cache_project, cache_images, tmp_path) -> None:
+    from grappa_cli.stages import cache as stage
+    from grappa_cli.stages.init import create_project
+
+    store = cache_project.store()
+    old = len(cache_images) - 5
+    write_features_train(store, cache_images[:old])
+    options = stage.CacheOptions(chunk_rows=4, num_workers=0)
+    stage.build(cache_project, stage.plan(cache_project, options), options)
+    write_features_train(store, cache_images)
+    plan = stage.plan(cache_project, options)
+    # the arrays grow, then the process dies before any shard is filled
+    image_cache.prepare_cache(store, "train", plan.paths, size=plan.size, inputs=plan.inputs, chunk_rows=4,
+                              grown_from=old)
+    assert not store.provenance("cache/train")["complete"]
+    with pytest.raises(Exception, match="cache"):
+        stage.require_training_cache(store)  # never read half-grown
+    resumed = stage.plan(cache_project, options)
+    assert resumed.state == "partial"
+    assert stage.build(cache_project, resumed, options).built == 8
+    fresh = create_project(tmp_path / "fresh")
+    write_features_train(fresh.store(), cache_images)
+    stage.build(fresh, stage.plan(fresh, options), options)
+    assert _pixels_by_training_row(store) == _pixels_by_training_row(fresh.store())

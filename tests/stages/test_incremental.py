@@ -228,3 +228,29 @@ def test_the_commands_show_and_run_the_update(base, tmp_path, cli) -> None:
     assert full.exit_code == 0, full.stderr
     stages = {s["stage"]: s["done"] for s in json.loads(full.stdout)["stages"]}
     assert stages["extract"] == ["features/train"] and stages["adapt"] == ["k2"]
+
+
+def test_the_update_grows_the_image_cache_and_trains_from_it(base, tmp_path) -> None:
+    """A project that trains from its image cache keeps doing so after an update: `grappa run` decodes only the
+    added images into the cache before the new sets train."""
+    from grappa_cli import artifacts
+    from grappa_cli.stages import cache as cache_stage
+    from grappa_cli.stages.run import run_pipeline
+    from grappa_cli.stages.status import collect
+
+    project, stripes = _copy(base, tmp_path)
+    options = cache_stage.CacheOptions(num_workers=0)
+    cache_stage.build(project, cache_stage.plan(project, options), options)
+    n0 = project.store(mode="r").provenance("cache/train")["images"]
+    _add_stripes(project, stripes)
+    assert f"decode them into the image cache (cache/train keeps its {n0} images)" in collect(project).update
+    outcome = run_pipeline(project)
+    done = {s.stage: s.done for s in outcome.stages}
+    assert done["extract"] == ["features/train", "features/test/stripes", "cache/train"]
+    store = project.store(mode="r")
+    assert cache_stage.require_training_cache(store) == "cache/train"
+    record = store.provenance("cache/train")
+    assert record["grown"] == [n0] and record["images"] == n0 + 5
+    for artifact in ("adaptors/k2-stripes", "adaptors/k3-stripes", "fusion/neighbor"):
+        assert artifacts.record(project, artifact)["input"] == "cache"
+    assert not run_pipeline(project).changed

@@ -64,6 +64,9 @@ def build(
             out.print(f"{plan.key} is already complete ({plan.images:,} images at {plan.size}px).",
                       highlight=False)
         return
+    if plan.state == "grow":
+        err.print(f"{plan.key} grows by the {plan.to_decode:,} images added to the training set since it was "
+                  f"built (the {plan.grown_from:,} it holds are kept).", highlight=False)
     err.print(
         f"{plan.key}: {plan.images:,} images at {plan.size}x{plan.size} take "
         f"{human_bytes(plan.raw_bytes)} uncompressed, about {human_bytes(plan.estimated_bytes)} on disk "
@@ -112,6 +115,8 @@ def info(ctx: typer.Context, project: ProjectOption = None, as_json: JsonOption 
         table.add_column(column)
     for e in entries:
         state = "stale (training set changed)" if e.stale else e.state
+        if e.grows_by:
+            state += f"; {e.grows_by:,} images added since (`grappa cache build` adds them)"
         table.add_row(e.key, state, f"{e.images:,}", str(e.bad), f"{e.size}px", human_bytes(e.bytes_on_disk),
                       e.created)
     out.print(table)

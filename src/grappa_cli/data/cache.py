@@ -23,6 +23,9 @@ random crops are taken, so crops never reach the parts of a non-square image out
 a 4:3 photo, 1/8 of the width on each side). S defaults to ``input_size / crop_pct`` (248 for
 a 224 model with crop_pct 0.9): the square the evaluation transform sees, with room for crops.
 
+When an incremental update appends images to the training set, a complete cache of the earlier
+images *grows* (:func:`grow_cache`): only the added images are decoded.
+
 The fill is resumable like feature extraction: each shard is a pure function of its images,
 written by one process, marked done afterwards; a rerun fills the shards not marked. Decoding
 and compression run in a process pool (``spawn``: the parent runs zarr's event loop). Under
@@ -233,12 +236,46 @@ def check_state(
     return state
 
 
+def grow_cache(store: Store, key: str, paths: Sequence[str], old: int, *, params: dict[str, Any],
+               inputs: dict[str, str]) -> None:
+    """Append cache rows for ``paths[old:]`` (the images an incremental update added to the training set).
+
+    The first ``old`` rows keep their pixels; the new rows hold a seeded permutation of the new
+    training rows, in new shards (a shard is then a random sample of the added images). The shard
+    that held the old rows' tail is refilled whole (it gains new rows). The record turns
+    incomplete first, so that no reader uses the arrays while they grow; a kill at any point
+    leaves a partial cache that the rerun resumes, or rebuilds when it had not grown yet.
+    """
+    n = len(paths)
+    grown = [*((store.provenance(key) or {}).get("grown") or []), old]  # image counts before each growth
+    store.begin(key, "cache", params, inputs, images=n, grown=grown)
+    images = store.array(f"{key}/images")
+    shard_rows = int((getattr(images, "shards", None) or images.chunks)[0])
+    added = old + np.random.default_rng(ORDER_SEED).permutation(n - old).astype(np.int64)
+    for name, tail in (("rows", added), ("paths", np.asarray(paths, dtype=str)[added]),
+                       ("valid", np.zeros(n - old, bool)), ("error", np.full(n - old, "", dtype=str))):
+        array = store.array(f"{key}/{name}")
+        array.resize((n,))
+        array[old:] = tail
+    images.resize((n, *images.shape[1:]))
+    done = store.array(f"{key}/images_done")
+    done.resize((-(-n // shard_rows),))
+    done[old // shard_rows:] = False
+
+
 def prepare_cache(
     store: Store, name: str, paths: Sequence[str], *, size: int, inputs: dict[str, str],
-    chunk_rows: int = DEFAULT_CHUNK_ROWS, force: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS, force: bool = False, grown_from: int | None = None,
 ) -> str:
-    """Create the group's arrays unless a matching partial/complete cache exists; return the state found."""
+    """Create the group's arrays unless a matching partial/complete cache exists; return the state found.
+
+    ``grown_from``: the complete cache holds the first ``grown_from`` of ``paths`` with the same
+    parameters (:func:`grappa_cli.stages.cache.grown_from`): only the rest are added.
+    """
     key = cache_key(name)
+    if grown_from is not None and not force:
+        grow_cache(store, key, paths, grown_from, params=cache_params(size, chunk_rows), inputs=inputs)
+        return "partial"
     state = check_state(store, name, size=size, chunk_rows=chunk_rows, inputs=inputs, force=force)
     n = len(paths)
     intact = store.intact(key, {"rows": n, "paths": n, "valid": n, "error": n, "images": n})
@@ -260,13 +297,14 @@ def prepare_cache(
 def build_image_cache(
     store: Store, name: str, paths: Sequence[str], *, size: int, inputs: dict[str, str],
     chunk_rows: int = DEFAULT_CHUNK_ROWS, num_workers: int = 0, force: bool = False,
-    reporter: Reporter | None = None,
+    reporter: Reporter | None = None, grown_from: int | None = None,
 ) -> CacheResult:
     """Fill ``cache/<name>`` with the images of ``paths`` (the training rows, in order).
 
-    Resumes a partial cache with the same parameters and inputs; refuses a stale one unless
-    ``force``. ``num_workers`` decoding processes (0: decode here). Progress goes to
-    ``reporter`` shard by shard.
+    Resumes a partial cache with the same parameters and inputs; grows a complete one that
+    holds the first ``grown_from`` paths; refuses a stale one unless ``force``.
+    ``num_workers`` decoding processes (0: decode here). Progress goes to ``reporter`` shard
+    by shard.
     """
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -279,7 +317,7 @@ def build_image_cache(
         raise DataError(f"{key}: no images to cache", hint="check the training set (`grappa extract`)")
     rank, world = _dist()
     state = prepare_cache(store, name, paths, size=size, inputs=inputs, chunk_rows=chunk_rows,
-                          force=force) if rank == 0 else "partial"
+                          force=force, grown_from=grown_from) if rank == 0 else "partial"
     _barrier()
     if state == "complete":
         return _result(store, key, skipped=True)

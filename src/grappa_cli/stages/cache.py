@@ -44,9 +44,17 @@ class CachePlan:
     compression: float
     paths: list[str] = field(repr=False, default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
+    #: images the complete cache already holds when it grows (state ``"grow"``), else None
+    grown_from: int | None = None
+
+    @property
+    def to_decode(self) -> int:
+        """Images the build decodes: the added ones when the cache grows, else all."""
+        return self.images - (self.grown_from or 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("paths", "inputs")}
+        return {**{k: v for k, v in self.__dict__.items() if k not in ("paths", "inputs")},
+                "to_decode": self.to_decode}
 
 
 def training_paths(store: Store) -> tuple[list[str], dict[str, Any]]:
@@ -78,30 +86,79 @@ def image_list_fingerprint(paths: list[str]) -> str:
     return ImageList(list(paths)).fingerprint()
 
 
+def grown_from(store: Store, paths: list[str], size: int, chunk_rows: int) -> int | None:
+    """How many images a complete training cache holds when they are the first of ``paths``, else None.
+
+    That is the cache of the training set before an incremental update appended images (with the
+    same size and shards): it grows by the added images instead of being rebuilt.
+    """
+    from grappa_cli import provenance as prov
+
+    record = store.provenance(image_cache.cache_key(TRAIN_CACHE)) or {}
+    old = int(record.get("images", 0))
+    if not record.get("complete") or not 0 < old < len(paths):
+        return None
+    expected = prov.fingerprint({"params": image_cache.cache_params(size, chunk_rows),
+                                 "inputs": {"images": image_list_fingerprint(paths[:old])}})
+    return old if record.get("fingerprint") == expected else None
+
+
 def plan(project: Project, options: CacheOptions) -> CachePlan:
-    """Sizes and state of the training cache to build (a stale cache is an error unless forced)."""
+    """Sizes and state of the training cache to build (a stale cache is an error unless forced).
+
+    A complete cache of the images before an incremental update is not stale: its state is
+    ``"grow"`` and the build decodes the added images only.
+    """
     store = project.store()
     paths, record = training_paths(store)
     size = resolve_size(record, options.size)
     inputs = {"images": image_list_fingerprint(paths)}
-    state = image_cache.check_state(store, TRAIN_CACHE, size=size, chunk_rows=options.chunk_rows, inputs=inputs,
-                                    force=options.force)
+    old = None if options.force else grown_from(store, paths, size, options.chunk_rows)
+    state = "grow" if old is not None else image_cache.check_state(
+        store, TRAIN_CACHE, size=size, chunk_rows=options.chunk_rows, inputs=inputs, force=options.force)
     raw = image_cache.estimate_cache_bytes(len(paths), size)
-    ratio = image_cache.estimate_compression(paths, size, sample=options.sample)
+    ratio = image_cache.estimate_compression(paths[old or 0:], size, sample=options.sample)
     return CachePlan(image_cache.cache_key(TRAIN_CACHE), len(paths), size, options.chunk_rows, state, raw,
-                     int(raw * ratio), ratio, paths, inputs)
+                     int(raw * ratio), ratio, paths, inputs, old)
 
 
 def build(
     project: Project, cache_plan: CachePlan, options: CacheOptions, reporter: Reporter | None = None,
 ) -> image_cache.CacheResult:
-    """Build (or resume) the training cache described by ``cache_plan``."""
+    """Build, resume or grow the training cache described by ``cache_plan``."""
     config = project.config()
     workers = config.data.num_workers if options.num_workers is None else options.num_workers
     return image_cache.build_image_cache(
         project.store(), TRAIN_CACHE, cache_plan.paths, size=cache_plan.size, inputs=cache_plan.inputs,
         chunk_rows=cache_plan.chunk_rows, num_workers=workers, force=options.force, reporter=reporter,
+        grown_from=cache_plan.grown_from,
     )
+
+
+def grow_training_cache(project: Project, reporter: Reporter | None = None) -> image_cache.CacheResult | None:
+    """After an incremental update: grow a complete training cache by the added images (None: nothing to grow).
+
+    ``grappa run`` calls it after extracting, so that the new sets and the fusion train from the
+    cache as before instead of decoding every image again.
+    """
+    from grappa_cli.train import distributed
+
+    options = None
+    if distributed.is_main() and project.store_path.exists():  # decided once: ranks build together or not at all
+        store = project.store(mode="r")
+        record = store.provenance(image_cache.cache_key(TRAIN_CACHE)) or {}
+        if record.get("complete") and store.exists(f"{FEATURES_KEY}/paths"):
+            paths, _ = training_paths(store)
+            params = record.get("params") or {}
+            size = int(params.get("size", 0))
+            chunk_rows = int(params.get("chunk_rows", image_cache.DEFAULT_CHUNK_ROWS))
+            if grown_from(store, paths, size, chunk_rows) is not None:
+                options = CacheOptions(size=size, chunk_rows=chunk_rows)
+    options = distributed.broadcast_object(options)
+    if options is None:
+        return None
+    cache_plan = distributed.broadcast_object(plan(project, options) if distributed.is_main() else None)
+    return build(project, cache_plan, options, reporter)
 
 
 def require_training_cache(store: Store) -> str:
@@ -116,6 +173,14 @@ def require_training_cache(store: Store) -> str:
                                       "grappa extract")
     current = (features.get("inputs") or {}).get("images")
     if current is not None and (record.get("inputs") or {}).get("images") != current:
+        paths = [str(p) for p in store.read(f"{FEATURES_KEY}/paths")]
+        params = record.get("params") or {}
+        old = grown_from(store, paths, int(params.get("size", 0)),
+                         int(params.get("chunk_rows", image_cache.DEFAULT_CHUNK_ROWS)))
+        if old is not None:
+            raise StoreError(f"{key} holds the {old:,} training images before the last update, not the "
+                             f"{len(paths) - old:,} added since",
+                             hint="run `grappa cache build` (it decodes only the added images)")
         raise StoreError(f"{key} was built from another training set than features/train",
                          hint="run `grappa cache build --force`")
     return key
@@ -131,6 +196,8 @@ class CacheEntry:
     bytes_on_disk: int
     created: str
     stale: bool
+    #: training images added since it was built, which `grappa cache build` adds to it
+    grows_by: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -148,12 +215,19 @@ def info(project: Project) -> list[CacheEntry]:
         key = image_cache.cache_key(name)
         record = store.provenance(key) or {}
         recorded = (record.get("inputs") or {}).get("images")
+        stale = name == TRAIN_CACHE and current is not None and recorded != current
+        grows_by = 0
+        if stale and record.get("complete") and store.exists(f"{FEATURES_KEY}/paths"):  # grows, not stale
+            params = record.get("params") or {}
+            paths = [str(p) for p in store.read(f"{FEATURES_KEY}/paths")]
+            old = grown_from(store, paths, int(params.get("size", 0)), int(params.get("chunk_rows", 0)))
+            stale, grows_by = old is None, 0 if old is None else len(paths) - old
         entries.append(CacheEntry(
             key=key, state="complete" if record.get("complete") else "partial",
             images=int(record.get("images", 0)), bad=len(record.get("bad_files", [])),
             size=int((record.get("params") or {}).get("size", 0)),
             bytes_on_disk=image_cache.stored_bytes(store, key), created=str(record.get("created", "")),
-            stale=name == TRAIN_CACHE and current is not None and recorded != current,
+            stale=stale, grows_by=grows_by,
         ))
     return entries
 

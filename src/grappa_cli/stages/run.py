@@ -93,8 +93,16 @@ def _extract(project: Project, config: Any, device: str | None, view: Any, *, fu
         record = store.provenance(TRAIN_KEY) or {}
         if len(record.get("increments") or []) > 1 or record.get("growing"):
             store.delete(TRAIN_KEY)
+    from grappa_cli.stages.cache import grow_training_cache
+
     results = extract(project, ExtractOptions(device=device, refresh=True, full=full), view)
-    return StageOutcome("extract", [r.key for r in results if not r.skipped], [r.key for r in results if r.skipped])
+    outcome = StageOutcome("extract", [r.key for r in results if not r.skipped],
+                           [r.key for r in results if r.skipped])
+    # an incremental update appended images: a training cache of the earlier ones grows by them
+    grown = grow_training_cache(project, view)
+    if grown is not None:
+        outcome.done.append(grown.key)
+    return outcome
 
 
 def _cluster(project: Project, config: Any, device: str | None, view: Any) -> StageOutcome:

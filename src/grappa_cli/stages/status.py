@@ -68,12 +68,19 @@ def collect(project: Project) -> ProjectStatus:
 
         guess = estimate(project, config, plan)
         remaining, seconds = guess.line(), guess.seconds
-    return ProjectStatus(str(project.root), items, _next_steps(config, plan), incremental_update(config, plan),
-                         remaining, seconds)
+    cached = None
+    if project.store_path.exists():
+        cache = project.store(mode="r").provenance("cache/train") or {}
+        cached = int(cache["images"]) if cache.get("complete") and "images" in cache else None
+    return ProjectStatus(str(project.root), items, _next_steps(config, plan),
+                         incremental_update(config, plan, cached), remaining, seconds)
 
 
-def incremental_update(config: Any, plan: Any) -> list[str]:
-    """Lines saying what ``grappa run`` will do to add the images of an incremental update."""
+def incremental_update(config: Any, plan: Any, cached: int | None = None) -> list[str]:
+    """Lines saying what ``grappa run`` will do to add the images of an incremental update.
+
+    ``cached``: images in a complete training cache (``grappa run`` grows it by the added images).
+    """
     added = [entry for entry in plan.increments if entry.increment.index > 0 and (
         entry.features is None or any(n.todo for n in plan.nodes if n.id in {f"adaptors/{s}" for s in entry.names}))]
     if not added:
@@ -87,6 +94,8 @@ def incremental_update(config: Any, plan: Any) -> list[str]:
         extract = "extract" if entry.features is None else "extracted:"
         lines.append(f"{extract} {entry.images} added training images ({what}), rows {inc.start}-{inc.stop - 1}; "
                      f"the {inc.start} rows before them are kept as they are")
+        if cached is not None and entry.features is None and cached == inc.start:
+            lines.append(f"decode them into the image cache (cache/train keeps its {cached} images)")
         lines.append(f"cluster and train {len(entry.names)} new adaptor sets on them alone: {', '.join(entry.names)}")
     if kept:
         lines.append(f"keep {len(kept)} adaptor sets untouched: {', '.join(kept)}")
