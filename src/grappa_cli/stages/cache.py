@@ -103,6 +103,13 @@ def grown_from(store: Store, paths: list[str], size: int, chunk_rows: int) -> in
     return old if record.get("fingerprint") == expected else None
 
 
+def recorded_growth(store: Store, paths: list[str]) -> int | None:
+    """:func:`grown_from` at the size and shard rows the training cache was built with."""
+    params = (store.provenance(image_cache.cache_key(TRAIN_CACHE)) or {}).get("params") or {}
+    return grown_from(store, paths, int(params.get("size", 0)),
+                      int(params.get("chunk_rows", image_cache.DEFAULT_CHUNK_ROWS)))
+
+
 def plan(project: Project, options: CacheOptions) -> CachePlan:
     """Sizes and state of the training cache to build (a stale cache is an error unless forced).
 
@@ -149,11 +156,9 @@ def grow_training_cache(project: Project, reporter: Reporter | None = None) -> i
         record = store.provenance(image_cache.cache_key(TRAIN_CACHE)) or {}
         if record.get("complete") and store.exists(f"{FEATURES_KEY}/paths"):
             paths, _ = training_paths(store)
-            params = record.get("params") or {}
-            size = int(params.get("size", 0))
-            chunk_rows = int(params.get("chunk_rows", image_cache.DEFAULT_CHUNK_ROWS))
-            if grown_from(store, paths, size, chunk_rows) is not None:
-                options = CacheOptions(size=size, chunk_rows=chunk_rows)
+            if recorded_growth(store, paths) is not None:
+                params = record["params"]
+                options = CacheOptions(size=int(params["size"]), chunk_rows=int(params["chunk_rows"]))
     options = distributed.broadcast_object(options)
     if options is None:
         return None
@@ -174,9 +179,7 @@ def require_training_cache(store: Store) -> str:
     current = (features.get("inputs") or {}).get("images")
     if current is not None and (record.get("inputs") or {}).get("images") != current:
         paths = [str(p) for p in store.read(f"{FEATURES_KEY}/paths")]
-        params = record.get("params") or {}
-        old = grown_from(store, paths, int(params.get("size", 0)),
-                         int(params.get("chunk_rows", image_cache.DEFAULT_CHUNK_ROWS)))
+        old = recorded_growth(store, paths)
         if old is not None:
             raise StoreError(f"{key} holds the {old:,} training images before the last update, not the "
                              f"{len(paths) - old:,} added since",
@@ -218,9 +221,8 @@ def info(project: Project) -> list[CacheEntry]:
         stale = name == TRAIN_CACHE and current is not None and recorded != current
         grows_by = 0
         if stale and record.get("complete") and store.exists(f"{FEATURES_KEY}/paths"):  # grows, not stale
-            params = record.get("params") or {}
             paths = [str(p) for p in store.read(f"{FEATURES_KEY}/paths")]
-            old = grown_from(store, paths, int(params.get("size", 0)), int(params.get("chunk_rows", 0)))
+            old = recorded_growth(store, paths)
             stale, grows_by = old is None, 0 if old is None else len(paths) - old
         entries.append(CacheEntry(
             key=key, state="complete" if record.get("complete") else "partial",
