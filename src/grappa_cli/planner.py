@@ -37,7 +37,9 @@ from grappa_cli.stages.models import WEIGHTS
 _NOT_ARTIFACTS = {WEIGHTS: "the model's files were rewritten (retrained with the same settings)"}
 
 
-def _changed(input_id: str) -> str:
+def _changed(input_id: str, recorded: dict[str, Any]) -> str:
+    if input_id in _NOT_ARTIFACTS and input_id not in recorded:  # a record from before the input existed
+        return f"made by an older grappa that did not record {input_id}"
     return _NOT_ARTIFACTS.get(input_id, f"{input_id} changed")
 
 STAGE_COMMANDS = {"extract": "grappa extract", "cluster": "grappa cluster", "adapt": "grappa adapt",
@@ -125,7 +127,7 @@ class _Builder:
             if stale or changed:
                 node.state = "stale"
                 node.stale_inputs = stale
-                why = [_changed(i) if i in _NOT_ARTIFACTS or self.current(i) else f"{i} is not current"
+                why = [_changed(i, recorded) if i in _NOT_ARTIFACTS or self.current(i) else f"{i} is not current"
                        for i in stale]
                 why += [f"setting {k} changed" for k in changed]
                 node.reason = "; ".join(why)

@@ -327,3 +327,17 @@ def test_other_weights_under_the_same_settings_are_evaluated_anew(evaluated_proj
     assert all(states[f"results/{m.replace(':', '-')}/shapes"] == "complete" for m in MODELS), states
     again = json.loads(cli("-C", project.root, "eval", "--json").stdout)["results"]
     assert not any(r["computed"] or r["embedded"] for r in again)
+
+
+def test_results_from_before_the_weights_digest_are_redone_and_say_why(evaluated_project, cli) -> None:
+    project = evaluated_project
+    path = project.results_dir / "adaptor-k2" / "shapes.json"
+    doc = json.loads(path.read_text())
+    del doc["provenance"]["inputs"]["weights"]  # as an older grappa wrote it
+    path.write_text(json.dumps(doc))
+    result = cli("-C", project.root, "status", "--json")
+    listed = {a["id"]: a for a in json.loads(result.stdout)["artifacts"]}
+    entry = listed["results/adaptor-k2/shapes"]
+    assert entry["state"] == "stale" and "older grappa that did not record weights" in json.dumps(entry)
+    assert "rewritten" not in json.dumps(entry)
+    assert listed["results/adaptor-k4/shapes"]["state"] == "complete"
