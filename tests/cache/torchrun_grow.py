@@ -1,0 +1,22 @@
+"""Entry point for the distributed growth test: ``torchrun --nproc_per_node N torchrun_grow.py PROJECT``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+from grappa_cli.project import Project
+from grappa_cli.stages.cache import grow_training_cache
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    result = grow_training_cache(Project(Path(sys.argv[1])))
+    print(f"rank {dist.get_rank()} grew {result.built if result else None}", flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
