@@ -116,7 +116,7 @@ def info(ctx: typer.Context, project: ProjectOption = None, as_json: JsonOption 
     for e in entries:
         state = "stale (training set changed)" if e.stale else e.state
         if e.grows_by:
-            state += f"; {e.grows_by:,} images added since (`grappa cache build` adds them)"
+            state += f", {e.grows_by:,} to add"  # training images added since: `grappa cache build` adds them
         table.add_row(e.key, state, f"{e.images:,}", str(e.bad), f"{e.size}px", human_bytes(e.bytes_on_disk),
                       e.created)
     out.print(table)
