@@ -166,6 +166,16 @@ def test_errors(fused_project, gallery_images, cli, tmp_path) -> None:
     rewrite_adaptor_weights(project, "k4")
     result = cli("-C", project.root, "search", query)
     assert result.exit_code == 1 and "index 'default' is stale" in result.stderr
+    assert "the weights of its adaptor sets or fusion" in result.stderr
+
+    # an index from before the weights were recorded says so, and how to rebuild it
+    sidecar_path = project.indexes_dir / "default.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar.pop("model_weights")
+    sidecar_path.write_text(json.dumps(sidecar))
+    result = cli("-C", project.root, "search", query)
+    assert result.exit_code == 1 and "older grappa that did not record the model's weights" in result.stderr
+    assert "--force" in result.stderr
 
 
 @pytest.mark.slow
