@@ -108,15 +108,16 @@ def main() -> None:
     parser.add_argument("--added", type=int, default=200, help="images the update appends (clip art)")
     parser.add_argument("--workers", type=int, default=1, help="decoding processes (0: in this process)")
     parser.add_argument("--json", default="", help="also write the results to this file")
-    result = measure(parser.parse_args())
+    args = parser.parse_args()
+    result = measure(args)
     for step in ("build", "grow", "rebuild"):
         r = result[step]
         print(f"{step:8s} {r['decoded']:5d} images decoded  {r['seconds']:7.1f} s  "
               f"{r['decoded'] / r['seconds']:6.1f} img/s")
     print(f"grow / rebuild: {result['grow_vs_rebuild']:.2f}x; every training row identical to the rebuild: "
           f"{result['identical_rows']}")
-    if result and parser.parse_args().json:
-        Path(parser.parse_args().json).write_text(json.dumps(result, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -146,24 +146,27 @@ def grow_training_cache(project: Project, reporter: Reporter | None = None) -> i
     """After an incremental update: grow a complete training cache by the added images (None: nothing to grow).
 
     ``grappa run`` calls it after extracting, so that the new sets and the fusion train from the
-    cache as before instead of decoding every image again.
+    cache as before instead of decoding every image again. Rank 0 decides and plans; under
+    torchrun the ranks then build together or not at all.
     """
     from grappa_cli.train import distributed
 
-    options = None
-    if distributed.is_main() and project.store_path.exists():  # decided once: ranks build together or not at all
+    cache_plan = None
+    if distributed.is_main() and project.store_path.exists():
         store = project.store(mode="r")
         record = store.provenance(image_cache.cache_key(TRAIN_CACHE)) or {}
-        if record.get("complete") and store.exists(f"{FEATURES_KEY}/paths"):
-            paths, _ = training_paths(store)
-            if recorded_growth(store, paths) is not None:
-                params = record["params"]
-                options = CacheOptions(size=int(params["size"]), chunk_rows=int(params["chunk_rows"]))
-    options = distributed.broadcast_object(options)
-    if options is None:
+        rows = store.array(f"{FEATURES_KEY}/paths").shape[0] if store.exists(f"{FEATURES_KEY}/paths") else 0
+        if record.get("complete") and int(record.get("images", 0)) < rows:  # the training set grew since
+            params = record["params"]
+            try:
+                candidate = plan(project, CacheOptions(size=int(params["size"]), chunk_rows=int(params["chunk_rows"])))
+            except StoreError:  # made from another training set: training says so and decodes the files
+                candidate = None
+            cache_plan = candidate if candidate is not None and candidate.state == "grow" else None
+    cache_plan = distributed.broadcast_object(cache_plan)
+    if cache_plan is None:
         return None
-    cache_plan = distributed.broadcast_object(plan(project, options) if distributed.is_main() else None)
-    return build(project, cache_plan, options, reporter)
+    return build(project, cache_plan, CacheOptions(size=cache_plan.size, chunk_rows=cache_plan.chunk_rows), reporter)
 
 
 def require_training_cache(store: Store) -> str:

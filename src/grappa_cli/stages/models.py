@@ -119,10 +119,16 @@ def inputs(project: Project, ref: ModelRef) -> dict[str, str]:
                          f"available: {', '.join(names)}",
                          hint="train it first (`grappa adapt` / `grappa fuse`)")
     found = {ref.artifact: current}
-    for input_id in sorted((record(project, ref) or {}).get("inputs") or {}):
-        if input_id.startswith("adaptors/"):
-            found[input_id] = artifacts.fingerprint(project, input_id) or "missing"
+    for input_id in _files(project, ref)[1:]:
+        found[input_id] = artifacts.fingerprint(project, input_id) or "missing"
     return found
+
+
+def _files(project: Project, ref: ModelRef) -> list[str]:
+    """The checkpoint artifacts of a trained model: its own, then the adaptor sets it fuses (its record's inputs)."""
+    assert ref.artifact is not None
+    recorded = (record(project, ref) or {}).get("inputs") or {}
+    return [ref.artifact, *(i for i in sorted(recorded) if i.startswith("adaptors/"))]
 
 
 #: The input key under which test embeddings and results record :func:`weights_digest`.
@@ -141,9 +147,7 @@ def weights_digest(project: Project, ref: ModelRef) -> str | None:
 
     if ref.artifact is None:
         return None
-    ids = [ref.artifact, *(i for i in sorted((record(project, ref) or {}).get("inputs") or {})
-                           if i.startswith("adaptors/"))]
-    digests = {i: artifacts.checkpoint_digest(project, i) for i in ids}
+    digests = {i: artifacts.checkpoint_digest(project, i) for i in _files(project, ref)}
     if any(d is None for d in digests.values()):
         return None
     return prov.fingerprint(digests)

@@ -84,6 +84,7 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
 
 
 def _extract(project: Project, config: Any, device: str | None, view: Any, *, full: bool = False) -> StageOutcome:
+    from grappa_cli.stages.cache import grow_training_cache
     from grappa_cli.stages.extract import ExtractOptions, extract
 
     if full:  # from scratch: the training features are made anew as one increment
@@ -93,8 +94,6 @@ def _extract(project: Project, config: Any, device: str | None, view: Any, *, fu
         record = store.provenance(TRAIN_KEY) or {}
         if len(record.get("increments") or []) > 1 or record.get("growing"):
             store.delete(TRAIN_KEY)
-    from grappa_cli.stages.cache import grow_training_cache
-
     results = extract(project, ExtractOptions(device=device, refresh=True, full=full), view)
     outcome = StageOutcome("extract", [r.key for r in results if not r.skipped],
                            [r.key for r in results if r.skipped])

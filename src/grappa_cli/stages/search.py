@@ -135,9 +135,12 @@ def _search_once(project: Project, queries: list[str | Path], *, k: int, name: s
         if ref.artifact is not None and "model_weights" not in sidecar:
             raise _stale(sidecar, "it was made by an older grappa that did not record the model's weights, so "
                                   "it cannot be checked against them")
-        what = "its backbone" if backbone.model_id != sidecar.get("model_id") else "its adaptor sets or fusion"
-        if what != "its backbone" and models.weights_digest(project, ref) != sidecar.get("model_weights"):
+        if backbone.model_id != sidecar.get("model_id"):
+            what = "its backbone"
+        elif models.weights_digest(project, ref) != sidecar.get("model_weights"):
             what = "the weights of its adaptor sets or fusion"
+        else:
+            what = "its adaptor sets or fusion"
         raise _stale(sidecar, f"model {ref.name!r} changed since the gallery was embedded ({what})")
 
     index = load_index(index_file(project, sidecar))
