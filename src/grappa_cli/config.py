@@ -172,6 +172,10 @@ SCHEMA: dict[str, list[FieldSpec]] = {
         FieldSpec("crop_scale", "float", 0.08,
                   "smallest area fraction kept by the training views' random resized crop (timm's default "
                   "0.08); larger values keep more of each image", check=_probability_open),
+        FieldSpec("replay", "float", 1.0,
+                  "an added domain's sets (incremental update) also learn this many images of the earlier "
+                  "domains per added image, labelled by their own clustering nearest in k, so that they do not "
+                  "fit the added images alone (0 = added images only)", check=_non_negative),
         FieldSpec("prototypes", "str", "centroids",
                   "start of the norm-softmax prototypes: the L2-normalised k-means centroids of the "
                   "pseudo-labels (the untrained model's embeddings are the clustered features, so training "

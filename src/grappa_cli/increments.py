@@ -9,8 +9,9 @@ the first extraction, increment ``i`` those added by the ``i``-th update.
 
 Each increment gets its own pseudo-granularities: increment 0's sets are the familiar
 ``k<K>`` (``[cluster] k`` resolved for its images); a later increment's are named after what
-it added, ``k<K>-<name>`` (``[cluster] k_added`` resolved for the added images), clustered and
-trained on the added images alone. Sets of earlier increments are never redone: they record
+it added, ``k<K>-<name>`` (``[cluster] k_added`` resolved for the added images), clustered on
+the added images alone and trained on them plus replayed images of the earlier increments
+(:func:`replay_sources`, :mod:`grappa_cli.stages.replay`). Sets of earlier increments are never redone: they record
 the fingerprint of the features *as they were* when made, and that fingerprint stays valid
 as long as the features only grow (:func:`accepts`). The fusion is retrained over all sets
 on the union, starting from the previous fused model (``[fuse] warm_start``).
@@ -258,3 +259,25 @@ def set_params(increment: Increment) -> dict[str, Any]:
     if increment.index == 0:
         return {}
     return {"increment": increment.name, "rows": [increment.start, increment.stop]}
+
+
+def replay_sources(sets: list[IncrementSets], name: str) -> list[str]:
+    """The clusterings that label earlier increments' images while the added set ``name`` trains.
+
+    One per earlier increment: its set nearest to ``name``'s k on a log scale (the smaller k
+    on a tie), so the replayed images are classified at about the granularity the new images
+    are. Empty for increment 0's sets and when no earlier increment has a set.
+    """
+    import math
+
+    k, _ = parse_set(name)
+    owner = next((entry for entry in sets if name in entry.names), None)
+    if owner is None or owner.increment.index == 0:
+        return []
+    sources = []
+    for entry in sets:
+        if entry.increment.index >= owner.increment.index or not entry.ks:
+            continue
+        nearest = min(entry.ks, key=lambda other: (abs(math.log(other / k)), other))
+        sources.append(entry.increment.set_name(nearest))
+    return sources

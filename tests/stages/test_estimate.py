@@ -56,8 +56,9 @@ def test_the_update_is_estimated_from_the_plan(ran, tmp_path) -> None:
     plan = planner.build(project, config)
     guess = estimate(project, config, plan)
     rates = measured(project, project.store(mode="r"))
-    # two new sets on the 5 added images: batch 5 (no more images), one epoch, 5 passes each
-    assert guess.seconds["adapt"] == pytest.approx(10 * rates.adapt)
+    # two new sets, each on the 5 added images and 5 replayed old ones ([adapt] replay = 1):
+    # batch 8, one epoch of one step, 8 passes each
+    assert guess.seconds["adapt"] == pytest.approx(16 * rates.adapt)
     # 5 new training images and the 5 test images of the new task
     assert guess.seconds["extract"] == pytest.approx(10 * rates.embed)
     # warm start: half of one epoch rounds to one; 11 images, batch 8 -> 8 passes, 1 + 3 candidates

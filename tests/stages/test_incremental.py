@@ -254,3 +254,69 @@ def test_the_update_grows_the_image_cache_and_trains_from_it(base, tmp_path) -> 
     for artifact in ("adaptors/k2-stripes", "adaptors/k3-stripes", "fusion/neighbor"):
         assert artifacts.record(project, artifact)["input"] == "cache"
     assert not run_pipeline(project).changed
+
+
+def test_added_sets_also_learn_replayed_images_of_the_earlier_domain(base, tmp_path) -> None:
+    """Each added set classifies its own clusters and, for as many old images as it has new ones,
+    the clusters of the old increment's set nearest in k; ``replay = 0`` trains on the new images alone."""
+    from grappa_cli import artifacts, increments, planner
+    from grappa_cli.stages import replay
+    from grappa_cli.stages.adapt import training_labels
+    from grappa_cli.stages.run import run_pipeline
+
+    project, stripes = _copy(base, tmp_path)
+    _add_stripes(project, stripes)
+    run_pipeline(project)
+    store = project.store(mode="r")
+    config = project.config()
+    assert config.adapt.replay == 1.0
+    assert replay.sources(config, store, "k3-stripes") == ["k2"] and replay.sources(config, store, "k2") == []
+
+    new, new_keep = training_labels(store, "k3-stripes")
+    old, old_keep = training_labels(store, "k2")
+    added = int(new_keep.sum())
+    labels, keep, replayed = replay.labelled_rows(store, "k3-stripes", ["k2"], 1.0, seed=0)
+    assert added == 5 and replayed == 5 and int(keep.sum()) == 10
+    assert (labels[new_keep] == new[new_keep]).all()  # the added images keep their own clusters 0..2
+    replayed_rows = keep & ~new_keep
+    assert (old_keep[replayed_rows]).all()  # only earlier images that the old clustering labels
+    assert (labels[replayed_rows] == old[replayed_rows] + 3).all()  # shifted past the set's own 3 classes
+    assert replay.classes("k3-stripes", ["k2"]) == 5
+    again = replay.labelled_rows(store, "k3-stripes", ["k2"], 1.0, seed=0)
+    assert (again[0] == labels).all() and (again[1] == keep).all()  # the seed decides the draw
+    alone = replay.labelled_rows(store, "k3-stripes", ["k2"], 0.0, seed=0)
+    assert (alone[1] == new_keep).all() and alone[2] == 0
+
+    record = artifacts.record(project, "adaptors/k3-stripes")
+    assert record["params"]["replay"] == 1.0
+    assert record["trained_on"]["replayed"] == {"clusterings": ["k2"], "images": 5}
+    assert record["trained_on"]["parts"] == ["stripes"]
+    assert record["images"] == 10
+    assert record["inputs"]["clusters/k2"] == store.provenance("clusters/k2")["fingerprint"]
+    assert "replay" not in artifacts.record(project, "adaptors/k2")["params"]
+
+    # the planner predicts the same fingerprints; turning replay off makes the added sets (only) stale
+    assert not planner.build(project).todo()
+    from grappa_cli.config import update_file
+
+    update_file(project.config_path, lambda doc: doc["adapt"].__setitem__("replay", 0.0))
+    stale = {node.id for node in planner.build(project).todo() if node.stage == "adapt"}
+    assert stale == {"adaptors/k2-stripes", "adaptors/k3-stripes"}
+    run_pipeline(project)
+    assert "replayed" not in artifacts.record(project, "adaptors/k3-stripes")["trained_on"]
+    assert artifacts.record(project, "adaptors/k3-stripes")["images"] == added
+    assert increments.replay_sources(increments.configured(project.config(), store), "k3-stripes") == ["k2"]
+
+
+def test_replay_sources_pick_each_earlier_increments_set_nearest_in_k() -> None:
+    from grappa_cli.increments import Increment, IncrementSets, replay_sources
+
+    first = IncrementSets(Increment(0, 0, 1000), [16, 64, 256], None, 1000)
+    coral = IncrementSets(Increment(1, 1000, 1100, ["coral"]), [16, 32], None, 100)
+    moths = IncrementSets(Increment(2, 1100, 1150, ["moths"]), [8], None, 50)
+    sets = [first, coral, moths]
+    assert replay_sources(sets, "k16-coral") == ["k16"]
+    assert replay_sources(sets, "k32-coral") == ["k16"]  # 32 is as far from 16 as from 64: the smaller
+    assert replay_sources(sets, "k8-moths") == ["k16", "k16-coral"]
+    assert replay_sources(sets, "k256") == [] and replay_sources(sets, "k4-other") == []
+

@@ -93,13 +93,6 @@ def training_labels(store: Any, k: int | str) -> tuple[np.ndarray, np.ndarray]:
     return labels, valid & (labels >= 0)
 
 
-def training_rows(store: Any, k: int | str) -> tuple[list[str], np.ndarray]:
-    """Paths of the usable training images and their pseudo-labels under clustering k."""
-    labels, keep = training_labels(store, k)
-    paths = store.read(f"{FEATURES}/paths")
-    return [str(p) for p in paths[keep]], labels[keep]
-
-
 def adapt_params(config: Any, options: AdaptOptions, k: int, backbone_id: str) -> dict[str, Any]:
     a = config.adapt
     return {
@@ -113,14 +106,16 @@ def adapt_params(config: Any, options: AdaptOptions, k: int, backbone_id: str) -
     }
 
 
-def initial_prototypes(store: Any, k: int | str, params: dict[str, Any], dim: int) -> Any:
+def initial_prototypes(store: Any, k: int | str, params: dict[str, Any], dim: int,
+                       replayed: tuple[str, ...] | list[str] = ()) -> Any:
     """The norm-softmax prototypes' start: the clustering's L2-normalised centroids, or None (random).
 
     The untrained model (zero-output adaptors) embeds an image exactly as the backbone whose
     features were clustered, so with the centroids as prototypes training starts from the
     cosine classifier to the clusters that defined the pseudo-labels (it already assigns most
     images to their own cluster): the first steps refine the clusters instead of pulling every
-    embedding towards a random direction.
+    embedding towards a random direction. ``replayed``: clusterings whose classes follow k's
+    (an added set's replay, :mod:`grappa_cli.stages.replay`).
     """
     if params["prototypes"] != "centroids":
         return None
@@ -128,11 +123,15 @@ def initial_prototypes(store: Any, k: int | str, params: dict[str, Any], dim: in
 
     from grappa_cli import increments
 
-    clusters = k if isinstance(k, int) else increments.parse_set(k)[0]
-    centroids = np.asarray(store.read(f"{cluster_key(k)}/centroids"), dtype=np.float32)
-    if centroids.shape != (clusters, dim):
-        raise StoreError(f"{cluster_key(k)}/centroids has shape {centroids.shape}, expected ({clusters}, {dim})",
-                         hint="rerun `grappa cluster --force`")
+    parts = []
+    for key in [k, *replayed]:  # an added set's classes: its own clusters, then each replayed clustering's
+        clusters = key if isinstance(key, int) else increments.parse_set(key)[0]
+        centroids = np.asarray(store.read(f"{cluster_key(key)}/centroids"), dtype=np.float32)
+        if centroids.shape != (clusters, dim):
+            raise StoreError(f"{cluster_key(key)}/centroids has shape {centroids.shape}, "
+                             f"expected ({clusters}, {dim})", hint="rerun `grappa cluster --force`")
+        parts.append(centroids)
+    centroids = np.concatenate(parts)
     norms = np.linalg.norm(centroids, axis=1, keepdims=True)
     return torch.from_numpy(centroids / np.maximum(norms, 1e-12))
 
@@ -176,18 +175,20 @@ def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = N
 
 
 def training_inputs(store: Any, k: int | str, data_config: dict[str, Any], cache: Any,
-                    crop_scale: float = 0.08) -> tuple[Any, dict[str, Any]]:
+                    crop_scale: float = 0.08,
+                    labelled: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Any, dict[str, Any]]:
     """The dataset of images with their pseudo-labels under clustering k, and the loop's extra inputs.
 
     With the image cache: cached uint8 images with their training rows, augmented on the
     training device, labels looked up by row. Without: image files decoded and augmented
-    by PIL in the DataLoader workers.
+    by PIL in the DataLoader workers. ``labelled``: (labels by row, rows to train on) instead
+    of clustering k's (an added set with replayed rows, :mod:`grappa_cli.stages.replay`).
     """
+    labels, keep = labelled if labelled is not None else training_labels(store, k)
     if cache is not None:
         from grappa_cli.data.cached_training import LabelledViews, loop_inputs
         from grappa_cli.data.gpu_augment import TensorAugment
 
-        labels, keep = training_labels(store, k)
         rows = cache.usable_rows(keep)
         views = LabelledViews(TensorAugment.standard(data_config, scale=(float(crop_scale), 1.0)), labels)
         return cache.images(rows, return_index=True), loop_inputs(views)
@@ -195,8 +196,8 @@ def training_inputs(store: Any, k: int | str, data_config: dict[str, Any], cache
     from grappa_cli.data.training import LabeledImages
     from grappa_cli.data.transforms import train_transform
 
-    paths, labels = training_rows(store, k)
-    return LabeledImages(paths, labels, train_transform(data_config, crop_scale),
+    paths = store.read(f"{FEATURES}/paths")
+    return LabeledImages([str(p) for p in paths[keep]], labels[keep], train_transform(data_config, crop_scale),
                          min_side=decode_min_side(data_config)), {}
 
 
@@ -207,6 +208,7 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
     from grappa_cli import increments
     from grappa_cli.model.checkpoint import save_adaptor_set
     from grappa_cli.model.grappa import GrappaModel, new_adaptor_set
+    from grappa_cli.stages import replay
     from grappa_cli.stages.cluster import trained_on
     from grappa_cli.train import distributed
     from grappa_cli.train.loop import TrainConfig, train
@@ -222,6 +224,12 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
     # the features as the clustering saw them (an earlier increment's, when the set grew since)
     inputs = {cluster_key(name): clustering["fingerprint"],
               FEATURES: (clustering.get("inputs") or {}).get(FEATURES, features["fingerprint"])}
+    replayed = replay.sources(config, store, name)
+    if added:  # an added set records its replay, 0 included, so that changing it retrains the set
+        params["replay"] = config.adapt.replay
+    if replayed:
+        inputs.update({cluster_key(s): (store.provenance(cluster_key(s)) or {}).get("fingerprint")
+                       for s in replayed})
     fp = prov.fingerprint({"params": params, "inputs": inputs})
     existing = artifacts.read_checkpoint_record(path)
     if existing and not options.force:
@@ -232,14 +240,17 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
                              f"({prov.describe_mismatch(existing, params, inputs)})",
                              hint="rerun with --force to retrain it")
 
-    dataset, loop_inputs = training_inputs(store, name, backbone.data_config, cache, params["crop_scale"])
+    labels, keep, replayed_rows = replay.labelled_rows(store, name, replayed, params.get("replay", 0),
+                                                       params["seed"])
+    dataset, loop_inputs = training_inputs(store, name, backbone.data_config, cache, params["crop_scale"],
+                                           labelled=(labels, keep))
     model = GrappaModel.with_adaptor_sets(
         backbone, [new_adaptor_set(backbone, config.adapt.bottleneck, seed=params["seed"], k=k,
                                    config_path=config.path)], fusion=None)
     model.set_trainable(adaptors=True, fusion=False)
     torch.manual_seed(params["seed"])
-    criterion = NormSoftmaxLoss(backbone.embed_dim, k, scale=params["scale"],
-                                weight=initial_prototypes(store, name, params, backbone.embed_dim))
+    criterion = NormSoftmaxLoss(backbone.embed_dim, replay.classes(name, replayed), scale=params["scale"],
+                                weight=initial_prototypes(store, name, params, backbone.embed_dim, replayed))
     objective = Objective(model, criterion)
     run_dir = project.runs_dir / f"adapt-{name}"
     batch_size, epochs = fit_to_size(len(dataset), params["batch_size"], params["epochs"], params["min_steps"])
@@ -265,6 +276,9 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
                       batch_size=batch_size, epochs=epochs,
                       trained_on=clustering.get("trained_on") or trained_on(None, len(dataset)),
                       summary={"k": k, "epochs": epochs, "final_loss": _last(result.epoch_losses)})
+        if replayed:  # the earlier images it also learned (stages.replay)
+            record["trained_on"] = {**record["trained_on"],
+                                    "replayed": {"clusterings": replayed, "images": replayed_rows}}
         save_adaptor_set(path, model.adaptor_set(0), backbone=backbone, provenance=record, k=k,
                          config={"adapt": params})
         (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # the set is saved; keep metrics.jsonl only

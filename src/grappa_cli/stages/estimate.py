@@ -156,6 +156,8 @@ def estimate(project: Any, config: Any, plan: Any) -> Estimate:
         elif node.stage == "adapt" and node.id.split("/", 1)[1] in sets:
             n = sets[node.id.split("/", 1)[1]]
             a = config.adapt
+            if "-" in node.id:  # an added set also learns replayed earlier images (stages.replay)
+                n += round(a.replay * n)
             batch, epochs = fit_to_size(max(n, 1), a.batch_size, a.epochs, a.min_steps)
             add("adapt", rates.adapt, epochs * (n // batch) * batch)
         elif node.stage == "fuse":

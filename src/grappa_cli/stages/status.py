@@ -96,7 +96,13 @@ def incremental_update(config: Any, plan: Any, cached: int | None = None) -> lis
                      f"the {inc.start} rows before them are kept as they are")
         if cached is not None and entry.features is None and cached == inc.start:
             lines.append(f"decode them into the image cache (cache/train keeps its {cached} images)")
-        lines.append(f"cluster and train {len(entry.names)} new adaptor sets on them alone: {', '.join(entry.names)}")
+        if config.adapt.replay > 0 and inc.index > 0:
+            lines.append(f"cluster them and train {len(entry.names)} new adaptor sets on them, each also on "
+                         f"{config.adapt.replay:g}x as many earlier training images ([adapt] replay): "
+                         f"{', '.join(entry.names)}")
+        else:
+            lines.append(f"cluster and train {len(entry.names)} new adaptor sets on them alone: "
+                         f"{', '.join(entry.names)}")
     if kept:
         lines.append(f"keep {len(kept)} adaptor sets untouched: {', '.join(kept)}")
     fused = [n.id.split("/", 1)[1] for n in plan.nodes if n.stage == "fuse" and n.todo]
