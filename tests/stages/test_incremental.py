@@ -308,6 +308,22 @@ def test_added_sets_also_learn_replayed_images_of_the_earlier_domain(base, tmp_p
     assert increments.replay_sources(increments.configured(project.config(), store), "k3-stripes") == ["k2"]
 
 
+def test_an_added_set_refuses_to_replay_a_missing_clustering(base, tmp_path) -> None:
+    from grappa_cli.errors import StoreError
+    from grappa_cli.stages.adapt import AdaptOptions, adapt
+    from grappa_cli.stages.cluster import run as cluster
+    from grappa_cli.stages.extract import ExtractOptions, extract
+
+    project, stripes = _copy(base, tmp_path)
+    _add_stripes(project, stripes)
+    extract(project, ExtractOptions(splits=("train",), refresh=True))
+    cluster(project, refresh=True)
+    project.store().delete("clusters/k2")
+    with pytest.raises(StoreError, match=r"k2-stripes replays them.*does not exist yet"):
+        adapt(project, AdaptOptions(sets=["k2-stripes"]))
+    assert not (project.adaptors_dir / "k2-stripes.safetensors").exists()
+
+
 def test_replay_sources_pick_each_earlier_increments_set_nearest_in_k() -> None:
     from grappa_cli.increments import Increment, IncrementSets, replay_sources
 

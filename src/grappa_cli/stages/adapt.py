@@ -156,9 +156,13 @@ def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = N
         raise StoreError(f"no complete clustering for {', '.join(missing)}; stored: "
                          f"{', '.join(available) or 'none'}",
                          hint=f"run `grappa cluster --k {','.join(m[1:] for m in missing)}` (or `grappa run`)")
+    from grappa_cli.stages import replay
+
     for name in names:  # never train on pseudo-labels of stale features, --force included
         what = f"the pseudo-labels at k={name[1:]}" if name[1:].isdigit() else f"the pseudo-labels of {name}"
         require_current(project, cluster_key(name), what)
+        for source in replay.sources(config, store, name):  # the earlier images it replays
+            require_current(project, cluster_key(source), f"the pseudo-labels of {source} ({name} replays them)")
     from grappa_cli.data.cached_training import find_training_cache
     from grappa_cli.model.backbone import build_backbone
 
