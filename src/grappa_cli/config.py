@@ -226,6 +226,11 @@ SCHEMA: dict[str, list[FieldSpec]] = {
         FieldSpec("warm_steps", "float", 0.5,
                   "a warm-started fusion trains for this fraction of the epochs and min_steps of a fusion from "
                   "scratch (it starts from trained attention)", check=_probability_open),
+        FieldSpec("warm_scale", "str", "reset",
+                  "what a warm-started fusion keeps of the previous attention's per-layer logit scales: "
+                  "\"reset\" starts them at 0 (Q and K kept; step 0 weighs every set equally, so the added sets "
+                  "are weighed from Grappa-avg on, not from an attention that had settled on one old set per "
+                  "layer) or \"keep\" (the previous attention exactly)", choices=("reset", "keep")),
         FieldSpec("pair_augment", "bool", False,
                   "augment both images of Grappa-N's k-NN pairs (random resized crop + flip); off, the "
                   "pairs are plain views, so the loss is attention propagation only, not transformation "

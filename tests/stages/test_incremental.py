@@ -112,7 +112,8 @@ def test_update_extracts_only_new_images_and_keeps_old_artifacts(base, tmp_path)
     assert artifacts.record(project, "adaptors/k3-stripes")["trained_on"]["parts"] == ["stripes"]
     neighbor = artifacts.record(project, "fusion/neighbor")
     assert neighbor["params"]["sets"] == ["k2", "k2-stripes", "k3-stripes"]
-    assert neighbor["warm_start"] == {"from": old_neighbor["fingerprint"], "sets": ["k2"], "steps": 0.5}
+    assert neighbor["warm_start"] == {"from": old_neighbor["fingerprint"], "sets": ["k2"], "steps": 0.5,
+                                      "scale": "reset"}
     assert artifacts.record(project, "fusion/avg")["warm_start"] is None  # no attention to start from
     for model in ("backbone", "adaptor-k2", "adaptor-k2-stripes", "fused-avg", "fused-neighbor"):
         assert (project.results_dir / model / "stripes.json").is_file()
@@ -143,6 +144,44 @@ def test_warm_start_starts_the_fusion_at_the_previous_attention(base, tmp_path) 
     assert warm_start_source(project, config, strategy, ["k2"], existing, backbone) is None  # no set added
     update_file(project.config_path, lambda doc: doc["fuse"].__setitem__("warm_start", False))
     assert warm_start_source(project, project.config(), strategy, ["k2", "k2-stripes"], existing, backbone) is None
+
+
+@pytest.mark.parametrize("scale", ["reset", "keep"])
+def test_a_warm_fusion_keeps_q_and_k_and_resets_or_keeps_the_logit_scales(base, tmp_path, scale) -> None:
+    """``reset``: step 0 weighs the old and added sets equally (entropy 1, scales 0) with the previous
+    Q and K; ``keep``: step 0 is the previous attention, scales included."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from grappa_cli import artifacts
+    from grappa_cli.config import update_file
+    from grappa_cli.stages.run import run_pipeline
+
+    project, stripes = _copy(base, tmp_path)
+    # the tiny fusion barely trains: give its layers the sharp attention a real one ends with
+    path = project.fusion_dir / "neighbor.safetensors"
+    with safe_open(str(path), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118
+    for key in [k for k in tensors if k.endswith("logit_scale")]:
+        tensors[key] = tensors[key].clone().fill_(1.5)
+    save_file(tensors, str(path), metadata=metadata)
+    before = {"q_norm": float(np.mean([tensors[k].norm() for k in tensors if k.endswith("query.weight")])),
+              "k_norm": float(np.mean([tensors[k].norm() for k in tensors if k.endswith("key.weight")])),
+              "logit_scale": 1.5}
+    update_file(project.config_path, lambda doc: doc["fuse"].__setitem__("warm_scale", scale))
+    _add_stripes(project, stripes)
+    run_pipeline(project)
+    record = artifacts.record(project, "fusion/neighbor")
+    start = record["attention"][0]
+    assert record["warm_start"]["scale"] == scale and start["epoch"] == 0
+    assert start["q_norm"] == pytest.approx(before["q_norm"], rel=1e-6)
+    assert start["k_norm"] == pytest.approx(before["k_norm"], rel=1e-6)
+    if scale == "reset":
+        assert start["logit_scale"] == 0.0
+        assert start["entropy"] == pytest.approx(1.0, abs=1e-6)
+        assert start["mean_alpha"] == pytest.approx([1 / 3] * 3, abs=1e-6)
+    else:
+        assert start["logit_scale"] == pytest.approx(before["logit_scale"], rel=1e-6)
 
 
 def test_full_rebuild_redoes_everything_on_the_union(base, tmp_path) -> None:

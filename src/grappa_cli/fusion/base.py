@@ -113,6 +113,8 @@ class FusionContext:
             with torch.no_grad():
                 for layer, previous in zip(model.fusion_layers(), self.warm_start.layers, strict=True):
                     layer.load_state_dict(previous.state_dict())
+                    if self.config.fuse.warm_scale == "reset" and getattr(layer, "logit_scale", None) is not None:
+                        layer.logit_scale.zero_()  # keep Q and K; weigh old and added sets equally at step 0
         return model
 
 

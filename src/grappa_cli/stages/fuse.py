@@ -116,7 +116,8 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
                       input="cache" if context.read_cache else "files", attention=attention, summary=summary,
                       trained_on={"images": len(paths), "rows": [0, len(store.read(f"{FEATURES}/valid"))]},
                       warm_start=None if warm is None else {"from": warm.fingerprint, "sets": warm.set_names,
-                                                            "steps": float(config.fuse.warm_steps)})
+                                                            "steps": float(config.fuse.warm_steps),
+                                                            "scale": config.fuse.warm_scale})
         if outcome.trained_adaptors:
             save_bundle(path, outcome.model, provenance=record,
                         backbone_spec=backbone_spec(config).to_dict(), extra={"strategy": strategy.name})
