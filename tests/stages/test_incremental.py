@@ -62,6 +62,8 @@ def test_status_announces_the_incremental_update(base, tmp_path) -> None:
     assert any("extract" in line and "stripes" in line for line in lines)
     assert any("k2-stripes, k3-stripes" in line for line in lines)
     assert any("keep 1 adaptor sets untouched: k2" in line for line in lines)
+    assert any("also on 1x as many earlier training images" in line for line in lines)
+    assert any("current fused models' Q and K" in line and "warm_scale" in line for line in lines)
 
 
 def test_update_extracts_only_new_images_and_keeps_old_artifacts(base, tmp_path) -> None:

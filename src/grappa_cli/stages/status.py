@@ -96,7 +96,7 @@ def incremental_update(config: Any, plan: Any, cached: int | None = None) -> lis
                      f"the {inc.start} rows before them are kept as they are")
         if cached is not None and entry.features is None and cached == inc.start:
             lines.append(f"decode them into the image cache (cache/train keeps its {cached} images)")
-        if config.adapt.replay > 0 and inc.index > 0:
+        if config.adapt.replay > 0:
             lines.append(f"cluster them and train {len(entry.names)} new adaptor sets on them, each also on "
                          f"{config.adapt.replay:g}x as many earlier training images ([adapt] replay): "
                          f"{', '.join(entry.names)}")
@@ -107,7 +107,10 @@ def incremental_update(config: Any, plan: Any, cached: int | None = None) -> lis
         lines.append(f"keep {len(kept)} adaptor sets untouched: {', '.join(kept)}")
     fused = [n.id.split("/", 1)[1] for n in plan.nodes if n.stage == "fuse" and n.todo]
     if fused:
-        start = "starting from the current fused models" if config.fuse.warm_start else "from scratch"
+        start = "from scratch"
+        if config.fuse.warm_start:
+            start = "starting from the current fused models" + (
+                "' Q and K ([fuse] warm_scale resets the logit scales)" if config.fuse.warm_scale == "reset" else "")
         lines.append(f"retrain the fusion over all sets on the union ({', '.join(fused)}), {start}")
     lines.append("evaluate every task; `grappa run --full` rebuilds everything on the union instead")
     return lines
