@@ -268,6 +268,7 @@ def _backbone_id(b: _Builder) -> str | None:
 
 def _adaptors(b: _Builder, sets: list[Any]) -> None:
     from grappa_cli import increments
+    from grappa_cli.stages import replay
     from grappa_cli.stages.adapt import AdaptOptions, adapt_params
 
     backbone = _backbone_id(b)
@@ -277,11 +278,9 @@ def _adaptors(b: _Builder, sets: list[Any]) -> None:
                       **increments.set_params(entry.increment)}
             interrupted = (b.project.runs_dir / f"adapt-{name}").is_dir()
             inputs = {f"clusters/{name}": b.current(f"clusters/{name}"), "features/train": entry.features}
-            if entry.increment.index > 0:  # as stages.adapt: an added set records its replay
-                params["replay"] = b.config.adapt.replay
-            replayed = increments.replay_sources(sets, name) if b.config.adapt.replay > 0 else []
-            if replayed:  # as stages.replay.sources: an added set also learns earlier increments' images
-                inputs.update({f"clusters/{s}": b.current(f"clusters/{s}") for s in replayed})
+            replay_params, replayed = replay.plan(b.config, sets, name)  # as stages.adapt
+            params.update(replay_params)
+            inputs.update({f"clusters/{s}": b.current(f"clusters/{s}") for s in replayed})
             b.add(f"adaptors/{name}", "adapt", inputs, params, partial=interrupted)
     _extra(b, "adapt", [f"adaptors/{p.stem}" for p in b.project.adaptors_dir.glob("*.safetensors")])
 

@@ -228,9 +228,8 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
     # the features as the clustering saw them (an earlier increment's, when the set grew since)
     inputs = {cluster_key(name): clustering["fingerprint"],
               FEATURES: (clustering.get("inputs") or {}).get(FEATURES, features["fingerprint"])}
-    replayed = replay.sources(config, store, name)
-    if added:  # an added set records its replay, 0 included, so that changing it retrains the set
-        params["replay"] = config.adapt.replay
+    replay_params, replayed = replay.plan(config, increments.configured(config, store), name)
+    params.update(replay_params)
     if replayed:
         inputs.update({cluster_key(s): (store.provenance(cluster_key(s)) or {}).get("fingerprint")
                        for s in replayed})

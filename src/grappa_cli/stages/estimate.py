@@ -116,6 +116,7 @@ def estimate(project: Any, config: Any, plan: Any) -> Estimate:
     from grappa_cli.data import sources
     from grappa_cli.errors import GrappaError
     from grappa_cli.fusion.base import FusionOptions
+    from grappa_cli.stages import replay
     from grappa_cli.train.schedule import fit_to_size
 
     store = project.store(mode="r") if project.store_path.exists() else None
@@ -156,7 +157,7 @@ def estimate(project: Any, config: Any, plan: Any) -> Estimate:
         elif node.stage == "adapt" and node.id.split("/", 1)[1] in sets:
             n = sets[node.id.split("/", 1)[1]]
             a = config.adapt
-            if "-" in node.id:  # an added set also learns replayed earlier images (stages.replay)
+            if replay.plan(config, plan.increments, node.id.split("/", 1)[1])[1]:  # replayed images too
                 n += round(a.replay * n)
             batch, epochs = fit_to_size(max(n, 1), a.batch_size, a.epochs, a.min_steps)
             add("adapt", rates.adapt, epochs * (n // batch) * batch)

@@ -26,11 +26,20 @@ from grappa_cli import increments
 from grappa_cli.stages.adapt import training_labels
 
 
+def plan(config: Any, sets: list[Any], name: str) -> tuple[dict[str, Any], list[str]]:
+    """What replay adds to the set ``name``: its params (``replay``, recorded by every added set,
+    0 included, so that changing it retrains them) and the clusterings it replays (its extra
+    inputs; empty: no replay). ``sets``: the increments' sets (:func:`increments.configured`);
+    the stage and the planner both ask here, so they agree on the set's fingerprint."""
+    if not increments.parse_set(name)[1]:
+        return {}, []
+    replayed = increments.replay_sources(sets, name) if float(config.adapt.replay) > 0 else []
+    return {"replay": config.adapt.replay}, replayed
+
+
 def sources(config: Any, store: Any, name: str) -> list[str]:
     """The clusterings replayed while the set ``name`` trains (empty: no replay)."""
-    if float(config.adapt.replay) <= 0 or not increments.parse_set(name)[1]:
-        return []
-    return increments.replay_sources(increments.configured(config, store), name)
+    return plan(config, increments.configured(config, store), name)[1]
 
 
 def classes(name: str, replayed: list[str]) -> int:
