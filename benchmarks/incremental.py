@@ -93,6 +93,7 @@ def run_seed(work: Path, data_root: Path, base_extracted: Path, base: quality.Se
         shutil.rmtree(before_root)
     shutil.copytree(base_extracted, before_root, ignore=shutil.ignore_patterns("extracted", "*.lock"))
     before = Project(before_root)
+    quality.fresh_config(before)
     quality.configure(before, data_root, base, seed)
     out["seconds"]["before"] = timed_run(before, "before")
     out["scores"]["before"] = scores(before)

@@ -154,6 +154,18 @@ def base_project(work: Path, data_root: Path, settings: Settings) -> Path:
     return root
 
 
+def fresh_config(project: Any) -> None:
+    """Rewrite ``project``'s ``grappa.toml`` with the current defaults (before :func:`configure`).
+
+    A base project copied from an earlier run keeps the defaults of the code that wrote its
+    file (``grappa init`` writes every key), so without this a changed default would not reach
+    a run that reuses the base.
+    """
+    from grappa_cli.config import render
+
+    project.config_path.write_text(render())
+
+
 def run_seed(work: Path, base: Path, data_root: Path, settings: Settings, seed: int) -> tuple[list[Any], float]:
     from grappa_cli.project import Project
     from grappa_cli.stages.results import load_results
@@ -163,6 +175,7 @@ def run_seed(work: Path, base: Path, data_root: Path, settings: Settings, seed: 
     if not root.exists():
         shutil.copytree(base, root, ignore=shutil.ignore_patterns("extracted", "*.lock"))
     project = Project(root)
+    fresh_config(project)
     configure(project, data_root, settings, seed)
     start = time.perf_counter()
     run_pipeline(project, until="eval")

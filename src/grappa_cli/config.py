@@ -223,7 +223,7 @@ SCHEMA: dict[str, list[FieldSpec]] = {
         FieldSpec("warm_start", "bool", True,
                   "after an incremental update, start the fusion from the previous fused model's attention "
                   "(Q, K and logit scales do not depend on the number of sets) instead of from scratch"),
-        FieldSpec("warm_steps", "float", 0.5,
+        FieldSpec("warm_steps", "float", 0.4,
                   "a warm-started fusion trains for this fraction of the epochs and min_steps of a fusion from "
                   "scratch (it starts from trained attention)", check=_probability_open),
         FieldSpec("warm_scale", "str", "reset",

@@ -29,6 +29,27 @@ def test_val_split_writes_no_test_class(tmp_path: Path) -> None:
     assert sum(1 for _ in (tmp_path / "digits").rglob("*.png")) == 15
 
 
+def test_a_copied_base_project_runs_with_the_current_defaults(tmp_path: Path) -> None:
+    """A base project's ``grappa.toml`` written by an earlier version must not carry its defaults into a run."""
+    import quality
+    from grappa_cli.config import GrappaConfig, update_file
+    from grappa_cli.stages.init import create_project
+
+    project = create_project(tmp_path / "base")
+    update_file(project.config_path, lambda doc: doc["fuse"].__setitem__("warm_steps", 0.9))  # a stale default
+    update_file(project.config_path, lambda doc: doc["adapt"].__setitem__("replay", 0.0))
+    assert project.config().fuse.warm_steps == 0.9
+
+    settings = quality.Settings("test", "small", ["digits"], {"fuse.neighbors": 7}, ["avg"])
+    quality.fresh_config(project)
+    quality.configure(project, tmp_path / "data", settings, seed=3)
+    config, default = project.config(), GrappaConfig.default()
+    assert config.fuse.warm_steps == default.fuse.warm_steps != 0.9
+    assert config.adapt.replay == default.adapt.replay != 0.0
+    assert config.fuse.neighbors == 7 and config.runtime.seed == 3  # the harness's own settings still apply
+    assert config.eval.tasks == ["digits"]
+
+
 @pytest.mark.skipif(not quality_data.available("stamps"), reason="needs tuxpaint-stamps-default (.ci/run installs it)")
 def test_coarse_stamps_are_the_fine_tasks_evaluated_images(tmp_path: Path) -> None:
     fine = quality_data.stamps_samples(10)

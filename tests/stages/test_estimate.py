@@ -61,7 +61,7 @@ def test_the_update_is_estimated_from_the_plan(ran, tmp_path) -> None:
     assert guess.seconds["adapt"] == pytest.approx(16 * rates.adapt)
     # 5 new training images and the 5 test images of the new task
     assert guess.seconds["extract"] == pytest.approx(10 * rates.embed)
-    # warm start: half of one epoch rounds to one; 11 images, batch 8 -> 8 passes, 1 + 3 candidates
+    # warm start: 0.4 of one epoch, at least one; 11 images, batch 8 -> 8 passes, 1 + 3 candidates
     assert guess.seconds["fuse"] == pytest.approx(8 * 4 * rates.fuse)
     assert guess.seconds["eval"] > 0 and guess.unknown == []
     assert guess.line().startswith("about ") and "from rates measured in this project" in guess.line()

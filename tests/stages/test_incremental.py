@@ -114,7 +114,7 @@ def test_update_extracts_only_new_images_and_keeps_old_artifacts(base, tmp_path)
     assert artifacts.record(project, "adaptors/k3-stripes")["trained_on"]["parts"] == ["stripes"]
     neighbor = artifacts.record(project, "fusion/neighbor")
     assert neighbor["params"]["sets"] == ["k2", "k2-stripes", "k3-stripes"]
-    assert neighbor["warm_start"] == {"from": old_neighbor["fingerprint"], "sets": ["k2"], "steps": 0.5,
+    assert neighbor["warm_start"] == {"from": old_neighbor["fingerprint"], "sets": ["k2"], "steps": 0.4,
                                       "scale": "reset"}
     assert artifacts.record(project, "fusion/avg")["warm_start"] is None  # no attention to start from
     for model in ("backbone", "adaptor-k2", "adaptor-k2-stripes", "fused-avg", "fused-neighbor"):
