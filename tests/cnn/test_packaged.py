@@ -6,6 +6,7 @@ skipped only when it is not installed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 
@@ -92,9 +93,12 @@ def test_backbone_is_timm_tf_efficientnet_lite0_with_the_packaged_weights(
     full = lite0_classifier.state_dict()
     for key, value in lite0.model.state_dict().items():
         assert torch.equal(value, full[key])
+    reference = copy.deepcopy(lite0_classifier).to(memory_format=torch.channels_last)  # the backbone's layout
     with torch.no_grad():
-        pre_logits = lite0_classifier.forward_head(lite0_classifier.forward_features(photos), pre_logits=True)
+        pre_logits = reference.forward_head(reference.forward_features(photos), pre_logits=True)
+        plain = lite0_classifier.forward_head(lite0_classifier.forward_features(photos), pre_logits=True)
     assert torch.equal(photo_features, pre_logits)
+    torch.testing.assert_close(pre_logits, plain, rtol=1e-4, atol=1e-5)  # the layout changes rounding only
 
 
 def test_data_config_is_the_tensorflow_lite_preprocessing():

@@ -23,9 +23,13 @@ al. 2017) with per-position (1x1 convolution) bottlenecks::
 
     h = base + (0 + sum_i alpha_i A_i(base))
 
-Tensors between layers are channel-last ``[B, H, W, C]`` (the Backbone interface): each
-stage runs on ``x.permute(0, 3, 1, 2).contiguous()``, the exact NCHW tensor timm's own
-forward passes, so the composed parts are bit-identical to ``forward``.
+Tensors between layers are channel-last ``[B, H, W, C]`` (the Backbone interface). The timm
+model is kept in ``torch.channels_last`` memory format and images are converted to it, so each
+stage runs on ``x.permute(0, 3, 1, 2)`` without a copy: that view *is* the NCHW tensor in
+channels-last memory that timm's own forward passes between stages, and the composed parts are
+bit-identical to ``forward``. Why channels-last: oneDNN's depthwise and 1x1 convolutions run
+faster in it on the CPU (0.66-0.87x the time per pass: ``benchmarks/bench_memory_format.py``), and
+tensor cores want it on GPUs.
 """
 
 from __future__ import annotations
@@ -163,8 +167,14 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_channels_first(x: torch.Tensor) -> torch.Tensor:
-    """``[B, H, W, C] -> [B, C, H, W]``, contiguous like the tensors timm passes between stages."""
-    return x.permute(0, 3, 1, 2).contiguous()
+    """``[B, H, W, C] -> [B, C, H, W]`` in channels-last memory, like the tensors timm passes between
+    stages of a channels-last model (a view when ``x`` is contiguous, which layer outputs are)."""
+    return x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+
+def channels_last_images(images: torch.Tensor) -> torch.Tensor:
+    """A batch ``[B, 3, H, W]`` in the memory format of the model's convolutions."""
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 class CNNBackbone(Backbone):
@@ -194,6 +204,7 @@ class CNNBackbone(Backbone):
         # tuple, so they are not registered twice)
         self.units = tuple(_units(self.family.stages(model), granularity))
         self.data_config = dict(data_config)
+        model.to(memory_format=torch.channels_last)  # see the module docstring
         model.eval()
         self.layer_dims, self.embed_dim = self._measure()
         self.model_id = make_model_id(name, model)
@@ -206,7 +217,7 @@ class CNNBackbone(Backbone):
             _PROBE_SIZE,
             _PROBE_SIZE,
         )
-        probe = torch.zeros(1, 3, *size, dtype=param.dtype, device=param.device)
+        probe = channels_last_images(torch.zeros(1, 3, *size, dtype=param.dtype, device=param.device))
         dims = []
         with torch.no_grad():
             x = self.family.stem(self.model, probe)
@@ -218,7 +229,7 @@ class CNNBackbone(Backbone):
 
     def stem(self, images: torch.Tensor, **layer_kwargs: Any) -> torch.Tensor:
         _no_kwargs(layer_kwargs)
-        return to_channels_last(self.family.stem(self.model, images))
+        return to_channels_last(self.family.stem(self.model, channels_last_images(images)))
 
     def layer_parts(self, index: int, x: torch.Tensor, **layer_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         _no_kwargs(layer_kwargs)
@@ -232,7 +243,7 @@ class CNNBackbone(Backbone):
     def forward(self, images: torch.Tensor, **layer_kwargs: Any) -> torch.Tensor:
         _no_kwargs(layer_kwargs)
         m = self.model
-        return m.forward_head(m.forward_features(images), pre_logits=True)
+        return m.forward_head(m.forward_features(channels_last_images(images)), pre_logits=True)
 
 
 def _no_kwargs(layer_kwargs: dict[str, Any]) -> None:
