@@ -55,13 +55,20 @@ def saved_activation_bytes(model: GrappaModel, images: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def measure(backbone, granularity: str, images: torch.Tensor, args: argparse.Namespace) -> dict:
-    """One granularity: sizes, FLOPs, latency and training activations of M and M*."""
-    sets = [new_adaptor_set(backbone, args.bottleneck, seed=i) for i in range(args.sets)]
-    with torch.no_grad():  # trained-like, non-zero adaptors (speed does not depend on values)
+def trained_like_sets(backbone, count: int, bottleneck: int) -> list:
+    """``count`` adaptor sets with non-zero up-projections, as after training (speed does not
+    depend on the values, but a zero-initialised set would skip nothing and look untrained)."""
+    sets = [new_adaptor_set(backbone, bottleneck, seed=i) for i in range(count)]
+    with torch.no_grad():
         for s in sets:
             for adaptor in s.layers:
                 adaptor.up.weight.normal_(std=0.02)
+    return sets
+
+
+def measure(backbone, granularity: str, images: torch.Tensor, args: argparse.Namespace) -> dict:
+    """One granularity: sizes, FLOPs, latency and training activations of M and M*."""
+    sets = trained_like_sets(backbone, args.sets, args.bottleneck)
     plain = GrappaModel.backbone_only(backbone).eval()
     fused = GrappaModel.with_adaptor_sets(backbone, sets, fusion="attention").eval()
     with torch.inference_mode():

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import torch
 
-from grappa_cli.model import BackboneSpec, GrappaModel, new_adaptor_set
+from grappa_cli.model import BackboneSpec, GrappaModel
 from grappa_cli.model import cnn as cnn_mod
 from grappa_cli.model.cnn import build_cnn_backbone
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cnn import trained_like_sets
 from bench_model import median_seconds
 
 
@@ -59,11 +60,7 @@ def nchw_layout() -> Iterator[None]:
 
 def passes(backbone, images: torch.Tensor, args: argparse.Namespace) -> dict[str, Callable[[], object]]:
     """The four passes measured, on ``backbone`` as it is laid out now."""
-    sets = [new_adaptor_set(backbone, args.bottleneck, seed=i) for i in range(args.sets)]
-    with torch.no_grad():  # trained-like, non-zero adaptors
-        for s in sets:
-            for adaptor in s.layers:
-                adaptor.up.weight.normal_(std=0.02)
+    sets = trained_like_sets(backbone, args.sets, args.bottleneck)
     plain = GrappaModel.backbone_only(backbone).eval()
     fused = GrappaModel.with_adaptor_sets(backbone, sets, fusion="attention").eval()
     single = GrappaModel.with_adaptor_sets(backbone, sets[:1], fusion=None)
