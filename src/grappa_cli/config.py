@@ -67,6 +67,10 @@ def _k_list(value: Any) -> str | None:
     return None
 
 
+def _unit_interval(value: Any) -> str | None:
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
 def _probability_open(value: Any) -> str | None:
     return None if 0 < value <= 1 else "must be in (0, 1]"
 
@@ -220,6 +224,13 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "uniform to the batch-mean attention of each layer, so that no adaptor set is abandoned "
                   "(each image may still prefer its own); 0 = the paper's loss alone",
                   check=_non_negative),
+        FieldSpec("strength", "float", 0.5,
+                  "share of the fused adaptation the saved model applies: every layer adds strength x "
+                  "sum_i alpha_i A_i to the backbone's output (1 = the paper's M*, 0 = the backbone M); in "
+                  "between, the adaptors' up projections are interpolated towards zero, i.e. the model towards "
+                  "the frozen backbone (weight-space ensembling as in WiSE-FT), which keeps more of what the "
+                  "backbone knows on classes the pseudo-labels do not fit; the fusion trains at 1",
+                  "1 (the whole adaptation)", check=_unit_interval),
         FieldSpec("warm_start", "bool", True,
                   "after an incremental update, start the fusion from the previous fused model's attention "
                   "(Q, K and logit scales do not depend on the number of sets) instead of from scratch"),

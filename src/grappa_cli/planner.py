@@ -287,15 +287,14 @@ def _adaptors(b: _Builder, sets: list[Any]) -> None:
 
 def _fusion(b: _Builder, sets: list[str]) -> None:
     from grappa_cli import plugins
-    from grappa_cli.fusion.base import FusionOptions
+    from grappa_cli.fusion.base import FusionOptions, artifact_params
 
     inputs = {f"adaptors/{s}": b.current(f"adaptors/{s}") for s in sets}
     inputs["features/train"] = b.current("features/train")
     backbone = _backbone_id(b)
     for name in b.config.fuse.strategies:
         strategy = plugins.get("fusion_strategies", name)
-        params = {**strategy.params(b.config, FusionOptions()), "strategy": strategy.name, "sets": sets,
-                  "backbone": backbone}
+        params = artifact_params(strategy, b.config, FusionOptions(), sets, backbone)
         interrupted = (b.project.runs_dir / f"fuse-{strategy.name}").is_dir()
         b.add(f"fusion/{strategy.name}", "fuse", dict(inputs), params, partial=interrupted)
     _extra(b, "fuse", [f"fusion/{p.stem}" for p in b.project.fusion_dir.glob("*.safetensors")])

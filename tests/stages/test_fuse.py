@@ -26,13 +26,30 @@ def test_avg_equals_mean_of_the_sets(adapted_project, cli) -> None:
     fused, backbone = _model(adapted_project, "fused:avg")
     sets = [load_adaptor_set(adapted_project.adaptors_dir / f"k{k}.safetensors", backbone) for k in (2, 4)]
     images = torch.randn(2, 3, 32, 32)
+    strength = adapted_project.config().fuse.strength  # the saved model applies this share of it
+    assert fused.strength == strength
     with torch.inference_mode():
         z, alpha = fused.eval()(images, return_attention=True)
-        reference = GrappaModel.with_adaptor_sets(backbone, sets, fusion="mean").eval()(images)
+        reference = GrappaModel.with_adaptor_sets(backbone, sets, fusion="mean", strength=strength).eval()(images)
+        whole = GrappaModel.with_adaptor_sets(backbone, sets, fusion="mean").eval()(images)
     assert torch.allclose(alpha, torch.full_like(alpha, 0.5))
     assert torch.allclose(z, reference, atol=1e-6)
+    assert strength == 1 or not torch.allclose(z, whole, atol=1e-4)
     record = artifacts.read_checkpoint_record(adapted_project.fusion_dir / "avg.safetensors")
     assert record["params"]["sets"] == ["k2", "k4"] and not record["uses_labels"]
+    assert record["params"]["strength"] == strength
+
+
+def test_a_changed_strength_makes_the_fused_model_stale(adapted_project, cli) -> None:
+    from grappa_cli.config import update_file
+
+    assert cli("-C", adapted_project.root, "fuse", "--strategy", "avg").exit_code == 0
+    update_file(adapted_project.config_path, lambda doc: doc["fuse"].__setitem__("strength", 1.0))
+    result = cli("-C", adapted_project.root, "fuse", "--strategy", "avg")
+    assert result.exit_code != 0 and "strength" in result.stderr and "--force" in result.stderr
+    assert cli("-C", adapted_project.root, "fuse", "--strategy", "avg", "--force").exit_code == 0
+    fused, _ = _model(adapted_project, "fused:avg")
+    assert fused.strength == 1.0
 
 
 def test_neighbor_trains_only_q_and_k(adapted_project, cli) -> None:

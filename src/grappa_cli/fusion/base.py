@@ -132,6 +132,18 @@ class FusionOutcome:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def artifact_params(strategy: Any, config: Any, options: FusionOptions, sets: list[str],
+                    backbone_id: str) -> dict[str, Any]:
+    """Every setting a fused model's fingerprint covers.
+
+    The strategy's own settings, which sets it fuses, the backbone, and the strength the model
+    is saved with (``[fuse] strength``: applied after training, but part of what the file is).
+    ``grappa fuse`` and the planner both build the fingerprint from this, so they agree.
+    """
+    return {**strategy.params(config, options), "strategy": strategy.name, "sets": list(sets),
+            "backbone": backbone_id, "strength": float(config.fuse.strength)}
+
+
 @runtime_checkable
 class FusionStrategy(Protocol):
     """A fusion-strategy plugin (hook ``register_fusion_strategies``).

@@ -4,7 +4,8 @@ Used for models whose adaptors are not stored adaptor sets (the random baselines
 together with their fusion) and by ``grappa export`` (which also stores the backbone's
 weights, so the file works without the project). Nothing is pickled; the header records the
 backbone spec, the data config, N, D', each layer's bottleneck ``D'_l`` (narrow CNN stages
-use ``min(D', D_l - 1)``), the fusion kind and the caller's provenance.
+use ``min(D', D_l - 1)``), the fusion kind, the strength (the share of the fused adaptation
+the model applies) and the caller's provenance.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def describe(model: GrappaModel) -> dict[str, Any]:
     each layer's own width, which is smaller on CNN stages narrower than D' + 1.
     """
     if not model.layers:
-        return {"num_sets": 0, "bottleneck": 0, "bottlenecks": [], "fusion": ""}
+        return {"num_sets": 0, "bottleneck": 0, "bottlenecks": [], "fusion": "", "strength": 1.0}
     widths = [layer.bank.bottleneck for layer in model.layers]
     return {
         "num_sets": model.num_sets,
@@ -43,6 +44,7 @@ def describe(model: GrappaModel) -> dict[str, Any]:
         "bottlenecks": widths,
         # also for one set: attention fused over a single set still has Q, K and a scale to load
         "fusion": model.fusion_kind or "",
+        "strength": model.strength,
     }
 
 
@@ -92,6 +94,13 @@ def read_bundle_metadata(path: Path) -> dict[str, Any]:
         meta[key] = int(meta[key])
     meta["bottlenecks"] = [int(b) for b in json.loads(meta["bottlenecks"])] if meta.get("bottlenecks") else None
     meta["includes_backbone"] = meta.get("includes_backbone") == "true"
+    try:  # files written before the strength was recorded apply the whole adaptation
+        meta["strength"] = float(meta.get("strength") or 1.0)
+    except ValueError:
+        meta["strength"] = -1.0
+    if not 0.0 <= meta["strength"] <= 1.0:
+        raise GrappaError(f"{path} records a strength outside [0, 1]",
+                          hint="export the model again")
     return meta
 
 
@@ -152,6 +161,7 @@ def load_layers(
         fusion = "attention"  # one attention-fused set, saved before the header named its fusion
     model = empty_model(backbone, meta["num_sets"], widths, fusion, init)
     model.layers.load_state_dict(layer_state, strict=True)
+    model.set_strength(meta["strength"])
     return model.to(_device_of(backbone)), meta
 
 

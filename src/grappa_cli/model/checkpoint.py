@@ -54,6 +54,8 @@ class FusionCheckpoint:
     num_sets: int
     adaptor_sets: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: share of the fused adaptation the model applies (files written before it existed: 1)
+    strength: float = 1.0
 
     @property
     def provenance(self) -> dict[str, Any] | None:
@@ -195,8 +197,12 @@ def save_fusion(
     provenance: dict[str, Any] | None = None,
     adaptor_sets: Sequence[str] = (),
     config: dict[str, Any] | None = None,
+    strength: float = 1.0,
 ) -> None:
-    """Write the L fusion layers of a model (Q and K for attention; none for mean) atomically."""
+    """Write the L fusion layers of a model (Q and K for attention; none for mean) atomically.
+
+    ``strength`` (the share of the fused adaptation the model applies) goes into the header.
+    """
     layers = list(fusion_layers)
     if len(layers) != backbone.num_layers:
         raise ValueError(f"{len(layers)} fusion layers for a backbone of {backbone.num_layers}")
@@ -218,6 +224,7 @@ def save_fusion(
         kind=kinds.pop(),
         num_sets=counts.pop(),
         adaptor_sets=list(adaptor_sets),
+        strength=float(strength),
         **({"attention_init": inits.pop()} if len(inits) == 1 and None not in inits else {}),
     )
     _write(Path(path), tensors, meta)
@@ -249,8 +256,21 @@ def load_fusion(path: Path, backbone: Backbone, *, num_sets: int | None = None) 
     _load_into(path, holder)
     device = _device_of(backbone)
     return FusionCheckpoint(
-        kind, [layer.to(device) for layer in layers], n, list(meta.get("adaptor_sets") or []), meta
+        kind, [layer.to(device) for layer in layers], n, list(meta.get("adaptor_sets") or []), meta,
+        strength=_strength(path, meta),
     )
+
+
+def _strength(path: Path, meta: dict[str, Any]) -> float:
+    """The header's strength (1, the paper's model, for files written before it was recorded)."""
+    try:
+        strength = float(meta.get("strength") or 1.0)
+    except ValueError:
+        strength = -1.0
+    if not 0.0 <= strength <= 1.0:
+        raise GrappaError(f"{path} records a strength of {meta.get('strength')!r}, not a number in [0, 1]",
+                          hint="delete it and re-run the stage that wrote it")
+    return strength
 
 
 def _load_into(path: Path, module: nn.Module) -> None:

@@ -62,8 +62,11 @@ class GrappaModel(nn.Module):
         sets: Sequence[AdaptorSet],
         fusion: FusionArg = "mean",
         attention_init: str = "uniform",
+        strength: float = 1.0,
     ) -> GrappaModel:
         """M + P_i (one set) or M* (N sets fused by ``"mean"``, ``"attention"`` or given layers).
+
+        ``strength``: the share of the fused adaptation every layer applies (:meth:`set_strength`).
 
         A fresh ``"attention"`` fusion starts as ``attention_init`` (see
         :class:`~grappa_cli.model.fusion.AttentionFusion`: ``"uniform"`` starts at Grappa-avg).
@@ -97,7 +100,7 @@ class GrappaModel(nn.Module):
             GrappaLayer(AdaptorBank.from_adaptors([s.layers[index] for s in sets]), fusion_layers[index])
             for index in range(backbone.num_layers)
         ]
-        model = cls(backbone, layers)
+        model = cls(backbone, layers).set_strength(strength)
         param = next(backbone.parameters(), None)
         return model.to(param.device) if param is not None else model
 
@@ -113,7 +116,8 @@ class GrappaModel(nn.Module):
 
         sets = [load_adaptor_set(Path(p), backbone) for p in adaptor_paths]
         if isinstance(fusion, Path):
-            fusion = load_fusion(fusion, backbone, num_sets=len(sets)).layers
+            checkpoint = load_fusion(fusion, backbone, num_sets=len(sets))
+            return cls.with_adaptor_sets(backbone, sets, fusion=checkpoint.layers, strength=checkpoint.strength)
         return cls.with_adaptor_sets(backbone, sets, fusion=fusion)
 
     # -- structure ----------------------------------------------------------------------
@@ -127,6 +131,25 @@ class GrappaModel(nn.Module):
     def fusion_kind(self) -> str | None:
         """``"mean"``, ``"attention"`` or None (no adaptors)."""
         return self.layers[0].fusion.kind if self.layers else None
+
+    @property
+    def strength(self) -> float:
+        """The share of the fused adaptation the layers apply (1 for the plain backbone)."""
+        return self.layers[0].strength if self.layers else 1.0
+
+    def set_strength(self, strength: float) -> GrappaModel:
+        """Apply ``strength`` of the fused adaptation in every layer (in place; returns ``self``).
+
+        1 is the paper's M*, 0 the backbone M; in between the adaptors' up projections are
+        interpolated towards zero, i.e. the model towards the frozen backbone
+        (:class:`~grappa_cli.model.layer.GrappaLayer`).
+        """
+        strength = float(strength)
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1] (got {strength})")
+        for layer in self.layers:
+            layer.strength = strength
+        return self
 
     def fusion_layers(self) -> list[nn.Module]:
         """The L fusion layers (for :func:`~grappa_cli.model.checkpoint.save_fusion`)."""

@@ -22,6 +22,13 @@ has two advantages in floating point and speed:
   ``N*D' -> D`` matrix product (:meth:`AdaptorBank.mix`).
 
 :meth:`GrappaLayer.reference_forward` keeps the literal formula for tests and inspection.
+
+**Strength.** A layer may apply only part of its adaptation: ``h = x~ + (y + s sum_i alpha_i
+A_i(h_bar))`` with the strength ``s`` in [0, 1] (``[fuse] strength``). ``s = 1`` is the
+paper's layer, ``s = 0`` the backbone's own block; in between, since the up projections are
+linear, it is the model whose up projections are interpolated towards zero, i.e. towards the
+frozen backbone (WiSE-FT's weight-space ensembling). The attention is computed as trained
+(from the unscaled ``U_i``): the fusion trains at ``s = 1`` and the saved model applies ``s``.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ def token_mean(x: torch.Tensor, feature_dims: int = 1) -> torch.Tensor:
 class GrappaLayer(nn.Module):
     """The N adaptors of one layer (an :class:`AdaptorBank`) and their fusion layer."""
 
-    def __init__(self, bank: AdaptorBank, fusion: nn.Module) -> None:
+    def __init__(self, bank: AdaptorBank, fusion: nn.Module, strength: float = 1.0) -> None:
         super().__init__()
         if fusion.num_sets != bank.num_adaptors:
             raise ValueError(
@@ -49,6 +56,8 @@ class GrappaLayer(nn.Module):
             )
         self.bank = bank
         self.fusion = fusion
+        #: share of the fused adaptation the layer adds (1 = the paper's layer, 0 = the backbone's)
+        self.strength = float(strength)
 
     def attention(self, h_bar: torch.Tensor, branch: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """``alpha [B, N]`` from the layer output and the adaptors' hidden activations."""
@@ -59,19 +68,26 @@ class GrappaLayer(nn.Module):
         return self.fusion(query, keys)
 
     def forward(self, base: torch.Tensor, branch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(h, alpha)``: the layer output ``x~ + (y + sum_i alpha_i A_i(h_bar))`` and ``alpha [B, N]``."""
+        """``(h, alpha)``: the layer output ``x~ + (y + s sum_i alpha_i A_i(h_bar))`` and ``alpha [B, N]``."""
         h_bar = base + branch
         hidden = self.bank.hidden(h_bar)
         alpha = self.attention(h_bar, branch, hidden)
         delta = self.bank.mix(hidden, alpha)
+        if self.strength != 1.0:  # at 1 the output stays bit-identical to the paper's layer
+            delta = delta * self.strength
         return base + (branch + delta), alpha
 
     def reference_forward(
         self, base: torch.Tensor, branch: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The paper's literal layer: ``U_i = A_i(h_bar) + y``, ``h = sum_i alpha_i U_i + x~``."""
+        """The paper's literal layer: ``U_i = A_i(h_bar) + y``, ``h = sum_i alpha_i U_i + x~``.
+
+        With a strength ``s`` below 1 the weighted sum is over ``s A_i(h_bar) + y`` while the
+        attention still sees the ``U_i`` themselves.
+        """
         h_bar = base + branch
-        U = self.bank(h_bar) + branch.unsqueeze(0)  # [N, B, *pos, D]
+        adapted = self.bank(h_bar)  # [N, B, *pos, D]
+        U = adapted + branch.unsqueeze(0)
         query = token_mean(h_bar)
         if self.fusion.needs_keys:
             keys = token_mean(U.movedim(0, -2), feature_dims=2)  # [B, N, D]
@@ -79,4 +95,5 @@ class GrappaLayer(nn.Module):
         else:
             alpha = self.fusion(query)
         weights = alpha.t().reshape(alpha.shape[1], alpha.shape[0], *([1] * (U.dim() - 2)))
-        return (weights * U).sum(dim=0) + base, alpha
+        applied = self.strength * adapted + branch.unsqueeze(0)
+        return (weights * applied).sum(dim=0) + base, alpha

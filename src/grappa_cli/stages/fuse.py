@@ -17,7 +17,7 @@ from grappa_cli import artifacts, plugins
 from grappa_cli import provenance as prov
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import GrappaError, StoreError
-from grappa_cli.fusion.base import FusionContext, FusionOptions, WarmStart
+from grappa_cli.fusion.base import FusionContext, FusionOptions, WarmStart, artifact_params
 from grappa_cli.project import Project
 
 FEATURES = "features/train"
@@ -77,8 +77,7 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
     backbone = build_backbone(backbone_spec(config))
     adaptor_sets = [load_adaptor_set(artifacts.checkpoint_path(project, f"adaptors/{n}"), backbone) for n in names]
 
-    params = {**strategy.params(config, options), "strategy": strategy.name, "sets": names,
-              "backbone": backbone.model_id}
+    params = artifact_params(strategy, config, options, names, backbone.model_id)
     inputs = {f"adaptors/{n}": records[n]["fingerprint"] for n in names} | {FEATURES: features["fingerprint"]}
     path = artifacts.checkpoint_path(project, f"fusion/{strategy.name}")
     existing = artifacts.read_checkpoint_record(path)
@@ -102,6 +101,7 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
         reporter.log(f"fusion/{strategy.name} starts from the previous fused model over "
                      f"{', '.join(warm.set_names)} ([fuse] warm_start)")
     outcome = strategy.train(context)
+    outcome.model.set_strength(float(config.fuse.strength))  # trained at 1; saved with the configured share
     if distributed.is_main():
         from grappa_cli.fusion.attention_stats import epoch_overview, read_attention_log
 
@@ -123,7 +123,7 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
                         backbone_spec=backbone_spec(config).to_dict(), extra={"strategy": strategy.name})
         else:
             save_fusion(path, outcome.model.fusion_layers(), backbone=backbone, provenance=record,
-                        adaptor_sets=names, config=params)
+                        adaptor_sets=names, config=params, strength=outcome.model.strength)
         (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     distributed.barrier()
     return FuseResult(strategy.name, str(path), names, False, strategy.uses_labels, outcome.epoch_losses,

@@ -100,7 +100,7 @@ def load(project: Project, ref: ModelRef, backbone: Any) -> Any:
                          hint=f"rerun `grappa adapt` or `grappa fuse --strategy {ref.name.split(':')[1]} --force`")
     sets = [load_adaptor_set(p, backbone) for p in set_paths]
     fusion = load_fusion(path, backbone, num_sets=len(sets))
-    return GrappaModel.with_adaptor_sets(backbone, sets, fusion=fusion.layers)
+    return GrappaModel.with_adaptor_sets(backbone, sets, fusion=fusion.layers, strength=fusion.strength)
 
 
 def inputs(project: Project, ref: ModelRef) -> dict[str, str]:
