@@ -27,8 +27,9 @@ has two advantages in floating point and speed:
 A_i(h_bar))`` with the strength ``s`` in [0, 1] (``[fuse] strength``). ``s = 1`` is the
 paper's layer, ``s = 0`` the backbone's own block; in between, since the up projections are
 linear, it is the model whose up projections are interpolated towards zero, i.e. towards the
-frozen backbone (WiSE-FT's weight-space ensembling). The attention is computed as trained
-(from the unscaled ``U_i``): the fusion trains at ``s = 1`` and the saved model applies ``s``.
+frozen backbone (WiSE-FT's weight-space ensembling; exactly so for mean fusion). Attention is
+computed as trained, from the unscaled ``U_i``: the fusion trains at ``s = 1`` and the saved
+model applies ``s`` to the weighted sum only.
 """
 
 from __future__ import annotations
