@@ -77,6 +77,7 @@ def test_a_fault_at_every_twentieth_write_changes_no_result(reference, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # one faulted run and one rerun per write: 580 s on 2 idle cores
 def test_a_full_disk_or_ctrl_c_at_any_write_changes_no_result(reference, tmp_path) -> None:
     """Every write fails once: odd ones as a full disk, even ones as Ctrl-C."""
     for at in _points(reference, 1):
