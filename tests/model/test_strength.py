@@ -107,6 +107,14 @@ def test_a_corrupt_strength_in_a_header_is_refused(tiny_backbone, tmp_path):
     save_file(load_file(str(path)), str(path), metadata=meta)
     with pytest.raises(GrappaError, match="strength"):
         load_fusion(path, tiny_backbone)
+    bundle = tmp_path / "model.safetensors"
+    save_bundle(bundle, model)
+    with safe_open(str(bundle), framework="pt") as fh:
+        meta = dict(fh.metadata())
+    meta["strength"] = "half"
+    save_file(load_file(str(bundle)), str(bundle), metadata=meta)
+    with pytest.raises(GrappaError, match="strength"):
+        read_bundle_metadata(bundle)
 
 
 def test_bundle_keeps_the_strength(tiny_backbone, images, tmp_path):

@@ -23,6 +23,7 @@ from grappa_cli.errors import GrappaError, StoreError
 from grappa_cli.fsutil import publish, temporary_sibling
 from grappa_cli.model.adaptor import Adaptor, AdaptorSet
 from grappa_cli.model.backbone import Backbone
+from grappa_cli.model.checkpoint import header_strength
 from grappa_cli.model.grappa import GrappaModel
 
 BUNDLE_FORMAT = "grappa-model"
@@ -94,13 +95,7 @@ def read_bundle_metadata(path: Path) -> dict[str, Any]:
         meta[key] = int(meta[key])
     meta["bottlenecks"] = [int(b) for b in json.loads(meta["bottlenecks"])] if meta.get("bottlenecks") else None
     meta["includes_backbone"] = meta.get("includes_backbone") == "true"
-    try:  # files written before the strength was recorded apply the whole adaptation
-        meta["strength"] = float(meta.get("strength") or 1.0)
-    except ValueError:
-        meta["strength"] = -1.0
-    if not 0.0 <= meta["strength"] <= 1.0:
-        raise GrappaError(f"{path} records a strength outside [0, 1]",
-                          hint="export the model again")
+    meta["strength"] = header_strength(path, meta, "export the model again")
     return meta
 
 

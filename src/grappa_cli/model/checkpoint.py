@@ -257,19 +257,22 @@ def load_fusion(path: Path, backbone: Backbone, *, num_sets: int | None = None) 
     device = _device_of(backbone)
     return FusionCheckpoint(
         kind, [layer.to(device) for layer in layers], n, list(meta.get("adaptor_sets") or []), meta,
-        strength=_strength(path, meta),
+        strength=header_strength(path, meta, "delete it and re-run the stage that wrote it"),
     )
 
 
-def _strength(path: Path, meta: dict[str, Any]) -> float:
-    """The header's strength (1, the paper's model, for files written before it was recorded)."""
+def header_strength(path: Path, meta: dict[str, Any], hint: str) -> float:
+    """A header's strength (1, the paper's model, for files written before it was recorded).
+
+    Shared by fusion checkpoints and whole-model bundles; a value outside [0, 1] is refused.
+    """
     try:
         strength = float(meta.get("strength") or 1.0)
     except ValueError:
         strength = -1.0
     if not 0.0 <= strength <= 1.0:
         raise GrappaError(f"{path} records a strength of {meta.get('strength')!r}, not a number in [0, 1]",
-                          hint="delete it and re-run the stage that wrote it")
+                          hint=hint)
     return strength
 
 
