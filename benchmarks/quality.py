@@ -15,6 +15,9 @@ the test classes are never written) and then reported once on ``--split test``.
     PYTHONPATH=src python benchmarks/quality.py --small          # a few minutes, run by the tests
     PYTHONPATH=src python benchmarks/quality.py --set adapt.prototypes=random --set fuse.attention_init=linear
 
+Seeds run side by side, one process and one torch thread each, as many at once as there are usable
+cores (``--jobs``): on a 2-core machine one run uses one core, and the other would sit idle.
+
 Each ``--set SECTION.KEY=VALUE`` overrides one ``grappa.toml`` key (values parsed as TOML), so
 every ablation of the defaults is one switch, e.g. ``adapt.prototypes=random`` (random instead of
 centroid prototypes), ``fuse.attention_init=linear`` (Q/K with ``nn.Linear``'s initialisation
@@ -182,6 +185,39 @@ def run_seed(work: Path, base: Path, data_root: Path, settings: Settings, seed: 
     return load_results(project.results_dir), time.perf_counter() - start
 
 
+def _seed_job(work: Path, base: Path, data_root: Path, settings: Settings, seed: int,
+              threads: int) -> tuple[dict[str, dict[str, dict[str, float]]], float]:
+    """One seed in a process of its own (spawned: zarr's event loop must not be forked)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    results, took = run_seed(work, base, data_root, settings, seed)
+    return table_rows(results), took
+
+
+def job_count(requested: int, seeds: int, cores: int) -> int:
+    """Seeds to run at once: ``requested`` (0 = one per usable core), never more than there are seeds."""
+    return max(1, min(requested or cores, seeds))
+
+
+def run_seeds(work: Path, base: Path, data_root: Path, settings: Settings, seeds: list[int], *,
+              jobs: int, threads: int) -> list[tuple[dict[str, dict[str, dict[str, float]]], float]]:
+    """``(table rows, seconds)`` per seed, in the order of ``seeds``; ``jobs`` processes at once.
+
+    Every seed has its own project directory (copied from the shared ``base``), so the
+    processes share nothing they write.
+    """
+    if jobs <= 1:
+        return [_seed_job(work, base, data_root, settings, seed, 0) for seed in seeds]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_seed_job, work, base, data_root, settings, seed, threads) for seed in seeds]
+        return [future.result() for future in futures]
+
+
 def table_rows(results: list[Any]) -> dict[str, dict[str, dict[str, float]]]:
     """``{row: {task: {metric: value}}}`` for one seed, the oracle included."""
     from grappa_cli.stages.results import adaptor_k, oracle
@@ -275,6 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1 by default: on a shared 2-core machine more threads wait "
                              "on each other; 0 leaves torch's default)")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="seeds run at once, one process each (0 = one per usable core)")
     parser.add_argument("--md", default="", help="also write the tables to this Markdown file")
     parser.add_argument("--json", default="", help="write every number to this JSON file")
     args = parser.parse_args(argv)
@@ -299,10 +337,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     data_root = write_data(work, settings)
     base = base_project(work, data_root, settings)
+    from grappa_cli.runtime import usable_cpus
+
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    jobs = job_count(args.jobs, len(seeds), usable_cpus())
+    print(f"{len(seeds)} seed(s), {jobs} at once", file=sys.stderr)
     per_seed, seconds = [], []
-    for seed in [int(s) for s in args.seeds.split(",") if s]:
-        results, took = run_seed(work, base, data_root, settings, seed)
-        per_seed.append(table_rows(results))
+    for seed, (rows, took) in zip(seeds, run_seeds(work, base, data_root, settings, seeds,
+                                                   jobs=jobs, threads=args.threads), strict=True):
+        per_seed.append(rows)
         seconds.append(took)
         print(f"seed {seed}: {took:.0f} s", file=sys.stderr)
     agg = aggregate(per_seed)
@@ -315,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"total {total:.0f} s", file=sys.stderr)
     if args.md:
         Path(args.md).write_text(text + "\n")
-    out = {"settings": vars(args), "tasks": tasks, "aggregate": agg, "verdict": summary,
+    out = {"settings": vars(args), "jobs": jobs, "tasks": tasks, "aggregate": agg, "verdict": summary,
            "seconds_per_seed": seconds, "total_seconds": total}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

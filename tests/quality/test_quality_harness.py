@@ -79,3 +79,13 @@ def test_small_harness_runs_the_pipeline_and_prints_table2(tmp_path: Path) -> No
     expected = sum(agg["fused:neighbor"][t]["r_precision"][0] - agg["backbone"][t]["r_precision"][0]
                    for t in tasks) / len(tasks)
     assert verdict["N_minus_M_mean_RP"] == pytest.approx(expected)
+
+
+def test_seeds_run_at_once_fill_the_cores_but_never_exceed_the_seeds() -> None:
+    import quality
+
+    assert quality.job_count(0, seeds=3, cores=2) == 2  # one per core
+    assert quality.job_count(0, seeds=1, cores=16) == 1  # never more than the seeds
+    assert quality.job_count(4, seeds=3, cores=2) == 3  # an explicit count, capped by the seeds
+    assert quality.job_count(1, seeds=3, cores=2) == 1  # in this process, one seed after the other
+    assert quality.job_count(0, seeds=0, cores=2) == 1
