@@ -55,13 +55,13 @@ SIZES: dict[str, dict[str, int]] = {
 #: Settings of ``--small`` (a smoke run of minutes, used by the test suite): two sets, short training.
 SMALL_OVERRIDES = {"cluster.auto_count": 2, "adapt.min_steps": 30, "fuse.min_steps": 30}
 #: Fusion strategies trained per seed (``--strategies``); the baselines are optional.
-DEFAULT_STRATEGIES = ("avg", "transform", "neighbor")
-ALL_STRATEGIES = ("avg", "transform", "neighbor", "single-random", "random", "supervised")
+DEFAULT_STRATEGIES = ("avg", "transform", "neighbor", "route")
+ALL_STRATEGIES = ("avg", "transform", "neighbor", "route", "single-random", "random", "supervised")
 METRICS = (("r_precision", "RP"), ("map@r", "MAP@R"))
 ROW_NAMES = {
     "backbone": "M (backbone)", "fused:single-random": "M + A1", "fused:random": "M* (random)",
     "oracle": "Oracle O", "fused:avg": "Grappa-avg", "fused:transform": "Grappa-T",
-    "fused:neighbor": "Grappa-N", "fused:supervised": "supervised (labels)",
+    "fused:neighbor": "Grappa-N", "fused:route": "Grappa-R (default)", "fused:supervised": "supervised (labels)",
 }
 
 
@@ -74,7 +74,9 @@ class Settings:
     strategies: list[str]
 
     def tag(self) -> str:
-        text = json.dumps({"overrides": self.overrides, "strategies": self.strategies}, sort_keys=True)
+        """The run directory's name: the overrides only, so that training another fusion strategy
+        on the same settings reuses the adaptor sets (the pipeline only adds the missing fusions)."""
+        text = json.dumps({"overrides": self.overrides}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -246,7 +248,7 @@ def aggregate(per_seed: list[dict[str, dict[str, dict[str, float]]]]) -> dict[st
 def _order(rows: list[str]) -> list[str]:
     singles = sorted((r for r in rows if r.startswith("M + P")), key=lambda r: int(r.split("k")[-1].rstrip(")")))
     fixed = ["backbone", "fused:single-random", "fused:random", *singles, "oracle", "fused:avg",
-             "fused:transform", "fused:neighbor", "fused:supervised"]
+             "fused:transform", "fused:neighbor", "fused:route", "fused:supervised"]
     return [r for r in fixed if r in rows] + sorted(set(rows) - set(fixed))
 
 
@@ -273,27 +275,29 @@ def markdown(agg: dict[str, Any], tasks: list[str], metric: str, title: str) -> 
 
 
 def verdict(agg: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
-    """The targets: Grappa-N vs M, Grappa-avg and the oracle (means over seeds, percent)."""
+    """The targets: Grappa-N and the default Grappa-R vs M, Grappa-avg and the oracle (means over seeds, percent).
+
+    Grappa-N's keys start with ``N_``, Grappa-R's with ``R_``.
+    """
     def mean(row: str, task: str, metric: str) -> float | None:
         values = agg.get(row, {}).get(task, {}).get(metric)
         return statistics.fmean(values) if values else None
 
     out: dict[str, Any] = {}
-    if "fused:neighbor" not in agg or "backbone" not in agg:
+    if "backbone" not in agg:
         return out
-    deltas = {m: {t: (mean("fused:neighbor", t, m) or 0) - (mean("backbone", t, m) or 0) for t in tasks}
-              for m, _ in METRICS}
-    out["N_minus_M"] = deltas
-    out["N_ge_M_every_task"] = all(d >= 0 for m in deltas.values() for d in m.values())
-    out["N_minus_M_mean_RP"] = statistics.fmean(deltas["r_precision"].values())
-    if "fused:avg" in agg:
-        out["N_minus_avg_mean_RP"] = statistics.fmean(
-            (mean("fused:neighbor", t, "r_precision") or 0) - (mean("fused:avg", t, "r_precision") or 0)
-            for t in tasks)
-    if "oracle" in agg:
-        out["N_minus_oracle_mean_RP"] = statistics.fmean(
-            (mean("fused:neighbor", t, "r_precision") or 0) - (mean("oracle", t, "r_precision") or 0)
-            for t in tasks)
+    for prefix, row in (("N", "fused:neighbor"), ("R", "fused:route")):
+        if row not in agg:
+            continue
+        deltas = {m: {t: (mean(row, t, m) or 0) - (mean("backbone", t, m) or 0) for t in tasks}
+                  for m, _ in METRICS}
+        out[f"{prefix}_minus_M"] = deltas
+        out[f"{prefix}_ge_M_every_task"] = all(d >= 0 for m in deltas.values() for d in m.values())
+        out[f"{prefix}_minus_M_mean_RP"] = statistics.fmean(deltas["r_precision"].values())
+        for other, name in (("fused:avg", "avg"), ("oracle", "oracle")):
+            if other in agg:
+                out[f"{prefix}_minus_{name}_mean_RP"] = statistics.fmean(
+                    (mean(row, t, "r_precision") or 0) - (mean(other, t, "r_precision") or 0) for t in tasks)
     return out
 
 
@@ -353,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text = "\n\n".join(markdown(agg, tasks, m, f"{label} (percent), {title}") for m, label in METRICS)
     summary = verdict(agg, tasks)
     print(text)
-    print(json.dumps({k: v for k, v in summary.items() if k != "N_minus_M"}, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_minus_M")}, indent=1))
     total = time.perf_counter() - start
     print(f"total {total:.0f} s", file=sys.stderr)
     if args.md:

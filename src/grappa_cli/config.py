@@ -187,8 +187,9 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   choices=("centroids", "random")),
     ],
     "fuse": [
-        FieldSpec("strategies", "list[str]", ["avg", "neighbor"],
-                  "fusion strategies `grappa run` trains (see `grappa plugins`)",
+        FieldSpec("strategies", "list[str]", ["avg", "neighbor", "route"],
+                  "fusion strategies `grappa run` trains (see `grappa plugins`); the project's default model is "
+                  "the first of route, neighbor, transform, avg it has",
                   "Grappa-avg and Grappa-N (section 3.5)"),
         FieldSpec("epochs", "int", 5, "fusion training epochs (at least; see min_steps)", check=_positive),
         FieldSpec("batch_size", "int", 256,
@@ -198,6 +199,17 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "optimizer steps the fusion trains for at least: more epochs on small training sets, up to "
                   "3x epochs",
                   check=_non_negative),
+        FieldSpec("optimizer", "str", "adam",
+                  "optimizer of the attention fusion (Q, K, logit scales): \"adam\" (no weight decay, rate "
+                  "adam_lr) or \"lars\" (the paper's, with lr and weight_decay); under LARS the weight decay "
+                  "outweighs the gradients of Q and K and the attention barely moves from its start",
+                  "LARS (section 4)", choices=("adam", "lars")),
+        FieldSpec("adam_lr", "float", 0.003, "Adam learning rate of Q and K (optimizer = \"adam\")",
+                  check=_positive),
+        FieldSpec("scale_lr", "float", 0.1,
+                  "Adam learning rate of the per-layer logit scales (optimizer = \"adam\"): they start at 0 "
+                  "(Grappa-avg) and a decisive attention needs scales of about 10, which a rate like Q's "
+                  "would not reach in a run", check=_positive),
         FieldSpec("lr", "float", 0.5, "LARS learning rate", "0.5 (section 4)", check=_positive),
         FieldSpec("weight_decay", "float", 0.001, "LARS weight decay", "0.001 (section 4)",
                   check=_non_negative),
@@ -224,7 +236,7 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "uniform to the batch-mean attention of each layer, so that no adaptor set is abandoned "
                   "(each image may still prefer its own); 0 = the paper's loss alone",
                   check=_non_negative),
-        FieldSpec("strength", "float", 0.5,
+        FieldSpec("strength", "float", 1.0,
                   "share of the fused adaptation the saved model applies: every layer adds strength x "
                   "sum_i alpha_i A_i to the backbone's output (1 = the paper's M*, 0 = the backbone M); in "
                   "between, the adaptors' up projections are interpolated towards zero, i.e. the model towards "
@@ -246,6 +258,22 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "augment both images of Grappa-N's k-NN pairs (random resized crop + flip); off, the "
                   "pairs are plain views, so the loss is attention propagation only, not transformation "
                   "consistency as well (TLDR uses no augmentation on neighbour pairs)"),
+        FieldSpec("route_criterion", "str", "partition",
+                  "label-free criterion of the `route` strategy that picks, per training source, the adaptor "
+                  "set (or the frozen backbone) its images need: \"partition\" (k-means on the source alone "
+                  "finds the set's pseudo-labels again: the granularity the source's images have), "
+                  "\"silhouette\" (the set's pseudo-labels form separated clusters in the source), "
+                  "\"stability\" (k-NN sets that survive a change of crop), \"view-match\" (a crop finds its own "
+                  "other crop), \"rankme\" (effective rank of the embeddings) or \"uniformity\" (alignment and "
+                  "uniformity of Wang and Isola); docs/benchmarks.md compares them", "beyond the paper",
+                  choices=("partition", "silhouette", "stability", "view-match", "rankme", "uniformity")),
+        FieldSpec("route_temperature", "float", 0.0,
+                  "0: each source gets the one candidate its criterion scores highest; above 0: a softmax mix of "
+                  "the candidates, the scores divided by temperature x their range within the source",
+                  check=_non_negative),
+        FieldSpec("route_images", "int", 1000,
+                  "training images per source the `route` strategy scores the candidates on and fits its "
+                  "router with", check=_positive),
     ],
     "eval": [
         FieldSpec("tasks", "list[str]", [],

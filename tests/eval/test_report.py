@@ -65,6 +65,9 @@ def test_report_of_an_evaluated_project(evaluated_project, cli) -> None:
     avg = next(r for r in table if r["model"] == "fused:avg" and r["kind"] == "model")
     assert float(avg["shapes:map@r"]) == pytest.approx(100 * docs["fused:avg"]["map@r"], abs=5e-5)
     assert [r["kind"] for r in table] == ["model", "model", "model", "oracle", "oracle_sets", "model", "delta"]
+    # exactly one row is the default model: here the only fused model, Grappa-avg
+    assert [r["model"] for r in table if r["default"] == "true"] == ["fused:avg"]
+    assert {r["default"] for r in table} == {"true", "false"}
 
     with Image.open(reports / "fig4_per_task.png") as image:
         image.load()

@@ -178,6 +178,12 @@ def test_export_errors_and_overwrite(fused_project, cli, tmp_path) -> None:
     assert result.exit_code == 0, result.stderr
     assert raw_metadata(path)["num_sets"] == "2"
 
+    # one argument: the file, and the project's default model (here its only fused model, Grappa-avg)
+    default = tmp_path / "default.safetensors"
+    result = cli("-C", fused_project.root, "export", default, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["model"] == "fused:avg" and raw_metadata(default)["num_sets"] == "2"
+
     result = cli("-C", fused_project.root, "export", "fused:neighbor", tmp_path / "n.safetensors")
     assert result.exit_code == 1 and "no model 'fused:neighbor'" in result.stderr
     result = cli("-C", fused_project.root, "export", "fusion:avg", tmp_path / "n.safetensors")

@@ -21,6 +21,10 @@ def _model(project, name):
 
 
 def test_avg_equals_mean_of_the_sets(adapted_project, cli) -> None:
+    from grappa_cli.config import update_file
+
+    # half of the adaptation, so that "differs from the whole model" below is a real check
+    update_file(adapted_project.config_path, lambda doc: doc["fuse"].__setitem__("strength", 0.5))
     result = cli("-C", adapted_project.root, "fuse", "--strategy", "avg")
     assert result.exit_code == 0, result.stderr
     fused, backbone = _model(adapted_project, "fused:avg")
@@ -34,7 +38,7 @@ def test_avg_equals_mean_of_the_sets(adapted_project, cli) -> None:
         whole = GrappaModel.with_adaptor_sets(backbone, sets, fusion="mean").eval()(images)
     assert torch.allclose(alpha, torch.full_like(alpha, 0.5))
     assert torch.allclose(z, reference, atol=1e-6)
-    assert strength == 1 or not torch.allclose(z, whole, atol=1e-4)
+    assert strength == 0.5 and not torch.allclose(z, whole, atol=1e-4)
     record = artifacts.read_checkpoint_record(adapted_project.fusion_dir / "avg.safetensors")
     assert record["params"]["sets"] == ["k2", "k4"] and not record["uses_labels"]
     assert record["params"]["strength"] == strength
@@ -44,12 +48,13 @@ def test_a_changed_strength_makes_the_fused_model_stale(adapted_project, cli) ->
     from grappa_cli.config import update_file
 
     assert cli("-C", adapted_project.root, "fuse", "--strategy", "avg").exit_code == 0
-    update_file(adapted_project.config_path, lambda doc: doc["fuse"].__setitem__("strength", 1.0))
+    assert _model(adapted_project, "fused:avg")[0].strength == 1.0  # the default: the paper's model
+    update_file(adapted_project.config_path, lambda doc: doc["fuse"].__setitem__("strength", 0.5))
     result = cli("-C", adapted_project.root, "fuse", "--strategy", "avg")
     assert result.exit_code != 0 and "strength" in result.stderr and "--force" in result.stderr
     assert cli("-C", adapted_project.root, "fuse", "--strategy", "avg", "--force").exit_code == 0
     fused, _ = _model(adapted_project, "fused:avg")
-    assert fused.strength == 1.0
+    assert fused.strength == 0.5
 
 
 def test_neighbor_trains_only_q_and_k(adapted_project, cli) -> None:
@@ -200,3 +205,24 @@ def test_backbone_graph_is_the_knn_graph_of_the_stored_features(adapted_project)
     rows = valid[::2]  # positions refer to the rows given
     assert np.array_equal(_backbone_graph(context, 2, rows), knn_graph(features[rows], 2))
     assert _backbone_graph(SimpleNamespace(params={}, store=store), 2) is None
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lars"])
+def test_neighbor_optimizer_moves_q_and_k_only_under_adam(adapted_project, cli, optimizer) -> None:
+    """Under the paper's LARS the weight decay outweighs the gradients of Q and K: every layer's
+    |Q| and |K| shrink and the attention hardly leaves uniform. Adam (no weight decay, the
+    default) lets them grow where the loss asks, and the attention leaves uniform (entropy < 1)."""
+    from grappa_cli.config import update_file
+
+    update_file(adapted_project.config_path, lambda doc: doc["fuse"].__setitem__("optimizer", optimizer))
+    result = cli("-C", adapted_project.root, "fuse", "--strategy", "neighbor", "--neighbors", "3", "--epochs", "6")
+    assert result.exit_code == 0, result.stderr
+    record = artifacts.read_checkpoint_record(adapted_project.fusion_dir / "neighbor.safetensors")
+    assert record["params"]["optimizer"] == optimizer and ("adam_lr" in record["params"]) == (optimizer == "adam")
+    first, last = record["attention"][0], record["attention"][-1]
+    assert first["entropy"] == pytest.approx(1.0, abs=1e-6) and first["logit_scale"] == 0  # starts at Grappa-avg
+    if optimizer == "adam":  # under LARS even the 1-D scales barely move (about 1e-6 here)
+        assert abs(last["logit_scale"]) > 0.01
+        assert last["q_norm"] > 0.999 * first["q_norm"] and last["k_norm"] > 0.999 * first["k_norm"]  # hold
+    else:
+        assert last["q_norm"] < first["q_norm"] and last["k_norm"] < first["k_norm"]

@@ -42,4 +42,4 @@ def demo(
         out.print(f"wrote {path}", highlight=False)
     # one command per line: each line pastes into a shell as it is
     out.print(f"Explore it:\n  grappa -C {directory} status\n"
-              f"  grappa -C {directory} fuse --strategy neighbor --inspect", highlight=False, markup=False)
+              f"  grappa -C {directory} fuse --strategy route --inspect", highlight=False, markup=False)

@@ -12,9 +12,12 @@ from grappa_cli.cli.common import Flag, JsonOption, ProjectOption, print_json, r
 
 def export(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Model name: backbone, adaptor:k<K> or fused:<strategy>.",
+    model: Annotated[str, typer.Argument(help="Model name: backbone, adaptor:k<K> or fused:<strategy>; with one "
+                                         "argument, the file to write, and the project's default model "
+                                         "(fused:route, else fused:neighbor, ...) is exported.",
                                          show_default=False)],
-    output: Annotated[Path, typer.Argument(help="File to write, e.g. model.safetensors.", show_default=False)],
+    output: Annotated[Path | None, typer.Argument(help="File to write, e.g. model.safetensors.",
+                                                  show_default=False)] = None,
     no_backbone: Annotated[bool, Flag("--no-backbone", help="Leave the backbone's weights out (a small "
                                               "file; loading it then needs the weights from elsewhere).")] = False,
     force: Annotated[bool, Flag("--force", help="Overwrite OUTPUT if it exists.")] = False,
@@ -26,6 +29,10 @@ def export(
     from grappa_cli.stages.export import check_output, export_model
 
     proj = resolve_project(ctx, project)
+    if output is None:  # `grappa export FILE`: the project's default model
+        from grappa_cli.stages.gallery import default_model
+
+        model, output = default_model(proj), Path(model)
     check_output(output, force)  # before building anything
     existed = output.exists()
     result = export_model(proj, model, output, include_backbone=not no_backbone, force=force)

@@ -19,6 +19,22 @@ from grappa_cli.cli.common import (
 )
 
 
+def routing_table(routing: dict) -> Any:
+    """Grappa-R's choice per training source: the criterion's score and the weight of each candidate."""
+    from rich.table import Table
+
+    table = Table(title="routing per training source (weight, criterion score)")
+    table.add_column("source")
+    table.add_column("images", justify="right")
+    for name in routing["candidates"]:
+        table.add_column(name, justify="right")
+    for s, source in enumerate(routing["sources"]):
+        cells = [f"{w:.2f} ({v:.3f})" for w, v in zip(routing["table"][s], routing["scores"][s], strict=True)]
+        images = routing["images"][s] if s < len(routing.get("images", [])) else ""
+        table.add_row(source, str(images), *cells)
+    return table
+
+
 def attention_training_table(rows: list[dict], sets: list[str]) -> Any:
     """How the attention moved during training: layer means per epoch (epoch 0 = the start)."""
     from rich.table import Table
@@ -37,9 +53,9 @@ def attention_training_table(rows: list[dict], sets: list[str]) -> Any:
 
 def fuse(
     ctx: typer.Context,
-    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Fusion strategy: avg, transform, neighbor, "
-                                          "supervised, random, single-random (see `grappa plugins --all`).")
-                        ] = "neighbor",
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Fusion strategy: route, avg, transform, "
+                                          "neighbor, supervised, random, single-random (see `grappa plugins "
+                                          "--all`).")] = "route",
     sets: Annotated[str | None, typer.Option("--k", "-k", "--sets", help="Comma list of adaptor sets to fuse, "
                                              "e.g. k256,k1024 (default: all).", show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.", show_default=False)] = None,
@@ -55,7 +71,7 @@ def fuse(
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Train the fusion of the adaptor sets (Grappa-avg, Grappa-T, Grappa-N, baselines)."""
+    """Train the fusion of the adaptor sets (Grappa-R, Grappa-avg, Grappa-T, Grappa-N, baselines)."""
     from rich.table import Table
 
     from grappa_cli.console import RichReporter, hint, out
@@ -87,6 +103,8 @@ def fuse(
             out.print(layers)
         if report["training"]:
             out.print(attention_training_table(report["training"], report["sets"]))
+        if report.get("routing"):
+            out.print(routing_table(report["routing"]))
         return
     options = FusionOptions(epochs=epochs, batch_size=batch_size, device=device, seed=seed, num_workers=workers,
                             neighbors=neighbors, force=force)

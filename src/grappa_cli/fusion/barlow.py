@@ -2,8 +2,13 @@
 
 The loss (eq. 4) is computed on the projector outputs ``g(z_i), g(z_j)`` of the model's image
 representations for the two images of a pair; the projector is discarded after training.
-The fusion layers are optimised with LARS (learning rate 0.5, weight decay 0.001, section 4),
-a linear warm-up and a cosine decay; the random baselines train their adaptors too, with
+The fusion layers are optimised with Adam without weight decay (``[fuse] optimizer = "adam"``,
+the default) or with the paper's LARS (learning rate 0.5, weight decay 0.001, section 4), a
+linear warm-up and a cosine decay. Under LARS the gradients of Q and K (zero while the logit
+scales are zero, then 1e-6 to 1e-2) are smaller than the weight decay's pull, and its steps are
+0.05 % of the weights' norm (``eta = 0.001``), so Q and K shrink at the same rate in every layer
+and the attention stays where it started; Adam's steps follow the gradient's sign and size
+per weight, so Q, K and the scales move where the loss asks; the random baselines train their adaptors too, with
 Adam and the adaptor recipe (the paper tuned those baselines but does not give the values).
 """
 
@@ -24,19 +29,26 @@ def barlow_params(config: Any) -> dict[str, Any]:
     """
     f = config.fuse
     params = {"lr": f.lr, "weight_decay": f.weight_decay, "warmup_epochs": f.warmup_epochs, "lambd": f.lambd,
-              "loss_scale": f.loss_scale, "projector": list(f.projector), "optimizer": "lars",
+              "loss_scale": f.loss_scale, "projector": list(f.projector), "optimizer": f.optimizer,
               "attention_init": f.attention_init}
+    if f.optimizer == "adam":
+        params["adam_lr"] = f.adam_lr
+        params["scale_lr"] = f.scale_lr
     if f.balance > 0:
         params["balance"] = f.balance
     return params
 
 
 def train_pairs(
-    context: FusionContext, model: Any, dataset: Any, *, optimizer: str = "lars",
+    context: FusionContext, model: Any, dataset: Any, *, optimizer: str | None = None,
     on_epoch_start: Callable[[int, Any], Any] | None = None, description: str = "fuse",
     loop_inputs: dict[str, Any] | None = None,
 ) -> Any:
     """Train ``model``'s trainable parameters with the Barlow Twins loss on ``dataset``'s pairs.
+
+    ``optimizer``: None for the fusion's configured optimizer (``[fuse] optimizer``: LARS as in the
+    paper, or Adam without weight decay on Q, K and the logit scales), ``"adam"`` for the random
+    baselines (adaptors and fusion together, with the adaptor recipe's rate and weight decay).
 
     ``loop_inputs`` are extra arguments of the training loop for datasets that are not pairs
     of image tensors yet (``prepare_batch``, ``make_batch_sampler``, ``collate_fn``: the
@@ -64,9 +76,14 @@ def train_pairs(
     objective = Objective(model, criterion, pair_loss(float(p.get("balance", 0.0))))
 
     def make_optimizer(params: list) -> torch.optim.Optimizer:
-        if optimizer == "lars":
-            return LARS(param_groups(params, p["weight_decay"]), lr=p["lr"], weight_decay=p["weight_decay"])
-        return torch.optim.Adam(param_groups(params, p["weight_decay"]), lr=p["lr"])
+        if optimizer == "adam":
+            return torch.optim.Adam(param_groups(params, p["weight_decay"]), lr=p["lr"])
+        if p["optimizer"] == "adam":  # no weight decay: it, not the loss, set Q and K under LARS
+            groups = param_groups(params, 0.0)  # Q and K first, then the 1-D logit scales
+            for group in groups:
+                group["lr"] = p["adam_lr"] if group["params"][0].ndim > 1 else p["scale_lr"]
+            return torch.optim.Adam(groups, lr=p["adam_lr"])
+        return LARS(param_groups(params, p["weight_decay"]), lr=p["lr"], weight_decay=p["weight_decay"])
 
     config = TrainConfig(
         run_dir=context.run_dir, epochs=context.epochs, batch_size=min(context.batch_size, len(dataset)),

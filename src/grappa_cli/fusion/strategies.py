@@ -28,6 +28,7 @@ import numpy as np
 
 from grappa_cli.fusion.barlow import barlow_params, train_pairs
 from grappa_cli.fusion.base import FusionContext, FusionOptions, FusionOutcome
+from grappa_cli.fusion.route import RouteFusion
 
 
 def _common(config: Any, options: FusionOptions) -> dict[str, Any]:
@@ -311,5 +312,5 @@ class SupervisedFusion:
         return _outcome(model, result, start, classes=len(labelled.classes))
 
 
-BUILTIN_STRATEGIES = (AverageFusion, TransformFusion, NeighborFusion, SupervisedFusion, RandomAdaptorsFusion,
-                      SingleRandomAdaptor)
+BUILTIN_STRATEGIES = (AverageFusion, TransformFusion, NeighborFusion, RouteFusion, SupervisedFusion,
+                      RandomAdaptorsFusion, SingleRandomAdaptor)

@@ -10,7 +10,7 @@ Nothing is ever pickled. Each file's header metadata (strings; JSON where struct
     num_sets        N (1 for an adaptor set)
     bottleneck      D' (adaptor sets); layer l has min(D', D_l - 1) (narrow CNN stages)
     k               clusters of the pseudo-label set the adaptors were trained on ("" if none)
-    kind            "mean" | "attention" (fusion)
+    kind            "mean" | "attention" | "router" (fusion)
     adaptor_sets    JSON list naming the fused sets, in order (fusion)
     config          JSON of the settings the caller used
     grappa          JSON provenance record given by the caller (read by ``grappa_cli.artifacts``)
@@ -37,7 +37,7 @@ from grappa_cli.errors import GrappaError, StoreError
 from grappa_cli.fsutil import publish, temporary_sibling
 from grappa_cli.model.adaptor import Adaptor, AdaptorSet, layer_bottlenecks
 from grappa_cli.model.backbone import Backbone
-from grappa_cli.model.fusion import AttentionFusion, MeanFusion
+from grappa_cli.model.fusion import AttentionFusion, MeanFusion, RouterFusion
 
 FORMAT_VERSION = "1"
 ADAPTOR_FORMAT = "grappa-adaptor-set"
@@ -248,6 +248,8 @@ def load_fusion(path: Path, backbone: Backbone, *, num_sets: int | None = None) 
         # files written before the start was configurable hold the literal eq. 3 ("linear")
         init = str(meta.get("attention_init") or "linear")
         layers = [AttentionFusion(d, n, init=init) for d in backbone.layer_dims]
+    elif kind == "router":  # the number of sources is read from the tensors' shapes
+        layers = [RouterFusion(d, n) for d in backbone.layer_dims]
     else:
         raise GrappaError(
             f"{path} holds an unknown fusion kind {kind!r}", hint="re-run `grappa fuse` with --force"

@@ -30,7 +30,7 @@ import math
 import torch
 from torch import nn
 
-FUSION_KINDS = ("mean", "attention")
+FUSION_KINDS = ("mean", "attention", "router")
 ATTENTION_INITS = ("uniform", "linear")
 
 
@@ -86,10 +86,73 @@ class AttentionFusion(nn.Module):
         return self.logits(query, keys).softmax(dim=-1)
 
 
+class RouterFusion(nn.Module):
+    """Granularity routing (``route`` strategy): a source classifier mixing per-source choices.
+
+    ``alpha = softmax(W pool(h_bar) + b) @ table[:, :N]``: ``W [S, D]`` and ``b [S]`` classify the
+    token-averaged layer input into the S training sources; ``table [S, N + 1]`` holds each
+    source's weights over the N sets and, in its last column, the frozen backbone. The alphas
+    therefore sum to at most 1; the rest is the backbone's own block, i.e. a null adaptor with
+    ``U_0 = y`` (the layer's rewritten form ``x~ + y + sum_i alpha_i A_i`` stays exact, see
+    :mod:`grappa_cli.model.layer`). With one source the classifier is constant and alpha is
+    that source's row of the table. The number of sources is read from the stored tensors when
+    a checkpoint is loaded, so every loader can build the layer as ``RouterFusion(dim, N)``.
+    """
+
+    kind = "router"
+    needs_keys = False
+    includes_backbone = True
+
+    def __init__(self, dim: int, num_sets: int, num_sources: int = 1) -> None:
+        super().__init__()
+        if num_sets < 1 or num_sources < 1:
+            raise ValueError("routing needs at least one adaptor set and one source")
+        self.dim = dim
+        self.num_sets = num_sets
+        self.weight = nn.Parameter(torch.zeros(num_sources, dim))
+        self.bias = nn.Parameter(torch.zeros(num_sources))
+        self.register_buffer("table", torch.full((num_sources, num_sets + 1), 1.0 / (num_sets + 1)))
+
+    @property
+    def num_sources(self) -> int:
+        return int(self.bias.shape[0])
+
+    def set_table(self, table: torch.Tensor) -> None:
+        """Route S sources: ``table [S, N + 1]`` (rows sum to 1); the classifier restarts at zero."""
+        s, width = table.shape
+        if width != self.num_sets + 1:
+            raise ValueError(f"a routing table for {self.num_sets} sets has {self.num_sets + 1} columns, got {width}")
+        device = self.weight.device
+        self.weight = nn.Parameter(torch.zeros(s, self.dim, device=device))
+        self.bias = nn.Parameter(torch.zeros(s, device=device))
+        self.table = table.to(device=device, dtype=torch.float32).clone()
+
+    def source_probabilities(self, query: torch.Tensor) -> torch.Tensor:
+        """``[B, S]``: how much each image looks like each training source."""
+        logits = query.to(self.weight.dtype) @ self.weight.t() + self.bias
+        return logits.softmax(dim=-1)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """``alpha [B, N]`` (summing to at most 1; the rest weighs the backbone)."""
+        mix = self.source_probabilities(query) @ self.table.to(self.weight.dtype)
+        return mix[:, : self.num_sets].to(query.dtype)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        stored = state_dict.get(prefix + "bias")
+        if stored is not None and stored.shape[0] != self.num_sources:  # S is only known from the file
+            s = int(stored.shape[0])
+            self.weight = nn.Parameter(self.weight.new_zeros(s, self.dim))
+            self.bias = nn.Parameter(self.bias.new_zeros(s))
+            self.table = self.table.new_zeros(s, self.num_sets + 1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
+
+
 def make_fusion(kind: str, dim: int, num_sets: int, attention_init: str = "uniform") -> nn.Module:
-    """A fresh fusion layer of ``kind`` (``"mean"`` or ``"attention"``, started as ``attention_init``)."""
+    """A fresh fusion layer of ``kind`` (``"mean"``, ``"attention"`` started as ``attention_init``, ``"router"``)."""
     if kind == "mean":
         return MeanFusion(num_sets)
     if kind == "attention":
         return AttentionFusion(dim, num_sets, init=attention_init)
+    if kind == "router":
+        return RouterFusion(dim, num_sets)
     raise ValueError(f"unknown fusion kind {kind!r}; expected one of {', '.join(FUSION_KINDS)}")

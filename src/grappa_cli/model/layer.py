@@ -23,6 +23,11 @@ has two advantages in floating point and speed:
 
 :meth:`GrappaLayer.reference_forward` keeps the literal formula for tests and inspection.
 
+**Routing to the backbone.** A router fusion (:class:`~grappa_cli.model.fusion.RouterFusion`)
+may give the frozen backbone part of the weight: its alphas sum to ``a <= 1`` and the rest
+``1 - a`` weighs a null set ``U_0 = y`` (no adaptor). The rewritten form is unchanged, since
+``(1 - a) y + sum_i alpha_i (A_i + y) = y + sum_i alpha_i A_i``.
+
 **Strength.** A layer may apply only part of its adaptation: ``h = x~ + (y + s sum_i alpha_i
 A_i(h_bar))`` with the strength ``s`` in [0, 1] (``[fuse] strength``). ``s = 1`` is the
 paper's layer, ``s = 0`` the backbone's own block; in between, since the up projections are
@@ -97,4 +102,8 @@ class GrappaLayer(nn.Module):
             alpha = self.fusion(query)
         weights = alpha.t().reshape(alpha.shape[1], alpha.shape[0], *([1] * (U.dim() - 2)))
         applied = self.strength * adapted + branch.unsqueeze(0)
-        return (weights * applied).sum(dim=0) + base, alpha
+        out = (weights * applied).sum(dim=0) + base
+        if getattr(self.fusion, "includes_backbone", False):  # the rest of alpha weighs U_0 = y (no adaptor)
+            rest = 1 - alpha.sum(dim=1)
+            out = out + rest.reshape(-1, *([1] * (branch.dim() - 1))) * branch
+        return out, alpha

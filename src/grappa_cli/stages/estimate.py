@@ -166,6 +166,13 @@ def estimate(project: Any, config: Any, plan: Any) -> Estimate:
                 params = plugins.get("fusion_strategies", node.id.split("/", 1)[1]).params(config, FusionOptions())
             except GrappaError:
                 continue
+            if params.get("fusion") == "router":  # Grappa-R: forward passes only, no training epochs
+                from grappa_cli.fusion.routing import LABEL_CRITERIA
+
+                images = min(union, int(params["images_per_source"]) * max(1, len(config.data.train)))
+                passes = 2 + (0 if params["criterion"] in LABEL_CRITERIA else 2 * (1 + len(sets)))
+                add("fuse", rates.embed, passes * images)
+                continue
             if "epochs" not in params:  # nothing to train (Grappa-avg)
                 continue
             f = config.fuse

@@ -28,6 +28,7 @@ from grappa_cli.stages.results import (
 #: Colour of the single-set points (the paper's lavender).
 SET_COLOUR = "#8e7cc3"
 FUSED_COLOURS = {"fused:avg": "#1f77b4", "fused:transform": "#ff7f0e", "fused:neighbor": "#d62728",
+                 "fused:route": "#2ca02c",
                  "fused:single-random": "#7f7f7f", "fused:random": "#bcbd22"}
 TOP = 5
 

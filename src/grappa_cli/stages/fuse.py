@@ -165,7 +165,11 @@ def _plain(info: dict[str, Any]) -> dict[str, Any]:
 
 def inspect_attention(project: Project, strategy_name: str, *, tasks: list[str] | None = None,
                       limit: int = 2048, batch_size: int = 64, device: str | None = None) -> dict[str, Any]:
-    """Mean attention alpha per layer and set, over the training set and each task's test split."""
+    """Mean attention alpha per layer and set, over the training set and each task's test split.
+
+    For a router (Grappa-R) the sets are followed by the backbone's share, and ``routing`` is
+    what its criterion chose per training source (scores and weights, from its record).
+    """
     import torch
 
     from grappa_cli.data.images import ImageDataset, decode_min_side, make_loader
@@ -189,8 +193,10 @@ def inspect_attention(project: Project, strategy_name: str, *, tasks: list[str] 
     for task in tasks if tasks is not None else store.children("features/test"):
         groups[task] = f"features/test/{task}"
     rng = np.random.default_rng(0)
-    out: dict[str, Any] = {"strategy": strategy_name, "sets": set_names, "groups": {},
-                           "training": rec.get("attention") or []}
+    routes_backbone = any(getattr(layer, "includes_backbone", False) for layer in model.fusion_layers())
+    out: dict[str, Any] = {"strategy": strategy_name, "sets": [*set_names, *(["backbone"] if routes_backbone else [])],
+                           "groups": {}, "training": rec.get("attention") or [],
+                           "routing": (rec.get("info") or {}).get("routing")}
     for label, key in groups.items():
         if not store.exists(f"{key}/paths"):
             continue
@@ -204,6 +210,8 @@ def inspect_attention(project: Project, strategy_name: str, *, tasks: list[str] 
                 if not len(batch.indices):
                     continue
                 _, alpha = model(batch.images.to(dev, non_blocking=True), return_attention=True)
+                if routes_backbone:  # the rest of each layer's weight goes to the frozen backbone
+                    alpha = torch.cat([alpha, (1 - alpha.sum(-1, keepdim=True)).clamp_min(0)], dim=-1)
                 s = alpha.float().sum(0).cpu().numpy()
                 total = s if total is None else total + s
                 count += alpha.shape[0]

@@ -36,8 +36,6 @@ from grappa_cli.vector_index import IndexSettings
 DEFAULT_NAME = "default"
 SIDECAR_FORMAT = "grappa-index"
 SIDECAR_VERSION = "1"
-#: Models ``grappa index`` uses when none is named, best first; then the plain backbone.
-PREFERRED_MODELS = ("fused:neighbor", "fused:transform", "fused:avg")
 #: Rows read from the store per step while filling the index.
 READ_ROWS = 65536
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -80,11 +78,12 @@ def list_images(root: Path) -> list[str]:
 
 
 def default_model(project: Project) -> str:
-    """The best model the project has: a fused one (Grappa-N first), else the backbone."""
+    """The project's default model: a fused one (Grappa-R first; see
+    :data:`~grappa_cli.stages.results.DEFAULT_MODEL_ORDER`), else the backbone."""
     from grappa_cli.stages import models
+    from grappa_cli.stages.results import default_of
 
-    names = {ref.name for ref in models.available(project)}
-    return next((name for name in PREFERRED_MODELS if name in names), "backbone")
+    return default_of(ref.name for ref in models.available(project))
 
 
 def index_names(project: Project) -> list[str]:

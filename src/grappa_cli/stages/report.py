@@ -226,10 +226,17 @@ def to_markdown(table: Table2, title: str = "Table 2: leave-one-out retrieval on
 
 
 def to_csv(table: Table2) -> str:
-    """One line per row; values in percent (4 decimals), oracle sets as text."""
+    """One line per row; values in percent (4 decimals), oracle sets as text.
+
+    ``default`` is true on exactly one row: the model row of the project's default model
+    (:func:`~grappa_cli.stages.results.default_of`: Grappa-R when present).
+    """
+    from grappa_cli.stages.results import default_of
+
+    default = default_of(row.model for row in table.rows if row.kind == "model" and row.model)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["kind", "section", "label", "model", "uses_labels",
+    writer.writerow(["kind", "section", "label", "model", "uses_labels", "default",
                      *[f"{t}:{m}" for t in table.tasks for m in METRIC_KEYS]])
     for row in table.rows:
         if row.kind == "section":
@@ -242,8 +249,9 @@ def to_csv(table: Table2) -> str:
                 else:
                     value = row.values.get(t, {}).get(m)
                     cells.append("" if value is None else f"{value:.4f}")
+        is_default = row.kind == "model" and row.model == default
         writer.writerow([row.kind, row.section, row.label.strip(), row.model or "", str(row.uses_labels).lower(),
-                         *cells])
+                         str(is_default).lower(), *cells])
     return buffer.getvalue()
 
 
@@ -282,9 +290,12 @@ def stale_results(project: Project, results: Sequence[StoredResult]) -> set[tupl
 
 
 def report(project: Project, options: ReportOptions, reporter: Reporter | None = None) -> ReportResult:
-    """Write ``reports/table2.md``, ``table2.csv``, ``fig4_per_task.png`` (and ``fig5_examples.png``)."""
+    """Write ``reports/table2.md``, ``table2.csv``, ``fig4_per_task.png`` (and ``fig5_examples.png``).
+
+    With a Grappa-R result, also ``routing.md`` / ``routing.csv``: where it routes each task.
+    """
     from grappa_cli.fsutil import atomic_write_text
-    from grappa_cli.stages import figures
+    from grappa_cli.stages import figures, routing_report
 
     reporter = reporter or NullReporter()
     if options.oracle_metric not in METRIC_KEYS:
@@ -309,6 +320,14 @@ def report(project: Project, options: ReportOptions, reporter: Reporter | None =
             path = out_dir / "fig4_per_task.png"
             figures.per_task_figure(results, table.oracle, path, task_order=list(config.tasks))
             files.append(str(path))
+    if any(r.model == routing_report.MODEL for r in results):
+        with reporter.task("routing of Grappa-R per task", total=None):
+            routed = routing_report.routing_report(project, table.tasks, table.oracle, device=options.device)
+        if routed is not None:
+            for name, text in (("routing.md", routing_report.to_markdown(routed)),
+                               ("routing.csv", routing_report.to_csv(routed))):
+                atomic_write_text(out_dir / name, text)
+                files.append(str(out_dir / name))
     examples: dict[str, Any] = {}
     if options.examples:
         with reporter.task("plotting Fig. 5", total=None):

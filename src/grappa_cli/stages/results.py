@@ -30,6 +30,7 @@ FUSED_NAMES = {
     "fused:avg": "Grappa-avg",
     "fused:transform": "Grappa-T",
     "fused:neighbor": "Grappa-N",
+    "fused:route": "Grappa-R",
 }
 #: Sections of Table 2, in order.
 SECTIONS = (
@@ -39,7 +40,17 @@ SECTIONS = (
     ("fused", "Results using pseudo-granularity adaptors and fusion (M*)"),
     ("labels", "References that use class labels (not comparable)"),
 )
-_FUSED_ORDER = ("fused:avg", "fused:transform", "fused:neighbor")
+_FUSED_ORDER = ("fused:avg", "fused:transform", "fused:neighbor", "fused:route")
+#: The fused model a project uses when none is named (``run``, ``demo``, ``export``, ``index``,
+#: ``search``, the report's default row): the first of these it has, else the backbone.
+#: Grappa-R first: it routes each image to the granularity its domain needs.
+DEFAULT_MODEL_ORDER = ("fused:route", "fused:neighbor", "fused:transform", "fused:avg")
+
+
+def default_of(models: Iterable[str]) -> str:
+    """The default model among ``models`` (names such as ``fused:route``): see :data:`DEFAULT_MODEL_ORDER`."""
+    present = set(models)
+    return next((name for name in DEFAULT_MODEL_ORDER if name in present), "backbone")
 
 
 @dataclass

@@ -1,0 +1,239 @@
+"""Which label-free criterion picks the granularity a domain needs? Checked against held-out labels.
+
+For every project of the quality harness (``benchmarks/quality.py``; by default those of
+``--split val``, whose evaluated classes are validation classes carved from the training
+classes), this script computes each routing criterion of :mod:`grappa_cli.fusion.routing`
+per training source and candidate (the single adaptor sets and the backbone), and compares
+the candidate each criterion chooses with the evaluated R-Precision of every candidate on the
+tasks of that source. Each task of the harness is one domain, and retrieval stays within a
+task, so a model that routes each source's images to one candidate scores exactly that
+candidate's R-Precision on the source's tasks: the script reports, per criterion, the RP such
+a routing would reach, next to the backbone, Grappa-avg and the oracle (the best single set
+per task, chosen with the evaluation labels).
+
+    PYTHONPATH=src python benchmarks/routing_criteria.py --work /tmp/grappa-quality --split val
+
+A test task is attributed to the training source whose images its test images resemble most
+(the majority vote of each test image's 10 nearest training images in the backbone's stored
+features): this is how the router sees it too, with no task tag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+
+def task_sources(store: Any, train_x: np.ndarray, source_of: np.ndarray, tasks: list[str]) -> dict[str, int]:
+    """The training source each task's test images resemble most (10-NN vote in backbone space)."""
+    import faiss
+
+    x = np.ascontiguousarray(train_x, dtype=np.float32)
+    faiss.normalize_L2(x)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    out = {}
+    for task in tasks:
+        q = np.ascontiguousarray(store.read(f"features/test/{task}/embeddings").astype(np.float32))
+        faiss.normalize_L2(q)
+        _, found = index.search(q, 10)
+        votes = np.bincount(source_of[found.ravel()], minlength=int(source_of.max()) + 1)
+        out[task] = int(np.argmax(votes))
+    return out
+
+
+def study_project(root: Path, per_source: int, seed: int) -> dict[str, Any]:
+    import torch
+
+    from grappa_cli import artifacts
+    from grappa_cli.data.images import decode_min_side
+    from grappa_cli.fusion import routing
+    from grappa_cli.model.backbone import build_backbone
+    from grappa_cli.model.checkpoint import load_adaptor_set
+    from grappa_cli.project import Project
+    from grappa_cli.stages.extract import backbone_spec
+    from grappa_cli.stages.fuse import stored_sets
+    from grappa_cli.stages.results import adaptor_k, load_results
+
+    project = Project(root)
+    config = project.config()
+    store = project.store(mode="r")
+    valid = store.read("features/train/valid")
+    paths = np.asarray(store.read("features/train/paths"))[valid]
+    train_x = store.read("features/train/embeddings").astype(np.float32)[valid]
+    names, source_of = routing.training_sources(config, [str(p) for p in paths])
+    sets = stored_sets(project)
+    backbone = build_backbone(backbone_spec(config))
+    adaptor_sets = [load_adaptor_set(artifacts.checkpoint_path(project, f"adaptors/{n}"), backbone) for n in sets]
+    candidates = [*sets, "backbone"]
+
+    rows = routing.sample_rows(source_of, per_source, seed)
+    models = routing.candidate_models(backbone, adaptor_sets)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    views = routing.crop_views(models, [str(p) for p in paths[rows]], backbone.data_config, seed=seed,
+                               batch_size=64, num_workers=0, device=torch.device("cpu"), amp=False,
+                               min_side=decode_min_side(backbone.data_config))
+    scores = {c: routing.embedding_scores(c, views, source_of[rows], len(names))
+              for c in routing.CRITERIA if c != "silhouette"}
+    labels = [store.read(f"clusters/{n}/labels")[valid] for n in sets]
+    scores["silhouette"] = routing.silhouette_scores(train_x, labels, source_of, len(names), seed=seed)
+    scores["partition"] = routing.partition_scores(train_x, labels, source_of, len(names), seed=seed)
+
+    results = load_results(project.results_dir)
+    rp: dict[str, dict[str, float]] = {}
+    for r in results:
+        k = adaptor_k(r.model)
+        name = f"k{k}" if k is not None else r.model
+        rp.setdefault(r.task, {})[name] = 100 * r.metrics["r_precision"]
+    tasks = sorted(rp)
+    owner = task_sources(store, train_x, source_of, tasks)
+    return {"root": str(root), "sources": names, "candidates": candidates,
+            "scores": {c: s.tolist() for c, s in scores.items()}, "rp": rp, "task_source": owner}
+
+
+def mix_rp(root: Path, rows: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """RP of fixed mixes: ``rows[task][label]`` = weights over the candidates (sets, then the backbone).
+
+    Each task is evaluated with a model whose every layer applies that task's weights (a
+    router of one source), on the task's stored test images and labels: what Grappa-R reaches
+    on a task when it routes the task's images as its source's row says.
+    """
+    import torch
+
+    from grappa_cli import artifacts
+    from grappa_cli.data.images import decode_min_side
+    from grappa_cli.data.transforms import eval_transform
+    from grappa_cli.fusion.neighbors import embed_paths
+    from grappa_cli.metrics import retrieval_metrics
+    from grappa_cli.model.backbone import build_backbone
+    from grappa_cli.model.checkpoint import load_adaptor_set
+    from grappa_cli.model.grappa import GrappaModel
+    from grappa_cli.project import Project
+    from grappa_cli.stages.extract import backbone_spec
+    from grappa_cli.stages.fuse import stored_sets
+
+    project = Project(root)
+    config = project.config()
+    store = project.store(mode="r")
+    backbone = build_backbone(backbone_spec(config))
+    sets = [load_adaptor_set(artifacts.checkpoint_path(project, f"adaptors/{n}"), backbone)
+            for n in stored_sets(project)]
+    model = GrappaModel.with_adaptor_sets(backbone, sets, fusion="router").eval()
+    transform = eval_transform(backbone.data_config)
+    out: dict[str, dict[str, float]] = {}
+    for task, mixes in rows.items():
+        valid = store.read(f"features/test/{task}/valid")
+        paths = [str(p) for p in np.asarray(store.read(f"features/test/{task}/paths"))[valid]]
+        labels = np.asarray(store.read(f"features/test/{task}/labels"))[valid]
+        for label, weights in mixes.items():
+            for layer in model.fusion_layers():
+                layer.set_table(torch.tensor([weights], dtype=torch.float32))
+            z = embed_paths(model, paths, transform, batch_size=64, num_workers=0, device=torch.device("cpu"),
+                            amp=False, min_side=decode_min_side(backbone.data_config))
+            out.setdefault(task, {})[label] = 100 * float(retrieval_metrics(z, labels)["r_precision"])
+    return out
+
+
+def mix_study(studies: list[dict[str, Any]], temperatures: list[float]) -> str:
+    """RP of soft routings (each criterion at each temperature) and of hedged ones, per project."""
+    from grappa_cli.fusion import routing
+
+    lines = ["\nSoft routings: RP mean over the tasks (per project, mean)"]
+    per_rule: dict[str, list[float]] = {}
+    for study in studies:
+        owner = study["task_source"]
+        rows: dict[str, dict[str, list[float]]] = {}
+        for c, scores in study["scores"].items():
+            for t in temperatures:
+                table = routing.choose(np.asarray(scores), t)
+                for task in study["rp"]:
+                    rows.setdefault(task, {})[f"{c}@{t:g}"] = table[owner[task]].tolist()
+        n = len(study["candidates"])
+        for task in study["rp"]:
+            rows[task]["uniform+M"] = [1 / n] * n
+        rp = mix_rp(Path(study["root"]), rows)
+        for label in next(iter(rp.values())):
+            per_rule.setdefault(label, []).append(statistics.fmean(rp[task][label] for task in rp))
+        study["mix_rp"] = rp
+    for rule, values in per_rule.items():
+        lines.append(_rule_line(rule, values, 18))
+    return "\n".join(lines)
+
+
+def _rule_line(rule: str, values: list[float], width: int) -> str:
+    cells = " ".join(f"{v:6.2f}" for v in values)
+    return f"  {rule:{width}s} {cells}   mean {statistics.fmean(values):.2f}"
+
+
+def summarise(studies: list[dict[str, Any]]) -> str:
+    from grappa_cli.fusion import routing
+
+    lines = []
+    criteria = list(studies[0]["scores"])
+    per_rule: dict[str, list[float]] = {}
+    for study in studies:
+        cands, rp, owner = study["candidates"], study["rp"], study["task_source"]
+        lines.append(f"\n{study['root']}")
+        lines.append("  source scores (" + ", ".join(cands) + ")")
+        for c in criteria:
+            for s, name in enumerate(study["sources"]):
+                vals = " ".join(f"{v:.3f}" for v in study["scores"][c][s])
+                lines.append(f"    {c:11s} {name:14s} {vals}")
+        lines.append("  task RP per candidate (best marked *)")
+        for task in sorted(rp):
+            row = [rp[task].get(c, float("nan")) for c in cands]
+            best = int(np.nanargmax(row))
+            cells = " ".join(f"{v:5.1f}{'*' if i == best else ' '}" for i, v in enumerate(row))
+            lines.append(f"    {task:14s} ({study['sources'][owner[task]]}) {cells}")
+        rules = {c: routing.choose(np.asarray(study["scores"][c]), 0.0) for c in criteria}
+        for rule, table in rules.items():
+            values = [rp[t].get(cands[int(np.argmax(table[owner[t]]))], float("nan")) for t in sorted(rp)]
+            per_rule.setdefault(rule, []).append(statistics.fmean(values))
+        for ref in ("backbone", "fused:avg", "fused:neighbor"):
+            if all(ref in rp[t] for t in rp):
+                per_rule.setdefault(ref, []).append(statistics.fmean(rp[t][ref] for t in rp))
+        per_rule.setdefault("oracle", []).append(
+            statistics.fmean(max(rp[t].get(c, -1) for c in cands[:-1]) for t in rp))
+        per_rule.setdefault("oracle+M", []).append(statistics.fmean(max(rp[t].get(c, -1) for c in cands) for t in rp))
+    lines.append("\nRP mean over the tasks, routing each source to the chosen candidate (per project, mean):")
+    for rule, values in per_rule.items():
+        lines.append(_rule_line(rule, values, 15))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default="/tmp/grappa-quality")
+    parser.add_argument("--split", default="val", choices=("val", "test"))
+    parser.add_argument("--per-source", type=int, default=400, help="training images per source the crops are made of")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--project", action="append", default=[], help="study these project directories instead")
+    parser.add_argument("--json", default="")
+    parser.add_argument("--from-json", default="", help="summarise a previous --json instead of computing")
+    parser.add_argument("--temperatures", default="", help="also evaluate soft routings at these temperatures "
+                        "(comma list; each a model evaluated per task)")
+    args = parser.parse_args(argv)
+    if args.from_json:
+        studies = json.loads(Path(args.from_json).read_text())
+    else:
+        roots = [Path(p) for p in args.project] or sorted(
+            p for p in Path(args.work).glob(f"run-{args.split}-*") if (p / "results").is_dir())
+        studies = [study_project(root, args.per_source, args.seed) for root in roots]
+    print(summarise(studies))
+    if args.temperatures:
+        print(mix_study(studies, [float(t) for t in args.temperatures.split(",")]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(studies, indent=1))
+
+
+if __name__ == "__main__":
+    main()
