@@ -24,6 +24,7 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,42 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+
+
+def null_stability(features: np.ndarray, clusters: int, *, seeds: int = 3, seed: int = 0) -> float:
+    """How reproducible k-means with ``clusters`` clusters is on the same features without their
+    structure: each feature column permuted on its own (the gap statistic's reference). Few
+    clusters are reproducible on any data (k-means splits a blob along its widest axes the same
+    way every time); this is the part of a partition's stability that says nothing about the data.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    x = np.asarray(features, dtype=np.float32)
+    if clusters < 2 or clusters >= len(x):
+        return 0.0
+    rng = np.random.default_rng(seed)
+    null = np.stack([rng.permutation(column) for column in x.T], axis=1)
+    null = null / np.maximum(np.linalg.norm(null, axis=1, keepdims=True), 1e-12)
+    runs = [KMeans(n_clusters=clusters, n_init=1, random_state=seed * 100 + 50 + r).fit_predict(null)
+            for r in range(seeds)]
+    return float(np.mean([adjusted_rand_score(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]]))
+
+
+def partition_gap_scores(features: np.ndarray, labels_per_set: Sequence[np.ndarray], source_of: np.ndarray,
+                         num_sources: int, seed: int = 0) -> np.ndarray:
+    """``[S, N + 1]`` :func:`partition_stability` minus :func:`null_stability` at the same cluster count."""
+    from grappa_cli.fusion import routing
+
+    x = np.asarray(features, dtype=np.float32)
+    scores = np.zeros((num_sources, len(labels_per_set) + 1))
+    for s in range(num_sources):
+        for i, labels in enumerate(labels_per_set):
+            rows = np.flatnonzero((source_of == s) & (np.asarray(labels) >= 0))
+            n = len(np.unique(np.asarray(labels)[rows]))
+            scores[s, i] = (routing.partition_stability(x[rows], np.asarray(labels)[rows], seed=seed)
+                            - null_stability(x[rows], n, seed=seed))
+    return scores
 
 
 def task_sources(store: Any, train_x: np.ndarray, source_of: np.ndarray, tasks: list[str]) -> dict[str, int]:
@@ -51,7 +88,7 @@ def task_sources(store: Any, train_x: np.ndarray, source_of: np.ndarray, tasks: 
     return out
 
 
-def study_project(root: Path, per_source: int, seed: int) -> dict[str, Any]:
+def study_project(root: Path, per_source: int, seed: int, crops: bool = True) -> dict[str, Any]:
     import torch
 
     from grappa_cli import artifacts
@@ -76,17 +113,19 @@ def study_project(root: Path, per_source: int, seed: int) -> dict[str, Any]:
     adaptor_sets = [load_adaptor_set(artifacts.checkpoint_path(project, f"adaptors/{n}"), backbone) for n in sets]
     candidates = [*sets, "backbone"]
 
-    rows = routing.sample_rows(source_of, per_source, seed)
-    models = routing.candidate_models(backbone, adaptor_sets)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    views = routing.crop_views(models, [str(p) for p in paths[rows]], backbone.data_config, seed=seed,
-                               batch_size=64, num_workers=0, device=torch.device("cpu"), amp=False,
-                               min_side=decode_min_side(backbone.data_config))
-    scores = {c: routing.embedding_scores(c, views, source_of[rows], len(names))
-              for c in routing.CRITERIA if c != "silhouette"}
+    scores = {}
+    if crops:
+        rows = routing.sample_rows(source_of, per_source, seed)
+        models = routing.candidate_models(backbone, adaptor_sets)
+        views = routing.crop_views(models, [str(p) for p in paths[rows]], backbone.data_config, seed=seed,
+                                   batch_size=64, num_workers=0, device=torch.device("cpu"), amp=False,
+                                   min_side=decode_min_side(backbone.data_config))
+        scores = {c: routing.embedding_scores(c, views, source_of[rows], len(names))
+                  for c in routing.CRITERIA if c not in routing.LABEL_CRITERIA}
     labels = [store.read(f"clusters/{n}/labels")[valid] for n in sets]
     scores["silhouette"] = routing.silhouette_scores(train_x, labels, source_of, len(names), seed=seed)
     scores["partition"] = routing.partition_scores(train_x, labels, source_of, len(names), seed=seed)
+    scores["partition-gap"] = partition_gap_scores(train_x, labels, source_of, len(names), seed=seed)
 
     results = load_results(project.results_dir)
     rp: dict[str, dict[str, float]] = {}
@@ -216,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--per-source", type=int, default=400, help="training images per source the crops are made of")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-crops", action="store_true", help="only the criteria of the stored features and "
+                        "pseudo-labels (no forward pass)")
     parser.add_argument("--project", action="append", default=[], help="study these project directories instead")
     parser.add_argument("--json", default="")
     parser.add_argument("--from-json", default="", help="summarise a previous --json instead of computing")
@@ -227,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         roots = [Path(p) for p in args.project] or sorted(
             p for p in Path(args.work).glob(f"run-{args.split}-*") if (p / "results").is_dir())
-        studies = [study_project(root, args.per_source, args.seed) for root in roots]
+        studies = [study_project(root, args.per_source, args.seed, not args.no_crops) for root in roots]
     print(summarise(studies))
     if args.temperatures:
         print(mix_study(studies, [float(t) for t in args.temperatures.split(",")]))

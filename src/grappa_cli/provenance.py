@@ -38,6 +38,19 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def compute_conditions() -> dict[str, Any]:
+    """What, besides the inputs and versions, a result's last digits depend on: torch's intra-op
+    thread count (the order of floating-point reductions on the CPU) and the processor's kind.
+
+    Read without importing torch (``None`` when this process has not loaded it).
+    """
+    import platform
+    import sys
+
+    torch = sys.modules.get("torch")
+    return {"threads": int(torch.get_num_threads()) if torch is not None else None, "machine": platform.machine()}
+
+
 def record(stage: str, params: dict[str, Any], inputs: dict[str, str], **extra: Any) -> dict[str, Any]:
     """A fresh provenance record for ``stage`` (``complete`` is False until the stage ends)."""
     return {
@@ -47,6 +60,7 @@ def record(stage: str, params: dict[str, Any], inputs: dict[str, str], **extra: 
         "inputs": inputs,
         "fingerprint": fingerprint({"params": params, "inputs": inputs}),
         "versions": package_versions(),
+        "compute": compute_conditions(),
         "created": now(),
         **extra,
     }

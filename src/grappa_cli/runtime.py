@@ -71,16 +71,18 @@ def loader_workers(requested: int, batches: int, items: int | None = None) -> in
     return max(0, workers)
 
 
-def cpu_thread_settings(environ: dict[str, str] | None = None, *, cores: int | None = None,
-                        load: float | None = None) -> dict[str, str]:
+def cpu_thread_settings(environ: dict[str, str] | None = None, *, cores: int | None = None) -> dict[str, str]:
     """The OpenMP settings a ``grappa`` process should start with (those the user did not set).
 
     * ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that wait for work sleep instead of spinning.
       On a shared 2-core machine under load, spinning threads made 2-thread inference about
       9x slower than passive ones (benchmarks/bench_threads.py, docs/benchmarks.md).
-    * ``OMP_NUM_THREADS``: the cores that are actually free, ``usable cores - round(load
-      average)``, at least 1 and at most the usable cores: all cores on a quiet machine, one
-      when other processes already keep the cores busy (threads then only wait on each other).
+    * ``OMP_NUM_THREADS``: the usable cores, whatever the machine's load. The thread count sets
+      the order of floating-point reductions, so a count read from the load average made the
+      same project give other weights on a busy machine than on a quiet one; with a count fixed
+      per machine a project's results depend only on its data, settings, seed, versions and the
+      machine's cores (recorded with every artifact: :func:`grappa_cli.provenance.compute_conditions`).
+      With passive waits, threads that find their core busy sleep rather than spin.
 
     ``environ`` defaults to ``os.environ``; values already there are kept.
     """
@@ -88,16 +90,11 @@ def cpu_thread_settings(environ: dict[str, str] | None = None, *, cores: int | N
 
     environ = os.environ if environ is None else environ
     cores = usable_cpus() if cores is None else cores
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except OSError:
-            load = 0.0
     settings: dict[str, str] = {}
     if "OMP_WAIT_POLICY" not in environ:
         settings["OMP_WAIT_POLICY"] = "PASSIVE"
     if "OMP_NUM_THREADS" not in environ:
-        settings["OMP_NUM_THREADS"] = str(max(1, min(cores, cores - round(load))))
+        settings["OMP_NUM_THREADS"] = str(max(1, cores))
     return settings
 
 

@@ -117,3 +117,20 @@ def test_status_text_says_up_to_date_only_when_run_has_nothing_to_do(ran_project
     done = {s["stage"]: s["done"] for s in json.loads(again.stdout)["stages"]}
     assert done["adapt"] == ["k2"] and done["fuse"] == ["avg"] and not done["cluster"]
     assert "Everything is up to date" in cli("-C", ran_project.root, "status").stdout
+
+
+def test_status_names_other_compute_conditions_only_where_they_change_numbers(ran_project, cli,
+                                                                              monkeypatch) -> None:
+    """A result made with another CPU thread count says so (its last digits would differ on a rerun);
+    the same count says nothing, and the artifact stays complete either way (it is not stale)."""
+    from grappa_cli import artifacts
+
+    made_with = artifacts.read_checkpoint_record(ran_project.adaptors_dir / "k2.safetensors")["compute"]["threads"]
+    monkeypatch.setenv("OMP_NUM_THREADS", str(made_with))
+    doc = _status(cli, ran_project)
+    assert not any("CPU thread" in a["detail"] for a in doc["artifacts"])
+    monkeypatch.setenv("OMP_NUM_THREADS", str(made_with + 3))
+    doc = _status(cli, ran_project)
+    k2 = next(a for a in doc["artifacts"] if a["id"] == "adaptors/k2")
+    assert k2["state"] == "complete"
+    assert f"made with {made_with} CPU thread(s), this machine runs {made_with + 3}" in k2["detail"]

@@ -65,7 +65,7 @@ def test_coarse_stamps_are_the_fine_tasks_evaluated_images(tmp_path: Path) -> No
 def test_small_harness_runs_the_pipeline_and_prints_table2(tmp_path: Path) -> None:
     import quality
 
-    out = quality.main(["--small", "--split", "val", "--seeds", "0", "--strategies", "avg,neighbor",
+    out = quality.main(["--small", "--split", "val", "--seeds", "0", "--strategies", "avg,neighbor,route",
                         "--work", str(tmp_path)])
     agg, tasks = out["aggregate"], out["tasks"]
     assert tasks == ["digits", "photos", "stamps", "stamps-coarse"]
@@ -79,6 +79,22 @@ def test_small_harness_runs_the_pipeline_and_prints_table2(tmp_path: Path) -> No
     expected = sum(agg["fused:neighbor"][t]["r_precision"][0] - agg["backbone"][t]["r_precision"][0]
                    for t in tasks) / len(tasks)
     assert verdict["N_minus_M_mean_RP"] == pytest.approx(expected)
+    routed = sum(agg["fused:route"][t]["r_precision"][0] - agg["backbone"][t]["r_precision"][0]
+                 for t in tasks) / len(tasks)
+    assert verdict["R_minus_M_mean_RP"] == pytest.approx(routed)
+
+    # the criteria study on the same project: each source's choice read off the evaluated single sets
+    import routing_criteria
+
+    studies = [routing_criteria.study_project(root, 50, 0, crops=False) for root in tmp_path.glob("run-val-*")]
+    assert len(studies) == 1
+    study = studies[0]
+    assert study["sources"] == ["digits", "photos", "stamps"] and study["candidates"][-1] == "backbone"
+    assert study["task_source"]["stamps-coarse"] == study["sources"].index("stamps")  # the same images
+    for name in ("partition", "silhouette"):
+        scores = study["scores"][name]
+        assert len(scores) == 3 and all(row[-1] == 0.0 for row in scores)  # the backbone column
+    assert "RP mean over the tasks" in routing_criteria.summarise(studies)
 
 
 def test_seeds_run_at_once_fill_the_cores_but_never_exceed_the_seeds() -> None:

@@ -55,6 +55,8 @@ def test_route_records_a_choice_per_source_and_routes_training_images_by_it(two_
     assert (np.argmax(scores, axis=1) == np.argmax(table, axis=1)).all()
     assert routing["images"] == [6, 6]
     assert record["params"]["criterion"] == "partition" and not record["uses_labels"]
+    chosen = [routing["candidates"][int(np.argmax(row))] for row in table]
+    assert record["summary"]["routes"] == f"shapes->{chosen[0]} other->{chosen[1]}"  # what `grappa status` shows
 
     backbone = build_backbone(BackboneSpec.from_config(project.config()))
     model = models.load(project, models.parse("fused:route"), backbone).eval()

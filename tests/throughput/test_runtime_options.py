@@ -55,15 +55,31 @@ def test_loader_workers_are_not_started_for_nothing(monkeypatch) -> None:
     assert make_loader(small, batch_size=4, num_workers=4, device=torch.device("cpu")).num_workers == 3
 
 
-def test_cpu_thread_settings_follow_the_free_cores() -> None:
-    """Passive OpenMP waits, and as many threads as cores are free; the user's own values win."""
+def test_cpu_thread_settings_are_the_cores_whatever_the_load(monkeypatch) -> None:
+    """Passive OpenMP waits and one thread per usable core, the same on a quiet and a busy machine
+    (the thread count orders the floating-point reductions); the user's own values win."""
+    import os
+
     from grappa_cli.runtime import cpu_thread_settings
 
-    assert cpu_thread_settings({}, cores=2, load=0.2) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2"}
-    assert cpu_thread_settings({}, cores=2, load=1.6)["OMP_NUM_THREADS"] == "1"
-    assert cpu_thread_settings({}, cores=2, load=7.0)["OMP_NUM_THREADS"] == "1"
-    assert cpu_thread_settings({}, cores=16, load=3.2)["OMP_NUM_THREADS"] == "13"
-    assert cpu_thread_settings({"OMP_NUM_THREADS": "4", "OMP_WAIT_POLICY": "ACTIVE"}, cores=2, load=0) == {}
+    seen = []
+    for load in (0.0, 1.6, 7.0):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        seen.append(cpu_thread_settings({}, cores=2))
+    assert seen == [{"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2"}] * 3
+    assert cpu_thread_settings({}, cores=16)["OMP_NUM_THREADS"] == "16"
+    assert cpu_thread_settings({"OMP_NUM_THREADS": "4", "OMP_WAIT_POLICY": "ACTIVE"}, cores=2) == {}
+
+
+def test_records_say_how_many_threads_made_them() -> None:
+    import platform
+
+    import torch
+
+    from grappa_cli.provenance import record
+
+    rec = record("adapt", {"k": 2}, {})
+    assert rec["compute"] == {"threads": torch.get_num_threads(), "machine": platform.machine()}
 
 
 def test_the_cli_sets_them_before_torch_loads() -> None:

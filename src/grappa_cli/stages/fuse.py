@@ -110,6 +110,11 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
                                    "labels": "yes" if strategy.uses_labels else "no"}
         if attention:  # how far the attention moved from its start (entropy 1 = uniform, Grappa-avg)
             summary["entropy"] = f"{attention[0]['entropy']:.3f}->{attention[-1]['entropy']:.3f}"
+        routing = outcome.info.get("routing")
+        if routing:  # Grappa-R: each source's most weighed candidate
+            summary["routes"] = " ".join(
+                f"{source}->{routing['candidates'][int(np.argmax(row))]}"
+                for source, row in zip(routing["sources"], routing["table"], strict=True))
         record = prov.record("fuse", params, inputs)
         record.update(complete=True, completed=prov.now(), loss_curve=outcome.epoch_losses,
                       uses_labels=strategy.uses_labels, seconds=outcome.seconds, info=_plain(outcome.info),

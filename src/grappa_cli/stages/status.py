@@ -54,8 +54,12 @@ def collect(project: Project) -> ProjectStatus:
     config = project.config()
     plan = planner.build(project, config)
     items: list[ArtifactStatus] = []
+    threads = _threads_now()
     for node in plan.nodes:
         detail = _detail(node.record)
+        other = _other_conditions(node.record, threads) if node.state == "complete" else ""
+        if other:
+            detail = f"{detail}; {other}" if detail else other
         if node.state != "complete" and node.reason and node.reason != "not made yet":
             detail = f"{detail}; {node.reason}" if detail else node.reason
         if not node.configured:
@@ -74,6 +78,35 @@ def collect(project: Project) -> ProjectStatus:
         cached = int(cache["images"]) if cache.get("complete") and "images" in cache else None
     return ProjectStatus(str(project.root), items, _next_steps(config, plan),
                          incremental_update(config, plan, cached), remaining, seconds)
+
+
+def _threads_now() -> int:
+    """The intra-op threads a ``grappa`` process of this machine runs with (``runtime.cpu_thread_settings``)."""
+    import os
+
+    from grappa_cli.runtime import usable_cpus
+
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return usable_cpus()
+
+
+def _other_conditions(record: dict[str, Any] | None, threads: int) -> str:
+    """Why a rerun on this machine would not reproduce ``record``'s numbers bit for bit, or ''.
+
+    Only what changes numbers is named: the CPU thread count (it orders floating-point sums) and
+    the processor kind. Records made before these were kept say nothing.
+    """
+    import platform
+
+    compute = (record or {}).get("compute") or {}
+    notes = []
+    if compute.get("machine") and compute["machine"] != platform.machine():
+        notes.append(f"made on {compute['machine']}")
+    if compute.get("threads") and int(compute["threads"]) != threads:
+        notes.append(f"made with {compute['threads']} CPU thread(s), this machine runs {threads}")
+    return ("; ".join(notes) + ": on the CPU a rerun differs in the last digits") if notes else ""
 
 
 def incremental_update(config: Any, plan: Any, cached: int | None = None) -> list[str]:
