@@ -21,21 +21,25 @@ def export(
     no_backbone: Annotated[bool, Flag("--no-backbone", help="Leave the backbone's weights out (a small "
                                               "file; loading it then needs the weights from elsewhere).")] = False,
     force: Annotated[bool, Flag("--force", help="Overwrite OUTPUT if it exists.")] = False,
+    fmt: Annotated[str | None, typer.Option("--format", help="safetensors or onnx (default: from OUTPUT's "
+                                            "extension).", show_default=False)] = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Export a model (backbone, adaptors, fusion, preprocessing) to a file `grappa_cli.load_model` reads."""
+    """Export a model (backbone, adaptors, fusion, preprocessing) to a safetensors file `grappa_cli.load_model`
+    reads, or to an ONNX graph that onnxruntime runs."""
     from grappa_cli.console import hint, out
-    from grappa_cli.stages.export import check_output, export_model
+    from grappa_cli.stages.export import check_output, export_model, output_format
 
     proj = resolve_project(ctx, project)
     if output is None:  # `grappa export FILE`: the project's default model
         from grappa_cli.stages.gallery import default_model
 
         model, output = default_model(proj), Path(model)
-    check_output(output, force)  # before building anything
+    output_format(output, fmt)  # before building anything: an unknown extension is an error
+    check_output(output, force)
     existed = output.exists()
-    result = export_model(proj, model, output, include_backbone=not no_backbone, force=force)
+    result = export_model(proj, model, output, include_backbone=not no_backbone, force=force, fmt=fmt)
     try:
         proj.record_run("export", model=result.model, path=result.path, sha256=result.sha256)
     except OSError:
@@ -46,6 +50,13 @@ def export(
         print_json(result.__dict__)
         return
     size = result.bytes / 2**20
+    if result.format == "onnx":
+        out.print(f"{result.model} -> {result.path} (ONNX, {size:.1f} MiB; backbone {result.model_id}, "
+                  f"{result.num_sets} adaptor sets, D = {result.embed_dim}; preprocessing in its metadata)",
+                  highlight=False)
+        out.print(f"sha256 {result.sha256}", highlight=False)
+        hint("Run it with onnxruntime: docs/search.md, 'Use the model elsewhere'.")
+        return
     what = "with" if result.includes_backbone else "WITHOUT"
     out.print(f"{result.model} -> {result.path} ({size:.1f} MiB, {what} backbone weights; "
               f"backbone {result.model_id}, {result.num_sets} adaptor sets, D = {result.embed_dim})",
