@@ -14,6 +14,7 @@ def register_commands(cli: Any) -> None:
         cache,
         cluster,
         demo,
+        embed,
         export,
         extract,
         fuse,
@@ -39,6 +40,7 @@ def register_commands(cli: Any) -> None:
     cli.command("report")(report.report)
     cli.command("run")(run.run)
     cli.command("export")(export.export)
+    cli.command("embed")(embed.embed)
     cli.command("index")(search.index)
     cli.command("search")(search.search)
     cli.command("status")(status.status)
