@@ -56,18 +56,15 @@ def null_stability(features: np.ndarray, clusters: int, *, seeds: int = 3, seed:
 
 def partition_gap_scores(features: np.ndarray, labels_per_set: Sequence[np.ndarray], source_of: np.ndarray,
                          num_sources: int, seed: int = 0) -> np.ndarray:
-    """``[S, N + 1]`` :func:`partition_stability` minus :func:`null_stability` at the same cluster count."""
+    """``[S, N + 1]`` partition stability minus :func:`null_stability` at the same cluster count
+    (tried on 2026-12-06, not a configuration choice: the experiments log)."""
     from grappa_cli.fusion import routing
 
-    x = np.asarray(features, dtype=np.float32)
-    scores = np.zeros((num_sources, len(labels_per_set) + 1))
-    for s in range(num_sources):
-        for i, labels in enumerate(labels_per_set):
-            rows = np.flatnonzero((source_of == s) & (np.asarray(labels) >= 0))
-            n = len(np.unique(np.asarray(labels)[rows]))
-            scores[s, i] = (routing.partition_stability(x[rows], np.asarray(labels)[rows], seed=seed)
-                            - null_stability(x[rows], n, seed=seed))
-    return scores
+    def gap(x: np.ndarray, labels: np.ndarray) -> float:
+        return (routing.partition_stability(x, labels, seed=seed)
+                - null_stability(x, len(np.unique(labels)), seed=seed))
+
+    return routing.label_scores(gap, features, labels_per_set, source_of, num_sources)
 
 
 def task_sources(store: Any, train_x: np.ndarray, source_of: np.ndarray, tasks: list[str]) -> dict[str, int]:

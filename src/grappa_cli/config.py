@@ -122,7 +122,8 @@ SCHEMA: dict[str, list[FieldSpec]] = {
     ],
     "runtime": [
         FieldSpec("device", "str", "auto", "\"auto\" (CUDA when available), \"cpu\", \"cuda\" or \"cuda:N\""),
-        FieldSpec("seed", "int", 0, "random seed; runs on the CPU are repeatable for a given seed",
+        FieldSpec("seed", "int", 0, "random seed; runs on the CPU are repeatable for a given seed and number of "
+                  "cores, however busy the machine is",
                   check=_non_negative),
         FieldSpec("amp", "bool", True, "bf16 autocast on CUDA (ignored on the CPU)"),
         FieldSpec("compile", "bool", False,

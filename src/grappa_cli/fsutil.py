@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from grappa_cli import faults
@@ -37,6 +38,18 @@ def publish(tmp: Path, path: Path) -> None:
     os.chmod(tmp, file_mode())
     faults.point(str(path))
     os.replace(tmp, path)
+
+
+def atomic_write_with(path: Path, write: Callable[[Path], None]) -> None:
+    """Let ``write`` fill a temporary sibling of ``path``, then publish it (a reader sees the old file
+    or the whole new one); on any error, or Ctrl-C, the temporary file is removed."""
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    try:
+        write(tmp)
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

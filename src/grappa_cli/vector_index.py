@@ -150,15 +150,9 @@ def save_index(index: Any, path: Path) -> None:
     """Write ``index`` to ``path`` atomically."""
     import faiss
 
-    from grappa_cli.fsutil import publish, temporary_sibling
+    from grappa_cli.fsutil import atomic_write_with
 
-    path = Path(path)
-    tmp = temporary_sibling(path)
-    try:
-        faiss.write_index(index, str(tmp))
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_with(Path(path), lambda tmp: faiss.write_index(index, str(tmp)))
 
 
 def load_index(path: Path) -> Any:

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from grappa_cli.cli.common import ForceOption, JsonOption, ProjectOption, WorkersOption, print_json, resolve_project
+from grappa_cli.cli.common import (
+    DeviceOption,
+    ForceOption,
+    JsonOption,
+    ProjectOption,
+    WorkersOption,
+    print_json,
+    resolve_project,
+)
 
 
 def embed(
@@ -20,8 +28,7 @@ def embed(
                                               "fused:<strategy> (default: the project's default model, "
                                               "fused:route when it exists).", show_default=False)] = None,
     split: Annotated[str, typer.Option(help="For a task: its test or train split.")] = "test",
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: runtime.device in "
-                                               "grappa.toml).", show_default=False)] = None,
+    device: DeviceOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.",
                                                    show_default=False)] = None,
     workers: WorkersOption = None,

@@ -38,7 +38,7 @@ each image to its source's choice:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,30 +261,31 @@ def embedding_scores(criterion: str, views: Sequence[Sequence[np.ndarray]], sour
     return scores
 
 
-def partition_scores(features: np.ndarray, labels_per_set: Sequence[np.ndarray], source_of: np.ndarray,
-                     num_sources: int, seed: int = 0) -> np.ndarray:
-    """``[S, N + 1]`` :func:`partition_stability` of each set within each source (backbone column 0)."""
+def label_scores(score: Callable[[np.ndarray, np.ndarray], float], features: np.ndarray,
+                 labels_per_set: Sequence[np.ndarray], source_of: np.ndarray, num_sources: int) -> np.ndarray:
+    """``[S, N + 1]``: ``score(features, pseudo-labels)`` of each set within each source (backbone column 0).
+
+    Only the rows a set's clustering labelled count (a set of added images labels only those;
+    the others hold -1).
+    """
     x = np.asarray(features, dtype=np.float32)
     scores = np.zeros((num_sources, len(labels_per_set) + 1))
     for s in range(num_sources):
         for i, labels in enumerate(labels_per_set):
-            rows = _labelled(labels, source_of, s)
-            scores[s, i] = partition_stability(x[rows], np.asarray(labels)[rows], seed=seed)
+            labels = np.asarray(labels)
+            rows = np.flatnonzero((source_of == s) & (labels >= 0))
+            scores[s, i] = score(x[rows], labels[rows])
     return scores
 
 
-def _labelled(labels: np.ndarray, source_of: np.ndarray, source: int) -> np.ndarray:
-    """Rows of ``source`` the set's clustering labelled (a set of added images labels only those: -1 elsewhere)."""
-    return np.flatnonzero((source_of == source) & (np.asarray(labels) >= 0))
+def partition_scores(features: np.ndarray, labels_per_set: Sequence[np.ndarray], source_of: np.ndarray,
+                     num_sources: int, seed: int = 0) -> np.ndarray:
+    """``[S, N + 1]`` :func:`partition_stability` of each set within each source."""
+    return label_scores(lambda x, y: partition_stability(x, y, seed=seed), features, labels_per_set, source_of,
+                        num_sources)
 
 
 def silhouette_scores(features: np.ndarray, labels_per_set: Sequence[np.ndarray], source_of: np.ndarray,
                       num_sources: int, seed: int = 0) -> np.ndarray:
-    """``[S, N + 1]`` silhouettes of each set's pseudo-labels within each source (backbone column 0)."""
-    x = np.asarray(features, dtype=np.float32)
-    scores = np.zeros((num_sources, len(labels_per_set) + 1))
-    for s in range(num_sources):
-        for i, labels in enumerate(labels_per_set):
-            rows = _labelled(labels, source_of, s)
-            scores[s, i] = silhouette(x[rows], np.asarray(labels)[rows], seed=seed)
-    return scores
+    """``[S, N + 1]`` :func:`silhouette` of each set's pseudo-labels within each source."""
+    return label_scores(lambda x, y: silhouette(x, y, seed=seed), features, labels_per_set, source_of, num_sources)

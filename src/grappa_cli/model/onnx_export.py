@@ -59,7 +59,7 @@ def write_onnx(path: Path, model: Any, *, identity: dict[str, Any], provenance: 
     """
     import torch
 
-    from grappa_cli.fsutil import publish, temporary_sibling
+    from grappa_cli.fsutil import atomic_write_with
     from grappa_cli.model.export import EmbeddingModel
 
     onnx = require_onnx()
@@ -67,9 +67,7 @@ def write_onnx(path: Path, model: Any, *, identity: dict[str, Any], provenance: 
     data_config = model.backbone.data_config
     channels, height, width = (int(v) for v in data_config["input_size"])
     example = torch.zeros(2, channels, height, width)
-    path = Path(path)
-    tmp = temporary_sibling(path)
-    try:
+    def write(tmp: Path) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             # the tracer's notes on Python control flow fixed at export and the exporter's own notices
             warnings.simplefilter("ignore")
@@ -87,9 +85,8 @@ def write_onnx(path: Path, model: Any, *, identity: dict[str, Any], provenance: 
             entry.key, entry.value = key, value
         graph.doc_string = f"grappa {identity.get('name', '')}: images [batch, 3, H, W] -> L2-normalised embedding"
         onnx.save(graph, str(tmp))
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write_with(Path(path), write)
 
 
 def read_onnx_metadata(path: Path) -> dict[str, Any]:

@@ -145,28 +145,21 @@ def _write_parquet(output: Path, paths: list[str], vectors: np.ndarray, identity
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from grappa_cli.fsutil import publish, temporary_sibling
+    from grappa_cli.fsutil import atomic_write_with
 
     dim = int(vectors.shape[1]) if vectors.ndim == 2 else 0
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
     table = pa.table({"path": pa.array(paths, type=pa.string()),
                       "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)})
     table = table.replace_schema_metadata({"grappa.model": json.dumps(identity, sort_keys=True)})
-    tmp = temporary_sibling(output)
-    try:
-        pq.write_table(table, str(tmp))
-        publish(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_with(output, lambda tmp: pq.write_table(table, str(tmp)))
 
 
 def _write_npy(output: Path, vectors: np.ndarray) -> None:
-    from grappa_cli.fsutil import publish, temporary_sibling
+    from grappa_cli.fsutil import atomic_write_with
 
-    tmp = temporary_sibling(output)
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32))
-        publish(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write_with(output, write)
