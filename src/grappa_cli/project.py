@@ -94,6 +94,37 @@ class Project:
         with write_lock(self.state_dir / "lock", command):
             yield
 
+    def lock_holder(self) -> dict[str, Any] | None:
+        """Who holds the write lock now (pid, command, start time), or None when nobody does.
+
+        Asks the kernel with a non-blocking *shared* lock that is released at once, so a reader
+        (``grappa status``) never takes the lock from a writer; a writer starting in that instant
+        is told the project is busy, as it would be by any other reader of the lock.
+        """
+        import fcntl
+
+        path = self.state_dir / "lock"
+        if not path.is_file():
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                try:
+                    return json.loads(os.pread(fd, 65536, 0).decode() or "{}") or {"pid": None}
+                except (OSError, ValueError):
+                    return {"pid": None}
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def record_run(self, command: str, **fields: Any) -> None:
         """Append one line to ``.grappa/runs.jsonl`` (what ran, when, with what outcome)."""
         from grappa_cli import faults

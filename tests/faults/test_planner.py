@@ -134,3 +134,26 @@ def test_status_names_other_compute_conditions_only_where_they_change_numbers(ra
     k2 = next(a for a in doc["artifacts"] if a["id"] == "adaptors/k2")
     assert k2["state"] == "complete"
     assert f"made with {made_with} CPU thread(s), this machine runs {made_with + 3}" in k2["detail"]
+
+
+def test_status_beside_a_working_run_says_running_with_its_pid_and_progress(ran_project, cli) -> None:
+    """While a process holds the project lock, a partial artifact is being made, not interrupted."""
+    import os
+
+    path = ran_project.adaptors_dir / "k2.safetensors"
+    path.unlink()
+    run_dir = ran_project.runs_dir / "adapt-k2"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"kind": "step", "epoch": 2, "step": 17, "loss": 1.0}) + "\n")
+    assert _states(cli, ran_project)["adaptors/k2"] == "partial"  # nobody holds the lock: interrupted
+    with ran_project.lock("run"):
+        doc = _status(cli, ran_project)
+    k2 = next(a for a in doc["artifacts"] if a["id"] == "adaptors/k2")
+    assert k2["state"] == "running"
+    assert f"pid {os.getpid()} (`grappa run`" in k2["detail"] and "epoch 3, step 17" in k2["detail"]
+    assert ran_project.lock_holder() is None  # released again; status took nothing from the writer
+    assert _states(cli, ran_project)["adaptors/k2"] == "partial"
+
+
+def _states(cli, project) -> dict[str, str]:
+    return {a["id"]: a["state"] for a in _status(cli, project)["artifacts"]}

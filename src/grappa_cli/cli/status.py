@@ -6,7 +6,7 @@ import typer
 
 from grappa_cli.cli.common import JsonOption, ProjectOption, print_json, resolve_project
 
-_STYLE = {"complete": "green", "partial": "yellow", "stale": "magenta", "missing": "red"}
+_STYLE = {"complete": "green", "partial": "yellow", "running": "cyan", "stale": "magenta", "missing": "red"}
 
 
 def status(ctx: typer.Context, project: ProjectOption = None, as_json: JsonOption = False) -> None:

@@ -15,7 +15,7 @@ class ArtifactStatus:
 
     stage: str
     id: str
-    state: str  # complete | partial | stale | missing
+    state: str  # complete | partial | running | stale | missing
     detail: str = ""
     stale_inputs: list[str] = field(default_factory=list)
 
@@ -55,7 +55,10 @@ def collect(project: Project) -> ProjectStatus:
     plan = planner.build(project, config)
     items: list[ArtifactStatus] = []
     threads = _threads_now()
+    holder = project.lock_holder()
     for node in plan.nodes:
+        if holder is not None and node.state == "partial":  # not interrupted: being made right now
+            node.state, node.reason = "running", _running(project, node.id, holder)
         detail = _detail(node.record)
         other = _other_conditions(node.record, threads) if node.state == "complete" else ""
         if other:
@@ -78,6 +81,33 @@ def collect(project: Project) -> ProjectStatus:
         cached = int(cache["images"]) if cache.get("complete") and "images" in cache else None
     return ProjectStatus(str(project.root), items, _next_steps(config, plan),
                          incremental_update(config, plan, cached), remaining, seconds)
+
+
+def _running(project: Project, artifact_id: str, holder: dict[str, Any]) -> str:
+    """``pid 123 (`grappa run`, started ...), epoch 3, step 40``: who makes a partial artifact, how far."""
+    who = f"pid {holder.get('pid')} (`grappa {holder.get('command', '?')}`, started {holder.get('started', '?')})"
+    stage, _, name = artifact_id.partition("/")
+    run = {"adaptors": f"adapt-{name}", "fusion": f"fuse-{name}"}.get(stage)
+    last = _last_step(project.runs_dir / run / "metrics.jsonl") if run else None
+    if last:
+        who += f", epoch {int(last.get('epoch', 0)) + 1}, step {last.get('step')}"
+    return f"running: {who}"
+
+
+def _last_step(path: Any) -> dict[str, Any] | None:
+    """The last ``"kind": "step"`` line of a training run's metrics log, if any."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("kind") == "step":
+            return entry
+    return None
 
 
 def _threads_now() -> int:
