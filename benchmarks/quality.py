@@ -61,7 +61,7 @@ METRICS = (("r_precision", "RP"), ("map@r", "MAP@R"))
 ROW_NAMES = {
     "backbone": "M (backbone)", "fused:single-random": "M + A1", "fused:random": "M* (random)",
     "oracle": "Oracle O", "fused:avg": "Grappa-avg", "fused:transform": "Grappa-T",
-    "fused:neighbor": "Grappa-N", "fused:route": "Grappa-R (default)", "fused:supervised": "supervised (labels)",
+    "fused:neighbor": "Grappa-N (default)", "fused:route": "Grappa-R", "fused:supervised": "supervised (labels)",
 }
 
 

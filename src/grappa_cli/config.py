@@ -190,7 +190,7 @@ SCHEMA: dict[str, list[FieldSpec]] = {
     "fuse": [
         FieldSpec("strategies", "list[str]", ["avg", "neighbor", "route"],
                   "fusion strategies `grappa run` trains (see `grappa plugins`); the project's default model is "
-                  "the first of route, neighbor, transform, avg it has",
+                  "the first of neighbor, route, transform, avg it has",
                   "Grappa-avg and Grappa-N (section 3.5)"),
         FieldSpec("epochs", "int", 5, "fusion training epochs (at least; see min_steps)", check=_positive),
         FieldSpec("batch_size", "int", 256,

@@ -42,4 +42,5 @@ def demo(
         out.print(f"wrote {path}", highlight=False)
     # one command per line: each line pastes into a shell as it is
     out.print(f"Explore it:\n  grappa -C {directory} status\n"
+              f"  grappa -C {directory} fuse --strategy neighbor --inspect\n"
               f"  grappa -C {directory} fuse --strategy route --inspect", highlight=False, markup=False)

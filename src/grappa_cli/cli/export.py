@@ -14,7 +14,7 @@ def export(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model name: backbone, adaptor:k<K> or fused:<strategy>; with one "
                                          "argument, the file to write, and the project's default model "
-                                         "(fused:route, else fused:neighbor, ...) is exported.",
+                                         "(fused:neighbor, else fused:route, ...) is exported.",
                                          show_default=False)],
     output: Annotated[Path | None, typer.Argument(help="File to write, e.g. model.safetensors.",
                                                   show_default=False)] = None,
@@ -36,8 +36,8 @@ def export(
         from grappa_cli.stages.gallery import default_model
 
         model, output = default_model(proj), Path(model)
-    output_format(output, fmt)  # before building anything: an unknown extension is an error
-    check_output(output, force)
+    check_output(output, force)  # before building anything: a directory, an existing file
+    output_format(output, fmt)  # and an unknown extension are errors
     existed = output.exists()
     result = export_model(proj, model, output, include_backbone=not no_backbone, force=force, fmt=fmt)
     try:

@@ -53,9 +53,9 @@ def attention_training_table(rows: list[dict], sets: list[str]) -> Any:
 
 def fuse(
     ctx: typer.Context,
-    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Fusion strategy: route, avg, transform, "
-                                          "neighbor, supervised, random, single-random (see `grappa plugins "
-                                          "--all`).")] = "route",
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Fusion strategy: neighbor, route, avg, "
+                                          "transform, supervised, random, single-random (see `grappa plugins "
+                                          "--all`).")] = "neighbor",
     sets: Annotated[str | None, typer.Option("--k", "-k", "--sets", help="Comma list of adaptor sets to fuse, "
                                              "e.g. k256,k1024 (default: all).", show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.", show_default=False)] = None,
@@ -71,7 +71,7 @@ def fuse(
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Train the fusion of the adaptor sets (Grappa-R, Grappa-avg, Grappa-T, Grappa-N, baselines)."""
+    """Train the fusion of the adaptor sets (Grappa-N, Grappa-R, Grappa-avg, Grappa-T, baselines)."""
     from rich.table import Table
 
     from grappa_cli.console import RichReporter, hint, out

@@ -78,7 +78,7 @@ def list_images(root: Path) -> list[str]:
 
 
 def default_model(project: Project) -> str:
-    """The project's default model: a fused one (Grappa-R first; see
+    """The project's default model: a fused one (Grappa-N first; see
     :data:`~grappa_cli.stages.results.DEFAULT_MODEL_ORDER`), else the backbone."""
     from grappa_cli.stages import models
     from grappa_cli.stages.results import default_of

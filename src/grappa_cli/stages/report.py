@@ -229,7 +229,7 @@ def to_csv(table: Table2) -> str:
     """One line per row; values in percent (4 decimals), oracle sets as text.
 
     ``default`` is true on exactly one row: the model row of the project's default model
-    (:func:`~grappa_cli.stages.results.default_of`: Grappa-R when present).
+    (:func:`~grappa_cli.stages.results.default_of`: Grappa-N when present).
     """
     from grappa_cli.stages.results import default_of
 
