@@ -29,15 +29,18 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path: Path, cli) -> None:
     directory = tmp_path / "demo"
     result = cli("demo", "--dir", directory, "--size", "tiny")
     assert result.exit_code == 0, result.stderr
-    assert "Demo results" in result.stdout and "Grappa-N" in result.stdout and "Grappa-avg" in result.stdout
-    for name in ("table2.md", "table2.csv", "fig4_per_task.png"):
+    for name in ("Demo results", "Grappa-N", "Grappa-avg", "Grappa-R"):
+        assert name in result.stdout
+    for name in ("table2.md", "table2.csv", "fig4_per_task.png", "routing.md", "routing.csv"):
         assert (directory / "reports" / name).is_file()
     table = (directory / "reports" / "table2.md").read_text()
     for task in ("digits", "photos", "shapes"):
         assert task in table
     results = sorted(p.relative_to(directory / "results").as_posix() for p in (directory / "results").rglob("*.json"))
-    # backbone, two single sets, two fused models, on three tasks
-    assert len(results) == 15
+    # backbone, two single sets, three fused models (Grappa-avg, Grappa-N, Grappa-R), on three tasks
+    assert len(results) == 18
+    routed = (directory / "reports" / "routing.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in routed[1:]] == ["digits", "photos", "shapes"]
     for path in (directory / "results").rglob("*.json"):
         metrics = json.loads(path.read_text())["metrics"]
         assert 0.0 <= metrics["r_precision"] <= 1.0 and 0.0 <= metrics["map@r"] <= metrics["r_precision"] + 1e-9

@@ -87,8 +87,9 @@ class RouteFusion:
         return routing.embedding_scores(criterion, views, source_of[rows], num_sources)
 
 
-def forced_queries(model: Any, images: torch.Tensor, alpha: torch.Tensor, strength: float) -> list[torch.Tensor]:
-    """Each layer's router input ``pool(h_bar) [B, D_l]`` when every layer applies ``alpha [B, N]``."""
+def forced_queries(model: Any, images: torch.Tensor, alpha: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's router input ``pool(h_bar) [B, D_l]`` when every layer applies ``alpha [B, N]``
+    (at the model's strength)."""
     from grappa_cli.model.layer import token_mean
 
     backbone = model.backbone
@@ -96,11 +97,8 @@ def forced_queries(model: Any, images: torch.Tensor, alpha: torch.Tensor, streng
     out = []
     for index, layer in enumerate(model.layers):
         base, branch = backbone.layer_parts(index, x)
-        h_bar = base + branch
-        out.append(token_mean(h_bar).float())
-        hidden = layer.bank.hidden(h_bar)
-        delta = layer.bank.mix(hidden, alpha.to(hidden.dtype))
-        x = base + (branch + delta * strength)
+        out.append(token_mean(base + branch).float())
+        x, _ = layer(base, branch, alpha=alpha)
     return out
 
 
@@ -120,6 +118,7 @@ def fit_router(model: Any, paths: list[str], source_of: np.ndarray, table: np.nd
     from grappa_cli.runtime import autocast
 
     layers = model.fusion_layers()
+    model.set_strength(strength)  # the router sees the layer inputs of the model as it is saved
     for layer in layers:
         layer.set_table(torch.as_tensor(table, dtype=torch.float32))
     if table.shape[0] == 1:
@@ -139,7 +138,7 @@ def fit_router(model: Any, paths: list[str], source_of: np.ndarray, table: np.nd
                     continue
                 sources = torch.as_tensor(source_of[batch.indices.numpy()])
                 with autocast(device, amp):
-                    queries = forced_queries(model, batch.images.to(device), targets[sources].to(device), strength)
+                    queries = forced_queries(model, batch.images.to(device), targets[sources].to(device))
                 for store, q in zip(per_layer, queries, strict=True):
                     store.append(q.float().cpu())
                 labels.append(sources)

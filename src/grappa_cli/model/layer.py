@@ -73,11 +73,16 @@ class GrappaLayer(nn.Module):
         keys = self.bank.project(token_mean(hidden, feature_dims=2)) + token_mean(branch).unsqueeze(1)
         return self.fusion(query, keys)
 
-    def forward(self, base: torch.Tensor, branch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(h, alpha)``: the layer output ``x~ + (y + s sum_i alpha_i A_i(h_bar))`` and ``alpha [B, N]``."""
+    def forward(self, base: torch.Tensor, branch: torch.Tensor,
+                alpha: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, alpha)``: the layer output ``x~ + (y + s sum_i alpha_i A_i(h_bar))`` and ``alpha [B, N]``.
+
+        ``alpha`` given: these weights instead of the fusion layer's (fitting a router with the
+        earlier layers routed as the image's own source asks).
+        """
         h_bar = base + branch
         hidden = self.bank.hidden(h_bar)
-        alpha = self.attention(h_bar, branch, hidden)
+        alpha = self.attention(h_bar, branch, hidden) if alpha is None else alpha.to(hidden.dtype)
         delta = self.bank.mix(hidden, alpha)
         if self.strength != 1.0:  # at 1 the output stays bit-identical to the paper's layer
             delta = delta * self.strength
