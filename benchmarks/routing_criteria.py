@@ -119,7 +119,9 @@ def study_project(root: Path, per_source: int, seed: int, crops: bool = True) ->
                                    min_side=decode_min_side(backbone.data_config))
         scores = {c: routing.embedding_scores(c, views, source_of[rows], len(names))
                   for c in routing.CRITERIA if c not in routing.LABEL_CRITERIA}
-    labels = [store.read(f"clusters/{n}/labels")[valid] for n in sets]
+    from grappa_cli.stages.adapt import training_labels
+
+    labels = [training_labels(store, n)[0][valid] for n in sets]
     scores["silhouette"] = routing.silhouette_scores(train_x, labels, source_of, len(names), seed=seed)
     scores["partition"] = routing.partition_scores(train_x, labels, source_of, len(names), seed=seed)
     scores["partition-gap"] = partition_gap_scores(train_x, labels, source_of, len(names), seed=seed)

@@ -126,3 +126,25 @@ def test_report_says_where_each_task_is_routed(two_source_project, cli):
     assert "| shapes |" in text and "Choice per training source" in text
     table = list(csv.DictReader(io.StringIO((project.reports_dir / "table2.csv").read_text())))
     assert [r["model"] for r in table if r["default"] == "true"] == ["fused:route"]
+
+
+def test_route_after_an_incremental_update_scores_each_source_on_the_sets_that_labelled_it(tmp_path):
+    """Sets clustered before the training set grew label only its first rows, sets of added images only
+    the added rows: each source is scored on the sets that labelled it, the others score 0."""
+    from grappa_cli.config import update_file
+    from grappa_cli.stages.run import run_pipeline
+    from grappa_cli.stages.tasks import add_task
+    from tests.stages.conftest import trained_on_one_domain
+
+    project, stripes = trained_on_one_domain(tmp_path)
+    add_task(project, "stripes", stripes, train=True)
+    update_file(project.config_path, lambda doc: doc["fuse"].__setitem__("strategies", ["avg", "route"]))
+    run_pipeline(project)
+    record = artifacts.read_checkpoint_record(project.fusion_dir / "route.safetensors")
+    routing = record["info"]["routing"]
+    assert routing["sources"] == ["shapes", "stripes"]
+    assert routing["candidates"] == ["k2", "k2-stripes", "k3-stripes", "backbone"]
+    scores = np.asarray(routing["scores"])
+    assert scores[0, 1:].tolist() == [0.0, 0.0, 0.0]  # shapes: only k2 labelled its rows
+    assert scores[1, 0] == 0.0  # stripes: k2 was clustered before they were added
+    assert record["summary"]["routes"].startswith("shapes->k2 stripes->k")

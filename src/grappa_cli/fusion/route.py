@@ -73,10 +73,13 @@ class RouteFusion:
                 num_sources: int, device: Any, batch: int, amp: bool, min_side: int | None) -> np.ndarray:
         criterion = str(context.params["criterion"])
         if criterion in routing.LABEL_CRITERIA:
+            from grappa_cli.stages.adapt import training_labels
+
             store = context.store
-            valid = store.read("features/train/valid")
+            valid = store.read("features/train/valid").astype(bool)
             features = store.read("features/train/embeddings")[valid].astype(np.float32)
-            labels = [store.read(f"clusters/{name}/labels")[valid] for name in context.set_names]
+            # by training row, -1 where a clustering made before the set grew, or of added images, has none
+            labels = [training_labels(store, name)[0][valid] for name in context.set_names]
             score = routing.partition_scores if criterion == "partition" else routing.silhouette_scores
             return score(features[rows], [lab[rows] for lab in labels], source_of[rows], num_sources,
                          seed=context.seed)
