@@ -116,10 +116,7 @@ class Project:
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise
-                try:
-                    return json.loads(os.pread(fd, 65536, 0).decode() or "{}") or {"pid": None}
-                except (OSError, ValueError):
-                    return {"pid": None}
+                return _holder_record(fd) or {"pid": None}
             fcntl.flock(fd, fcntl.LOCK_UN)
             return None
         finally:
@@ -212,11 +209,16 @@ def write_lock(lock_path: Path, command: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _read_holder(fd: int) -> str:
+def _holder_record(fd: int) -> dict[str, Any]:
+    """What the lock's holder wrote in the lock file (pid, command, start time), or {}."""
     try:
-        data = json.loads(os.pread(fd, 65536, 0).decode() or "{}")
+        return json.loads(os.pread(fd, 65536, 0).decode() or "{}")
     except (OSError, ValueError):
-        data = {}
+        return {}
+
+
+def _read_holder(fd: int) -> str:
+    data = _holder_record(fd)
     if not data:
         return "another grappa process"
     return f"pid {data.get('pid')} (`grappa {data.get('command')}`, started {data.get('started')})"
