@@ -98,19 +98,14 @@ def sample_rows(source_of: np.ndarray, per_source: int, seed: int) -> np.ndarray
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
-def knn_sets(x: np.ndarray, k: int) -> np.ndarray:
-    """``[n, k]`` nearest other rows of L2-normalised ``x`` by cosine (exact)."""
-    from grappa_cli.fusion.neighbors import knn_graph
-
-    return knn_graph(x, k)
-
-
 def stability(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     """Mean Jaccard overlap of the k-NN sets of the same images embedded as ``a`` and as ``b``."""
     k = min(k, len(a) - 1)
     if k < 1:
         return 0.0
-    ga, gb = knn_sets(a, k), knn_sets(b, k)
+    from grappa_cli.fusion.neighbors import knn_graph
+
+    ga, gb = knn_graph(a, k), knn_graph(b, k)
     overlap = [len(set(ra.tolist()) & set(rb.tolist())) for ra, rb in zip(ga, gb, strict=True)]
     inter = np.asarray(overlap, dtype=np.float64)
     return float(np.mean(inter / (2 * k - inter)))
