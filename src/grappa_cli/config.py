@@ -119,6 +119,15 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "\"incremental\" extracts only the new images and trains new adaptor sets on them, keeping "
                   "every existing set; \"full\" redoes everything on the union (like `grappa run --full`)",
                   choices=("incremental", "full")),
+        FieldSpec("on_duplicates", "str", "warn",
+                  "what evaluation does with test images that duplicate training images (byte copies and "
+                  "near-duplicates, found by `grappa extract`): \"warn\" keeps them and says how many, "
+                  "\"drop\" leaves them out of the queries and the gallery, \"error\" refuses to evaluate",
+                  choices=("warn", "drop", "error")),
+        FieldSpec("duplicate_threshold", "float", 0.95,
+                  "cosine of backbone features at or above which a test image counts as a near-duplicate of "
+                  "its nearest training image (measured: docs/benchmarks.md, \"Duplicate check\")",
+                  check=_unit_interval),
     ],
     "runtime": [
         FieldSpec("device", "str", "auto", "\"auto\" (CUDA when available), \"cpu\", \"cuda\" or \"cuda:N\""),

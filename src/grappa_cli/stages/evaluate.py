@@ -227,6 +227,8 @@ class _Job:
     result_inputs: dict[str, str]
     result_current: bool
     uses_labels: bool
+    #: test rows left out of the queries and the gallery (duplicates of training images, ``drop``)
+    left_out: list[int] = field(default_factory=list)
 
     @property
     def needs_embedding(self) -> bool:
@@ -236,11 +238,13 @@ class _Job:
 def _plan(project: Project, config: Any, store: Any, backbone: Any, refs: list[ModelRef], tasks: list[str],
           metrics: list[str], force: bool) -> list[_Job]:
     from grappa_cli.data import sources
+    from grappa_cli.stages import duplicates
     from grappa_cli.stages.embed import EmbedJob
     from grappa_cli.stages.extract import backbone_params, test_key
 
     bparams = backbone_params(backbone, config)
     tests = {task: sources.test_set(config, task) for task in tasks}
+    left_out = {task: duplicates.rows_to_leave_out(store, config, task) for task in tasks}
     image_fps = {task: tests[task].fingerprint() for task in tasks}
     jobs: list[_Job] = []
     for ref in refs:
@@ -267,13 +271,17 @@ def _plan(project: Project, config: Any, store: Any, backbone: Any, refs: list[M
             source_fp = prov.fingerprint({"params": embed.params, "inputs": embed.inputs}) if embed else \
                 store.provenance(source)["fingerprint"]
             result_params = {"model": ref.name, "task": task, "metrics": metrics, "protocol": PROTOCOL}
+            if left_out[task]:  # [data] on_duplicates = "drop" found some: results without them
+                result_params["left_out"] = {"duplicates": prov.fingerprint(left_out[task]),
+                                             "count": len(left_out[task])}
             result_inputs = {source: source_fp} | model
             current = False
             if not force and state == "complete":
                 rec = artifacts.record(project, result_id(ref, task), store)
                 current = bool(rec and rec.get("complete") and rec.get("fingerprint") == prov.fingerprint(
                     {"params": result_params, "inputs": result_inputs}))
-            jobs.append(_Job(ref, task, source, embed, state, result_params, result_inputs, current, labels))
+            jobs.append(_Job(ref, task, source, embed, state, result_params, result_inputs, current, labels,
+                             left_out[task]))
     return jobs
 
 
@@ -301,6 +309,9 @@ def evaluate(project: Project, options: EvalOptions, reporter: Reporter | None =
     if main:
         tasks = resolve_tasks(config, options.tasks)
         refs, skipped = resolve_models(project, options.models, store)
+        from grappa_cli.stages import duplicates
+
+        duplicates.check_tasks(store, config, tasks, reporter)
         jobs = _plan(project, config, store, backbone, refs, tasks, metric_names(config), options.force)
         plan = (tasks, [r.name for r in refs], jobs, skipped)
     # Rank 0 alone reads the store's state, before anyone writes; the others follow its plan.
@@ -390,8 +401,14 @@ def _score(project: Project, store: Any, job: _Job, config: Any, device: str | N
     start = time.perf_counter()
     store.require_complete(job.source, f"the embeddings {job.source}", "grappa eval")
     embeddings, rows = read_embeddings(store, job.source)
-    labels = store.read(f"{job.source}/labels")[rows]
     total = int(store.array(f"{job.source}/valid").shape[0])
+    unreadable = total - len(rows)
+    if job.left_out:
+        import numpy as np
+
+        kept = ~np.isin(rows, np.asarray(job.left_out, dtype=rows.dtype))
+        embeddings, rows = embeddings[kept], rows[kept]
+    labels = store.read(f"{job.source}/labels")[rows]
     with reporter.task(f"metrics of {job.ref.name} on {job.task}", total=None):
         try:
             values = retrieval_metrics(embeddings, labels, recall_at=(), metrics=job.result_params["metrics"],
@@ -405,12 +422,13 @@ def _score(project: Project, store: Any, job: _Job, config: Any, device: str | N
                   summary={title: f"{100 * float(values[m]):.1f}%" for m, title in TABLE_METRICS if m in values})
     document = {
         "model": job.ref.name, "task": job.task, "metrics": {k: float(v) for k, v in values.items()},
-        "num_queries": num_queries, "num_skipped": num_skipped, "images": len(rows), "unreadable": total - len(rows),
+        "num_queries": num_queries, "num_skipped": num_skipped, "images": len(rows), "unreadable": unreadable,
+        "left_out_duplicates": len(job.left_out),
         "uses_labels": job.uses_labels, "embeddings": job.source, "provenance": record,
         # how long embedding the test images took this time (the rate `grappa status` estimates from)
         "embedded": embedded, "seconds": round(seconds, 3),
     }
     atomic_write_text(path, json.dumps(document, indent=2) + "\n")
     return EvalEntry(job.ref.name, job.task, document["metrics"], num_queries, num_skipped, len(rows),
-                     total - len(rows), job.uses_labels, job.source, str(path), computed=True, embedded=embedded,
+                     unreadable, job.uses_labels, job.source, str(path), computed=True, embedded=embedded,
                      seconds=seconds + time.perf_counter() - start)

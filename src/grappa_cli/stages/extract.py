@@ -106,6 +106,10 @@ def extract(project: Project, options: ExtractOptions, reporter: Reporter | None
         ))
         if content is not None and distributed.rank() == 0:
             store.update(job.key, content=content)
+    if distributed.rank() == 0:
+        from grappa_cli.stages import duplicates
+
+        duplicates.check_tasks(store, config, sources.evaluation_tasks(config), reporter)
     return results
 
 

@@ -18,6 +18,8 @@ class ArtifactStatus:
     state: str  # complete | partial | running | stale | missing
     detail: str = ""
     stale_inputs: list[str] = field(default_factory=list)
+    #: test splits: how many of its images duplicate training images (None: not checked yet)
+    duplicates: int | None = None
 
 
 @dataclass
@@ -67,7 +69,10 @@ def collect(project: Project) -> ProjectStatus:
             detail = f"{detail}; {node.reason}" if detail else node.reason
         if not node.configured:
             detail = f"{detail}; not in grappa.toml" if detail else "not in grappa.toml"
-        items.append(ArtifactStatus(node.stage, node.id, node.state, detail, node.stale_inputs))
+        dups = _duplicates(project, config, node.id) if node.state == "complete" else None
+        if dups:
+            detail = f"{detail}; {dups} duplicate training images" if detail else f"{dups} duplicate training images"
+        items.append(ArtifactStatus(node.stage, node.id, node.state, detail, node.stale_inputs, dups))
     items += _side_artifacts(project)
     remaining, seconds = "", {}
     if plan.todo():
@@ -81,6 +86,16 @@ def collect(project: Project) -> ProjectStatus:
         cached = int(cache["images"]) if cache.get("complete") and "images" in cache else None
     return ProjectStatus(str(project.root), items, _next_steps(config, plan),
                          incremental_update(config, plan, cached), remaining, seconds)
+
+
+def _duplicates(project: Project, config: Any, artifact_id: str) -> int | None:
+    """How many test images of a test split duplicate training images, from the stored check."""
+    if not artifact_id.startswith("features/test/") or not project.store_path.exists():
+        return None
+    from grappa_cli.stages import duplicates
+
+    found = duplicates.stored(project.store(mode="r"), config, artifact_id.removeprefix("features/test/"))
+    return None if found is None else found.count
 
 
 def _running(project: Project, artifact_id: str, holder: dict[str, Any]) -> str:
