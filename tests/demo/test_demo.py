@@ -45,9 +45,36 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path: Path, cli) -> None:
         metrics = json.loads(path.read_text())["metrics"]
         assert 0.0 <= metrics["r_precision"] <= 1.0 and 0.0 <= metrics["map@r"] <= metrics["r_precision"] + 1e-9
 
+    page = directory / "reports" / "index.html"
+    text = page.read_text(encoding="utf-8")
+    assert text.count("<img ") >= 150 and "<script" not in text and "http://" not in text
+    assert (directory / "reports" / "assets").is_dir()
+    events = list((directory / "checkpoints" / "runs").rglob("events.out.tfevents.*"))
+    # every trained adaptor set and the attention fusion (Grappa-R's routers are fitted, not trained in steps)
+    assert {p.parent.name for p in events} == {"adapt-k4", "adapt-k16", "fuse-neighbor"}
+
     again = cli("-C", directory, "run", "--json")
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)["changed"] is False
+    _check_in_a_browser(page, tmp_path / "report.png")
+
+
+def _check_in_a_browser(page: Path, png: Path) -> None:
+    """Headless Chromium renders the page: a non-blank screenshot, every image decoded, no console error."""
+    import numpy as np
+    from PIL import Image
+
+    from grappa_cli.reporting import browser
+
+    if browser.find_chromium() is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    check = browser.check_page(page)
+    assert check.images >= 150 and check.broken == [] and check.console_errors == []
+    browser.screenshot(page, png, width=1200, height=1600)
+    with Image.open(png) as shot:
+        pixels = np.asarray(shot.convert("RGB"))
+    assert pixels.shape[:2] == (1600, 1200)
+    assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # text, tables, figures
 
 
 def test_demo_refuses_a_foreign_directory(tmp_path: Path, cli) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -91,6 +92,24 @@ def test_index_then_search_finds_the_query_first(fused_project, gallery, cli) ->
 
     again = json.loads(cli("-C", fused_project.root, "index", gallery, "--json").stdout)
     assert again["embedding_skipped"] and again["index_skipped"]
+
+    # --html: the same results as a page of thumbnails, in the order of the JSON answer
+    page = fused_project.root / "out" / "found.html"
+    shown = cli("-C", fused_project.root, "search", *queries, "-n", "5", "--html", page)
+    assert shown.exit_code == 0, shown.stderr
+    assert "wrote" in shown.stdout
+    text = page.read_text(encoding="utf-8")
+    assert "<script" not in text and text.count('class="query"') == 3
+    for item in found["results"]:
+        block = text.split(f'data-query="{item["query"]}"')[1].split('class="query"')[0]
+        alts = re.findall(r'alt="rank (\d): ([^ ]*) \(score', block)
+        assert [(int(r), n) for r, n in alts] == [(m["rank"], Path(m["path"]).name) for m in item["matches"]]
+    for src in re.findall(r'<img src="([^"]*)"', text):
+        with Image.open(page.parent / src) as img:
+            img.load()
+    assert (page.parent / "found_files").is_dir()
+    wrong = cli("-C", fused_project.root, "search", queries[0], "--html", fused_project.root / "found.png")
+    assert wrong.exit_code == 2 and "Error: --html needs a file name ending in .html" in wrong.stderr
 
 
 def test_approximate_indexes_return_the_exact_top1(fused_project, gallery_images, cli, tmp_path) -> None:

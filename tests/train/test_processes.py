@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -61,6 +62,16 @@ def test_sigkill_in_the_middle_of_an_epoch_then_rerun_gives_identical_weights(tm
     epochs = [r for r in RunDir(tmp_path / "run").read_metrics() if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [0, 1, 2]
     assert [r["loss"] for r in epochs] == reference.epoch_losses
+    if importlib.util.find_spec("tensorboard") is not None:
+        # the TensorBoard curves: the killed process's steps past its checkpoint are hidden and the
+        # rerun's continue at the same global steps, so TensorBoard draws what metrics.jsonl holds
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0}).Reload()
+        drawn = [(e.step, e.value) for e in events.Scalars("epoch/loss")]
+        assert drawn == [(r["step"], float(torch.tensor(r["loss"]))) for r in epochs]
+        steps = [e.step for e in events.Scalars("loss")]
+        assert steps == sorted(set(steps))
 
 
 @pytest.mark.distributed
@@ -83,6 +94,8 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path):
     epochs = [r for r in RunDir(run_dir).read_metrics() if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [0, 1]  # written by rank 0 only
     assert all(math.isfinite(r["loss"]) for r in epochs)
+    if importlib.util.find_spec("tensorboard") is not None:  # the TensorBoard curves: rank 0's file only
+        assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
 
     # Two processes with 4 pairs each compute the same function as one process with 8:
     # global batch statistics in the loss and the projector, DDP averaging of gradients.

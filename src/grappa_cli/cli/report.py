@@ -24,10 +24,14 @@ def report(
                                                         "r_precision or map@r.")] = OracleMetric.r_precision,
     device: Annotated[str | None, typer.Option(help="Where --examples ranks: cpu or auto (faiss GPU).",
                                                show_default=False)] = None,
+    html: Annotated[bool, typer.Option("--html/--no-html", help="Also write reports/index.html: Table 2, the "
+                                       "figures, what each model retrieves, each granularity's clusters and "
+                                       "the training curves.")] = True,
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Write reports/table2.md, table2.csv and fig4_per_task.png (and fig5_examples.png with --examples)."""
+    """Write reports/table2.md, table2.csv, fig4_per_task.png and index.html (and fig5_examples.png with
+    --examples)."""
     from grappa_cli.cli.tables import print_table2
     from grappa_cli.console import RichReporter, out
     from grappa_cli.stages.report import ReportOptions
@@ -35,7 +39,8 @@ def report(
 
     proj = resolve_project(ctx, project)
     options = ReportOptions(paper=paper, examples=examples, examples_per_task=per_task,
-                            examples_model=examples_model, oracle_metric=value(oracle_metric), device=device)
+                            examples_model=examples_model, oracle_metric=value(oracle_metric), device=device,
+                            html=html)
     result = run(proj, options, RichReporter())
     if as_json:
         print_json(result.to_dict())

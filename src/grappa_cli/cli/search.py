@@ -98,6 +98,9 @@ def search(
     ef_search: Annotated[int | None, typer.Option(min=1, help="hnsw: candidate list size per query (default: the "
                                                   "value stored with the index).", show_default=False)] = None,
     device: DeviceOption = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML page of the queries and their "
+                                              "results (thumbnails in a <page>_files folder beside it).",
+                                              show_default=False)] = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -110,6 +113,15 @@ def search(
 
     proj = resolve_project(ctx, project)
     result = search_gallery(proj, list(images), k=k, name=name, nprobe=nprobe, ef_search=ef_search, device=device)
+    if html is not None:
+        from grappa_cli.errors import UsageError
+        from grappa_cli.reporting.page import write_search_page
+
+        if html.suffix.lower() not in (".html", ".htm"):
+            raise UsageError(f"--html needs a file name ending in .html (got {str(html)!r})")
+        page = write_search_page(result, html)
+        if not as_json:
+            out.print(f"wrote {escape(str(page.path))}", highlight=False)
     if as_json:
         print_json(result.to_dict())
         return

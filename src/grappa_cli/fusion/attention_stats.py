@@ -8,7 +8,8 @@ training and after every epoch (records with ``"kind": "attention"``), show whet
 * ``logit_scale``: the per-layer scale of the logits (``None`` for the literal eq. 3 start);
 * ``entropy``: mean over probe images of the attention's entropy divided by ``log N`` (1 = uniform,
   i.e. Grappa-avg; 0 = one set per image);
-* ``mean_alpha``: the attention weight of each set averaged over the probe images.
+* ``mean_alpha``: the attention weight of each set averaged over the probe images, in the order of
+  the record's ``sets`` (the fused sets' names, so TensorBoard can label each curve).
 
 The probe is a fixed batch of training images in the evaluation view, the same every epoch.
 """
@@ -78,10 +79,12 @@ def attention_summary(model: Any, images: Any) -> list[dict[str, Any]]:
 class AttentionLogger:
     """Appends the attention summary to a fusion run's metrics log before training and after each epoch."""
 
-    def __init__(self, run_dir: Path, paths: Sequence[str], data_config: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, paths: Sequence[str], data_config: dict[str, Any],
+                 sets: Sequence[str] = ()) -> None:
         self.run_dir = Path(run_dir)
         self.paths = list(paths)
         self.data_config = data_config
+        self.sets = list(sets)
         self._probe: Any = None
 
     def _log(self, model: Any, epoch: int, phase: str) -> None:
@@ -97,8 +100,10 @@ class AttentionLogger:
         inner = getattr(model, "module", model)
         summary = attention_summary(getattr(inner, "model", inner), self._probe)
         if summary:
-            RunDir(self.run_dir).append_metrics({"kind": "attention", "epoch": epoch, "phase": phase,
-                                                 "layers": summary})
+            record: dict[str, Any] = {"kind": "attention", "epoch": epoch, "phase": phase, "layers": summary}
+            if len(self.sets) == len(summary[0]["mean_alpha"]):
+                record["sets"] = self.sets
+            RunDir(self.run_dir).append_metrics(record)
 
     def on_epoch_start(self, epoch: int, objective: Any) -> None:
         if epoch == 0:

@@ -92,7 +92,8 @@ def train_pairs(
         force=context.options.force, restart_on_mismatch=context.options.refresh,
         settings={"params": p, "sets": context.set_names},
     )
-    logger = AttentionLogger(context.run_dir, context.train_paths, context.backbone.data_config)
+    logger = AttentionLogger(context.run_dir, context.train_paths, context.backbone.data_config,
+                             context.set_names)
 
     def epoch_start(epoch: int, objective: Any) -> Any:
         logger.on_epoch_start(epoch, objective)

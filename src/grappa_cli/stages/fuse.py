@@ -98,8 +98,10 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
     warm = warm_start_source(project, config, strategy, names, existing, backbone) if not options.force else None
     if warm is not None:
         context.warm_start = warm
-        reporter.log(f"fusion/{strategy.name} starts from the previous fused model over "
-                     f"{', '.join(warm.set_names)} ([fuse] warm_start)")
+        from rich.markup import escape
+
+        reporter.log(escape(f"fusion/{strategy.name} starts from the previous fused model over "
+                            f"{', '.join(warm.set_names)} ([fuse] warm_start)"))
     outcome = strategy.train(context)
     outcome.model.set_strength(float(config.fuse.strength))  # trained at 1; saved with the configured share
     if distributed.is_main():

@@ -266,6 +266,8 @@ class ReportOptions:
     examples_model: str | None = None
     oracle_metric: str = ORACLE_METRIC
     device: str | None = None
+    #: also write reports/index.html (galleries, granularities, curves; see grappa_cli.reporting)
+    html: bool = True
 
 
 @dataclass
@@ -292,7 +294,8 @@ def stale_results(project: Project, results: Sequence[StoredResult]) -> set[tupl
 def report(project: Project, options: ReportOptions, reporter: Reporter | None = None) -> ReportResult:
     """Write ``reports/table2.md``, ``table2.csv``, ``fig4_per_task.png`` (and ``fig5_examples.png``).
 
-    With a Grappa-R result, also ``routing.md`` / ``routing.csv``: where it routes each task.
+    With a Grappa-R result, also ``routing.md`` / ``routing.csv``: where it routes each task; and
+    ``index.html`` with its ``assets/`` (:mod:`grappa_cli.reporting`) unless ``options.html`` is off.
     """
     from grappa_cli.fsutil import atomic_write_text
     from grappa_cli.stages import figures, routing_report
@@ -310,6 +313,7 @@ def report(project: Project, options: ReportOptions, reporter: Reporter | None =
     table = build_table(results, task_order=list(config.tasks), task_types=task_types(config, tasks),
                         stale=stale_results(project, results), paper_rows=options.paper,
                         oracle_metric=options.oracle_metric)
+    table.notes += duplicate_notes(project, config, table.tasks)
     out_dir = project.reports_dir
     files = []
     for name, text in (("table2.md", to_markdown(table)), ("table2.csv", to_csv(table))):
@@ -336,10 +340,33 @@ def report(project: Project, options: ReportOptions, reporter: Reporter | None =
                                                per_task=options.examples_per_task, task_order=list(config.tasks),
                                                device=options.device)
             files.append(str(path))
+    if options.html:
+        from grappa_cli.reporting.page import write_page
+
+        with reporter.task("writing the HTML report", total=None):
+            page = write_page(project, config, table, results, files, device=options.device, reporter=reporter)
+        files.append(str(page.path))
     # The manifest last: it says which results the files above show, and that they are all written.
     manifest = {"results": current_results(project), "files": [Path(f).name for f in files]}
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return ReportResult(table, files, examples)
+
+
+def duplicate_notes(project: Project, config: Any, tasks: Sequence[str]) -> list[str]:
+    """One note per task whose test split shares images with the training set (the stored check)."""
+    if not project.store_path.exists():
+        return []
+    from grappa_cli.stages import duplicates
+
+    store = project.store(mode="r")
+    kept = {"warn": "its results include them", "drop": "its results leave them out",
+            "error": "it is not evaluated until they are removed"}[config.data.on_duplicates]
+    notes = []
+    for task in tasks:
+        found = duplicates.stored(store, config, task)
+        if found is not None and found.count:
+            notes.append(f"{found.line()}: {kept} ([data] on_duplicates = \"{config.data.on_duplicates}\").")
+    return notes
 
 
 def current_results(project: Project) -> dict[str, str | None]:

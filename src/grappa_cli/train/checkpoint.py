@@ -4,6 +4,9 @@
       run.json          settings of the run and their fingerprint (written when it starts)
       checkpoint.pt     state after the last complete epoch (tensors, numbers, strings only)
       metrics.jsonl     one JSON record per logged step and per epoch
+      events.out.tfevents.*
+                        the same records as TensorBoard scalars, one file per process that
+                        trained (with tensorboard installed; grappa_cli.train.tensorboard_log)
 
 The checkpoint is a ``torch.save`` of a dict of tensors and plain values, read back with
 ``torch.load(weights_only=True)``, so loading never runs pickled code. It is written to a
@@ -23,6 +26,7 @@ import torch
 from grappa_cli.errors import TrainingError
 from grappa_cli.fsutil import atomic_write_bytes, atomic_write_text
 from grappa_cli.provenance import describe_mismatch, fingerprint
+from grappa_cli.train import tensorboard_log
 
 __all__ = ["RunDir"]
 
@@ -70,11 +74,16 @@ class RunDir:
         atomic_write_text(self.settings_path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
 
     def clear(self) -> None:
-        """Remove the files of a previous run (``--force``), leaving unrelated files alone."""
+        """Remove the files of a previous run (``--force``), leaving unrelated files alone.
+
+        Its TensorBoard event files go too: the new run starts again at step 0, and its curves
+        must not be drawn over the old ones."""
         for path in (self.settings_path, self.checkpoint_path, self.metrics_path):
             path.unlink(missing_ok=True)
         for tmp in self.path.glob(".checkpoint.pt.*.tmp"):
             tmp.unlink(missing_ok=True)
+        for events in self.path.glob("events.out.tfevents.*"):
+            events.unlink(missing_ok=True)
 
     # -- checkpoint -------------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -99,9 +108,11 @@ class RunDir:
 
     # -- metrics ----------------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one record to ``metrics.jsonl``, and to the run's TensorBoard curves when open."""
         self.path.mkdir(parents=True, exist_ok=True)
         with self.metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
+        tensorboard_log.mirror(self.path, record)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every complete record of the metrics log (a torn last line is ignored)."""

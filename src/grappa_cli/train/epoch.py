@@ -62,6 +62,7 @@ def run_epoch(
     main = dist_utils.is_main()
     losses: list[float] = []
     started = time.perf_counter()
+    logged_at, logged_steps = started, 0  # for the mean step time since the previous step record
     title = f"{config.description} epoch {epoch + 1}/{config.epochs}"
     with reporter.task(title, total=steps * images_per_step, unit="img") as task:
         for i, batch in enumerate(loader):
@@ -89,9 +90,13 @@ def run_epoch(
             task.advance(images_per_step)
             if (i + 1) % max(config.log_every, 1) == 0 or i + 1 == steps:
                 task.update(step=f"{i + 1}/{steps}", loss=value, lr=lr)
+                now = time.perf_counter()
+                step_time = (now - logged_at) / (i + 1 - logged_steps)
+                logged_at, logged_steps = now, i + 1
                 if main:
                     run.append_metrics({"kind": "step", "epoch": epoch, "step": progress["step"],
-                                        "loss": value, "lr": lr, "images_per_s": rate, "time": time.time()})
+                                        "loss": value, "lr": lr, "images_per_s": rate,
+                                        "step_time_s": step_time, "time": time.time()})
     seconds = time.perf_counter() - started
     progress["seconds"] += seconds
     progress["images"] += len(losses) * images_per_step
@@ -99,7 +104,7 @@ def run_epoch(
     progress["losses"].append(epoch_loss)
     return {"kind": "epoch", "epoch": epoch, "step": progress["step"], "loss": epoch_loss,
             "lr": _current_lr(optimizer), "images_per_s": len(losses) * images_per_step / max(seconds, 1e-9),
-            "seconds": seconds, "time": time.time()}
+            "step_time_s": seconds / len(losses), "seconds": seconds, "time": time.time()}
 
 
 def _diverged(value: float, epoch: int, index: int, progress: dict[str, Any], run: RunDir, main: bool) -> None:

@@ -18,8 +18,9 @@
   identical to an uninterrupted run (every random generator is reseeded from
   ``(seed, epoch, rank)`` at the start of each epoch); other settings are refused;
 * progress through a :class:`~grappa_cli.console.Reporter` and a ``metrics.jsonl`` log
-  (rank 0 only); a non-finite loss stops the run with :class:`TrainingError` and leaves the
-  last good checkpoint as it was.
+  (rank 0 only), mirrored into TensorBoard event files in the run directory when tensorboard
+  is installed (:mod:`grappa_cli.train.tensorboard_log`); a non-finite loss stops the run with
+  :class:`TrainingError` and leaves the last good checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from grappa_cli.errors import TrainingError
 from grappa_cli.provenance import fingerprint
 from grappa_cli.runtime import resolve_device
 from grappa_cli.train import distributed as dist_utils
+from grappa_cli.train import tensorboard_log
 from grappa_cli.train.checkpoint import RunDir
 from grappa_cli.train.data import (
     BatchSamplerFactory,
@@ -225,31 +227,35 @@ def train(
 
     wrapped = _wrap_ddp(objective, device)
     rank = dist_utils.rank()
-    for epoch in range(start_epoch, config.epochs):
-        seed_everything(derive_seed(config.seed, epoch, rank))
-        replacement = on_epoch_start(epoch, objective) if on_epoch_start else None
-        epoch_data = dataset if replacement is None else replacement
-        objective.train()
-        loader = _epoch_loader(epoch_data, epoch, config, device, collate_fn, make_batch_sampler)
-        if len(loader) == 0:
-            raise TrainingError(f"epoch {epoch + 1} has {len(epoch_data)} items, fewer than one batch of "
-                                f"{config.batch_size}", hint="lower the batch size")
-        record = run_epoch(wrapped, loader, epoch, config, optimizer, scheduler, params, device, progress,
-                           run, reporter, prepare=_epoch_preparer(prepare_batch, device, config.seed, epoch, rank))
-        if dist_utils.is_main():
-            run.append_metrics(record)  # first: a record past the checkpoint is dropped on resume
-            run.save_checkpoint({
-                "fingerprint": fingerprint(settings), "epoch": epoch + 1,
-                "global_step": progress["step"], "epoch_losses": list(progress["losses"]),
-                "seconds": progress["seconds"], "images": progress["images"],
-                "model": {k: v.cpu() for k, v in trainable_state(objective).items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "rng": capture_rng_state(),
-            })
-        dist_utils.barrier()
-        if on_epoch_end:
-            on_epoch_end(epoch, objective, record)
+    # TensorBoard mirrors the metrics log (rank 0, only when there is something to train)
+    with tensorboard_log.open_run(run.path, progress["step"], reporter,
+                                  enabled=dist_utils.is_main() and start_epoch < config.epochs) as curves:
+        for epoch in range(start_epoch, config.epochs):
+            seed_everything(derive_seed(config.seed, epoch, rank))
+            replacement = on_epoch_start(epoch, objective) if on_epoch_start else None
+            epoch_data = dataset if replacement is None else replacement
+            objective.train()
+            loader = _epoch_loader(epoch_data, epoch, config, device, collate_fn, make_batch_sampler)
+            if len(loader) == 0:
+                raise TrainingError(f"epoch {epoch + 1} has {len(epoch_data)} items, fewer than one batch of "
+                                    f"{config.batch_size}", hint="lower the batch size")
+            record = run_epoch(wrapped, loader, epoch, config, optimizer, scheduler, params, device, progress,
+                               run, reporter, prepare=_epoch_preparer(prepare_batch, device, config.seed, epoch, rank))
+            if dist_utils.is_main():
+                run.append_metrics(record)  # first: a record past the checkpoint is dropped on resume
+                run.save_checkpoint({
+                    "fingerprint": fingerprint(settings), "epoch": epoch + 1,
+                    "global_step": progress["step"], "epoch_losses": list(progress["losses"]),
+                    "seconds": progress["seconds"], "images": progress["images"],
+                    "model": {k: v.cpu() for k, v in trainable_state(objective).items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                    "rng": capture_rng_state(),
+                })
+            dist_utils.barrier()
+            if on_epoch_end:
+                on_epoch_end(epoch, objective, record)
+            curves.flush()
 
     seconds = progress["seconds"]
     return TrainResult(
