@@ -10,6 +10,7 @@ import torch.distributed as dist
 from grappa_cli.data.cache import build_image_cache
 from grappa_cli.data.tasks.base import ImageList
 from grappa_cli.store import Store
+from tests.cache.rank_lines import say_line
 
 
 def main() -> None:
@@ -18,7 +19,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     result = build_image_cache(Store(Path(store_path)), "train", paths, size=20, chunk_rows=4,
                                inputs={"images": ImageList(paths).fingerprint()})
-    print(f"rank {dist.get_rank()} built {result.built}", flush=True)
+    say_line(f"rank {dist.get_rank()} built {result.built}")
     dist.destroy_process_group()
 
 

@@ -9,12 +9,13 @@ import torch.distributed as dist
 
 from grappa_cli.project import Project
 from grappa_cli.stages.cache import grow_training_cache
+from tests.cache.rank_lines import say_line
 
 
 def main() -> None:
     dist.init_process_group("gloo")
     result = grow_training_cache(Project(Path(sys.argv[1])))
-    print(f"rank {dist.get_rank()} grew {result.built if result else None}", flush=True)
+    say_line(f"rank {dist.get_rank()} grew {result.built if result else None}")
     dist.destroy_process_group()
 
 
