@@ -27,6 +27,18 @@ from pathlib import Path
 from typing import Any
 
 STORE_PREFIXES = ("features/", "clusters/", "eval/", "knn/", "cache/", "gallery/")
+#: The backbone features of the training set D (``grappa extract``).
+FEATURES_TRAIN = "features/train"
+
+
+def cluster_key(k: int | str) -> str:
+    """Store group of one pseudo-label set: ``clusters/k256`` (k) or ``clusters/k16-coral`` (a set name)."""
+    return f"clusters/{k}" if isinstance(k, str) else f"clusters/k{k}"
+
+
+def test_features(task: str) -> str:
+    """``features/test/<task>``: the backbone features of a task's test split."""
+    return f"features/test/{task}"
 
 
 def checkpoint_path(project: Any, artifact_id: str) -> Path:

@@ -28,16 +28,23 @@ def test_searches_use_the_old_index_until_the_rebuild_is_swapped_in(fused_projec
     with faults.arm(None, record=writes):
         assert cli("-C", copy_project(project, tmp_path / "probe").root, "index", gallery_images,
                    "--model", "backbone", "--force").exit_code == 0
-    for at in range(1, len(writes) + 1, 6):  # a rebuild stopped at many points, each on a fresh copy
+    swapped_before_failing = 0
+    stops = range(1, len(writes) + 1, 6)
+    for at in stops:  # a rebuild stopped at many points, each on a fresh copy
         stopped = copy_project(project, tmp_path / f"at{at}")
         with faults.arm(at, "enospc") as plan:
             failed = cli("-C", stopped.root, "index", gallery_images, "--model", "backbone", "--force")
         assert plan.fired and failed.exit_code == 1
-        if read_sidecar(stopped, "default") == first:  # not swapped yet: the old index answers
-            assert _search(cli, stopped, query) == before, plan.fired
+        sidecar = read_sidecar(stopped, "default")
+        # the failed rebuild left the old index or the complete new one, never a half-built one
+        assert sidecar == first or (sidecar["store_key"] != first["store_key"]
+                                    and stopped.store(mode="r").provenance(sidecar["store_key"])["complete"])
+        swapped_before_failing += sidecar != first
+        assert _search(cli, stopped, query) == before, plan.fired  # either one answers the same
         resumed = cli("-C", stopped.root, "index", gallery_images, "--model", "backbone", "--force")
         assert resumed.exit_code == 0, resumed.stderr
         assert _search(cli, stopped, query) == before
+    assert swapped_before_failing < len(stops)  # most stops came before the swap: the old index answered
     rebuilt = cli("-C", project.root, "index", gallery_images, "--model", "backbone", "--force")
     assert rebuilt.exit_code == 0, rebuilt.stderr
     new = read_sidecar(project, "default")

@@ -68,14 +68,18 @@ def test_an_edit_that_keeps_the_size_changes_the_fingerprint(tmp_path) -> None:
     assert images.content_fingerprint() == before_content
 
 
+def _save_uncompressed(path: Path, pixels: np.ndarray) -> None:
+    """A PNG stored without compression: its size depends on the image's shape only."""
+    Image.fromarray(pixels).save(path, format="PNG", compress_level=0)
+
+
 def _edit_keeping_size_and_time(path: Path) -> None:
+    """Invert the pixels of an uncompressed PNG: same size, and the modification time put back."""
     stat = path.stat()
     with Image.open(path) as img:
         pixels = np.asarray(img).copy()
-    pixels[...] = 255 - pixels
-    data = Image.fromarray(pixels)
-    data.save(path)
-    assert path.stat().st_size == stat.st_size or True
+    _save_uncompressed(path, 255 - pixels)
+    assert path.stat().st_size == stat.st_size
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
@@ -90,8 +94,12 @@ def test_extract_sees_edits_and_verify_sees_hidden_ones(tiny_project, cli) -> No
     stale = cli("-C", tiny_project.root, "extract", "--split", "test")
     assert stale.exit_code == 1 and "made from other inputs" in stale.stderr
     assert cli("-C", tiny_project.root, "extract", "--split", "test", "--force").exit_code == 0
+    # store the first image uncompressed (an ordinary edit), so that the edit below keeps its size exactly
+    with Image.open(paths[0]) as img:
+        _save_uncompressed(Path(paths[0]), np.asarray(img).copy())
     # record the content, then an edit that keeps size and mtime: only --verify sees it
-    assert cli("-C", tiny_project.root, "extract", "--split", "test", "--verify").exit_code == 0
+    assert cli("-C", tiny_project.root, "extract", "--split", "test", "--force", "--verify").exit_code == 0
+    first = tiny_project.store(mode="r").read("features/test/shapes/embeddings")
     fingerprint = tiny_project.store(mode="r").provenance("features/test/shapes")["fingerprint"]
     _edit_keeping_size_and_time(Path(paths[0]))
     quiet = cli("-C", tiny_project.root, "extract", "--split", "test", "--json")

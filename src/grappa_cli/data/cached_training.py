@@ -1,7 +1,7 @@
 """Training inputs read from the image cache: datasets, batch order and on-device views.
 
 When ``grappa cache build`` has filled ``cache/train`` from the current training set
-(:func:`grappa_cli.stages.cache.require_training_cache`), the training stages read uint8
+(:func:`grappa_cli.data.training_cache_state.require_training_cache`), the training stages read uint8
 squares from it instead of decoding JPEGs, and augment whole batches on the training device
 (the GPU when there is one) with :class:`~grappa_cli.data.gpu_augment.TensorAugment`:
 
@@ -108,7 +108,7 @@ def find_training_cache(store: Any, reporter: Reporter | None = None) -> Trainin
     The hint says how to build (or rebuild) the cache; training then decodes the image files
     as before. A cache that exists but is partial or stale is never read.
     """
-    from grappa_cli.stages.cache import require_training_cache
+    from grappa_cli.data.training_cache_state import require_training_cache
 
     try:
         key = require_training_cache(store)

@@ -73,7 +73,7 @@ class RouteFusion:
                 num_sources: int, device: Any, batch: int, amp: bool, min_side: int | None) -> np.ndarray:
         criterion = str(context.params["criterion"])
         if criterion in routing.LABEL_CRITERIA:
-            from grappa_cli.stages.adapt import training_labels
+            from grappa_cli.clustering.labels import training_labels
 
             store = context.store
             valid = store.read("features/train/valid").astype(bool)

@@ -100,8 +100,8 @@ def write_page(project: Any, config: Any, table: Any, results: list[Any], files:
 
 def table_html(table: Any) -> str:
     """Table 2 with the numbers of ``table2.md`` (same cells), the default model in bold."""
-    from grappa_cli.stages.report import METRIC_KEYS, cell
     from grappa_cli.stages.results import TABLE_METRICS, default_of
+    from grappa_cli.stages.table2 import METRIC_KEYS, cell
 
     default = default_of(r.model for r in table.rows if r.model)
     head = "".join(f"<th>{html.escape(table.titles[t])} {html.escape(name)}</th>"

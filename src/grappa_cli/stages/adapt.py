@@ -28,9 +28,9 @@ from grappa_cli import provenance as prov
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import StoreError
 from grappa_cli.project import Project
-from grappa_cli.stages.cluster import cluster_key
+from grappa_cli.stages.cluster import cluster_key, training_labels
 
-FEATURES = "features/train"
+FEATURES = artifacts.FEATURES_TRAIN
 
 
 @dataclass
@@ -75,22 +75,6 @@ def stored_set_names(store: Any) -> list[str]:
             if record.get("complete"):
                 names.append(name)
     return sorted(names, key=increments.set_sort_key)
-
-
-def training_labels(store: Any, k: int | str) -> tuple[np.ndarray, np.ndarray]:
-    """Pseudo-labels under clustering k by training row (-1: none) and which rows are usable.
-
-    A clustering made before the training set grew covers its first rows only: the rows
-    added since have no label under it (-1).
-    """
-    valid = store.read(f"{FEATURES}/valid").astype(bool)
-    labels = store.read(f"{cluster_key(k)}/labels").astype(np.int64)
-    if len(labels) > len(valid):
-        raise StoreError(f"{cluster_key(k)} has {len(labels)} labels for {len(valid)} training images",
-                         hint="rerun `grappa cluster --force`")
-    if len(labels) < len(valid):
-        labels = np.concatenate([labels, np.full(len(valid) - len(labels), -1, dtype=np.int64)])
-    return labels, valid & (labels >= 0)
 
 
 def adapt_params(config: Any, options: AdaptOptions, k: int, backbone_id: str) -> dict[str, Any]:
@@ -138,7 +122,7 @@ def initial_prototypes(store: Any, k: int | str, params: dict[str, Any], dim: in
 
 def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = None) -> list[AdaptResult]:
     """Train (or resume, or skip) the adaptor set of every requested k."""
-    from grappa_cli.planner import require_current
+    from grappa_cli.freshness import require_current
     from grappa_cli.stages.extract import backbone_spec
     from grappa_cli.train import distributed
 

@@ -13,12 +13,21 @@ from typing import Any
 
 from grappa_cli.console import Reporter
 from grappa_cli.data import cache as image_cache
+from grappa_cli.data.training_cache_state import (
+    FEATURES_KEY,
+    TRAIN_CACHE,
+    grown_from,
+    image_list_fingerprint,
+    recorded_growth,
+    require_training_cache,
+)
 from grappa_cli.errors import StoreError, UsageError
 from grappa_cli.project import Project
 from grappa_cli.store import Store
 
-FEATURES_KEY = "features/train"
-TRAIN_CACHE = "train"
+__all__ = ["FEATURES_KEY", "TRAIN_CACHE", "CacheOptions", "CachePlan", "build", "grow_training_cache", "grown_from",
+           "image_list_fingerprint", "plan", "recorded_growth", "require_training_cache", "training_paths"]
+
 
 
 @dataclass
@@ -77,37 +86,6 @@ def resolve_size(record: dict[str, Any], size: int | None) -> int:
         raise UsageError("features/train does not record the backbone's input size",
                          hint="pass --size (e.g. 248 for a 224-pixel model)")
     return image_cache.default_size(data_config)
-
-
-def image_list_fingerprint(paths: list[str]) -> str:
-    """The fingerprint ``grappa extract`` records for the same list (paths and file sizes)."""
-    from grappa_cli.data.tasks.base import ImageList
-
-    return ImageList(list(paths)).fingerprint()
-
-
-def grown_from(store: Store, paths: list[str], size: int, chunk_rows: int) -> int | None:
-    """How many images a complete training cache holds when they are the first of ``paths``, else None.
-
-    That is the cache of the training set before an incremental update appended images (with the
-    same size and shards): it grows by the added images instead of being rebuilt.
-    """
-    from grappa_cli import provenance as prov
-
-    record = store.provenance(image_cache.cache_key(TRAIN_CACHE)) or {}
-    old = int(record.get("images", 0))
-    if not record.get("complete") or not 0 < old < len(paths):
-        return None
-    expected = prov.fingerprint({"params": image_cache.cache_params(size, chunk_rows),
-                                 "inputs": {"images": image_list_fingerprint(paths[:old])}})
-    return old if record.get("fingerprint") == expected else None
-
-
-def recorded_growth(store: Store, paths: list[str]) -> int | None:
-    """:func:`grown_from` at the size and shard rows the training cache was built with."""
-    params = (store.provenance(image_cache.cache_key(TRAIN_CACHE)) or {}).get("params") or {}
-    return grown_from(store, paths, int(params.get("size", 0)),
-                      int(params.get("chunk_rows", image_cache.DEFAULT_CHUNK_ROWS)))
 
 
 def plan(project: Project, options: CacheOptions) -> CachePlan:
@@ -169,27 +147,7 @@ def grow_training_cache(project: Project, reporter: Reporter | None = None) -> i
     return build(project, cache_plan, CacheOptions(size=cache_plan.size, chunk_rows=cache_plan.chunk_rows), reporter)
 
 
-def require_training_cache(store: Store) -> str:
-    """The key of the training cache, complete and made from the current training set.
 
-    What training stages call before reading cached images; the errors say which command
-    fixes the problem.
-    """
-    key = image_cache.cache_key(TRAIN_CACHE)
-    record = store.require_complete(key, f"the image cache {key}", "grappa cache build")
-    features = store.require_complete(FEATURES_KEY, "the training-set image list (features/train)",
-                                      "grappa extract")
-    current = (features.get("inputs") or {}).get("images")
-    if current is not None and (record.get("inputs") or {}).get("images") != current:
-        paths = [str(p) for p in store.read(f"{FEATURES_KEY}/paths")]
-        old = recorded_growth(store, paths)
-        if old is not None:
-            raise StoreError(f"{key} holds the {old:,} training images before the last update, not the "
-                             f"{len(paths) - old:,} added since",
-                             hint="run `grappa cache build` (it decodes only the added images)")
-        raise StoreError(f"{key} was built from another training set than features/train",
-                         hint="run `grappa cache build --force`")
-    return key
 
 
 @dataclass

@@ -24,16 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from grappa_cli import increments, plugins
+from grappa_cli import artifacts, increments, plugins
 from grappa_cli.clustering import kvalues
 from grappa_cli.clustering.base import settings_of
+from grappa_cli.clustering.labels import training_labels
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import StoreError
-from grappa_cli.planner import require_current
+from grappa_cli.freshness import require_current
 from grappa_cli.project import Project
 from grappa_cli.provenance import describe_mismatch
 
-FEATURES_KEY = "features/train"
+__all__ = ["cluster_key", "cluster_params", "run", "training_labels"]
+
+FEATURES_KEY = artifacts.FEATURES_TRAIN
 EMBEDDINGS_KEY = f"{FEATURES_KEY}/embeddings"
 VALID_KEY = f"{FEATURES_KEY}/valid"
 #: Label of a training row that was not clustered (its image could not be read).
@@ -43,9 +46,7 @@ NORMALIZATION = "l2"
 _CORE_PARAMS = ("k", "backend", "seed", "niter", "normalize")
 
 
-def cluster_key(k: int | str) -> str:
-    """Store group of one pseudo-label set: ``clusters/k256`` (k) or ``clusters/k16-coral`` (a set name)."""
-    return f"clusters/{k}" if isinstance(k, str) else f"clusters/k{k}"
+cluster_key = artifacts.cluster_key
 
 
 def cluster_params(k: int, backend: str, seed: int, niter: int, settings: dict[str, Any]) -> dict[str, Any]:

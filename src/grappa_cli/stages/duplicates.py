@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from grappa_cli import artifacts
 from grappa_cli.errors import DataError
 
-TRAIN_KEY = "features/train"
+TRAIN_KEY = artifacts.FEATURES_TRAIN
 #: cosine at or above which two stored features count as the same pixels (identical inputs give
 #: identical float16 features; the float32 dot product of their normalised forms is 1 to ~1e-7)
 IDENTICAL = 0.99999
@@ -135,9 +136,7 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 
 def _inputs(store: Any, task: str) -> tuple[str, str] | None:
     """The fingerprints of the complete training and test features, or None when one is missing."""
-    from grappa_cli.stages.extract import test_key
-
-    train, test = store.provenance(TRAIN_KEY), store.provenance(test_key(task))
+    train, test = store.provenance(TRAIN_KEY), store.provenance(artifacts.test_features(task))
     if not (train and train.get("complete") and test and test.get("complete")):
         return None
     return str(train.get("fingerprint")), str(test.get("fingerprint"))
@@ -145,10 +144,8 @@ def _inputs(store: Any, task: str) -> tuple[str, str] | None:
 
 def stored(store: Any, config: Any, task: str) -> DuplicateCheck | None:
     """The stored check of ``task`` when it is current (same features, same threshold); reads no array."""
-    from grappa_cli.stages.extract import test_key
-
     inputs = _inputs(store, task)
-    record = (store.provenance(test_key(task)) or {}).get("duplicates")
+    record = (store.provenance(artifacts.test_features(task)) or {}).get("duplicates")
     if inputs is None or not record:
         return None
     if (record.get("train"), record.get("test")) != inputs or record.get("threshold") != threshold_of(config):
@@ -162,15 +159,13 @@ def check(store: Any, config: Any, task: str) -> DuplicateCheck | None:
     None when the training features or the task's test features are not complete yet.
     """
     from grappa_cli.stages.embed import read_embeddings
-    from grappa_cli.stages.extract import test_key
-
     current = stored(store, config, task)
     if current is not None:
         return current
     inputs = _inputs(store, task)
     if inputs is None:
         return None
-    key = test_key(task)
+    key = artifacts.test_features(task)
     train, train_rows = read_embeddings(store, TRAIN_KEY)
     test, test_rows = read_embeddings(store, key)
     result = find(task, train, train_rows, _LazyPaths(store, TRAIN_KEY), test, test_rows,

@@ -11,15 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from grappa_cli import artifacts
 from grappa_cli.console import Reporter
 from grappa_cli.project import Project
 from grappa_cli.stages.embed import EmbedJob, EmbedResult, run_embedding
 
-TRAIN_KEY = "features/train"
-
-
-def test_key(task: str) -> str:
-    return f"features/test/{task}"
+TRAIN_KEY = artifacts.FEATURES_TRAIN
+test_key = artifacts.test_features
 
 
 @dataclass

@@ -46,10 +46,10 @@ def stored_sets(project: Project) -> list[str]:
 
 def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: FusionOptions,
          reporter: Reporter | None = None) -> FuseResult:
+    from grappa_cli.freshness import require_current
     from grappa_cli.model.backbone import build_backbone
     from grappa_cli.model.bundle import save_bundle
     from grappa_cli.model.checkpoint import load_adaptor_set, save_fusion
-    from grappa_cli.planner import require_current
     from grappa_cli.stages.extract import backbone_spec
     from grappa_cli.train import distributed
 

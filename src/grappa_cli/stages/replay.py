@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from grappa_cli import increments
-from grappa_cli.stages.adapt import training_labels
+from grappa_cli.stages.cluster import training_labels
 
 
 def plan(config: Any, sets: list[Any], name: str) -> tuple[dict[str, Any], list[str]]:

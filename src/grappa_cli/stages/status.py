@@ -34,9 +34,17 @@ class ProjectStatus:
     remaining_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"root": self.root, "artifacts": [asdict(a) for a in self.artifacts], "next": self.next_steps,
+        return {"root": self.root, "artifacts": [_artifact_dict(a) for a in self.artifacts], "next": self.next_steps,
                 "update": self.update, "remaining": self.remaining,
                 "remaining_seconds": {k: round(v, 1) for k, v in self.remaining_seconds.items()}}
+
+
+def _artifact_dict(item: ArtifactStatus) -> dict[str, Any]:
+    """An artifact for ``--json``; ``duplicates`` only on test splits that were checked."""
+    out = asdict(item)
+    if out["duplicates"] is None:
+        del out["duplicates"]
+    return out
 
 
 def _detail(rec: dict[str, Any] | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,9 +15,7 @@ from grappa_cli.errors import TrainingError
 from grappa_cli.runtime import autocast
 from grappa_cli.train import distributed as dist_utils
 from grappa_cli.train.checkpoint import RunDir
-
-if TYPE_CHECKING:
-    from grappa_cli.train.loop import TrainConfig
+from grappa_cli.train.config import TrainConfig
 
 __all__ = ["move_to", "run_epoch"]
 
