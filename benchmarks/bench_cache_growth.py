@@ -60,7 +60,7 @@ def write_training_list(store, paths: list[str]) -> None:
 
 
 def timed_build(project, workers: int, force: bool = False) -> tuple[float, int, str]:
-    from grappa_cli.stages import cache as stage
+    from grappa_cli.pipeline.stages import cache as stage
 
     options = stage.CacheOptions(num_workers=workers, force=force)
     plan = stage.plan(project, options)
@@ -80,7 +80,7 @@ def by_training_row(store) -> tuple[dict[int, bytes], dict[int, bool]]:
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.setup.init import create_project
 
     torch.set_num_threads(1)
     old, added = real_images(args.old, args.added)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from grappa_cli.model import BackboneSpec, GrappaModel, new_adaptor_set
-from grappa_cli.model.cnn import build_cnn_backbone
+from grappa_cli.model.backbones.cnn import build_cnn_backbone
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import counted_flops, median_seconds

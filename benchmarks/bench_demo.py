@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from grappa_cli.stages.demo import prepare
+    from grappa_cli.setup.demo import prepare
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-demo-")) if args.dir is None else args.dir
     project = prepare(workdir / "demo", force=True)

@@ -5,9 +5,9 @@ costs) embed three tasks' test splits: two tasks over one folder of JPEGs (as a 
 coarse labelling would be) and a third over another folder. Measured in one run:
 
 * **uncached**: what ``grappa eval`` did before: each model decodes and transforms every
-  image of every task (:func:`grappa_cli.stages.embed.run_embedding`, ``workers`` decoding
+  image of every task (:func:`grappa_cli.pipeline.stages.embed.run_embedding`, ``workers`` decoding
   processes);
-* **cached**: the pixel cache of :mod:`grappa_cli.stages.eval_images`: each image list
+* **cached**: the pixel cache of :mod:`grappa_cli.pipeline.stages.eval_images`: each image list
   decoded once (timed, included), each model embeds each image once and writes the groups of
   all tasks over it;
 * **bare forward**: ``model(x)`` over the same cached images already in memory as tensors,
@@ -47,9 +47,9 @@ def measure(model: str = "vit_tiny_patch16_224", img_size: int = 112, images: in
     from grappa_cli.data.images import decode_min_side
     from grappa_cli.data.transforms import eval_transform
     from grappa_cli.model import GrappaModel
-    from grappa_cli.stages import eval_images
-    from grappa_cli.stages.embed import EmbedJob, run_embedding
-    from grappa_cli.store import Store
+    from grappa_cli.pipeline.stages import eval_images
+    from grappa_cli.pipeline.stages.embed import EmbedJob, run_embedding
+    from grappa_cli.storage.store import Store
 
     torch.set_num_threads(threads)
     nets = []

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grappa_cli.vector_index import IndexSettings, build_index, configure_search, save_index, search
+from grappa_cli.serving.vector_index import IndexSettings, build_index, configure_search, save_index, search
 
 
 def embeddings_like(n: int, dim: int, *, classes: int, latent: int, spread: float, seed: int) -> np.ndarray:

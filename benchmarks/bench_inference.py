@@ -112,8 +112,8 @@ def extract_vs_bare(model: str = "vit_small_patch16_224", img_size: int = 224, i
     from bench_input import make_photos
     from grappa_cli.data.images import decode_min_side, load_rgb
     from grappa_cli.data.transforms import eval_transform
-    from grappa_cli.stages.embed import EmbedJob, run_embedding
-    from grappa_cli.store import Store
+    from grappa_cli.pipeline.stages.embed import EmbedJob, run_embedding
+    from grappa_cli.storage.store import Store
 
     backbone = _backbone(model, img_size)
     transform = eval_transform(backbone.data_config)
@@ -156,7 +156,7 @@ def train_vs_inference(model: str = "vit_small_patch16_224", img_size: int = 224
                        classes: int = 16384, bottleneck: int = 64, repeats: int = 5) -> dict:
     """Images/s of one adaptor-set training step vs backbone inference, with their FLOPs."""
     from grappa_cli.model import GrappaModel, new_adaptor_set
-    from grappa_cli.train.losses import NormSoftmaxLoss
+    from grappa_cli.train.optim.losses import NormSoftmaxLoss
 
     backbone = _backbone(model, img_size)
     plain = GrappaModel.backbone_only(backbone).eval()

@@ -167,7 +167,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 def _measure(args: argparse.Namespace) -> dict:
     from grappa_cli.data.cache import build_image_cache, default_size, stored_bytes
-    from grappa_cli.store import Store
+    from grappa_cli.storage.store import Store
 
     data_config = {"input_size": (3, 224, 224), "interpolation": "bicubic", "crop_pct": 0.9,
                    "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}  # vit_small_patch16_224.dino

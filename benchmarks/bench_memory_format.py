@@ -1,6 +1,6 @@
 """CNN backbones in channels-last memory against the NCHW layout, side by side in one run.
 
-grappa keeps a timm CNN in ``torch.channels_last`` (``grappa_cli.model.cnn``): its stages then
+grappa keeps a timm CNN in ``torch.channels_last`` (``grappa_cli.model.backbones.cnn``): its stages then
 take the ``[B, H, W, C]`` tensors between Grappa layers without a copy, and oneDNN's depthwise
 and 1x1 convolutions run faster in that layout. This measures what it buys on the passes grappa
 makes, against the same model converted back to NCHW (the layout before): the plain backbone M
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from grappa_cli.model import BackboneSpec, GrappaModel
-from grappa_cli.model import cnn as cnn_mod
-from grappa_cli.model.cnn import build_cnn_backbone
+from grappa_cli.model.backbones import cnn as cnn_mod
+from grappa_cli.model.backbones.cnn import build_cnn_backbone
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cnn import trained_like_sets

@@ -1,7 +1,7 @@
 """Leave-one-out retrieval metrics at test-split scale: grappa vs pytorch-metric-learning.
 
 Evaluates N random D-dimensional embeddings in C classes with
-``grappa_cli.metrics.retrieval_metrics`` and with pytorch-metric-learning's
+``grappa_cli.retrieval.metrics.retrieval_metrics`` and with pytorch-metric-learning's
 ``AccuracyCalculator`` (k = "max_bin_count", leave-one-out), each in its own process so
 peak memory is measured separately. Prints wall and CPU time (on a shared machine the CPU
 time of a one-thread run is the steadier measure: wall time also counts waiting for a
@@ -65,7 +65,7 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
         pass
     x, labels = make_data(args.n, args.dim, args.classes, args.signal, args.seed)
     if method == "grappa":
-        from grappa_cli.metrics import retrieval_metrics
+        from grappa_cli.retrieval.metrics import retrieval_metrics
 
         retrieval_metrics(x[:200], labels[:200])  # import faiss and plugins outside the timing
     else:

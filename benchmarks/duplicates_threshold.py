@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from grappa_cli.data.images import load_rgb
 from grappa_cli.data.transforms import eval_transform
-from grappa_cli.model.backbone import BackboneSpec, build_backbone
+from grappa_cli.model.backbones.backbone import BackboneSpec, build_backbone
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 

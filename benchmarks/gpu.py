@@ -13,7 +13,7 @@ One script, on synthetic data, in a few minutes on one GPU (an H200: well under 
 5. k-means (25 Lloyd iterations, k-means++ seeding on a subsample) at k = 1,024 and 65,536 on
    133k x 384: faiss on the GPU when importable, else a torch implementation (matmul + argmin);
 6. leave-one-out retrieval on 60k embeddings with MAP@R: a float32 search with top-R in
-   chunks, and grappa's exact path (``grappa_cli.relevance``, what ``retrieval_metrics`` runs);
+   chunks, and grappa's exact path (``grappa_cli.retrieval.relevance``, what ``retrieval_metrics`` runs);
 7. JPEG decoding + evaluation transform on all CPU cores (what bounds ``grappa extract`` and
    evaluation, which read image files, and the one-off ``grappa cache build``).
 
@@ -131,8 +131,8 @@ def matmul_rate(device: torch.device, n: int, dtype: torch.dtype) -> dict[str, f
 def build_models(sizes: Sizes, device: torch.device) -> dict[str, Any]:
     import timm
 
+    from grappa_cli.model.backbones.vit import ViTBackbone
     from grappa_cli.model.grappa import GrappaModel, new_adaptor_set
-    from grappa_cli.model.vit import ViTBackbone
 
     torch.manual_seed(0)
     net = timm.create_model(sizes.model, pretrained=False, num_classes=0, **sizes.model_kwargs)
@@ -193,7 +193,7 @@ def inference_rate(model: Any, sizes: Sizes, device: torch.device, data_config: 
 # -- 3. adaptor training ------------------------------------------------------------------------
 def adaptor_training_rate(models: dict, sizes: Sizes, device: torch.device) -> dict[str, float]:
     from grappa_cli.data.gpu_augment import TensorAugment
-    from grappa_cli.train.losses import NormSoftmaxLoss
+    from grappa_cli.train.optim.losses import NormSoftmaxLoss
 
     model = models["single"]
     model.set_trainable(adaptors=True, fusion=False)
@@ -229,8 +229,8 @@ def adaptor_training_rate(models: dict, sizes: Sizes, device: torch.device) -> d
 # -- 4. fusion training -------------------------------------------------------------------------
 def fusion_training_rate(models: dict, sizes: Sizes, device: torch.device) -> dict[str, float]:
     from grappa_cli.data.gpu_augment import TensorAugment
-    from grappa_cli.train.lars import LARS, param_groups
-    from grappa_cli.train.losses import BarlowTwinsLoss
+    from grappa_cli.train.optim.lars import LARS, param_groups
+    from grappa_cli.train.optim.losses import BarlowTwinsLoss
 
     model = models["fused"]
     model.set_trainable(adaptors=False, fusion=True)
@@ -393,10 +393,10 @@ class _MapAtR:
 
 
 def exact_map_at_r(x: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
-    """MAP@R by grappa's exact path (``grappa_cli.relevance``: symmetric Gram blocks on ``device``)."""
+    """MAP@R by grappa's exact path (``grappa_cli.retrieval.relevance``: symmetric Gram blocks on ``device``)."""
     import numpy as np
 
-    from grappa_cli.metrics import Ranking
+    from grappa_cli.retrieval.metrics import Ranking
 
     ranking = Ranking(x.cpu().numpy(), labels.cpu().numpy(), device=device.type)
     total, count = 0.0, 0

@@ -50,7 +50,7 @@ STAGE_SECONDS: dict[str, dict[str, float]] = {}
 def timed_run(project: Any, label: str = "", **kwargs: Any) -> float:
     """Wall time of ``grappa run`` through eval; the seconds of each stage go to ``STAGE_SECONDS[label]``."""
     from grappa_cli.console import NullReporter
-    from grappa_cli.stages.run import run_pipeline
+    from grappa_cli.pipeline.run import run_pipeline
 
     stages: dict[str, float] = {}
 
@@ -73,7 +73,7 @@ def timed_run(project: Any, label: str = "", **kwargs: Any) -> float:
 
 def scores(project: Any) -> dict[str, dict[str, dict[str, float]]]:
     """``{model: {task: {metric: percent}}}`` of a project's stored results."""
-    from grappa_cli.stages.results import load_results
+    from grappa_cli.reporting.results import load_results
 
     out: dict[str, dict[str, dict[str, float]]] = {}
     for r in load_results(project.results_dir):
@@ -85,7 +85,7 @@ def run_seed(work: Path, data_root: Path, base_extracted: Path, base: quality.Se
              seed: int, runs: tuple[str, ...] = RUNS) -> dict[str, Any]:
     from grappa_cli.config import update_file
     from grappa_cli.project import Project
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.setup.init import create_project
 
     out: dict[str, Any] = {"seconds": {}, "scores": {}}
     before_root = work / f"before-s{seed}"

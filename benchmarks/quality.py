@@ -144,9 +144,9 @@ def configure(project: Any, data_root: Path, settings: Settings, seed: int) -> N
 
 def base_project(work: Path, data_root: Path, settings: Settings) -> Path:
     """A project with the training features extracted (shared by every seed and setting)."""
+    from grappa_cli.pipeline.run import run_pipeline
     from grappa_cli.project import Project
-    from grappa_cli.stages.init import create_project
-    from grappa_cli.stages.run import run_pipeline
+    from grappa_cli.setup.init import create_project
 
     root = work / f"base-{settings.split}-{settings.size}"
     if not (root / "extracted").is_file():
@@ -172,9 +172,9 @@ def fresh_config(project: Any) -> None:
 
 
 def run_seed(work: Path, base: Path, data_root: Path, settings: Settings, seed: int) -> tuple[list[Any], float]:
+    from grappa_cli.pipeline.run import run_pipeline
     from grappa_cli.project import Project
-    from grappa_cli.stages.results import load_results
-    from grappa_cli.stages.run import run_pipeline
+    from grappa_cli.reporting.results import load_results
 
     root = work / f"run-{settings.split}-{settings.size}-{settings.tag()}-s{seed}"
     if not root.exists():
@@ -222,7 +222,7 @@ def run_seeds(work: Path, base: Path, data_root: Path, settings: Settings, seeds
 
 def table_rows(results: list[Any]) -> dict[str, dict[str, dict[str, float]]]:
     """``{row: {task: {metric: value}}}`` for one seed, the oracle included."""
-    from grappa_cli.stages.results import adaptor_k, oracle
+    from grappa_cli.reporting.results import adaptor_k, oracle
 
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for r in results:

@@ -88,15 +88,15 @@ def task_sources(store: Any, train_x: np.ndarray, source_of: np.ndarray, tasks: 
 def study_project(root: Path, per_source: int, seed: int, crops: bool = True) -> dict[str, Any]:
     import torch
 
-    from grappa_cli import artifacts
     from grappa_cli.data.images import decode_min_side
     from grappa_cli.fusion import routing
-    from grappa_cli.model.backbone import build_backbone
+    from grappa_cli.model.backbones.backbone import build_backbone
     from grappa_cli.model.checkpoint import load_adaptor_set
+    from grappa_cli.pipeline.stages.extract import backbone_spec
+    from grappa_cli.pipeline.stages.fuse import stored_sets
     from grappa_cli.project import Project
-    from grappa_cli.stages.extract import backbone_spec
-    from grappa_cli.stages.fuse import stored_sets
-    from grappa_cli.stages.results import adaptor_k, load_results
+    from grappa_cli.records import artifacts
+    from grappa_cli.reporting.results import adaptor_k, load_results
 
     project = Project(root)
     config = project.config()
@@ -119,7 +119,7 @@ def study_project(root: Path, per_source: int, seed: int, crops: bool = True) ->
                                    min_side=decode_min_side(backbone.data_config))
         scores = {c: routing.embedding_scores(c, views, source_of[rows], len(names))
                   for c in routing.CRITERIA if c not in routing.LABEL_CRITERIA}
-    from grappa_cli.stages.adapt import training_labels
+    from grappa_cli.pipeline.stages.adapt import training_labels
 
     labels = [training_labels(store, n)[0][valid] for n in sets]
     scores["silhouette"] = routing.silhouette_scores(train_x, labels, source_of, len(names), seed=seed)
@@ -147,17 +147,17 @@ def mix_rp(root: Path, rows: dict[str, dict[str, list[float]]]) -> dict[str, dic
     """
     import torch
 
-    from grappa_cli import artifacts
     from grappa_cli.data.images import decode_min_side
     from grappa_cli.data.transforms import eval_transform
     from grappa_cli.fusion.neighbors import embed_paths
-    from grappa_cli.metrics import retrieval_metrics
-    from grappa_cli.model.backbone import build_backbone
+    from grappa_cli.model.backbones.backbone import build_backbone
     from grappa_cli.model.checkpoint import load_adaptor_set
     from grappa_cli.model.grappa import GrappaModel
+    from grappa_cli.pipeline.stages.extract import backbone_spec
+    from grappa_cli.pipeline.stages.fuse import stored_sets
     from grappa_cli.project import Project
-    from grappa_cli.stages.extract import backbone_spec
-    from grappa_cli.stages.fuse import stored_sets
+    from grappa_cli.records import artifacts
+    from grappa_cli.retrieval.metrics import retrieval_metrics
 
     project = Project(root)
     config = project.config()

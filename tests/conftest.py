@@ -126,7 +126,7 @@ def make_tiny_project(root: Path, images: Path):
     """A project on the image folder ``images`` with a tiny random ViT and small settings."""
     import tomlkit
 
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.setup.init import create_project
 
     project = create_project(root)
     doc = tomlkit.parse(project.config_path.read_text())
@@ -176,10 +176,10 @@ def rewrite_adaptor_weights(project, name: str) -> None:
     are not deterministic), or a ``--force`` retrain after an upgrade, gives the same fingerprint."""
     import torch
 
-    from grappa_cli import artifacts
-    from grappa_cli.model.backbone import build_backbone
+    from grappa_cli.model.backbones.backbone import build_backbone
     from grappa_cli.model.checkpoint import load_adaptor_set, save_adaptor_set
-    from grappa_cli.stages.extract import backbone_spec
+    from grappa_cli.pipeline.stages.extract import backbone_spec
+    from grappa_cli.records import artifacts
 
     backbone = build_backbone(backbone_spec(project.config()))
     path = artifacts.checkpoint_path(project, f"adaptors/{name}")

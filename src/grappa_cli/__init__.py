@@ -15,10 +15,10 @@ _LAZY = {
     "GrappaModel": "grappa_cli.model.grappa",
     "Adaptor": "grappa_cli.model.adaptor",
     "AdaptorBank": "grappa_cli.model.adaptor",
-    "build_backbone": "grappa_cli.model.backbone",
+    "build_backbone": "grappa_cli.model.backbones.backbone",
     "load_model": "grappa_cli.model.export",
     "EmbeddingModel": "grappa_cli.model.export",
-    "retrieval_metrics": "grappa_cli.metrics",
+    "retrieval_metrics": "grappa_cli.retrieval.metrics",
     "Project": "grappa_cli.project",
     "GrappaConfig": "grappa_cli.config",
 }

@@ -517,7 +517,7 @@ def update_file(path: Path, changes: Callable[[Any], None]) -> GrappaConfig:
     """
     import tomlkit
 
-    from grappa_cli.fsutil import atomic_write_text
+    from grappa_cli.storage.fsutil import atomic_write_text
 
     doc = tomlkit.parse(path.read_text(encoding="utf-8"))
     changes(doc)

@@ -27,7 +27,7 @@ Register = Callable[[Any], None]
 def register_backbones(register: Register) -> None:
     """Add backbone providers: objects with ``name``, ``supports(model_name)`` and ``build(spec)``.
 
-    See :class:`grappa_cli.model.backbone.BackboneProvider`.
+    See :class:`grappa_cli.model.backbones.backbone.BackboneProvider`.
     """
 
 
@@ -61,7 +61,7 @@ def register_tasks(register: Register) -> None:
 def register_metrics(register: Register) -> None:
     """Add retrieval metrics: objects with ``name`` and ``compute(neighbors)``.
 
-    See :class:`grappa_cli.metrics.Metric`.
+    See :class:`grappa_cli.retrieval.metrics.Metric`.
     """
 
 

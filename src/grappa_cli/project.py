@@ -84,7 +84,7 @@ class Project:
         return config_mod.load(self.config_path)
 
     def store(self, *, mode: str = "a") -> Any:
-        from grappa_cli.store import Store
+        from grappa_cli.storage.store import Store
 
         return Store(self.store_path, mode=mode)
 
@@ -124,7 +124,7 @@ class Project:
 
     def record_run(self, command: str, **fields: Any) -> None:
         """Append one line to ``.grappa/runs.jsonl`` (what ran, when, with what outcome)."""
-        from grappa_cli import faults
+        from grappa_cli.storage import faults
 
         record = {"time": _now(), "command": command, **fields}
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ def cpu_thread_settings(environ: dict[str, str] | None = None, *, cores: int | N
       the order of floating-point reductions, so a count read from the load average made the
       same project give other weights on a busy machine than on a quiet one; with a count fixed
       per machine a project's results depend only on its data, settings, seed, versions and the
-      machine's cores (recorded with every artifact: :func:`grappa_cli.provenance.compute_conditions`).
+      machine's cores (recorded with every artifact: :func:`grappa_cli.records.provenance.compute_conditions`).
       With passive waits, threads that find their core busy sleep rather than spin.
 
     ``environ`` defaults to ``os.environ``; values already there are kept.

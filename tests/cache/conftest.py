@@ -46,7 +46,7 @@ def cache_images(tmp_path: Path) -> list[str]:
 @pytest.fixture
 def cache_project(tmp_path: Path, cache_images: list[str]):
     """A project whose features/train lists ``cache_images`` (extract's output, without features)."""
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.setup.init import create_project
 
     project = create_project(tmp_path / "proj")
     write_features_train(project.store(), cache_images)

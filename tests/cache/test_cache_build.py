@@ -13,7 +13,7 @@ from grappa_cli.data import cache as image_cache
 from grappa_cli.data.images import load_rgb
 from grappa_cli.data.tasks.base import ImageList
 from grappa_cli.errors import StoreError
-from grappa_cli.store import ChunkedArray, Store
+from grappa_cli.storage.store import ChunkedArray, Store
 
 from .conftest import CORRUPT
 

@@ -78,7 +78,7 @@ def test_accepting_the_confirmation_builds(cli, cache_project, monkeypatch) -> N
 
 
 def test_build_needs_extracted_features(cli, tmp_path) -> None:
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.setup.init import create_project
 
     project = create_project(tmp_path / "bare")
     result = cli("-C", str(project.root), "cache", "build", "--yes")
@@ -91,7 +91,7 @@ def test_build_needs_extracted_features(cli, tmp_path) -> None:
 
 
 def test_size_must_be_given_when_features_do_not_record_it(cli, tmp_path, cache_images) -> None:
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.setup.init import create_project
 
     project = create_project(tmp_path / "p")
     write_features_train(project.store(), cache_images, data_config=None)
@@ -113,7 +113,7 @@ def test_clear_unknown_name_and_empty(cli, cache_project) -> None:
 
 def test_training_stages_find_the_current_cache(cli, cache_project, cache_images) -> None:
     from grappa_cli.errors import StoreError
-    from grappa_cli.stages.cache import require_training_cache
+    from grappa_cli.pipeline.stages.cache import require_training_cache
 
     store = cache_project.store()
     with pytest.raises(StoreError, match="grappa cache build"):
@@ -137,8 +137,8 @@ def test_a_cache_grows_by_the_images_an_update_appends(cli, cache_project, cache
     """An incremental update appends images to the training set: only those (and the shard they join) are
     decoded, and every training row then holds the pixels a fresh build would hold."""
     from grappa_cli.errors import StoreError
-    from grappa_cli.stages import cache as stage
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.pipeline.stages import cache as stage
+    from grappa_cli.setup.init import create_project
 
     store = cache_project.store()
     old = len(cache_images) - 5  # 19 images, shards of 4 rows: the 5th shard holds 3 old rows
@@ -175,8 +175,8 @@ def test_a_cache_grows_by_the_images_an_update_appends(cli, cache_project, cache
 
 
 def test_a_growth_interrupted_before_its_images_are_decoded_resumes(cache_project, cache_images, tmp_path) -> None:
-    from grappa_cli.stages import cache as stage
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.pipeline.stages import cache as stage
+    from grappa_cli.setup.init import create_project
 
     store = cache_project.store()
     old = len(cache_images) - 5

@@ -12,7 +12,7 @@ from grappa_cli.data import cache as image_cache
 from grappa_cli.data.cache_dataset import CachedImageDataset, CachedPairDataset, collate_cached, make_cached_loader
 from grappa_cli.data.tasks.base import ImageList
 from grappa_cli.errors import DataError, StoreError
-from grappa_cli.store import Store
+from grappa_cli.storage.store import Store
 
 from .conftest import make_cache_images
 

@@ -12,7 +12,7 @@ import pytest
 
 from grappa_cli.data.cache import build_image_cache
 from grappa_cli.data.tasks.base import ImageList
-from grappa_cli.store import Store
+from grappa_cli.storage.store import Store
 
 from .conftest import make_cache_images
 
@@ -45,8 +45,8 @@ def test_two_ranks_build_the_same_cache_as_one_process(tmp_path: Path) -> None:
 def test_two_ranks_grow_the_cache_together(tmp_path: Path) -> None:
     """`grappa run` under torchrun: every rank takes rank 0's decision and they fill the added shards together."""
     from grappa_cli.config import update_file
-    from grappa_cli.stages import cache as stage
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.pipeline.stages import cache as stage
+    from grappa_cli.setup.init import create_project
 
     from .conftest import write_features_train
 

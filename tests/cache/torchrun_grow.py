@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from grappa_cli.pipeline.stages.cache import grow_training_cache
 from grappa_cli.project import Project
-from grappa_cli.stages.cache import grow_training_cache
 from tests.cache.rank_lines import say_line
 
 

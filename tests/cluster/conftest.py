@@ -19,7 +19,7 @@ def empty_project(tmp_path: Path):
     """A fresh project (no features yet) with small clustering settings."""
     import tomlkit
 
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.setup.init import create_project
 
     project = create_project(tmp_path / "proj")
     doc = tomlkit.parse(project.config_path.read_text())

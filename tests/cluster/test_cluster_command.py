@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from cluster_data import planted_blobs, write_features
 
-from grappa_cli import artifacts
 from grappa_cli.clustering.vectors import l2_normalize
-from grappa_cli.stages import cluster as stage
+from grappa_cli.pipeline.stages import cluster as stage
+from grappa_cli.records import artifacts
 
 N = 400
 

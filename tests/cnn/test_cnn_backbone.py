@@ -14,9 +14,9 @@ from grappa_cli.model import (
     new_adaptor_set,
     resolve_provider,
 )
-from grappa_cli.model.cnn import CNNBackbone, build_cnn_backbone, is_timm_cnn
+from grappa_cli.model.backbones.cnn import CNNBackbone, build_cnn_backbone, is_timm_cnn
+from grappa_cli.model.backbones.vit import is_timm_vit
 from grappa_cli.model.layer import GrappaLayer
-from grappa_cli.model.vit import is_timm_vit
 
 from .conftest import FAMILY_MODELS, cnn_spec, stage_outputs, timm_reference, trained_like_set
 

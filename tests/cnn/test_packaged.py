@@ -15,8 +15,8 @@ import torch
 
 from grappa_cli.errors import GrappaError
 from grappa_cli.model import BackboneSpec, GrappaModel, build_backbone, new_adaptor_set
-from grappa_cli.model import packaged as packaged_mod
-from grappa_cli.model.packaged import EFFICIENTNET_LITE0, convert_by_order
+from grappa_cli.model.backbones import packaged as packaged_mod
+from grappa_cli.model.backbones.packaged import EFFICIENTNET_LITE0, convert_by_order
 
 PACKAGE = EFFICIENTNET_LITE0.module
 needs_package = pytest.mark.skipif(

@@ -6,12 +6,12 @@ and is evaluated on digits 5-9. The library pieces run in-process, on a CNN back
 
 1. features of the frozen backbone M (``GrappaModel.backbone_only``);
 2. k-means (``grappa_cli.clustering.FaissKMeans``) at two k -> two pseudo-label sets;
-3. one adaptor set per pseudo-label set with ``grappa_cli.train.losses.NormSoftmaxLoss``
+3. one adaptor set per pseudo-label set with ``grappa_cli.train.optim.losses.NormSoftmaxLoss``
    (eq. 2; scale 20, prototypes initialised at the centroids, Adam, lr = wd = 1e-3);
 4. fusion: Grappa-avg, and attention fusion (Q, K only) trained with
    ``BarlowTwinsLoss`` (eq. 4) on k-NN neighbour pairs (Grappa-N, static k-NN graph of M);
 5. leave-one-out R-Precision and MAP@R on the held-out classes with
-   ``grappa_cli.metrics.retrieval_metrics``, checked against the exact numpy reference below
+   ``grappa_cli.retrieval.metrics.retrieval_metrics``, checked against the exact numpy reference below
    (itself checked against a hand-computed example and pytorch-metric-learning).
 
 The loops are short plain-torch loops over these pieces (the stages' training loop, with
@@ -119,7 +119,7 @@ def kmeans(features: np.ndarray, k: int, seed: int):
 
 def train_adaptor_set(backbone, images, pseudo_labels, centroids, *, seed: int, epochs: int = 3):
     """Step 2: one adaptor set, norm-softmax loss (eq. 2) on one pseudo-label set."""
-    from grappa_cli.train.losses import NormSoftmaxLoss
+    from grappa_cli.train.optim.losses import NormSoftmaxLoss
 
     adaptor_set = new_adaptor_set(backbone, BOTTLENECK, seed=seed, k=len(centroids))
     model = GrappaModel.with_adaptor_sets(backbone, [adaptor_set], fusion=None)
@@ -149,7 +149,7 @@ def train_attention_fusion(backbone, sets, images, features, *, seed: int, epoch
     """Step 3 (Grappa-N): Q and K trained on k-NN neighbour pairs with the Barlow Twins loss."""
     import faiss
 
-    from grappa_cli.train.losses import BarlowTwinsLoss
+    from grappa_cli.train.optim.losses import BarlowTwinsLoss
 
     torch.manual_seed(seed)  # Q, K and the projector start from nn.Linear's default initialisation
     model = GrappaModel.with_adaptor_sets(backbone, sets, fusion="attention")
@@ -181,7 +181,7 @@ def train_attention_fusion(backbone, sets, images, features, *, seed: int, epoch
 
 def evaluate(model: GrappaModel, images: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
     """(R-Precision, MAP@R) from the library, which must agree with the numpy reference."""
-    from grappa_cli.metrics import retrieval_metrics
+    from grappa_cli.retrieval.metrics import retrieval_metrics
 
     embeddings = embed(model, images)
     result = retrieval_metrics(embeddings, labels, recall_at=(), device="cpu")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from grappa_cli.demo.data import SCALES, write_demo_datasets
+from grappa_cli.setup.demo_data import SCALES, write_demo_datasets
 
 
 def test_demo_datasets_are_deterministic(tmp_path: Path) -> None:

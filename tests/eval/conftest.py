@@ -82,7 +82,7 @@ def evaluated_project(evaluated_base, tmp_path):
 
 def write_result(project, model: str, task: str, rp: float, map_r: float, *, uses_labels: bool = False) -> Path:
     """A results file as `grappa eval` writes it, with chosen metric values (for selection logic)."""
-    from grappa_cli import provenance as prov
+    from grappa_cli.records import provenance as prov
 
     record = prov.record("eval", {"model": model, "task": task}, {})
     record["complete"] = True

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from grappa_cli import artifacts
-from grappa_cli import provenance as prov
 from grappa_cli.hookspecs import hookimpl
-from grappa_cli.metrics import retrieval_metrics
+from grappa_cli.records import artifacts
+from grappa_cli.records import provenance as prov
+from grappa_cli.retrieval.metrics import retrieval_metrics
 from tests.conftest import rewrite_adaptor_weights
 
 MODELS = ("backbone", "adaptor:k2", "adaptor:k4", "fused:avg")
@@ -86,8 +86,8 @@ def test_stored_embeddings_are_the_models_outputs(evaluated_project) -> None:
     from PIL import Image
 
     from grappa_cli.data.transforms import eval_transform
-    from grappa_cli.model.backbone import BackboneSpec, build_backbone
-    from grappa_cli.stages import models
+    from grappa_cli.model.backbones.backbone import BackboneSpec, build_backbone
+    from grappa_cli.pipeline.stages import models
 
     project = evaluated_project
     store = project.store(mode="r")

@@ -24,7 +24,7 @@ def _add_task_over_the_same_images(project, name: str) -> None:
 def counters(monkeypatch):
     """Counts image decodes (``load_rgb``) and images through the tensor part of the transform."""
     from grappa_cli.data import images
-    from grappa_cli.stages import eval_images
+    from grappa_cli.pipeline.stages import eval_images
 
     counts = {"decoded": [], "tensors": 0}
     decode = images.load_rgb
@@ -92,7 +92,7 @@ def test_eval_of_many_models_and_tasks_decodes_each_test_image_once(fused_projec
 
 
 def test_cached_pixels_give_the_embeddings_of_decoding(fused_project, cli, monkeypatch) -> None:
-    from grappa_cli.stages import eval_images
+    from grappa_cli.pipeline.stages import eval_images
 
     project = fused_project
     assert cli("-C", project.root, "eval", "--model", "fused:avg").exit_code == 0
@@ -125,7 +125,7 @@ def test_split_transform_cuts_before_to_tensor_and_reproduces_the_transform() ->
     from PIL import Image
 
     from grappa_cli.data.transforms import eval_transform
-    from grappa_cli.stages.eval_images import _PixelsOf, split_transform
+    from grappa_cli.pipeline.stages.eval_images import _PixelsOf, split_transform
 
     config = {"input_size": (3, 32, 32), "mean": (0.4, 0.5, 0.6), "std": (0.2, 0.3, 0.25),
               "crop_pct": 0.875, "interpolation": "bicubic"}
@@ -147,8 +147,8 @@ def test_split_transform_cuts_before_to_tensor_and_reproduces_the_transform() ->
 def test_an_interrupted_pixel_cache_redecodes_only_its_unfinished_shards(tmp_path, monkeypatch) -> None:
     from grappa_cli.data import images
     from grappa_cli.data.transforms import eval_transform
-    from grappa_cli.stages import eval_images
-    from grappa_cli.store import Store
+    from grappa_cli.pipeline.stages import eval_images
+    from grappa_cli.storage.store import Store
     from tests.conftest import make_image_folder
 
     paths = sorted(str(p) for p in make_image_folder(tmp_path / "img", n_classes=2, per_class=5).rglob("*.png"))

@@ -68,11 +68,11 @@ def test_the_page_is_self_contained_and_every_image_has_alt_text_and_decodes(rep
 
 
 def test_gallery_marks_and_images_follow_the_stored_embeddings(reported) -> None:
-    """Each answer row lists the top 8 of the reference ranking (grappa_cli.metrics.neighbors) of the
+    """Each answer row lists the top 8 of the reference ranking (grappa_cli.retrieval.metrics.neighbors) of the
     model's stored test embeddings, and marks exactly the images of the query's class."""
-    from grappa_cli.metrics import neighbors
-    from grappa_cli.stages.embed import read_embeddings
-    from grappa_cli.stages.results import load_results
+    from grappa_cli.pipeline.stages.embed import read_embeddings
+    from grappa_cli.reporting.results import load_results
+    from grappa_cli.retrieval.metrics import neighbors
 
     store = reported.store(mode="r")
     sources = {r.model: r.embeddings for r in load_results(reported.results_dir) if r.task == "shapes"}
@@ -109,8 +109,8 @@ def test_gallery_marks_and_images_follow_the_stored_embeddings(reported) -> None
 
 def test_a_rerun_that_changes_nothing_makes_no_thumbnail(reported) -> None:
     from grappa_cli.reporting.page import write_page
-    from grappa_cli.stages.report import ReportOptions, build_table, report
-    from grappa_cli.stages.results import load_results
+    from grappa_cli.reporting.report import ReportOptions, build_table, report
+    from grappa_cli.reporting.results import load_results
 
     assets = reported.reports_dir / "assets"
     before = {p.name: p.stat().st_mtime_ns for p in assets.iterdir()}

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from grappa_cli import paper
-from grappa_cli.stages.results import StoredResult, oracle, order_models
+from grappa_cli.reporting import paper
+from grappa_cli.reporting.results import StoredResult, oracle, order_models
 from tests.eval.conftest import write_result
 
 
 @pytest.fixture
 def empty_project(tmp_path):
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.setup.init import create_project
 
     return create_project(tmp_path / "proj")
 
@@ -75,7 +75,7 @@ def test_report_of_an_evaluated_project(evaluated_project, cli) -> None:
 
 
 def test_examples_are_the_top5_of_each_model(evaluated_project, cli) -> None:
-    from grappa_cli.metrics import neighbors
+    from grappa_cli.retrieval.metrics import neighbors
 
     project = evaluated_project
     result = cli("-C", project.root, "report", "--examples", "--per-task", "3", "--json")

@@ -8,8 +8,8 @@ from pathlib import Path
 from rich.console import Console
 
 from grappa_cli.cli.tables import COMPACT_NOTE, print_table2
-from grappa_cli.stages.report import build_table
-from grappa_cli.stages.results import StoredResult
+from grappa_cli.reporting.report import build_table
+from grappa_cli.reporting.results import StoredResult
 
 TASKS = ("digits", "photos", "shapes")
 MODELS = ("backbone", "adaptor:k8", "adaptor:k32", "adaptor:k128", "fused:avg", "fused:neighbor",

@@ -9,7 +9,7 @@ import torch
 from grappa_cli.builtin.metrics import MapAtR, RPrecision
 from grappa_cli.errors import DataError, PluginError
 from grappa_cli.hookspecs import hookimpl
-from grappa_cli.metrics import Neighbors, neighbors, retrieval_metrics
+from grappa_cli.retrieval.metrics import Neighbors, neighbors, retrieval_metrics
 
 
 def on_circle(degrees: list[float]) -> np.ndarray:

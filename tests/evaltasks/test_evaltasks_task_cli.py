@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from grappa_cli.stages.init import create_project
+from grappa_cli.setup.init import create_project
 from tests.conftest import make_image_folder
 
 from . import fake_datasets as fake

@@ -1,7 +1,7 @@
 """The blocked, symmetric relevance computation behind MAP@R, R-Precision and Recall@k.
 
 Its relevance pattern must equal, bit for bit, the one of the exact full ranking
-(:func:`grappa_cli.metrics.neighbors`), whatever the block size, mode, sample or ties.
+(:func:`grappa_cli.retrieval.metrics.neighbors`), whatever the block size, mode, sample or ties.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from grappa_cli import relevance
-from grappa_cli.metrics import _UNIT, Ranking, neighbors, retrieval_metrics
-from grappa_cli.relevance import float32_error_bound, gram, top_relevance
+from grappa_cli.retrieval import relevance
+from grappa_cli.retrieval.metrics import _UNIT, Ranking, neighbors, retrieval_metrics
+from grappa_cli.retrieval.relevance import float32_error_bound, gram, top_relevance
 
 
 def exact_relevance(x, labels, depth):
@@ -163,7 +163,7 @@ def test_recall_deeper_than_r_and_metrics_match_the_old_ranking():
         def compute(self, nb):
             return self.inner.compute(nb)
 
-    from grappa_cli.metrics import resolve_metrics
+    from grappa_cli.retrieval.metrics import resolve_metrics
 
     slow = retrieval_metrics(x, labels, recall_at=(),
                              metrics=[Slow(m) for m in resolve_metrics(["map@r", "r_precision", "recall@1",

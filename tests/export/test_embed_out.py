@@ -16,9 +16,9 @@ def _reference(project, model_name, paths):
     """What grappa's own model gives for these files."""
     from grappa_cli.data.images import load_rgb
     from grappa_cli.data.transforms import eval_transform
-    from grappa_cli.model.backbone import BackboneSpec, build_backbone
+    from grappa_cli.model.backbones.backbone import BackboneSpec, build_backbone
     from grappa_cli.model.export import EmbeddingModel
-    from grappa_cli.stages import models
+    from grappa_cli.pipeline.stages import models
 
     backbone = build_backbone(BackboneSpec.from_config(project.config()))
     model = EmbeddingModel(models.load(project, models.parse(model_name), backbone))

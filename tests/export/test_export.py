@@ -16,11 +16,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from grappa_cli import artifacts, load_model
+from grappa_cli import load_model
 from grappa_cli.data.transforms import eval_transform
 from grappa_cli.errors import GrappaError
-from grappa_cli.model.backbone import BackboneSpec, build_backbone
-from grappa_cli.stages import models
+from grappa_cli.model.backbones.backbone import BackboneSpec, build_backbone
+from grappa_cli.pipeline.stages import models
+from grappa_cli.records import artifacts
 from tests.conftest import copy_project
 
 

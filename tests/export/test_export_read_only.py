@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from grappa_cli import faults
+from grappa_cli.storage import faults
 
 
 def test_export_that_cannot_log_leaves_no_file(fused_project, cli, tmp_path) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from grappa_cli import faults
-from grappa_cli.stages.gallery import read_sidecar
+from grappa_cli.serving.gallery import read_sidecar
+from grappa_cli.storage import faults
 from tests.conftest import copy_project
 
 

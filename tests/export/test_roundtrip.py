@@ -24,7 +24,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from grappa_cli import load_model, plugins
-from grappa_cli.store import Store
+from grappa_cli.storage.store import Store
 from tests.conftest import make_image_folder
 from tests.conftest import make_tiny_project as write_tiny_project
 from tests.export.conftest import run_cli
@@ -139,7 +139,7 @@ def test_old_bundle_headers_still_load(trained_project, tmp_path) -> None:
     """Files written when the header held only layer 0's bottleneck load from their tensor shapes."""
     from safetensors.torch import load_file, save_file
 
-    from grappa_cli.model.backbone import BackboneSpec, build_backbone
+    from grappa_cli.model.backbones.backbone import BackboneSpec, build_backbone
     from grappa_cli.model.bundle import load_layers, read_bundle_metadata
 
     _, project = trained_project

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from grappa_cli.stages.gallery import gallery_key, read_sidecar
+from grappa_cli.serving.gallery import gallery_key, read_sidecar
 from tests.conftest import copy_project, make_image_folder, rewrite_adaptor_weights, run_subprocess
 from tests.conftest import make_tiny_project as write_tiny_project
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from grappa_cli.errors import UsageError
-from grappa_cli.vector_index import (
+from grappa_cli.serving.vector_index import (
     IndexSettings,
     build_index,
     configure_search,

@@ -61,8 +61,8 @@ class Reference:
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> Reference:
-    from grappa_cli import faults
-    from grappa_cli.stages.run import run_pipeline
+    from grappa_cli.pipeline.run import run_pipeline
+    from grappa_cli.storage import faults
 
     base = tmp_path_factory.mktemp("faults")
     images = make_image_folder(base / "images", n_classes=2, per_class=4)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from grappa_cli import faults
+from grappa_cli.storage import faults
 from tests.conftest import copy_project
 
 MESSAGE = "Error: interrupted; rerun the same command to resume."

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from grappa_cli import faults
+from grappa_cli.storage import faults
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -56,7 +56,7 @@ def test_read_only_disk_is_one_line(tiny_project, cli) -> None:
 
 
 def test_message_without_a_file_name_names_the_project(tmp_path) -> None:
-    from grappa_cli import diskerrors
+    from grappa_cli.storage import diskerrors
 
     diskerrors.set_root(tmp_path)
     diskerrors.expect(3 * 2**20)

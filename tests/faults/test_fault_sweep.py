@@ -17,9 +17,10 @@ from tests.faults.conftest import leftovers, outputs
 
 
 def _faulted_then_rerun(reference, tmp_path, at: int, kind: str) -> None:
-    from grappa_cli import faults, planner
+    from grappa_cli.pipeline import planner
+    from grappa_cli.pipeline.run import run_pipeline
     from grappa_cli.project import Project
-    from grappa_cli.stages.run import run_pipeline
+    from grappa_cli.storage import faults
 
     root = tmp_path / f"{kind}-{at}"
     shutil.copytree(reference.fresh, root)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from grappa_cli import planner
 from grappa_cli.config import update_file
+from grappa_cli.pipeline import planner
 
 
 def _small(project) -> None:
@@ -123,7 +123,7 @@ def test_status_names_other_compute_conditions_only_where_they_change_numbers(ra
                                                                               monkeypatch) -> None:
     """A result made with another CPU thread count says so (its last digits would differ on a rerun);
     the same count says nothing, and the artifact stays complete either way (it is not stale)."""
-    from grappa_cli import artifacts
+    from grappa_cli.records import artifacts
 
     made_with = artifacts.read_checkpoint_record(ran_project.adaptors_dir / "k2.safetensors")["compute"]["threads"]
     monkeypatch.setenv("OMP_NUM_THREADS", str(made_with))

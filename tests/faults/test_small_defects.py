@@ -9,7 +9,7 @@ import stat
 import pytest
 import torch
 
-from grappa_cli import fsutil
+from grappa_cli.storage import fsutil
 
 
 def _mode(path) -> int:
@@ -19,7 +19,7 @@ def _mode(path) -> int:
 @pytest.mark.parametrize("umask", [0o002, 0o027])
 def test_written_files_follow_the_umask(tmp_path, umask) -> None:
     from grappa_cli.model.checkpoint import _write
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.setup.init import create_project
 
     old = os.umask(umask)
     try:

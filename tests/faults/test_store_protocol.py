@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grappa_cli import faults
+from grappa_cli.storage import faults
 
 
 def test_a_partial_group_missing_arrays_is_remade_not_resumed(tiny_project, cli) -> None:
@@ -66,7 +66,7 @@ def test_two_processes_creating_one_store_both_open_it(tmp_path) -> None:
     group the faster one just made (``ContainsGroupError``); both must end up with the group."""
     import threading
 
-    from grappa_cli.store import Store
+    from grappa_cli.storage.store import Store
 
     failures: list[BaseException] = []
     for attempt in range(40):  # the race lands in about one attempt in five

@@ -36,8 +36,8 @@ def test_cli_reference_is_current() -> None:
 
 def test_configuration_reference_is_current() -> None:
     """docs/configuration.md is generated from the schema; every key appears with its default."""
+    from grappa_cli.cli.config_reference import _literal, render
     from grappa_cli.config import SCHEMA
-    from grappa_cli.config_reference import _literal, render
 
     page = render()
     for section, specs in SCHEMA.items():
@@ -46,7 +46,7 @@ def test_configuration_reference_is_current() -> None:
             assert f"| `{spec.name}` | {spec.kind} | `{_literal(spec.default)}` |" in page, (section, spec.name)
     committed = (DOCS / "configuration.md").read_text()
     assert committed == page, (
-        "docs/configuration.md is stale: run `python -m grappa_cli.config_reference > docs/configuration.md`"
+        "docs/configuration.md is stale: run `python -m grappa_cli.cli.config_reference > docs/configuration.md`"
     )
 
 
@@ -66,7 +66,7 @@ def test_dependency_metadata() -> None:
 
 
 def test_timm_accepts_what_the_vit_backbone_passes() -> None:
-    """The installed timm's ViT block takes the keyword arguments model/vit.py passes (the floor's reason)."""
+    """The installed timm's ViT block takes the keyword arguments model/backbones/vit.py passes (the floor's reason)."""
     import inspect
 
     from timm.models.vision_transformer import Attention, Block, VisionTransformer

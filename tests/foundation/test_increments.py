@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from grappa_cli import increments
+from grappa_cli.records import increments
 
 
 def _record(stops, fingerprints, *, complete=True, params=None, parts=None):

@@ -1,4 +1,4 @@
-"""The duplicate check between the training set and the test splits (``stages/duplicates.py``).
+"""The duplicate check between the training set and the test splits (``pipeline/stages/duplicates.py``).
 
 The mechanism is checked on hand-made vectors; the threshold on real images: Tux Paint stamps
 (installed by ``.ci/run``) embedded by the demo's backbone (EfficientNet-Lite0, ImageNet
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grappa_cli.stages import duplicates
+from grappa_cli.pipeline.stages import duplicates
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 #: training categories: (folder under STAMPS, class name)
@@ -104,7 +104,7 @@ def stamps_with_copies(tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
 def _project(tmp_path: Path, root: Path, policy: str = "warn"):
     import tomlkit
 
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.setup.init import create_project
 
     project = create_project(tmp_path / "proj")
     doc = tomlkit.parse(project.config_path.read_text())

@@ -116,7 +116,7 @@ def test_uniform_start_scales_the_eq3_logits_by_a_learned_scale():
 
 def test_uniform_start_moves_under_lars():
     """From the uniform start, LARS grows the scale (plain SGD on a 1-D parameter) and then Q/K."""
-    from grappa_cli.train.lars import LARS, param_groups
+    from grappa_cli.train.optim.lars import LARS, param_groups
 
     torch.manual_seed(0)
     fusion = AttentionFusion(dim=8, num_sets=3)

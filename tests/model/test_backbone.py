@@ -230,7 +230,7 @@ def test_offline_pretrained_without_a_file_fails_fast_and_says_how(monkeypatch, 
 
 
 def test_unreachable_host_is_detected_quickly():
-    from grappa_cli.model.weights import ensure_hub_reachable, host_reachable
+    from grappa_cli.model.backbones.weights import ensure_hub_reachable, host_reachable
 
     start = time.monotonic()
     assert not host_reachable("https://no-such-host.invalid/weights.pth", timeout=3)

@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from grappa_cli.artifacts import read_checkpoint_record
 from grappa_cli.errors import GrappaError, StoreError
 from grappa_cli.model import (
     GrappaModel,
@@ -19,6 +18,7 @@ from grappa_cli.model import (
     save_adaptor_set,
     save_fusion,
 )
+from grappa_cli.records.artifacts import read_checkpoint_record
 from tests.conftest import TINY_VIT_KWARGS
 
 from .conftest import tiny_spec, trained_like_set

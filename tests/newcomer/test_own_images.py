@@ -11,7 +11,7 @@ import pytest
 from grappa_cli import config as config_mod
 from grappa_cli.data.tasks.mrt import MRT_TASKS
 from grappa_cli.plugins import get
-from grappa_cli.stages.init import create_project, training_items
+from grappa_cli.setup.init import create_project, training_items
 from tests.conftest import make_image_folder
 
 

@@ -33,7 +33,7 @@ def test_a_copied_base_project_runs_with_the_current_defaults(tmp_path: Path) ->
     """A base project's ``grappa.toml`` written by an earlier version must not carry its defaults into a run."""
     import quality
     from grappa_cli.config import GrappaConfig, update_file
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.setup.init import create_project
 
     project = create_project(tmp_path / "base")
     update_file(project.config_path, lambda doc: doc["fuse"].__setitem__("warm_steps", 0.9))  # a stale default

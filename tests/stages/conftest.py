@@ -34,7 +34,7 @@ def trained_on_one_domain(root):
     """A tiny project trained through every stage on one folder (``shapes``), and a second folder
     (``stripes``, 5 training images) to add: the start of an incremental update."""
     from grappa_cli.config import update_file
-    from grappa_cli.stages.run import run_pipeline
+    from grappa_cli.pipeline.run import run_pipeline
     from tests.conftest import make_image_folder, make_tiny_project
 
     shapes = make_image_folder(root / "shapes", n_classes=2, per_class=6)

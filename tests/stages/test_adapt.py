@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from grappa_cli import artifacts
-from grappa_cli.model.backbone import BackboneSpec, build_backbone
+from grappa_cli.model.backbones.backbone import BackboneSpec, build_backbone
 from grappa_cli.model.checkpoint import load_adaptor_set
 from grappa_cli.model.grappa import GrappaModel
+from grappa_cli.records import artifacts
 
 
 def test_adapt_trains_one_set_per_k(adapted_project, cli) -> None:
@@ -60,7 +60,7 @@ def test_changed_settings_are_refused_then_forced(adapted_project, cli) -> None:
 def test_missing_inputs_name_the_command(extracted_project, tiny_project, cli, tmp_path) -> None:
     result = cli("-C", extracted_project.root, "adapt")
     assert result.exit_code == 1 and "run `grappa cluster`" in result.stderr
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.setup.init import create_project
 
     fresh = create_project(tmp_path / "fresh")
     result = cli("-C", fresh.root, "adapt")
@@ -101,8 +101,8 @@ def test_prototypes_start_at_the_normalised_centroids(clustered_project) -> None
     """The classifier starts as the nearest-centroid rule that made the pseudo-labels."""
     import numpy as np
 
-    from grappa_cli.stages.adapt import initial_prototypes
-    from grappa_cli.train.losses import NormSoftmaxLoss
+    from grappa_cli.pipeline.stages.adapt import initial_prototypes
+    from grappa_cli.train.optim.losses import NormSoftmaxLoss
 
     store = clustered_project.store(mode="r")
     centroids = store.read("clusters/k4/centroids")
@@ -125,7 +125,7 @@ def test_prototypes_start_at_the_normalised_centroids(clustered_project) -> None
 
 
 def test_small_sets_train_for_min_steps() -> None:
-    from grappa_cli.train.schedule import fit_to_size
+    from grappa_cli.train.optim.schedule import fit_to_size
 
     assert fit_to_size(133_339, 256, 5, 100) == (256, 5)  # MRT: an epoch is 520 steps; nothing changes
     assert fit_to_size(800, 256, 5, 100) == (50, 7)  # 1/16 of the images per batch, 16 steps/epoch -> 7 epochs

@@ -14,8 +14,8 @@ def ran(tmp_path_factory):
 
 
 def test_a_fresh_project_has_no_estimate(tmp_path) -> None:
-    from grappa_cli import planner
-    from grappa_cli.stages.estimate import estimate
+    from grappa_cli.pipeline import planner
+    from grappa_cli.pipeline.estimate import estimate
 
     project = make_tiny_project(tmp_path / "p", make_image_folder(tmp_path / "img", n_classes=2, per_class=3))
     guess = estimate(project, project.config(), planner.build(project))
@@ -24,8 +24,8 @@ def test_a_fresh_project_has_no_estimate(tmp_path) -> None:
 
 
 def test_rates_come_from_the_records(ran) -> None:
-    from grappa_cli import artifacts
-    from grappa_cli.stages.estimate import measured
+    from grappa_cli.pipeline.estimate import measured
+    from grappa_cli.records import artifacts
 
     project, _ = ran
     store = project.store(mode="r")
@@ -43,10 +43,10 @@ def test_rates_come_from_the_records(ran) -> None:
 def test_the_update_is_estimated_from_the_plan(ran, tmp_path) -> None:
     import shutil
 
-    from grappa_cli import planner
+    from grappa_cli.pipeline import planner
+    from grappa_cli.pipeline.estimate import estimate, measured
     from grappa_cli.project import Project
-    from grappa_cli.stages.estimate import estimate, measured
-    from grappa_cli.stages.tasks import add_task
+    from grappa_cli.setup.tasks import add_task
 
     base, stripes = ran
     shutil.copytree(base.root, tmp_path / "project")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from grappa_cli.model.backbone import BackboneSpec, build_backbone
-from grappa_cli.stages.embed import read_embeddings
+from grappa_cli.model.backbones.backbone import BackboneSpec, build_backbone
+from grappa_cli.pipeline.stages.embed import read_embeddings
 from tests.conftest import make_image_folder, run_subprocess
 
 
@@ -75,7 +75,7 @@ def test_bad_images_are_skipped_and_listed(tiny_project, cli, image_folder: Path
 
 def test_no_readable_image_is_an_error(tmp_path, cli) -> None:
     from grappa_cli.config import update_file
-    from grappa_cli.stages.init import create_project
+    from grappa_cli.setup.init import create_project
 
     folder = tmp_path / "junk" / "a"
     folder.mkdir(parents=True)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from grappa_cli import artifacts
-from grappa_cli.model.backbone import BackboneSpec, build_backbone
+from grappa_cli.model.backbones.backbone import BackboneSpec, build_backbone
 from grappa_cli.model.checkpoint import load_adaptor_set
 from grappa_cli.model.grappa import GrappaModel
-from grappa_cli.stages import models
+from grappa_cli.pipeline.stages import models
+from grappa_cli.records import artifacts
 
 
 def _model(project, name):

@@ -8,9 +8,9 @@ import torch
 
 from grappa_cli.errors import TrainingError
 from grappa_cli.fusion.neighbors import knn_graph, sample_pairs
-from grappa_cli.model.backbone import BackboneSpec, build_backbone
+from grappa_cli.model.backbones.backbone import BackboneSpec, build_backbone
 from grappa_cli.model.grappa import GrappaModel, new_adaptor_set
-from grappa_cli.train.losses import BarlowTwinsLoss
+from grappa_cli.train.optim.losses import BarlowTwinsLoss
 from tests.conftest import TINY_VIT_KWARGS, TINY_VIT_NAME
 
 

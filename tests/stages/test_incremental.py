@@ -17,7 +17,7 @@ from tests.stages.conftest import trained_on_one_domain
 
 
 def _add_stripes(project, root: Path) -> None:
-    from grappa_cli.stages.tasks import add_task
+    from grappa_cli.setup.tasks import add_task
 
     add_task(project, "stripes", root, train=True)
 
@@ -46,8 +46,8 @@ def _copy(base, tmp_path):
 
 
 def test_status_announces_the_incremental_update(base, tmp_path) -> None:
-    from grappa_cli import planner
-    from grappa_cli.stages.status import collect
+    from grappa_cli.pipeline import planner
+    from grappa_cli.pipeline.status import collect
 
     project, stripes = _copy(base, tmp_path)
     _add_stripes(project, stripes)
@@ -67,8 +67,9 @@ def test_status_announces_the_incremental_update(base, tmp_path) -> None:
 
 
 def test_update_extracts_only_new_images_and_keeps_old_artifacts(base, tmp_path) -> None:
-    from grappa_cli import artifacts, planner
-    from grappa_cli.stages.run import run_pipeline
+    from grappa_cli.pipeline import planner
+    from grappa_cli.pipeline.run import run_pipeline
+    from grappa_cli.records import artifacts
 
     project, stripes = _copy(base, tmp_path)
     store = project.store(mode="r")
@@ -125,12 +126,13 @@ def test_update_extracts_only_new_images_and_keeps_old_artifacts(base, tmp_path)
 
 def test_warm_start_starts_the_fusion_at_the_previous_attention(base, tmp_path) -> None:
     """With the previous Q, K and logit scales, step 0 of the new fusion holds the old layers' values."""
-    from grappa_cli import artifacts, plugins
+    from grappa_cli import plugins
     from grappa_cli.config import update_file
-    from grappa_cli.model.backbone import build_backbone
+    from grappa_cli.model.backbones.backbone import build_backbone
     from grappa_cli.model.checkpoint import load_fusion
-    from grappa_cli.stages.extract import backbone_spec
-    from grappa_cli.stages.fuse import warm_start_source
+    from grappa_cli.pipeline.stages.extract import backbone_spec
+    from grappa_cli.pipeline.stages.fuse import warm_start_source
+    from grappa_cli.records import artifacts
 
     project, _ = _copy(base, tmp_path)
     config = project.config()
@@ -155,9 +157,9 @@ def test_a_warm_fusion_keeps_q_and_k_and_resets_or_keeps_the_logit_scales(base, 
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from grappa_cli import artifacts
     from grappa_cli.config import update_file
-    from grappa_cli.stages.run import run_pipeline
+    from grappa_cli.pipeline.run import run_pipeline
+    from grappa_cli.records import artifacts
 
     project, stripes = _copy(base, tmp_path)
     # the tiny fusion barely trains: give its layers the sharp attention a real one ends with
@@ -187,8 +189,8 @@ def test_a_warm_fusion_keeps_q_and_k_and_resets_or_keeps_the_logit_scales(base, 
 
 
 def test_full_rebuild_redoes_everything_on_the_union(base, tmp_path) -> None:
-    from grappa_cli import planner
-    from grappa_cli.stages.run import run_pipeline
+    from grappa_cli.pipeline import planner
+    from grappa_cli.pipeline.run import run_pipeline
 
     project, stripes = _copy(base, tmp_path)
     _add_stripes(project, stripes)
@@ -212,8 +214,9 @@ def test_full_rebuild_redoes_everything_on_the_union(base, tmp_path) -> None:
 
 @pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8])
 def test_an_interrupted_update_resumes_to_the_same_result(base, tmp_path, fraction) -> None:
-    from grappa_cli import faults, planner
-    from grappa_cli.stages.run import run_pipeline
+    from grappa_cli.pipeline import planner
+    from grappa_cli.pipeline.run import run_pipeline
+    from grappa_cli.storage import faults
 
     reference, stripes = _copy(base, tmp_path / "reference")
     _add_stripes(reference, stripes)
@@ -274,10 +277,10 @@ def test_the_commands_show_and_run_the_update(base, tmp_path, cli) -> None:
 def test_the_update_grows_the_image_cache_and_trains_from_it(base, tmp_path) -> None:
     """A project that trains from its image cache keeps doing so after an update: `grappa run` decodes only the
     added images into the cache before the new sets train."""
-    from grappa_cli import artifacts
-    from grappa_cli.stages import cache as cache_stage
-    from grappa_cli.stages.run import run_pipeline
-    from grappa_cli.stages.status import collect
+    from grappa_cli.pipeline.run import run_pipeline
+    from grappa_cli.pipeline.stages import cache as cache_stage
+    from grappa_cli.pipeline.status import collect
+    from grappa_cli.records import artifacts
 
     project, stripes = _copy(base, tmp_path)
     options = cache_stage.CacheOptions(num_workers=0)
@@ -300,10 +303,11 @@ def test_the_update_grows_the_image_cache_and_trains_from_it(base, tmp_path) -> 
 def test_added_sets_also_learn_replayed_images_of_the_earlier_domain(base, tmp_path) -> None:
     """Each added set classifies its own clusters and, for as many old images as it has new ones,
     the clusters of the old increment's set nearest in k; ``replay = 0`` trains on the new images alone."""
-    from grappa_cli import artifacts, increments, planner
-    from grappa_cli.stages import replay
-    from grappa_cli.stages.adapt import training_labels
-    from grappa_cli.stages.run import run_pipeline
+    from grappa_cli.pipeline import planner
+    from grappa_cli.pipeline.run import run_pipeline
+    from grappa_cli.pipeline.stages import replay
+    from grappa_cli.pipeline.stages.adapt import training_labels
+    from grappa_cli.records import artifacts, increments
 
     project, stripes = _copy(base, tmp_path)
     _add_stripes(project, stripes)
@@ -351,9 +355,9 @@ def test_added_sets_also_learn_replayed_images_of_the_earlier_domain(base, tmp_p
 
 def test_an_added_set_refuses_to_replay_a_missing_clustering(base, tmp_path) -> None:
     from grappa_cli.errors import StoreError
-    from grappa_cli.stages.adapt import AdaptOptions, adapt
-    from grappa_cli.stages.cluster import run as cluster
-    from grappa_cli.stages.extract import ExtractOptions, extract
+    from grappa_cli.pipeline.stages.adapt import AdaptOptions, adapt
+    from grappa_cli.pipeline.stages.cluster import run as cluster
+    from grappa_cli.pipeline.stages.extract import ExtractOptions, extract
 
     project, stripes = _copy(base, tmp_path)
     _add_stripes(project, stripes)
@@ -366,7 +370,7 @@ def test_an_added_set_refuses_to_replay_a_missing_clustering(base, tmp_path) -> 
 
 
 def test_replay_sources_pick_each_earlier_increments_set_nearest_in_k() -> None:
-    from grappa_cli.increments import Increment, IncrementSets, replay_sources
+    from grappa_cli.records.increments import Increment, IncrementSets, replay_sources
 
     first = IncrementSets(Increment(0, 0, 1000), [16, 64, 256], None, 1000)
     coral = IncrementSets(Increment(1, 1000, 1100, ["coral"]), [16, 32], None, 100)

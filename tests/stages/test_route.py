@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from grappa_cli import artifacts
-from grappa_cli.model.backbone import BackboneSpec, build_backbone
-from grappa_cli.stages import models
+from grappa_cli.model.backbones.backbone import BackboneSpec, build_backbone
+from grappa_cli.pipeline.stages import models
+from grappa_cli.records import artifacts
 
 
 @pytest.fixture
 def two_source_project(tmp_path, cli):
     """A tiny project trained on two folders that look different (dark stripes, bright stripes)."""
     from grappa_cli.config import update_file
-    from grappa_cli.stages.tasks import add_task
+    from grappa_cli.setup.tasks import add_task
     from tests.conftest import make_image_folder, make_tiny_project
 
     shapes = make_image_folder(tmp_path / "shapes", n_classes=2, per_class=8, seed=1)
@@ -132,8 +132,8 @@ def test_route_after_an_incremental_update_scores_each_source_on_the_sets_that_l
     """Sets clustered before the training set grew label only its first rows, sets of added images only
     the added rows: each source is scored on the sets that labelled it, the others score 0."""
     from grappa_cli.config import update_file
-    from grappa_cli.stages.run import run_pipeline
-    from grappa_cli.stages.tasks import add_task
+    from grappa_cli.pipeline.run import run_pipeline
+    from grappa_cli.setup.tasks import add_task
     from tests.stages.conftest import trained_on_one_domain
 
     project, stripes = trained_on_one_domain(tmp_path)

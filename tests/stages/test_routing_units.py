@@ -82,7 +82,7 @@ def test_sample_rows_caps_each_source():
 
 
 def test_training_sources_follow_data_train(tmp_path):
-    from grappa_cli.stages.tasks import add_task
+    from grappa_cli.setup.tasks import add_task
     from tests.conftest import make_image_folder, make_tiny_project
 
     shapes = make_image_folder(tmp_path / "shapes", n_classes=2, per_class=3)

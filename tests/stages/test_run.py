@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from grappa_cli import artifacts
+from grappa_cli.records import artifacts
 
 
 def _configure_small(project) -> None:

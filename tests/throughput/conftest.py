@@ -51,7 +51,7 @@ def cached_store(tmp_path_factory):
     """(store, paths, labels) with a complete, current training cache (see the module docstring)."""
     from grappa_cli.data import cache as image_cache
     from grappa_cli.data.tasks.base import ImageList
-    from grappa_cli.store import Store
+    from grappa_cli.storage.store import Store
 
     root = tmp_path_factory.mktemp("cached_training")
     paths = make_cache_images(root / "images")

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from grappa_cli import artifacts
+from grappa_cli.records import artifacts
 
 
 def test_training_stages_use_the_cache_when_it_is_built(clustered_project, cli) -> None:

@@ -19,7 +19,7 @@ from grappa_cli.data.cached_training import (
 )
 from grappa_cli.data.gpu_augment import TensorAugment
 from grappa_cli.data.images import load_rgb
-from grappa_cli.stages.adapt import training_inputs
+from grappa_cli.pipeline.stages.adapt import training_inputs
 from grappa_cli.train.loop import TrainConfig, train
 from tests.cache.conftest import DATA_CONFIG
 from tests.train.train_toys import make_vit_objective
@@ -137,7 +137,7 @@ def test_center_view_is_the_eval_transform_of_the_cached_square(cached_store) ->
 
 def test_find_training_cache_falls_back_with_a_hint(cached_store, tmp_path) -> None:
     from grappa_cli.data import cache as image_cache
-    from grappa_cli.store import Store
+    from grappa_cli.storage.store import Store
 
     from .conftest import write_training_set
 

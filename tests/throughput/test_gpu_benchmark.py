@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 #: What the GPU machine may lack: importing any of these must not be needed.
-BLOCKED = ("zarr", "pluggy", "rich", "faiss", "sklearn", "typer", "grappa_cli.store", "grappa_cli.plugins")
+BLOCKED = ("zarr", "pluggy", "rich", "faiss", "sklearn", "typer", "grappa_cli.storage.store", "grappa_cli.plugins")
 
 
 def test_tiny_gpu_benchmark_writes_its_report(tmp_path) -> None:

@@ -76,7 +76,7 @@ def test_records_say_how_many_threads_made_them() -> None:
 
     import torch
 
-    from grappa_cli.provenance import record
+    from grappa_cli.records.provenance import record
 
     rec = record("adapt", {"k": 2}, {})
     assert rec["compute"] == {"threads": torch.get_num_threads(), "machine": platform.machine()}
@@ -100,7 +100,7 @@ def test_cpu_inference_runs_large_batches_in_parts() -> None:
     """Same embeddings, in order, with at most CPU_PART images per forward (bounded memory)."""
     import torch
 
-    from grappa_cli.stages.embed import CPU_PART, forward_in_parts
+    from grappa_cli.pipeline.stages.embed import CPU_PART, forward_in_parts
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),

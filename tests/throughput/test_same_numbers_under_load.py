@@ -70,7 +70,7 @@ def test_a_busy_machine_gives_the_same_weights_features_and_metrics(tmp_path) ->
     for key in ("features/train/embeddings", "clusters/k2/labels", "clusters/k3/labels",
                 "features/test/shapes/embeddings"):
         assert np.array_equal(stores[0].read(key), stores[1].read(key)), key
-    from grappa_cli import artifacts
+    from grappa_cli.records import artifacts
 
     record = artifacts.read_checkpoint_record(busy.adaptors_dir / "k2.safetensors")
     assert record["compute"]["threads"] >= 1  # what the numbers depend on is recorded

@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import save_file
 
 from grappa_cli.train import distributed as dist_utils
-from grappa_cli.train.lars import LARS
 from grappa_cli.train.loop import TrainConfig, TrainResult, train
-from grappa_cli.train.schedule import build_scheduler
+from grappa_cli.train.optim.lars import LARS
+from grappa_cli.train.optim.schedule import build_scheduler
 from tests.train.train_toys import PairDataset, make_pair_objective
 
 EPOCHS, BATCH = 2, 8

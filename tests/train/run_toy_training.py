@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from grappa_cli.train.loop import TrainConfig, TrainResult, train
-from grappa_cli.train.schedule import build_scheduler
+from grappa_cli.train.optim.schedule import build_scheduler
 from tests.train.train_toys import StripesDataset, make_conv_objective
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from grappa_cli.train.lars import LARS, param_groups
+from grappa_cli.train.optim.lars import LARS, param_groups
 
 
 def _layer(seed: int = 0) -> nn.Linear:

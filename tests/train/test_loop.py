@@ -12,13 +12,13 @@ import torch
 from rich.console import Console
 from torch.utils.data import Dataset
 
-from grappa_cli import fsutil
 from grappa_cli.console import RichReporter
 from grappa_cli.errors import TrainingError
+from grappa_cli.storage import fsutil
 from grappa_cli.train.checkpoint import RunDir
 from grappa_cli.train.loop import TrainConfig, TrainResult, train
 from grappa_cli.train.objective import Objective
-from grappa_cli.train.schedule import build_scheduler
+from grappa_cli.train.optim.schedule import build_scheduler
 from tests.train.train_toys import StripesDataset, make_vit_objective
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from grappa_cli.errors import TrainingError
-from grappa_cli.train.losses import (
+from grappa_cli.train.optim.losses import (
     BarlowTwinsLoss,
     GlobalBatchNorm1d,
     NormSoftmaxLoss,

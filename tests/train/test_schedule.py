@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from grappa_cli.errors import TrainingError
-from grappa_cli.train.schedule import LrMultiplier, build_scheduler
+from grappa_cli.train.optim.schedule import LrMultiplier, build_scheduler
 
 
 def test_constant_is_one_everywhere():

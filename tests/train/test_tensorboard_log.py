@@ -13,7 +13,7 @@ import torch
 from grappa_cli.train import distributed, tensorboard_log
 from grappa_cli.train.checkpoint import RunDir
 from grappa_cli.train.loop import TrainConfig, TrainResult, train
-from grappa_cli.train.schedule import build_scheduler
+from grappa_cli.train.optim.schedule import build_scheduler
 from tests.train.train_toys import StripesDataset, make_conv_objective
 
 pytest.importorskip("tensorboard")

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from grappa_cli.train.losses import BarlowTwinsLoss, NormSoftmaxLoss
 from grappa_cli.train.objective import Objective
+from grappa_cli.train.optim.losses import BarlowTwinsLoss, NormSoftmaxLoss
 from tests.conftest import TINY_VIT_KWARGS, TINY_VIT_NAME
 
 

@@ -25,7 +25,7 @@ def test_listed_by_grappa_plugins() -> None:
 
 
 def test_precision_at_10_by_hand() -> None:
-    from grappa_cli.metrics import retrieval_metrics
+    from grappa_cli.retrieval.metrics import retrieval_metrics
 
     # two well separated classes of 11 points: each query's 10 neighbours are its own class
     rng = np.random.default_rng(0)

@@ -22,7 +22,7 @@ class TimmViTProvider:
     description = "timm Vision Transformers (default vit_small_patch16_224.dino, the paper's DINO ViT-S/16)"
 
     def supports(self, model_name: str) -> bool:
-        from grappa_cli.model.vit import is_timm_vit
+        from grappa_cli.model.backbones.vit import is_timm_vit
 
         return is_timm_vit(model_name)
 
@@ -35,7 +35,7 @@ class TimmViTProvider:
         )
 
     def build(self, spec: Any) -> Any:
-        from grappa_cli.model.vit import build_vit_backbone
+        from grappa_cli.model.backbones.vit import build_vit_backbone
 
         return build_vit_backbone(spec)
 
@@ -50,18 +50,18 @@ class TimmCNNProvider:
     )
 
     def supports(self, model_name: str) -> bool:
-        from grappa_cli.model.cnn import is_timm_cnn
+        from grappa_cli.model.backbones.cnn import is_timm_cnn
 
         return is_timm_cnn(model_name)
 
     def model_names(self) -> list[str]:
         """timm's names of the supported CNN families and the packaged names."""
-        from grappa_cli.model.cnn import cnn_model_names
+        from grappa_cli.model.backbones.cnn import cnn_model_names
 
         return cnn_model_names()
 
     def build(self, spec: Any) -> Any:
-        from grappa_cli.model.cnn import build_cnn_backbone
+        from grappa_cli.model.backbones.cnn import build_cnn_backbone
 
         return build_cnn_backbone(spec)
 

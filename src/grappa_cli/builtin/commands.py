@@ -9,24 +9,11 @@ from grappa_cli.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    from grappa_cli.cli import (
-        adapt,
-        cache,
-        cluster,
-        demo,
-        embed,
-        export,
-        extract,
-        fuse,
-        init,
-        plugins_cmd,
-        report,
-        run,
-        search,
-        status,
-    )
-    from grappa_cli.cli.eval import eval_command
-    from grappa_cli.cli.task import task_app
+    from grappa_cli.cli.pipeline import adapt, cache, cluster, extract, fuse, report, run, status
+    from grappa_cli.cli.pipeline.eval import eval_command
+    from grappa_cli.cli.serving import embed, export, search
+    from grappa_cli.cli.setup import demo, init, plugins_cmd
+    from grappa_cli.cli.setup.task import task_app
 
     cli.command("demo")(demo.demo)
     cli.command("init")(init.init)

@@ -1,8 +1,8 @@
 """Built-in retrieval metrics (MAP@R, R-Precision, Recall@k), registered like any plugin.
 
 Definitions follow Musgrave et al., "A Metric Learning Reality Check" (ECCV 2020), as
-computed by pytorch-metric-learning's ``AccuracyCalculator``; see :mod:`grappa_cli.metrics`
-for the ranking rule and the :class:`~grappa_cli.metrics.Neighbors` structure they read.
+computed by pytorch-metric-learning's ``AccuracyCalculator``; see :mod:`grappa_cli.retrieval.metrics`
+for the ranking rule and the :class:`~grappa_cli.retrieval.metrics.Neighbors` structure they read.
 numpy is imported inside the methods: this module is loaded at CLI start-up.
 """
 
@@ -15,7 +15,7 @@ from grappa_cli.hookspecs import hookimpl
 if TYPE_CHECKING:
     import numpy as np
 
-    from grappa_cli.metrics import Neighbors
+    from grappa_cli.retrieval.metrics import Neighbors
 
 
 def _within_r(neighbors: Neighbors) -> tuple[np.ndarray, np.ndarray]:

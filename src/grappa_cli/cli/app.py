@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except OSError as exc:
-        from grappa_cli.diskerrors import message
+        from grappa_cli.storage.diskerrors import message
 
         text = message(exc)
         if debug or text is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum, StrEnum
 from typing import Any
 
-from grappa_cli.stages.run import STAGES
+from grappa_cli.pipeline.run import STAGES
 
 
 class Split(StrEnum):

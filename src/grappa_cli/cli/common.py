@@ -31,8 +31,8 @@ WorkersOption = Annotated[
 
 def resolve_project(ctx: typer.Context, project: Path | None) -> Any:
     """The project named on this command, else globally, else discovered."""
-    from grappa_cli.diskerrors import set_root
     from grappa_cli.project import discover
+    from grappa_cli.storage.diskerrors import set_root
 
     explicit = project if project is not None else (ctx.obj or {}).get("project")
     found = discover(explicit)

@@ -31,7 +31,7 @@ def compact_label(row: Any) -> str:
 
 
 def table2_rich(table: Any, title: str, *, compact: bool = False) -> Any:
-    """A rich Table: rows as built by ``grappa_cli.stages.report.build_table``, columns task x (RP, mAP).
+    """A rich Table: rows as built by ``grappa_cli.reporting.report.build_table``, columns task x (RP, mAP).
 
     ``compact``: short row labels and light borders, so three tasks fit 80 columns.
     """
@@ -39,8 +39,8 @@ def table2_rich(table: Any, title: str, *, compact: bool = False) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from grappa_cli.stages.report import METRIC_KEYS, cell
-    from grappa_cli.stages.results import TABLE_METRICS
+    from grappa_cli.reporting.report import METRIC_KEYS, cell
+    from grappa_cli.reporting.results import TABLE_METRICS
 
     rich_table = Table(title=Text(title), box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
                        padding=(0, 1) if not compact else (0, 0, 0, 1))

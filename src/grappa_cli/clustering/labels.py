@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from grappa_cli.artifacts import FEATURES_TRAIN, cluster_key
 from grappa_cli.errors import StoreError
+from grappa_cli.records.artifacts import FEATURES_TRAIN, cluster_key
 
 
 def training_labels(store: Any, k: int | str) -> tuple[np.ndarray, np.ndarray]:

@@ -43,10 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from grappa_cli import provenance as prov
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import DataError, StoreError
-from grappa_cli.store import ChunkedArray, Store, unreadable_files
+from grappa_cli.records import provenance as prov
+from grappa_cli.storage.store import ChunkedArray, Store, unreadable_files
 
 PREFIX = "cache"
 DEFAULT_CHUNK_ROWS = 128
@@ -270,7 +270,7 @@ def prepare_cache(
     """Create the group's arrays unless a matching partial/complete cache exists; return the state found.
 
     ``grown_from``: the complete cache holds the first ``grown_from`` of ``paths`` with the same
-    parameters (:func:`grappa_cli.stages.cache.grown_from`): only the rest are added.
+    parameters (:func:`grappa_cli.pipeline.stages.cache.grown_from`): only the rest are added.
     """
     key = cache_key(name)
     if grown_from is not None and not force:

@@ -3,15 +3,15 @@
 Training reads the cache (:mod:`grappa_cli.data.cached_training`) only when it was built from
 the current training image list; after an incremental update a cache of the images before it
 is recognised (it grows by the added images, ``grappa cache build``). ``grappa cache`` builds it
-(:mod:`grappa_cli.stages.cache`); both ask this module.
+(:mod:`grappa_cli.pipeline.stages.cache`); both ask this module.
 """
 
 from __future__ import annotations
 
-from grappa_cli import artifacts
 from grappa_cli.data import cache as image_cache
 from grappa_cli.errors import StoreError
-from grappa_cli.store import Store
+from grappa_cli.records import artifacts
+from grappa_cli.storage.store import Store
 
 FEATURES_KEY = artifacts.FEATURES_TRAIN
 TRAIN_CACHE = "train"
@@ -30,7 +30,7 @@ def grown_from(store: Store, paths: list[str], size: int, chunk_rows: int) -> in
     That is the cache of the training set before an incremental update appended images (with the
     same size and shards): it grows by the added images instead of being rebuilt.
     """
-    from grappa_cli import provenance as prov
+    from grappa_cli.records import provenance as prov
 
     record = store.provenance(image_cache.cache_key(TRAIN_CACHE)) or {}
     old = int(record.get("images", 0))

@@ -59,11 +59,11 @@ def train_pairs(
     from grappa_cli.errors import TrainingError
     from grappa_cli.fusion.balance import pair_loss
     from grappa_cli.train import distributed
-    from grappa_cli.train.lars import LARS, param_groups
     from grappa_cli.train.loop import TrainConfig, train
-    from grappa_cli.train.losses import BarlowTwinsLoss
     from grappa_cli.train.objective import Objective
-    from grappa_cli.train.schedule import build_scheduler
+    from grappa_cli.train.optim.lars import LARS, param_groups
+    from grappa_cli.train.optim.losses import BarlowTwinsLoss
+    from grappa_cli.train.optim.schedule import build_scheduler
 
     p = context.params
     per_rank = context.batch_size // max(distributed.world_size(), 1)

@@ -33,7 +33,7 @@ class WarmStart:
 
 @dataclass
 class FusionContext:
-    """Everything a strategy may use; built by ``grappa_cli.stages.fuse``."""
+    """Everything a strategy may use; built by ``grappa_cli.pipeline.stages.fuse``."""
 
     project: Any
     config: Any
@@ -52,8 +52,8 @@ class FusionContext:
     _cache_checked: bool = field(default=False, init=False, repr=False)
 
     def _sized(self) -> tuple[int, int]:
-        """(batch, epochs) fitted to the training set's size (:func:`~grappa_cli.train.schedule.fit_to_size`)."""
-        from grappa_cli.train.schedule import fit_to_size
+        """(batch, epochs) fitted to the training set's size (:func:`~grappa_cli.train.optim.schedule.fit_to_size`)."""
+        from grappa_cli.train.optim.schedule import fit_to_size
 
         epochs, min_steps = int(self.params["epochs"]), int(self.params.get("min_steps", 0))
         if self.warm_start is not None:  # starts from trained attention: a fraction of the training

@@ -285,10 +285,10 @@ class SupervisedFusion:
         from grappa_cli.data.images import decode_min_side
         from grappa_cli.data.training import LabeledImages
         from grappa_cli.data.transforms import train_transform
-        from grappa_cli.train.lars import param_groups
         from grappa_cli.train.loop import TrainConfig, train
-        from grappa_cli.train.losses import NormSoftmaxLoss
         from grappa_cli.train.objective import Objective
+        from grappa_cli.train.optim.lars import param_groups
+        from grappa_cli.train.optim.losses import NormSoftmaxLoss
 
         start = time.perf_counter()
         labelled = sources.labelled_training_set(context.config)

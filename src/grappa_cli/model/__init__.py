@@ -10,7 +10,7 @@ the CLI imports it lazily, inside stages.
 """
 
 from grappa_cli.model.adaptor import Adaptor, AdaptorBank, AdaptorSet, check_bottleneck, layer_bottlenecks
-from grappa_cli.model.backbone import (
+from grappa_cli.model.backbones.backbone import (
     DEFAULT_BACKBONE,
     Backbone,
     BackboneProvider,

@@ -20,11 +20,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from grappa_cli.errors import GrappaError, StoreError
-from grappa_cli.fsutil import publish, temporary_sibling
 from grappa_cli.model.adaptor import Adaptor, AdaptorSet
-from grappa_cli.model.backbone import Backbone
+from grappa_cli.model.backbones.backbone import Backbone
 from grappa_cli.model.checkpoint import header_strength
 from grappa_cli.model.grappa import GrappaModel
+from grappa_cli.storage.fsutil import publish, temporary_sibling
 
 BUNDLE_FORMAT = "grappa-model"
 FORMAT_VERSION = "1"

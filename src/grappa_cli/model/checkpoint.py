@@ -13,7 +13,7 @@ Nothing is ever pickled. Each file's header metadata (strings; JSON where struct
     kind            "mean" | "attention" | "router" (fusion)
     adaptor_sets    JSON list naming the fused sets, in order (fusion)
     config          JSON of the settings the caller used
-    grappa          JSON provenance record given by the caller (read by ``grappa_cli.artifacts``)
+    grappa          JSON provenance record given by the caller (read by ``grappa_cli.records.artifacts``)
 
 Files are written to a temporary sibling and renamed into place, so a reader sees the old
 file or the complete new one, never a partial write.
@@ -32,12 +32,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from grappa_cli import diskerrors
 from grappa_cli.errors import GrappaError, StoreError
-from grappa_cli.fsutil import publish, temporary_sibling
 from grappa_cli.model.adaptor import Adaptor, AdaptorSet, layer_bottlenecks
-from grappa_cli.model.backbone import Backbone
+from grappa_cli.model.backbones.backbone import Backbone
 from grappa_cli.model.fusion import AttentionFusion, MeanFusion, RouterFusion
+from grappa_cli.storage import diskerrors
+from grappa_cli.storage.fsutil import publish, temporary_sibling
 
 FORMAT_VERSION = "1"
 ADAPTOR_FORMAT = "grappa-adaptor-set"

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from grappa_cli.errors import GrappaError
-from grappa_cli.model.backbone import Backbone, BackboneSpec, build_backbone, weights_digest
+from grappa_cli.model.backbones.backbone import Backbone, BackboneSpec, build_backbone, weights_digest
 from grappa_cli.model.grappa import GrappaModel
 
 #: ``extra["kind"]`` of files written by ``grappa export`` (``grappa fuse`` bundles have none).
@@ -133,7 +133,7 @@ def _architecture(stored: dict[str, Any]) -> str:
     "same" padding); built from a plain weights file it would be timm's ``efficientnet_lite0``,
     which holds tensors of the same shapes but pads differently, so its embeddings differ.
     """
-    from grappa_cli.model.packaged import packaged_weights
+    from grappa_cli.model.backbones.packaged import packaged_weights
 
     packaged = packaged_weights(stored["name"])
     if packaged is not None and stored.get("pretrained", True) and not stored.get("weights"):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from grappa_cli.model.adaptor import AdaptorBank, AdaptorSet
-from grappa_cli.model.backbone import Backbone
+from grappa_cli.model.backbones.backbone import Backbone
 from grappa_cli.model.fusion import make_fusion
 from grappa_cli.model.layer import GrappaLayer
 

@@ -59,8 +59,8 @@ def write_onnx(path: Path, model: Any, *, identity: dict[str, Any], provenance: 
     """
     import torch
 
-    from grappa_cli.fsutil import atomic_write_with
     from grappa_cli.model.export import EmbeddingModel
+    from grappa_cli.storage.fsutil import atomic_write_with
 
     onnx = require_onnx()
     embedder = EmbeddingModel(model).to("cpu").eval()

@@ -4,7 +4,7 @@ Both read only the store: retrieval lists come from the test embeddings ``grappa
 stored (the same vectors its metrics were computed on), cluster samples from the training
 features' paths and the stored pseudo-labels. No image is decoded here.
 
-Rankings follow the evaluation protocol (:mod:`grappa_cli.metrics`): cosine similarity of
+Rankings follow the evaluation protocol (:mod:`grappa_cli.retrieval.metrics`): cosine similarity of
 the L2-normalised embeddings, the query removed by index, ties broken by the lower row.
 """
 
@@ -103,7 +103,7 @@ def task_gallery(store: Any, sources: dict[str, str], class_names: list[str] | N
     queries are drawn once, from the first model's valid rows.
     """
     from grappa_cli.errors import StoreError
-    from grappa_cli.stages.embed import read_embeddings
+    from grappa_cli.pipeline.stages.embed import read_embeddings
 
     loaded = {model: read_embeddings(store, key) for model, key in sources.items()}
     first = next(iter(sources.values()))

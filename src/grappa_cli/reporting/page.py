@@ -63,7 +63,7 @@ class PageResult:
 def write_page(project: Any, config: Any, table: Any, results: list[Any], files: list[str], *,
                device: str | None = None, reporter: Any | None = None) -> PageResult:
     """Write ``reports/index.html`` (and its assets) from the stored results, embeddings and runs."""
-    from grappa_cli.fsutil import atomic_write_text
+    from grappa_cli.storage.fsutil import atomic_write_text
 
     out_dir = project.reports_dir
     thumbs = Thumbnails(out_dir / ASSETS)
@@ -100,8 +100,8 @@ def write_page(project: Any, config: Any, table: Any, results: list[Any], files:
 
 def table_html(table: Any) -> str:
     """Table 2 with the numbers of ``table2.md`` (same cells), the default model in bold."""
-    from grappa_cli.stages.results import TABLE_METRICS, default_of
-    from grappa_cli.stages.table2 import METRIC_KEYS, cell
+    from grappa_cli.reporting.results import TABLE_METRICS, default_of
+    from grappa_cli.reporting.table2 import METRIC_KEYS, cell
 
     default = default_of(r.model for r in table.rows if r.model)
     head = "".join(f"<th>{html.escape(table.titles[t])} {html.escape(name)}</th>"
@@ -136,7 +136,7 @@ def figures_html(files: list[str]) -> str:
 def galleries_html(store: Any, config: Any, results: list[Any], thumbs: Thumbnails, reporter: Any | None) -> str:
     """Per task, seeded queries with the top-k of the backbone and of every fused model side by side."""
     from grappa_cli.data import sources
-    from grappa_cli.stages.results import DEFAULT_MODEL_ORDER
+    from grappa_cli.reporting.results import DEFAULT_MODEL_ORDER
 
     order = ["backbone", *[m for m in DEFAULT_MODEL_ORDER]]
     by_task: dict[str, dict[str, str]] = {}
@@ -183,7 +183,7 @@ def _query_html(task: str, row: galleries.QueryRow, thumbs: Thumbnails) -> str:
 
 def display_name(model: str) -> str:
     """``Grappa-N (fused:neighbor)``, ``M (backbone)``: Table 2's names with the model's own."""
-    from grappa_cli.stages.results import FUSED_NAMES
+    from grappa_cli.reporting.results import FUSED_NAMES
 
     if model == "backbone":
         return "M (backbone)"
@@ -192,7 +192,7 @@ def display_name(model: str) -> str:
 
 def granularity_html(store: Any, thumbs: Thumbnails) -> str:
     """A few pseudo-classes of each granularity k, with sample training images."""
-    from grappa_cli.stages.cluster import cluster_key
+    from grappa_cli.pipeline.stages.cluster import cluster_key
 
     ks = sorted(int(name[1:]) for name in store.children("clusters") if name[1:].isdigit()) \
         if store.exists("clusters") else []
@@ -239,7 +239,7 @@ def curves_html(runs_dir: Path) -> str:
 
 def attention_html(project: Any, results: list[Any], out_dir: Path, device: str | None, reporter: Any | None) -> str:
     """Mean attention alpha per layer and set, for each fused model with attention, per task (heat tables)."""
-    from grappa_cli.stages import models as models_mod
+    from grappa_cli.pipeline.stages import models as models_mod
 
     strategies = sorted({r.model.partition(":")[2] for r in results if r.model.startswith("fused:")})
     parts = []
@@ -272,8 +272,8 @@ def _heat_cell(value: float) -> str:
 def _attention_summary(project: Any, strategy: str, out_dir: Path, device: str | None, reporter: Any | None,
                        models_mod: Any) -> dict[str, Any] | None:
     """``inspect_attention`` of a fused model, cached in ``assets/`` under the model's weights digest."""
-    from grappa_cli.fsutil import atomic_write_text
-    from grappa_cli.stages.fuse import inspect_attention
+    from grappa_cli.pipeline.stages.fuse import inspect_attention
+    from grappa_cli.storage.fsutil import atomic_write_text
 
     ref = models_mod.parse(f"fused:{strategy}")
     digest = models_mod.weights_digest(project, ref)
@@ -305,7 +305,7 @@ def write_search_page(result: Any, output: Path) -> PageResult:
     Thumbnails go to ``<out>_files/`` next to the page (as a browser saves a page), so the file
     and that folder can be moved together.
     """
-    from grappa_cli.fsutil import atomic_write_text
+    from grappa_cli.storage.fsutil import atomic_write_text
 
     output = Path(output)
     thumbs = Thumbnails(output.with_name(f"{output.stem}_files"))

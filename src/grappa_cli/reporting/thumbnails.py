@@ -46,7 +46,7 @@ class Thumbnails:
         from PIL import Image, ImageOps
 
         from grappa_cli.data.images import load_rgb
-        from grappa_cli.fsutil import atomic_write_with
+        from grappa_cli.storage.fsutil import atomic_write_with
 
         try:
             image = ImageOps.contain(load_rgb(path, min_side=self.size), (self.size, self.size),
@@ -63,7 +63,7 @@ class Thumbnails:
         if not target.exists():
             from PIL import Image
 
-            from grappa_cli.fsutil import atomic_write_with
+            from grappa_cli.storage.fsutil import atomic_write_with
 
             self.assets.mkdir(parents=True, exist_ok=True)
             image = Image.new("RGB", (self.size, self.size), (160, 160, 160))

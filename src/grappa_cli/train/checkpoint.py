@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from grappa_cli.errors import TrainingError
-from grappa_cli.fsutil import atomic_write_bytes, atomic_write_text
-from grappa_cli.provenance import describe_mismatch, fingerprint
+from grappa_cli.records.provenance import describe_mismatch, fingerprint
+from grappa_cli.storage.fsutil import atomic_write_bytes, atomic_write_text
 from grappa_cli.train import tensorboard_log
 
 __all__ = ["RunDir"]

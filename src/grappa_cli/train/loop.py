@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import TrainingError
-from grappa_cli.provenance import fingerprint
+from grappa_cli.records.provenance import fingerprint
 from grappa_cli.runtime import resolve_device
 from grappa_cli.train import distributed as dist_utils
 from grappa_cli.train import tensorboard_log

@@ -55,7 +55,7 @@ class ImageList:
         """Hash of the paths and every file's bytes (slow: reads all images)."""
         import hashlib
 
-        from grappa_cli.fsutil import sha256_file
+        from grappa_cli.storage.fsutil import sha256_file
 
         digest = hashlib.sha256()
         for path in self.paths:

@@ -1,0 +1,76 @@
+"""Render the ``grappa.toml`` reference page (docs/configuration.md) from the config schema.
+
+``python -m grappa_cli.cli.config_reference > docs/configuration.md`` regenerates it; a test fails
+when the committed page differs, so the reference cannot drift from :data:`grappa_cli.config.SCHEMA`
+(every key, its type, default, allowed values and the paper's value).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from grappa_cli.config import CONFIG_NAME, SCHEMA, TASK_KEYS_DOC, FieldSpec
+
+_INTRO = f"""# `{CONFIG_NAME}` reference
+
+Every project holds one `{CONFIG_NAME}`; `grappa init` writes it with every key documented, and
+the commands edit it keeping your comments (`grappa task add`). A key left out takes its default.
+Unknown keys, wrong types and out-of-range values are refused with the file and key named.
+This page is generated from the configuration schema (`grappa_cli.config.SCHEMA`).
+"""
+
+
+def _literal(value: Any) -> str:
+    """A default as it is written in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k} = {_literal(v)}" for k, v in value.items())
+        return "{" + (f" {inner} " if inner else "") + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _row(spec: FieldSpec) -> str:
+    doc = spec.doc
+    if spec.choices:
+        doc += "; one of " + ", ".join(f"`{c}`" for c in spec.choices)
+    paper = _cell(spec.paper) if spec.paper else "-"
+    return f"| `{spec.name}` | {spec.kind} | `{_cell(_literal(spec.default))}` | {_cell(doc)} | {paper} |"
+
+
+def render() -> str:
+    """The whole page as Markdown."""
+    lines = [_INTRO]
+    for section, specs in SCHEMA.items():
+        lines += [f"## `[{section}]`", "", "| key | type | default | meaning | paper |", "|---|---|---|---|---|"]
+        lines += [_row(spec) for spec in specs]
+        lines.append("")
+    lines += [
+        "## `[tasks.NAME]`",
+        "",
+        _cell(TASK_KEYS_DOC[0].upper() + TASK_KEYS_DOC[1:]) + ". Each reader's options are listed by "
+        "`grappa plugins --all`; the image-folder reader (`type = \"imagefolder\"`) takes `split` "
+        "(`classes`, `all-test`, `all-train`) and `layout` (`auto`: `ROOT/train` + `ROOT/test` as the "
+        "two splits; `classes`: every sub-folder is a class).",
+        "",
+        "```toml",
+        "[tasks.mydata]",
+        'type = "imagefolder"',
+        'root = "/data/my_images"',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render(), end="")

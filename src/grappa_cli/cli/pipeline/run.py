@@ -1,0 +1,60 @@
+"""``grappa run``: every stage that is not complete, in order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from grappa_cli.cli.choices import Stage, value
+from grappa_cli.cli.common import DeviceOption, JsonOption, ProjectOption, print_json, resolve_project
+
+
+def run(
+    ctx: typer.Context,
+    until: Annotated[Stage | None, typer.Option(help="Stop after this stage: extract, cluster, adapt, fuse, "
+                                                "eval or report.", show_default=False)] = None,
+    full: Annotated[bool, typer.Option("--full", help="After data.train grew: rebuild everything on the union "
+                                       "from scratch instead of the incremental update.")] = False,
+    device: DeviceOption = None,
+    project: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run every stage that is not complete (extract -> ... -> report); rerun to resume after a stop."""
+    from grappa_cli.console import PipelineReporter, out
+    from grappa_cli.errors import UsageError
+    from grappa_cli.pipeline.run import STAGES, run_pipeline
+
+    until = value(until)
+    if until is not None and until not in STAGES:
+        raise UsageError(f"--until must be one of {', '.join(STAGES)} (got {until!r})")
+    proj = resolve_project(ctx, project)
+    stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
+    with proj.lock("run"), PipelineReporter(len(stages)) as view:
+        outcome = run_pipeline(proj, device=device, reporter=view, until=until, full=full,
+                               on_plan=_announce(proj))
+    proj.record_run("run", **outcome.to_dict())
+    if as_json:
+        print_json(outcome.to_dict())
+        return
+    if not outcome.changed:
+        out.print("Everything is up to date; nothing to do.")
+        return
+    for stage in outcome.stages:
+        if stage.done:
+            out.print(f"{stage.stage}: {', '.join(stage.done)}", highlight=False)
+    out.print("Done. `grappa report` shows the results; `grappa status` what exists.")
+
+
+def _announce(project: Any) -> Callable[[Any, Any], None]:
+    """Say on stderr how long the run will take, from the rates measured in the project so far."""
+
+    def announce(config: Any, plan: Any) -> None:
+        from grappa_cli.console import err
+        from grappa_cli.pipeline.estimate import estimate
+
+        if plan.todo():
+            err.print(f"Estimated time: {estimate(project, config, plan).line()}.", highlight=False)
+
+    return announce

@@ -1,0 +1,1 @@
+"""Frozen backbones: timm ViTs and CNNs, packaged offline weights, weight files."""

@@ -1,0 +1,141 @@
+"""Names for everything a project produces, and their provenance records.
+
+An artifact id names one output of a stage:
+
+* ``features/train``, ``features/test/<task>``, ``clusters/k<K>``, ``eval/<model>/<task>``,
+  ``knn/<name>``: groups in ``store.zarr`` (record in the group's ``attrs["grappa"]``);
+* ``adaptors/k<K>``, ``fusion/<strategy>``: safetensors files under ``checkpoints/``
+  (record in the file's metadata under ``"grappa"``);
+* ``results/<model>/<task>``: JSON files (record under ``"provenance"``).
+
+A record's ``inputs`` maps the ids of the artifacts it was made from to their
+fingerprints at that time; an artifact is *stale* when an input's current fingerprint
+differs. This one rule drives ``grappa status`` and ``grappa run``.
+
+A fingerprint says which settings and inputs made an artifact, not which bytes a training
+wrote: two trainings with the same settings can write different weights (a GPU's
+non-deterministic kernels, a retrain with ``--force`` after upgrading grappa). What is
+computed *from* weights (test embeddings, results, gallery indexes) therefore also records
+:func:`checkpoint_digest` of the files it used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+STORE_PREFIXES = ("features/", "clusters/", "eval/", "knn/", "cache/", "gallery/")
+#: The backbone features of the training set D (``grappa extract``).
+FEATURES_TRAIN = "features/train"
+
+
+def cluster_key(k: int | str) -> str:
+    """Store group of one pseudo-label set: ``clusters/k256`` (k) or ``clusters/k16-coral`` (a set name)."""
+    return f"clusters/{k}" if isinstance(k, str) else f"clusters/k{k}"
+
+
+def test_features(task: str) -> str:
+    """``features/test/<task>``: the backbone features of a task's test split."""
+    return f"features/test/{task}"
+
+
+def checkpoint_path(project: Any, artifact_id: str) -> Path:
+    """``adaptors/k256`` -> ``<project>/checkpoints/adaptors/k256.safetensors``."""
+    return project.checkpoints / f"{artifact_id}.safetensors"
+
+
+def result_path(project: Any, artifact_id: str) -> Path:
+    """``results/backbone/cub`` -> ``<project>/results/backbone/cub.json``."""
+    return project.root / f"{artifact_id}.json"
+
+
+#: (path, size, mtime_ns) -> digest: a file is hashed once per process while it is unchanged
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def checkpoint_digest(project: Any, artifact_id: str) -> str | None:
+    """SHA-256 (16 hex digits) of a checkpoint file's bytes, or None when the file does not exist.
+
+    Changes whenever a training rewrites the weights, even with the same settings (and so the
+    same fingerprint); adaptor and fusion files are a few MB, so hashing them costs milliseconds.
+    """
+    path = checkpoint_path(project, artifact_id)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+def read_checkpoint_record(path: Path) -> dict[str, Any] | None:
+    """The provenance stored in a safetensors file's metadata (no tensors are read)."""
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+    except Exception:
+        return None
+    raw = meta.get("grappa")
+    return json.loads(raw) if raw else None
+
+
+def record(project: Any, artifact_id: str, store: Any | None = None) -> dict[str, Any] | None:
+    """The provenance record of an artifact, or None when it does not exist."""
+    if artifact_id.startswith(STORE_PREFIXES):
+        if store is None:
+            if not project.store_path.exists():
+                return None
+            store = project.store(mode="r")
+        return store.provenance(artifact_id)
+    if artifact_id.startswith(("adaptors/", "fusion/")):
+        return read_checkpoint_record(checkpoint_path(project, artifact_id))
+    if artifact_id.startswith("results/"):
+        path = result_path(project, artifact_id)
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text()).get("provenance")
+    raise ValueError(f"unknown artifact id {artifact_id!r}")
+
+
+def fingerprint(project: Any, artifact_id: str, store: Any | None = None) -> str | None:
+    """The current fingerprint of a complete artifact (None if missing or partial)."""
+    rec = record(project, artifact_id, store)
+    if not rec or not rec.get("complete"):
+        return None
+    return rec.get("fingerprint")
+
+
+def stale_inputs(project: Any, rec: dict[str, Any], store: Any | None = None) -> list[str]:
+    """Input artifacts of ``rec`` whose current fingerprint differs from the recorded one."""
+    stale = []
+    for input_id, recorded in (rec.get("inputs") or {}).items():
+        if not input_id.startswith((*STORE_PREFIXES, "adaptors/", "fusion/", "results/")):
+            continue
+        if not input_matches(project, input_id, recorded, store):
+            stale.append(input_id)
+    return stale
+
+
+def input_matches(project: Any, input_id: str, recorded: str | None, store: Any | None = None) -> bool:
+    """Whether an input recorded at fingerprint ``recorded`` is still what it was.
+
+    The training features only grow in an incremental update: what was made from an earlier
+    increment of them stays valid (:func:`grappa_cli.records.increments.accepts`).
+    """
+    if input_id == "features/train":
+        from grappa_cli.records import increments
+
+        return increments.accepts(record(project, input_id, store), recorded)
+    return fingerprint(project, input_id, store) == recorded

@@ -1,0 +1,3 @@
+"""Using a trained model: export (safetensors bundle, ONNX), gallery indexes and search, embeddings
+written to files.
+"""

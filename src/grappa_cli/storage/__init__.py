@@ -1,0 +1,1 @@
+"""Where bytes go: the zarr store, atomic file writes, injected write faults, disk-error messages."""

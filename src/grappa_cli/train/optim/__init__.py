@@ -1,0 +1,1 @@
+"""What training minimises and how: losses, LARS, learning-rate schedules."""
