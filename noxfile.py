@@ -24,7 +24,7 @@ SMOKE_TESTS = (
     "tests/foundation/test_project.py",
     "tests/model/test_backbone.py",
     "tests/model/test_grappa_model.py",
-    "tests/export/test_roundtrip.py::test_exported_model_embeds_like_eval",
+    "tests/serving/test_roundtrip.py::test_exported_model_embeds_like_eval",
 )
 
 

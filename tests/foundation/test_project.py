@@ -42,7 +42,7 @@ def test_init_documents_every_field(tmp_path: Path, cli) -> None:
 
 
 def test_init_with_tasks_and_backbone(cli, tmp_path: Path) -> None:
-    from tests.evaltasks.fake_datasets import make_cub
+    from tests.data.tasks.fake_datasets import make_cub
 
     data = make_cub(tmp_path / "data", ["001.A", "002.B"], per_class=2) / "CUB_200_2011"
     result = cli("init", tmp_path / "p", "--backbone", "vit_base_patch16_224.dino", "--task", f"cub={data}")

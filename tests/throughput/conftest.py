@@ -4,7 +4,7 @@
   of 24 images (one corrupt), a pseudo-label set ``clusters/k3`` (the class folder; one row
   unlabelled) and a complete image cache of 4-row shards at the default size for a 32-pixel
   model;
-* the stage fixtures of ``tests/stages`` (a tiny project after extract and cluster).
+* the stage fixtures of ``tests/pipeline`` (a tiny project after extract and cluster).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cache.conftest import CORRUPT, DATA_CONFIG, make_cache_images
-from tests.stages.conftest import clustered_project, extracted_project  # noqa: F401
+from tests.data.cache.conftest import CORRUPT, DATA_CONFIG, make_cache_images
+from tests.pipeline.conftest import clustered_project, extracted_project  # noqa: F401
 
 #: the cache size for DATA_CONFIG (int(32 / 0.875))
 CACHE_SIZE = 36

@@ -21,7 +21,7 @@ from grappa_cli.data.gpu_augment import TensorAugment
 from grappa_cli.data.images import load_rgb
 from grappa_cli.pipeline.stages.adapt import training_inputs
 from grappa_cli.train.loop import TrainConfig, train
-from tests.cache.conftest import DATA_CONFIG
+from tests.data.cache.conftest import DATA_CONFIG
 from tests.train.train_toys import make_vit_objective
 
 from .conftest import CACHE_SIZE, UNLABELLED_ROW, class_of

@@ -12,7 +12,7 @@ from PIL import Image
 
 from grappa_cli.reporting import paper
 from grappa_cli.reporting.results import StoredResult, oracle, order_models
-from tests.eval.conftest import write_result
+from tests.reporting.conftest import write_result
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ def test_a_cnn_with_a_router_runs_in_onnxruntime_like_grappa(tmp_path, gallery_i
     from grappa_cli.model import GrappaModel, build_backbone
     from grappa_cli.model.export import EmbeddingModel
     from grappa_cli.model.onnx_export import write_onnx
-    from tests.cnn.conftest import cnn_spec
+    from tests.model.backbones.conftest import cnn_spec
     from tests.model.conftest import trained_like_set
 
     backbone = build_backbone(cnn_spec("test_efficientnet"))

@@ -134,7 +134,7 @@ def test_route_after_an_incremental_update_scores_each_source_on_the_sets_that_l
     from grappa_cli.config import update_file
     from grappa_cli.pipeline.run import run_pipeline
     from grappa_cli.setup.tasks import add_task
-    from tests.stages.conftest import trained_on_one_domain
+    from tests.pipeline.conftest import trained_on_one_domain
 
     project, stripes = trained_on_one_domain(tmp_path)
     add_task(project, "stripes", stripes, train=True)

@@ -2,7 +2,7 @@
 
 Building it (extract -> cluster -> adapt -> fuse avg) is the slowest part of these tests, so
 it is made once per session with the real commands; tests that change a project work on a
-copy (:func:`tests.stages.conftest.copy_project`).
+copy (:func:`tests.pipeline.conftest.copy_project`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import make_image_folder, make_tiny_project
-from tests.stages.conftest import trained_on_one_domain
+from tests.pipeline.conftest import trained_on_one_domain
 
 
 @pytest.fixture(scope="module")

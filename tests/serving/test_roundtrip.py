@@ -27,7 +27,7 @@ from grappa_cli import load_model, plugins
 from grappa_cli.storage.store import Store
 from tests.conftest import make_image_folder
 from tests.conftest import make_tiny_project as write_tiny_project
-from tests.export.conftest import run_cli
+from tests.serving.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 

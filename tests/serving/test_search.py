@@ -59,7 +59,7 @@ def test_index_then_search_finds_the_query_first(fused_project, gallery, cli) ->
     paths, embeddings, valid = gallery_rows(fused_project, "default")
     assert not any(Path(p).name in (".hidden.png", "notes.txt") for p in paths)
     from grappa_cli.model.export import EmbeddingModel
-    from tests.export.test_export import project_embedder
+    from tests.serving.test_export import project_embedder
 
     model, backbone = project_embedder(fused_project, "fused:avg")
     from grappa_cli.data.transforms import eval_transform

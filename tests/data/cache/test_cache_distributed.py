@@ -22,7 +22,7 @@ def test_two_ranks_build_the_same_cache_as_one_process(tmp_path: Path) -> None:
     paths = make_cache_images(tmp_path / "images")
     listing = tmp_path / "paths.txt"
     listing.write_text("\n".join(paths))
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "src"), str(repo)]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -57,7 +57,7 @@ def test_two_ranks_grow_the_cache_together(tmp_path: Path) -> None:
     options = stage.CacheOptions(chunk_rows=4, num_workers=0)
     stage.build(project, stage.plan(project, options), options)
     write_features_train(project.store(), paths)
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "src"), str(repo)]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from grappa_cli.pipeline.stages.cache import grow_training_cache
 from grappa_cli.project import Project
-from tests.cache.rank_lines import say_line
+from tests.data.cache.rank_lines import say_line
 
 
 def main() -> None:

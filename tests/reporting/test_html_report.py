@@ -1,6 +1,6 @@
 """``reports/index.html``: structure, offline-ness, and retrieval marks equal to the stored ranking.
 
-The tiny evaluated project of ``tests/eval/conftest.py`` (one task, backbone, two single sets,
+The tiny evaluated project of ``tests/reporting/conftest.py`` (one task, backbone, two single sets,
 Grappa-avg). The browser test is ``test_html_browser.py``.
 """
 

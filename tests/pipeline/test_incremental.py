@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.stages.conftest import trained_on_one_domain
+from tests.pipeline.conftest import trained_on_one_domain
 
 
 def _add_stripes(project, root: Path) -> None:

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from grappa_cli.data.cache import build_image_cache
 from grappa_cli.data.tasks.base import ImageList
 from grappa_cli.storage.store import Store
-from tests.cache.rank_lines import say_line
+from tests.data.cache.rank_lines import say_line
 
 
 def main() -> None:
