@@ -176,8 +176,18 @@ def test_on_duplicates_drop_and_error_decide_what_evaluation_does(stamps_with_co
     assert 'on_duplicates = "drop"' in refused.stderr
 
     project.config_path.write_text(text.replace('on_duplicates = "error"', 'on_duplicates = "drop"'))
+    assert _result_state(cli, project) == "stale"  # status (the planner) and eval agree: it is to be redone
     dropped = cli("-C", project.root, "eval", "--model", "backbone")
     assert dropped.exit_code == 0, dropped.stderr
     result = json.loads((project.root / "results" / "backbone" / "stamps.json").read_text())
     assert result["images"] == n_test - 13 and result["left_out_duplicates"] == 13
     assert result["provenance"]["params"]["left_out"]["count"] == 13
+    assert _result_state(cli, project) == "complete"
+    project.config_path.write_text(text.replace('on_duplicates = "error"', 'on_duplicates = "warn"'))
+    assert _result_state(cli, project) == "stale"  # back to keeping them: the result is redone
+
+
+def _result_state(cli, project) -> str:
+    status = cli("-C", project.root, "status", "--json")
+    assert status.exit_code == 0, status.stderr
+    return {a["id"]: a["state"] for a in json.loads(status.stdout)["artifacts"]}["results/backbone/stamps"]

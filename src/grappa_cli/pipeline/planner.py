@@ -307,7 +307,7 @@ def _fusion(b: _Builder, sets: list[str]) -> None:
 def _results(b: _Builder, sets: list[str]) -> None:
     from grappa_cli.data import sources
     from grappa_cli.errors import GrappaError
-    from grappa_cli.pipeline.stages import models
+    from grappa_cli.pipeline.stages import duplicates, models
     from grappa_cli.pipeline.stages.evaluate import PROTOCOL, metric_names, result_id
 
     try:
@@ -320,14 +320,21 @@ def _results(b: _Builder, sets: list[str]) -> None:
         if ref not in refs and not artifacts.stale_inputs(b.project, models.record(b.project, ref) or {}, b.store):
             refs.append(ref)
     metrics = metric_names(b.config)
+    left_out = {task: duplicates.planned_left_out(b.store, b.config, task) for task in tasks}
     for ref in refs:
         # the backbone's results are scored on features/test/<task>, the others on the model's artifact
         model = ({ref.artifact: b.current(ref.artifact), models.WEIGHTS: models.weights_digest(b.project, ref)}
                  if ref.artifact else {})
         for task in tasks:
-            params = {"model": ref.name, "task": task, "metrics": metrics, "protocol": PROTOCOL}
+            params = {"model": ref.name, "task": task, "metrics": metrics, "protocol": PROTOCOL,
+                      **(left_out[task] or {})}
             source = {} if ref.artifact else {f"features/test/{task}": b.current(f"features/test/{task}")}
-            b.add(result_id(ref, task), "eval", {**model, **source}, params)
+            node = b.add(result_id(ref, task), "eval", {**model, **source}, params)
+            if left_out[task] is None and node.state == "complete":  # on_duplicates = "drop", check not stored
+                node.state, node.reason = "stale", "[data] on_duplicates = \"drop\": duplicates not checked yet"
+            elif node.state == "complete" and "left_out" in (node.record or {}).get("params", {}) \
+                    and "left_out" not in params:  # made without duplicates that are now kept
+                node.state, node.reason = "stale", "setting on_duplicates changed"
     found = [f"results/{p.parent.name}/{p.stem}" for p in b.project.results_dir.glob("*/*.json")]
     _extra(b, "eval", found)
 

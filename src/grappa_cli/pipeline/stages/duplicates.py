@@ -197,6 +197,30 @@ def rows_to_leave_out(store: Any, config: Any, task: str) -> list[int]:
     return sorted(result.test_rows)
 
 
+def left_out_params(rows: list[int]) -> dict[str, Any]:
+    """What a result records about the test rows it left out (``{}`` when none): part of its parameters,
+    so that ``grappa eval``, ``status`` and ``run`` (the planner) judge a result the same way."""
+    from grappa_cli.records import provenance as prov
+
+    return {"left_out": {"duplicates": prov.fingerprint(rows), "count": len(rows)}} if rows else {}
+
+
+def planned_left_out(store: Any, config: Any, task: str) -> dict[str, Any] | None:
+    """:func:`left_out_params` as the planner sees them, from the stored check only (it computes nothing).
+
+    None when ``on_duplicates = "drop"`` but the check is not stored yet (a project extracted
+    before the check existed): evaluation will compute it, so the results are to be redone.
+    """
+    if config.data.on_duplicates != "drop":
+        return {}
+    if store is None:
+        return None
+    found = stored(store, config, task)
+    if found is None:
+        return None
+    return left_out_params(sorted(found.test_rows))
+
+
 class _LazyPaths:
     """The ``paths`` array of a features group, read only when an example needs a name."""
 

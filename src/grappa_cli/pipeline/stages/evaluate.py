@@ -271,9 +271,7 @@ def _plan(project: Project, config: Any, store: Any, backbone: Any, refs: list[M
             source_fp = prov.fingerprint({"params": embed.params, "inputs": embed.inputs}) if embed else \
                 store.provenance(source)["fingerprint"]
             result_params = {"model": ref.name, "task": task, "metrics": metrics, "protocol": PROTOCOL}
-            if left_out[task]:  # [data] on_duplicates = "drop" found some: results without them
-                result_params["left_out"] = {"duplicates": prov.fingerprint(left_out[task]),
-                                             "count": len(left_out[task])}
+            result_params.update(duplicates.left_out_params(left_out[task]))  # [data] on_duplicates = "drop"
             result_inputs = {source: source_fp} | model
             current = False
             if not force and state == "complete":
