@@ -14,10 +14,13 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from grappa_cli.clustering import kvalues
 from grappa_cli.errors import ConfigError
+
+if TYPE_CHECKING:
+    from grappa_cli import config_sections as sections_mod
 
 CONFIG_NAME = "grappa.toml"
 
@@ -346,6 +349,35 @@ class GrappaConfig:
         if key in sections:
             return sections[key]
         raise AttributeError(key)
+
+    # Typed access to each section: ``config.adapt.lr`` is a float to a type checker.
+    @property
+    def backbone(self) -> sections_mod.BackboneSection:
+        return cast("sections_mod.BackboneSection", self.sections["backbone"])
+
+    @property
+    def data(self) -> sections_mod.DataSection:
+        return cast("sections_mod.DataSection", self.sections["data"])
+
+    @property
+    def runtime(self) -> sections_mod.RuntimeSection:
+        return cast("sections_mod.RuntimeSection", self.sections["runtime"])
+
+    @property
+    def cluster(self) -> sections_mod.ClusterSection:
+        return cast("sections_mod.ClusterSection", self.sections["cluster"])
+
+    @property
+    def adapt(self) -> sections_mod.AdaptSection:
+        return cast("sections_mod.AdaptSection", self.sections["adapt"])
+
+    @property
+    def fuse(self) -> sections_mod.FuseSection:
+        return cast("sections_mod.FuseSection", self.sections["fuse"])
+
+    @property
+    def eval(self) -> sections_mod.EvalSection:
+        return cast("sections_mod.EvalSection", self.sections["eval"])
 
     @classmethod
     def default(cls) -> GrappaConfig:

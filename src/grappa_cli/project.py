@@ -23,12 +23,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grappa_cli import config as config_mod
 from grappa_cli.errors import GrappaError, ProjectLocked, ProjectNotFound
 
+if TYPE_CHECKING:
+    from grappa_cli.storage.store import StoreMode
+
 ENV_PROJECT = "GRAPPA_PROJECT"
+#: project root -> (configuration, digest of grappa.toml) pinned by a running ``pinned_config``
+_PINNED: dict[Path, tuple[config_mod.GrappaConfig, str]] = {}
 SUBDIRS = ("store.zarr", "checkpoints", "results", "reports", "indexes", ".grappa")
 
 
@@ -81,9 +86,45 @@ class Project:
         return self.root / ".grappa"
 
     def config(self) -> config_mod.GrappaConfig:
-        return config_mod.load(self.config_path)
+        """The project's configuration: the one pinned by a running :meth:`pinned_config`, else read now."""
+        pinned = _PINNED.get(self.root.resolve())
+        return pinned[0] if pinned is not None else config_mod.load(self.config_path)
 
-    def store(self, *, mode: str = "a") -> Any:
+    def config_digest(self) -> str:
+        """SHA-256 of ``grappa.toml``'s bytes (what an edit changes)."""
+        import hashlib
+
+        return hashlib.sha256(self.config_path.read_bytes()).hexdigest()
+
+    @contextmanager
+    def pinned_config(self) -> Iterator[config_mod.GrappaConfig]:
+        """Read ``grappa.toml`` once for a run of several stages, which all see that configuration.
+
+        Every ``config()`` of this project in this process returns the pinned one until the block
+        ends; :meth:`require_config_unchanged` tells whether the file was edited meanwhile.
+        """
+        key = self.root.resolve()
+        digest = self.config_digest()
+        config = config_mod.load(self.config_path)
+        _PINNED[key] = (config, digest)
+        try:
+            yield config
+        finally:
+            _PINNED.pop(key, None)
+
+    def require_config_unchanged(self, before: str) -> None:
+        """Refuse to go on when ``grappa.toml`` was edited since the pinned configuration was read."""
+        pinned = _PINNED.get(self.root.resolve())
+        digest = pinned[1] if pinned is not None else None
+        if digest is not None and self.config_digest() != digest:
+            from grappa_cli.errors import ConfigError
+
+            raise ConfigError(
+                f"{self.config_path} was edited while `grappa {before}` was working; the stages done so far "
+                "used the settings it had when the run started, and the run stops here",
+                hint="run `grappa run` again: it applies the new settings to what they change")
+
+    def store(self, *, mode: StoreMode = "a") -> Any:
         from grappa_cli.storage.store import Store
 
         return Store(self.store_path, mode=mode)

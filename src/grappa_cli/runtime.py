@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing.context
+from collections.abc import Mapping
 from typing import Any
 
 from grappa_cli.errors import GrappaError
@@ -71,7 +72,7 @@ def loader_workers(requested: int, batches: int, items: int | None = None) -> in
     return max(0, workers)
 
 
-def cpu_thread_settings(environ: dict[str, str] | None = None, *, cores: int | None = None) -> dict[str, str]:
+def cpu_thread_settings(environ: Mapping[str, str] | None = None, *, cores: int | None = None) -> dict[str, str]:
     """The OpenMP settings a ``grappa`` process should start with (those the user did not set).
 
     * ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that wait for work sleep instead of spinning.

@@ -89,3 +89,12 @@ def test_shell_completion_is_offered(cli) -> None:
 def test_help_is_not_lost_for_the_device_option(cli) -> None:
     shown = render_help(cli, ["extract"])
     assert "runtime.device" in squash(shown) or "[runtime]" in shown
+
+
+def test_until_choices_are_the_pipeline_stages() -> None:
+    """``grappa run --until`` offers exactly the pipeline's stages, in order."""
+    from grappa_cli.cli.choices import Stage
+    from grappa_cli.pipeline.run import STAGES
+
+    assert tuple(s.value for s in Stage) == STAGES
+    assert all(s.name == s.value for s in Stage)

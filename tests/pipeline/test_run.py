@@ -83,3 +83,30 @@ def test_killed_run_resumes_to_the_same_results(tiny_project, tmp_path) -> None:
     resumed = run_subprocess("-C", tiny_project.root, "run")
     assert resumed.returncode == 0, resumed.stderr
     assert _metrics(tiny_project) == _metrics(twin)
+
+
+def test_an_edit_of_grappa_toml_during_a_run_stops_it_before_the_next_stage(tiny_project, monkeypatch) -> None:
+    """The run reads grappa.toml once: a stage started before the edit finishes with the old settings,
+    and the run stops before the next stage with one line, instead of half-applying the edit."""
+    from grappa_cli.config import update_file
+    from grappa_cli.errors import ConfigError
+    from grappa_cli.pipeline import run as run_mod
+
+    _configure_small(tiny_project)
+    original = run_mod._RUNNERS["cluster"]
+    seen: dict[str, object] = {}
+
+    def cluster_then_edit(project, config, device, view):
+        update_file(project.config_path, lambda doc: doc["cluster"].__setitem__("k", [2, 8]))
+        seen["k during the stage"] = project.config().cluster.k  # the pinned configuration
+        return original(project, config, device, view)
+
+    monkeypatch.setitem(run_mod._RUNNERS, "cluster", cluster_then_edit)
+    with pytest.raises(ConfigError) as stopped:
+        run_mod.run_pipeline(tiny_project, until="adapt")
+    assert seen["k during the stage"] == [2, 4]
+    assert "was edited while `grappa run` was working" in stopped.value.message
+    store = tiny_project.store(mode="r")
+    assert sorted(store.children("clusters")) == ["k2", "k4"]  # made with the settings the run started with
+    assert not tiny_project.adaptors_dir.exists() or not any(tiny_project.adaptors_dir.iterdir())
+    assert tiny_project.config().cluster.k == [2, 8]  # outside the run, the file as it is now

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn, TextIO
 
 import typer
 
@@ -85,7 +85,8 @@ def _show_grappa_warnings() -> None:
 
     original = getattr(warnings.showwarning, "__wrapped__", warnings.showwarning)
 
-    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
         if issubclass(category, GrappaWarning):
             from grappa_cli.console import warn
 
@@ -175,7 +176,7 @@ def _settle_store_io(timeout: float = 10.0) -> None:
         sync.iothread[0] = None
 
 
-def _unexpected(exc: Exception, debug: bool) -> None:
+def _unexpected(exc: Exception, debug: bool) -> NoReturn:
     if debug:
         raise exc
     _print_error(f"unexpected {type(exc).__name__}: {exc} (set GRAPPA_DEBUG=1 to see the traceback).")

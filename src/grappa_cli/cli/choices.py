@@ -5,8 +5,6 @@ from __future__ import annotations
 from enum import Enum, StrEnum
 from typing import Any
 
-from grappa_cli.pipeline.run import STAGES
-
 
 class Split(StrEnum):
     """``grappa extract --split``."""
@@ -16,8 +14,15 @@ class Split(StrEnum):
     all = "all"
 
 
-#: ``grappa run --until``: the pipeline's own stage list, so the two cannot drift apart.
-Stage = StrEnum("Stage", [(name, name) for name in STAGES])
+class Stage(StrEnum):
+    """``grappa run --until``: the pipeline's own stage list (a test keeps the two equal)."""
+
+    extract = "extract"
+    cluster = "cluster"
+    adapt = "adapt"
+    fuse = "fuse"
+    eval = "eval"
+    report = "report"
 
 
 class IndexType(StrEnum):

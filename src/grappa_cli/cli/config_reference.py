@@ -72,5 +72,44 @@ def render() -> str:
     return "\n".join(lines)
 
 
+#: Python type of each schema kind, as the configuration holds it after loading
+_PY_TYPES = {"str": "str", "int": "int", "float": "float", "bool": "bool", "list[int]": "list[int]",
+             "list[str]": "list[str]", "table": "dict[str, Any]", "k": "str | list[int]"}
+
+
+def section_class(section: str) -> str:
+    """``adapt`` -> ``AdaptSection``."""
+    return "".join(part.capitalize() for part in section.split("_")) + "Section"
+
+
+def render_sections() -> str:
+    """``grappa_cli/config_sections.py``: one typed Protocol per section of the schema.
+
+    ``GrappaConfig.adapt`` is an :class:`AdaptSection` to a type checker, so that
+    ``config.adapt.lr`` is a ``float`` there; at run time the values come from the schema-checked
+    ``Section`` (the Protocol only describes it).
+    """
+    lines = [
+        '"""Typed views of the ``grappa.toml`` sections (generated from ``grappa_cli.config.SCHEMA``).',
+        "",
+        "Regenerate with ``python -m grappa_cli.cli.config_reference --sections >",
+        "src/grappa_cli/config_sections.py``; a test fails when this file differs from the schema.",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from typing import Any, Protocol",
+        "",
+    ]
+    for section, specs in SCHEMA.items():
+        lines += ["", f"class {section_class(section)}(Protocol):", f'    """``[{section}]``."""', ""]
+        lines.append("    values: dict[str, Any]  # every key of the section, as loaded")
+        lines += [f"    {spec.name}: {_PY_TYPES[spec.kind]}" for spec in specs]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 if __name__ == "__main__":
-    print(render(), end="")
+    import sys
+
+    print(render_sections() if "--sections" in sys.argv[1:] else render(), end="")

@@ -116,7 +116,8 @@ class FaissKMeans:
                     faiss.copy_array_to_vector(centroids.ravel(), clus.centroids)
                 clus.train(x, index)  # faiss empties and refills the index every iteration
                 centroids = faiss.vector_to_array(clus.centroids).reshape(k, d)
-                stats = clus.iteration_stats.at(0)
+                # faiss's stubs say list; it is a SWIG vector, which has .at() and no []
+                stats = clus.iteration_stats.at(0)  # type: ignore[attr-defined]
                 splits += int(stats.nsplit)
                 converged = bool(objectives) and stats.obj >= objectives[-1] and stats.nsplit == 0
                 objectives.append(float(stats.obj))

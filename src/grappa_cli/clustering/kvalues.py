@@ -121,7 +121,7 @@ def resolve(
         dup = next((a for a, b in pairwise(values) if a == b), None)
         if dup is not None:
             raise UsageError(f"{source}: k={dup} is listed twice", hint="list each k once")
-    if values == AUTO:
+    if isinstance(values, str):  # AUTO, the only string parse_k_list returns
         return auto_ladder(n, auto_count, auto_min_k)
     check(values, n, source=source)
     return list(values)

@@ -118,7 +118,7 @@ class CachedImageDataset(torch.utils.data.Dataset):
     def _chw(image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(image).permute(2, 0, 1)
 
-    def __getitems__(self, positions: Sequence[int]) -> list[Any]:
+    def __getitems__(self, positions: Sequence[int] | np.ndarray) -> list[Any]:
         positions = np.asarray(positions, dtype=np.int64)
         images = [self._chw(a) for a in self.read_cache_rows(self.cache_rows[positions])]
         if self.return_index:
@@ -172,7 +172,7 @@ class CachedPairDataset(CachedImageDataset):
         pick = np.random.default_rng([self.seed, self.epoch, int(train_row)]).integers(len(candidates))
         return int(candidates[pick])
 
-    def __getitems__(self, positions: Sequence[int]) -> list[Any]:
+    def __getitems__(self, positions: Sequence[int] | np.ndarray) -> list[Any]:
         anchors = [int(self.indices[p]) for p in positions]
         partners = [self.partner_of(i) for i in anchors]
         rows = self.layout.cache_rows_of(np.asarray(anchors + partners, dtype=np.int64))

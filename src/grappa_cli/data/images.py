@@ -120,10 +120,10 @@ class Batch:
 
 
 def collate_samples(samples: list[Sample]) -> Batch:
-    good = [s for s in samples if s.image is not None]
+    good = [(s.index, s.image) for s in samples if s.image is not None]
     bad = [(s.index, s.error or "unknown error") for s in samples if s.image is None]
-    images = torch.stack([s.image for s in good]) if good else torch.empty(0)
-    indices = torch.tensor([s.index for s in good], dtype=torch.long)
+    images = torch.stack([image for _, image in good]) if good else torch.empty(0)
+    indices = torch.tensor([index for index, _ in good], dtype=torch.long)
     return Batch(indices, images, bad)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from grappa_cli.console import Reporter
 
@@ -114,7 +114,8 @@ class FusionContext:
                 for layer, previous in zip(model.fusion_layers(), self.warm_start.layers, strict=True):
                     layer.load_state_dict(previous.state_dict())
                     if self.config.fuse.warm_scale == "reset" and getattr(layer, "logit_scale", None) is not None:
-                        layer.logit_scale.zero_()  # keep Q and K; weigh old and added sets equally at step 0
+                        # keep Q and K; weigh old and added sets equally at step 0
+                        cast(torch.Tensor, layer.logit_scale).zero_()
         return model
 
 

@@ -292,6 +292,7 @@ class SupervisedFusion:
 
         start = time.perf_counter()
         labelled = sources.labelled_training_set(context.config)
+        assert labelled.labels is not None  # labelled_training_set labels every image it returns
         model = context.model("attention")
         model.set_trainable(adaptors=False, fusion=True)
         p = context.params

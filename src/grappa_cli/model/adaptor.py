@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -124,19 +124,23 @@ class AdaptorSet(nn.Module):
         widths = layer_bottlenecks(bottleneck, layer_dims)
         return cls([Adaptor(d, b, generator=generator) for d, b in zip(layer_dims, widths, strict=True)], k=k)
 
+    def adaptors(self) -> list[Adaptor]:
+        """The L adaptors (``self.layers``, their ``nn.ModuleList``), typed as such."""
+        return cast("list[Adaptor]", list(self.layers))
+
     @property
     def layer_dims(self) -> tuple[int, ...]:
-        return tuple(a.dim for a in self.layers)
+        return tuple(a.dim for a in self.adaptors())
 
     @property
     def bottleneck(self) -> int:
         """D', the configured bottleneck: that of the widest layers (narrower ones may use less)."""
-        return max(a.bottleneck for a in self.layers)
+        return max(a.bottleneck for a in self.adaptors())
 
     @property
     def bottlenecks(self) -> tuple[int, ...]:
         """``D'_l`` of each layer."""
-        return tuple(a.bottleneck for a in self.layers)
+        return tuple(a.bottleneck for a in self.adaptors())
 
     def __len__(self) -> int:
         return len(self.layers)

@@ -38,7 +38,7 @@ def describe(model: GrappaModel) -> dict[str, Any]:
     """
     if not model.layers:
         return {"num_sets": 0, "bottleneck": 0, "bottlenecks": [], "fusion": "", "strength": 1.0}
-    widths = [layer.bank.bottleneck for layer in model.layers]
+    widths = [layer.bank.bottleneck for layer in model.grappa_layers()]
     return {
         "num_sets": model.num_sets,
         "bottleneck": max(widths),
@@ -130,8 +130,9 @@ def _layer_bottlenecks(meta: dict[str, Any], tensors: dict[str, torch.Tensor], n
     if meta.get("bottlenecks"):
         return list(meta["bottlenecks"])
     shapes = [tensors.get(f"layers.{index}.bank.down_weight") for index in range(num_layers)]
-    if all(t is not None for t in shapes):
-        return [int(t.shape[1]) for t in shapes]
+    stored = [t for t in shapes if t is not None]
+    if len(stored) == len(shapes):
+        return [int(t.shape[1]) for t in stored]
     return int(meta["bottleneck"])
 
 

@@ -25,7 +25,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import safe_open
@@ -206,8 +206,8 @@ def save_fusion(
     layers = list(fusion_layers)
     if len(layers) != backbone.num_layers:
         raise ValueError(f"{len(layers)} fusion layers for a backbone of {backbone.num_layers}")
-    kinds = {layer.kind for layer in layers}
-    counts = {layer.num_sets for layer in layers}
+    kinds = {cast(str, layer.kind) for layer in layers}
+    counts = {cast(int, layer.num_sets) for layer in layers}
     inits = {getattr(layer, "init", None) for layer in layers}
     if len(kinds) != 1 or len(counts) != 1:
         raise ValueError(f"fusion layers must share kind and N (got {sorted(kinds)}, {sorted(counts)})")

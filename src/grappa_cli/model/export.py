@@ -180,8 +180,8 @@ def load_backbone(
         backbone.model_id = actual
         return backbone
     if rebuild_backbone:
-        weights = Path(stored["weights"]) if stored.get("weights") else None
-        backbone = _build(path, stored, pretrained=bool(stored.get("pretrained", True)), weights=weights,
+        stored_weights = Path(stored["weights"]) if stored.get("weights") else None
+        backbone = _build(path, stored, pretrained=bool(stored.get("pretrained", True)), weights=stored_weights,
                           built_by=built_by)
         _check_identity(path, recorded, backbone.model_id, f"the rebuilt backbone {stored['name']!r}")
         return backbone

@@ -144,7 +144,7 @@ class RouterFusion(nn.Module):
             self.weight = nn.Parameter(self.weight.new_zeros(s, self.dim))
             self.bias = nn.Parameter(self.bias.new_zeros(s))
             self.table = self.table.new_zeros(s, self.num_sets + 1)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def make_fusion(kind: str, dim: int, num_sets: int, attention_init: str = "uniform") -> nn.Module:

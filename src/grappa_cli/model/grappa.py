@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,12 +37,12 @@ class GrappaModel(nn.Module):
         if self.layers:
             if len(self.layers) != backbone.num_layers:
                 raise ValueError(f"{len(self.layers)} Grappa layers for a backbone of {backbone.num_layers}")
-            for index, (layer, dim) in enumerate(zip(self.layers, backbone.layer_dims, strict=True)):
+            for index, (layer, dim) in enumerate(zip(self.grappa_layers(), backbone.layer_dims, strict=True)):
                 if layer.bank.dim != dim:
                     raise ValueError(
                         f"layer {index}: adaptors of width {layer.bank.dim}, backbone layer {dim}"
                     )
-            counts = {layer.bank.num_adaptors for layer in self.layers}
+            counts = {layer.bank.num_adaptors for layer in self.grappa_layers()}
             if len(counts) != 1:
                 raise ValueError(
                     f"every layer must hold the same number of adaptor sets (got {sorted(counts)})"
@@ -97,7 +97,7 @@ class GrappaModel(nn.Module):
                     f"{len(fusion_layers)} fusion layers for a backbone of {backbone.num_layers}"
                 )
         layers = [
-            GrappaLayer(AdaptorBank.from_adaptors([s.layers[index] for s in sets]), fusion_layers[index])
+            GrappaLayer(AdaptorBank.from_adaptors([s.adaptors()[index] for s in sets]), fusion_layers[index])
             for index in range(backbone.num_layers)
         ]
         model = cls(backbone, layers).set_strength(strength)
@@ -122,20 +122,24 @@ class GrappaModel(nn.Module):
 
     # -- structure ----------------------------------------------------------------------
 
+    def grappa_layers(self) -> list[GrappaLayer]:
+        """The L Grappa layers (``self.layers``, their ``nn.ModuleList``), typed as such."""
+        return cast("list[GrappaLayer]", list(self.layers))
+
     @property
     def num_sets(self) -> int:
         """N, the number of adaptor sets (0 for the plain backbone)."""
-        return self.layers[0].bank.num_adaptors if self.layers else 0
+        return self.grappa_layers()[0].bank.num_adaptors if self.layers else 0
 
     @property
     def fusion_kind(self) -> str | None:
         """``"mean"``, ``"attention"`` or None (no adaptors)."""
-        return self.layers[0].fusion.kind if self.layers else None
+        return cast(str, self.grappa_layers()[0].fusion.kind) if self.layers else None
 
     @property
     def strength(self) -> float:
         """The share of the fused adaptation the layers apply (1 for the plain backbone)."""
-        return self.layers[0].strength if self.layers else 1.0
+        return self.grappa_layers()[0].strength if self.layers else 1.0
 
     def set_strength(self, strength: float) -> GrappaModel:
         """Apply ``strength`` of the fused adaptation in every layer (in place; returns ``self``).
@@ -147,19 +151,19 @@ class GrappaModel(nn.Module):
         strength = float(strength)
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1] (got {strength})")
-        for layer in self.layers:
+        for layer in self.grappa_layers():
             layer.strength = strength
         return self
 
     def fusion_layers(self) -> list[nn.Module]:
         """The L fusion layers (for :func:`~grappa_cli.model.checkpoint.save_fusion`)."""
-        return [layer.fusion for layer in self.layers]
+        return [layer.fusion for layer in self.grappa_layers()]
 
     def adaptor_set(self, index: int) -> AdaptorSet:
         """A detached copy of adaptor set ``index`` (for saving after training)."""
         if not 0 <= index < self.num_sets:
             raise IndexError(f"adaptor set {index} out of range (model holds {self.num_sets})")
-        return AdaptorSet([layer.bank.adaptor(index) for layer in self.layers])
+        return AdaptorSet([layer.bank.adaptor(index) for layer in self.grappa_layers()])
 
     def adaptor_sets(self) -> list[AdaptorSet]:
         return [self.adaptor_set(i) for i in range(self.num_sets)]
@@ -167,11 +171,11 @@ class GrappaModel(nn.Module):
     # -- parameters ---------------------------------------------------------------------
 
     def adaptor_parameters(self) -> list[nn.Parameter]:
-        return [p for layer in self.layers for p in layer.bank.parameters()]
+        return [p for layer in self.grappa_layers() for p in layer.bank.parameters()]
 
     def fusion_parameters(self) -> list[nn.Parameter]:
         """The Q and K projections of attention fusion (empty for mean fusion)."""
-        return [p for layer in self.layers for p in layer.fusion.parameters()]
+        return [p for layer in self.grappa_layers() for p in layer.fusion.parameters()]
 
     def set_trainable(self, *, adaptors: bool, fusion: bool) -> list[nn.Parameter]:
         """Choose what trains (the backbone never does); returns the trainable parameters.
@@ -226,7 +230,7 @@ class GrappaModel(nn.Module):
 
     def embed(self, images: torch.Tensor, **layer_kwargs: Any) -> torch.Tensor:
         """L2-normalised representation (what retrieval compares)."""
-        return F.normalize(self.forward(images, **layer_kwargs), dim=-1)
+        return F.normalize(cast(torch.Tensor, self.forward(images, **layer_kwargs)), dim=-1)
 
 
 def new_adaptor_set(

@@ -52,7 +52,9 @@ def _not_current(project: Project, artifact_id: str, rec: dict[str, Any],
         grown = input_id == "features/train" and artifacts.input_matches(project, input_id, recorded)
         if not grown and (not current or not current.get("complete")):
             result = (input_id, f"its input {input_id} is {'incomplete' if current else 'missing'}")
-        elif not grown and current.get("fingerprint") != recorded:  # the input was redone: redo this one
+            continue
+        assert current is not None  # grown needs a record: increments.accepts is False without one
+        if not grown and current.get("fingerprint") != recorded:  # the input was redone: redo this one
             result = (artifact_id, f"{input_id} changed since it was made")
         else:
             result = _not_current(project, input_id, current, seen)

@@ -298,7 +298,7 @@ def _fusion(b: _Builder, sets: list[str]) -> None:
     backbone = _backbone_id(b)
     for name in b.config.fuse.strategies:
         strategy = plugins.get("fusion_strategies", name)
-        params = artifact_params(strategy, b.config, FusionOptions(), sets, backbone)
+        params = artifact_params(strategy, b.config, FusionOptions(), sets, backbone or "")
         interrupted = (b.project.runs_dir / f"fuse-{strategy.name}").is_dir()
         b.add(f"fusion/{strategy.name}", "fuse", dict(inputs), params, partial=interrupted)
     _extra(b, "fuse", [f"fusion/{p.stem}" for p in b.project.fusion_dir.glob("*.safetensors")])

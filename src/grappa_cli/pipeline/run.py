@@ -63,23 +63,27 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
     from grappa_cli.pipeline import planner
     from grappa_cli.pipeline.plugin_check import check_config
 
-    config = project.config()
-    check_config(config)  # a misspelt plugin name fails now, not after hours of work
-    stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
-    plan = planner.build(project, config, full=full)
-    if on_plan is not None:
-        on_plan(config, plan)
-    planned = [node.id for node in plan.todo() if node.stage in stages]
-    view: Any = reporter or NullReporter()
-    outcomes: list[StageOutcome] = []
-    for stage in stages:
-        if hasattr(view, "stage"):
-            view.stage(f"[{len(outcomes) + 1}/{len(stages)}] {stage}")
-        outcome = (_extract(project, config, device, view, full=full) if stage == "extract"
-                   else _RUNNERS[stage](project, config, device, view))
-        outcomes.append(outcome)
-        if hasattr(view, "step_done"):
-            view.step_done()
+    # One configuration for the whole run: every stage reads the pinned one, and an edit of
+    # grappa.toml while the run works stops it before the next stage instead of half-applying it.
+    with project.pinned_config() as config:
+        check_config(config)  # a misspelt plugin name fails now, not after hours of work
+        stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
+        plan = planner.build(project, config, full=full)
+        if on_plan is not None:
+            on_plan(config, plan)
+        planned = [node.id for node in plan.todo() if node.stage in stages]
+        view: Any = reporter or NullReporter()
+        outcomes: list[StageOutcome] = []
+        for stage in stages:
+            project.require_config_unchanged("run")
+            if hasattr(view, "stage"):
+                view.stage(f"[{len(outcomes) + 1}/{len(stages)}] {stage}")
+            outcome = (_extract(project, config, device, view, full=full) if stage == "extract"
+                       else _RUNNERS[stage](project, config, device, view))
+            outcomes.append(outcome)
+            if hasattr(view, "step_done"):
+                view.step_done()
+        project.require_config_unchanged("run")
     return RunOutcome(outcomes, planned=planned)
 
 

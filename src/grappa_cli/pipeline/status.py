@@ -213,6 +213,7 @@ def _side_artifacts(project: Project) -> list[ArtifactStatus]:
     for stage, group in (("cache", "cache"), ("index", "gallery")):
         for name in store.children(group):
             rec = store.provenance(f"{group}/{name}")
+            stale: list[str]
             if rec is None:
                 state, stale = "missing", []
             elif not rec.get("complete"):

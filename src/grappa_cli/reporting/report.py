@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,7 @@ class ReportResult:
         return {"table": self.table.to_dict(), "files": self.files, "examples": self.examples}
 
 
-def task_types(config: Any, tasks: Sequence[str]) -> dict[str, str]:
+def task_types(config: Any, tasks: Iterable[str]) -> dict[str, str]:
     """Reader type of each task (its name when it is no longer configured)."""
     return {t: (config.tasks[t].type if t in config.tasks else t) for t in tasks}
 

@@ -347,7 +347,7 @@ class Ranking:
             return self._index
         import faiss
 
-        index = faiss.IndexFlatIP(self.dim)
+        index: faiss.Index = faiss.IndexFlatIP(self.dim)
         step = max(1, (16 << 20) // (4 * self.dim))
         for s in range(0, self.n, step):
             index.add(np.ascontiguousarray(self._as_float32(slice(s, s + step))))

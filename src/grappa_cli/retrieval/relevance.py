@@ -154,7 +154,7 @@ def top_relevance(
             symmetric = float(expected.sum()) * _CANDIDATE_BYTES / 4 <= STASH_BUDGET
         t_dev = torch.from_numpy(thresholds).to(dev)
         starts = list(range(0, n, block))
-        pending: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in starts}
+        pending: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]] = {s: [] for s in starts}
         is_query = depths > 0
         for i, si in enumerate(starts):
             ei = min(n, si + block)

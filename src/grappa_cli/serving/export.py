@@ -15,11 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grappa_cli.errors import GrappaError
 from grappa_cli.project import Project
 from grappa_cli.records import artifacts
 from grappa_cli.records import provenance as prov
+
+if TYPE_CHECKING:
+    from grappa_cli.model.grappa import GrappaModel
+    from grappa_cli.pipeline.stages.models import ModelRef
 
 
 @dataclass
@@ -104,7 +109,7 @@ def export_model(project: Project, model_name: str, output: Path, *, include_bac
                         inputs, fmt)
 
 
-def _write_onnx(project: Project, ref: object, model: object, output: Path, record: dict) -> None:
+def _write_onnx(project: Project, ref: ModelRef, model: GrappaModel, output: Path, record: dict) -> None:
     """The ONNX graph of ``model`` with its identity: backbone, sets, strategy, strength, digests."""
     import grappa_cli
     from grappa_cli.model.backbones.backbone import weights_digest

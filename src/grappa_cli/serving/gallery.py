@@ -167,7 +167,7 @@ def build_gallery_index(project: Project, gallery: Path, options: IndexOptions,
                               "or choose another --name to keep both")
     # Searches keep reading the current generation; a rebuild fills the next one beside it.
     reuse = current and not options.force and store.state(current, params, inputs) == "complete"
-    key = current if reuse else next_generation(name, current)
+    key = current if current and reuse else next_generation(name, current)
     job = EmbedJob(key, "index", paths, None, params, inputs, f"gallery {name}")
     embedded = run_embedding(
         store, job, embedder, eval_transform(backbone.data_config), dim=backbone.embed_dim, dtype="float32",
@@ -213,6 +213,7 @@ def _fill_index(store: Any, key: str, valid: np.ndarray, settings: IndexSettings
     rows = np.flatnonzero(valid)
     training = None
     if settings.kind == "ivf":  # faiss trains on at most 256 vectors per list anyway
+        assert settings.nlist is not None  # the settings are resolved
         rng = np.random.default_rng(0)
         take = min(len(rows), 256 * int(settings.nlist))
         training = store.read(f"{key}/embeddings", np.sort(rng.choice(rows, size=take, replace=False)))

@@ -89,15 +89,16 @@ def _empty(settings: IndexSettings, dim: int) -> Any:
     if settings.kind == "flat":
         return faiss.IndexFlatIP(dim)
     if settings.kind == "ivf":
+        assert settings.nlist is not None and settings.nprobe is not None  # IndexSettings.resolved fills them
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, int(settings.nlist), faiss.METRIC_INNER_PRODUCT)
-        index.cp.min_points_per_centroid = 1  # small galleries are allowed; faiss would print a warning
-        index.nprobe = int(settings.nprobe)
-        return index
-    index = faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = settings.ef_construction
-    index.hnsw.efSearch = settings.ef_search
-    return index
+        ivf = faiss.IndexIVFFlat(quantizer, dim, int(settings.nlist), faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.min_points_per_centroid = 1  # small galleries are allowed; faiss would print a warning
+        ivf.nprobe = int(settings.nprobe)
+        return ivf
+    hnsw = faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = settings.ef_construction
+    hnsw.hnsw.efSearch = settings.ef_search
+    return hnsw
 
 
 def build_index(

@@ -73,10 +73,14 @@ def _open_or_create(open_group: Callable[[], Any]) -> Any:
         return open_group()
 
 
+#: How :class:`Store` opens its group (zarr's modes).
+StoreMode = Literal["r", "r+", "a", "w", "w-"]
+
+
 class Store:
     """A zarr v3 group on the local filesystem."""
 
-    def __init__(self, path: Path, *, mode: str = "a") -> None:
+    def __init__(self, path: Path, *, mode: StoreMode = "a") -> None:
         import zarr
 
         self.path = Path(path)

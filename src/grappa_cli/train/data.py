@@ -19,8 +19,8 @@ the epoch set with ``set_epoch``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sized
+from typing import Any, Protocol, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -28,8 +28,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from grappa_cli.runtime import ignore_interrupts, loader_workers, spawn_context
 from grappa_cli.train.rng import derive_seed
 
-__all__ = ["BatchSamplerFactory", "EpochBatchSampler", "EpochShuffleSampler", "SeededSamples", "make_batch_loader",
-           "make_loader"]
+__all__ = ["BatchSamplerFactory", "EpochBatchSampler", "EpochShuffleSampler", "SeededSamples", "dataset_length",
+           "make_batch_loader", "make_loader"]
+
+
+def dataset_length(dataset: Dataset) -> int:
+    """``len(dataset)``: torch's ``Dataset`` declares no ``__len__``, though every map-style dataset has one."""
+    return len(cast(Sized, dataset))
 
 
 class SeededSamples(Dataset):
@@ -48,7 +53,7 @@ class SeededSamples(Dataset):
         self.seed = int(seed)
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return dataset_length(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
         import random
@@ -155,7 +160,7 @@ def make_batch_loader(
     worker_seed: int = 0,
 ) -> DataLoader:
     """The DataLoader of one epoch over the batches of ``batch_sampler`` (call its ``set_epoch`` first)."""
-    num_workers = loader_workers(num_workers, len(batch_sampler), len(dataset))  # type: ignore[arg-type]
+    num_workers = loader_workers(num_workers, len(batch_sampler), dataset_length(dataset))
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(multiprocessing_context=spawn_context(), persistent_workers=False, prefetch_factor=4,

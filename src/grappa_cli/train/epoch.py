@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
@@ -17,7 +17,17 @@ from grappa_cli.train import distributed as dist_utils
 from grappa_cli.train.checkpoint import RunDir
 from grappa_cli.train.config import TrainConfig
 
-__all__ = ["move_to", "run_epoch"]
+__all__ = ["Progress", "move_to", "run_epoch"]
+
+
+class Progress(TypedDict):
+    """A run's totals so far, updated in place by every epoch."""
+
+    epoch: int
+    step: int
+    losses: list[float]
+    seconds: float
+    images: int
 
 
 def move_to(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -46,7 +56,7 @@ def run_epoch(
     scheduler: Any,
     params: list[nn.Parameter],
     device: torch.device,
-    progress: dict[str, Any],
+    progress: Progress,
     run: RunDir,
     reporter: Reporter,
     prepare: Callable[[Any], Any] | None = None,
@@ -105,7 +115,7 @@ def run_epoch(
             "step_time_s": seconds / len(losses), "seconds": seconds, "time": time.time()}
 
 
-def _diverged(value: float, epoch: int, index: int, progress: dict[str, Any], run: RunDir, main: bool) -> None:
+def _diverged(value: float, epoch: int, index: int, progress: Progress, run: RunDir, main: bool) -> None:
     kind = "NaN" if math.isnan(value) else "infinite"
     done = len(progress["losses"])
     if main:

@@ -47,10 +47,11 @@ from grappa_cli.train.data import (
     BatchSamplerFactory,
     EpochShuffleSampler,
     SeededSamples,
+    dataset_length,
     make_batch_loader,
     make_loader,
 )
-from grappa_cli.train.epoch import run_epoch
+from grappa_cli.train.epoch import Progress, run_epoch
 from grappa_cli.train.objective import load_trainable_state, trainable_state
 from grappa_cli.train.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 
@@ -158,14 +159,14 @@ def train(
     if not params:
         raise TrainingError("the model has no trainable parameters",
                             hint="unfreeze the layers to train (requires_grad=True) before training")
-    steps_per_epoch = _check_batches(config, len(dataset))
-    settings = _fingerprint_settings(config, objective, len(dataset))
+    steps_per_epoch = _check_batches(config, dataset_length(dataset))
+    settings = _fingerprint_settings(config, objective, dataset_length(dataset))
     run = RunDir(config.run_dir)
     _prepare_run_dir(run, config, settings)
 
     optimizer = make_optimizer(params)
     scheduler = make_scheduler(optimizer, steps_per_epoch, config.epochs) if make_scheduler else None
-    progress = {"epoch": 0, "step": 0, "losses": [], "seconds": 0.0, "images": 0}
+    progress: Progress = {"epoch": 0, "step": 0, "losses": [], "seconds": 0.0, "images": 0}
     state = run.load_checkpoint()
     if state is not None:
         if state.get("fingerprint") != fingerprint(settings):
@@ -176,9 +177,9 @@ def train(
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state["rng"])
-        progress.update(epoch=int(state["epoch"]), step=int(state["global_step"]),
-                        losses=[float(x) for x in state["epoch_losses"]],
-                        seconds=float(state["seconds"]), images=int(state["images"]))
+        progress.update({"epoch": int(state["epoch"]), "step": int(state["global_step"]),
+                         "losses": [float(x) for x in state["epoch_losses"]],
+                         "seconds": float(state["seconds"]), "images": int(state["images"])})
         if progress["epoch"] < config.epochs:
             reporter.log(f"Resuming {config.description} from {run.path} after epoch "
                          f"{progress['epoch']}/{config.epochs}")
@@ -200,8 +201,8 @@ def train(
             objective.train()
             loader = _epoch_loader(epoch_data, epoch, config, device, collate_fn, make_batch_sampler)
             if len(loader) == 0:
-                raise TrainingError(f"epoch {epoch + 1} has {len(epoch_data)} items, fewer than one batch of "
-                                    f"{config.batch_size}", hint="lower the batch size")
+                raise TrainingError(f"epoch {epoch + 1} has {dataset_length(epoch_data)} items, fewer than one "
+                                    f"batch of {config.batch_size}", hint="lower the batch size")
             record = run_epoch(wrapped, loader, epoch, config, optimizer, scheduler, params, device, progress,
                                run, reporter, prepare=_epoch_preparer(prepare_batch, device, config.seed, epoch, rank))
             if dist_utils.is_main():
@@ -238,17 +239,20 @@ def _epoch_loader(
     set_epoch = getattr(data, "set_epoch", None)
     if callable(set_epoch):
         set_epoch(epoch)  # before the loader pickles the dataset for its workers
-    common = {"num_workers": config.num_workers, "collate_fn": collate_fn, "pin_memory": device.type == "cuda",
-              "worker_seed": derive_seed(config.seed, epoch, rank, 0x0A7A)}
+    pin_memory = device.type == "cuda"
+    worker_seed = derive_seed(config.seed, epoch, rank, 0x0A7A)
     items = SeededSamples(data, derive_seed(config.seed, epoch, _ITEM_STREAM))  # same for any worker count
     if make_batch_sampler is None:
-        sampler = EpochShuffleSampler(len(data), config.batch_size, seed=config.seed, rank=rank, world_size=world)
+        sampler = EpochShuffleSampler(dataset_length(data), config.batch_size, seed=config.seed, rank=rank,
+                                      world_size=world)
         sampler.set_epoch(epoch)
-        return make_loader(items, sampler, **common)
+        return make_loader(items, sampler, num_workers=config.num_workers, collate_fn=collate_fn,
+                           pin_memory=pin_memory, worker_seed=worker_seed)
     batches = make_batch_sampler(data, batch_size=config.batch_size // world, seed=config.seed, rank=rank,
                                  world_size=world)
     batches.set_epoch(epoch)
-    return make_batch_loader(items, batches, **common)
+    return make_batch_loader(items, batches, num_workers=config.num_workers, collate_fn=collate_fn,
+                             pin_memory=pin_memory, worker_seed=worker_seed)
 
 
 def _epoch_preparer(

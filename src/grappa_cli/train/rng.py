@@ -10,7 +10,7 @@ numbers only, loadable with ``torch.load(weights_only=True)``) and restored on r
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -34,7 +34,8 @@ def seed_everything(seed: int) -> None:
 def capture_rng_state() -> dict[str, Any]:
     """Every global generator's state as tensors and plain numbers."""
     version, words, gauss = random.getstate()
-    np_state = np.random.get_state()
+    # the legacy tuple (numpy's stubs say a dict): the global generator is an MT19937
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     state: dict[str, Any] = {
         "python_version": int(version),
         "python_state": torch.tensor(words, dtype=torch.int64),

@@ -55,7 +55,7 @@ def walk_images(
     found: list[str] = []
     skipped: list[str] = []
     seen: set[tuple[int, int]] = set(avoid or ())
-    seen.discard(folder_key(directory))  # type: ignore[arg-type]
+    seen.discard(folder_key(directory))
     stack = [str(directory)]
     while stack:
         current = stack.pop()

@@ -120,7 +120,9 @@ def finish(
     details["train_classes"] = len(train.classes)
     details["train_images"] = len(train)
     if test is not None:
-        counts = np.bincount(test.labels, minlength=len(test.classes)) if test.labels is not None else []
+        counts: np.ndarray | list[int] = (
+            np.bincount(test.labels, minlength=len(test.classes)) if test.labels is not None else []
+        )
         details["test_classes"] = len(test.classes)
         details["test_images"] = len(test)
         details["singleton_test_classes"] = [test.classes[i] for i, c in enumerate(counts) if c == 1]

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -46,6 +46,14 @@ from grappa_cli.model.backbones.backbone import Backbone, BackboneSpec, make_mod
 from grappa_cli.model.backbones.packaged import PackagedWeights, convert_by_order, is_lukemelas_state, packaged_weights
 from grappa_cli.model.backbones.timm_models import classifier_prefixes, create_hub_model, create_timm_model, load_exact
 from grappa_cli.model.backbones.weights import read_state_dict
+
+if TYPE_CHECKING:
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.mobilenetv3 import MobileNetV3
+    from timm.models.resnet import ResNet
+
+    #: a model of one of the three supported timm classes
+    TimmCNN = EfficientNet | MobileNetV3 | ResNet
 
 #: timm modules whose models are built from the three supported classes.
 CNN_MODULES = (
@@ -94,22 +102,24 @@ class CNNFamily:
     """How one timm class splits into stem, stages and tail (``forward_features`` after the stages)."""
 
     name: str
-    model_class: type
+    model_class: type[TimmCNN]
     stem: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     stages: Callable[[nn.Module], list[nn.Module]]
     tail: Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
 def _mobile_stem(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return m.bn1(m.conv_stem(x))
+    net = cast("EfficientNet | MobileNetV3", m)
+    return net.bn1(net.conv_stem(x))
 
 
 def _mobile_stages(m: nn.Module) -> list[nn.Module]:
-    return list(m.blocks)
+    return list(cast("EfficientNet | MobileNetV3", m).blocks)
 
 
 def _efficientnet_tail(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return m.bn2(m.conv_head(x))
+    net = cast("EfficientNet", m)
+    return net.bn2(net.conv_head(x))
 
 
 def _no_tail(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -117,11 +127,12 @@ def _no_tail(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _resnet_stem(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return m.maxpool(m.act1(m.bn1(m.conv1(x))))
+    net = cast("ResNet", m)
+    return net.maxpool(net.act1(net.bn1(net.conv1(x))))
 
 
 def _resnet_stages(m: nn.Module) -> list[nn.Module]:
-    return [m.layer1, m.layer2, m.layer3, m.layer4]
+    return cast("list[nn.Module]", [m.layer1, m.layer2, m.layer3, m.layer4])  # registered with add_module
 
 
 def _families() -> tuple[CNNFamily, ...]:
@@ -196,7 +207,7 @@ class CNNBackbone(Backbone):
         granularity: str = "stage",
     ) -> None:
         super().__init__()
-        self.model = model
+        self.model = cast("TimmCNN", model)  # family_of below checks that it is one
         self.name = name
         self.family = family_of(model, name)
         self.granularity = granularity
@@ -213,7 +224,8 @@ class CNNBackbone(Backbone):
     def _measure(self) -> tuple[tuple[int, ...], int]:
         """Channels of each layer's output and of z, from one blank image."""
         param = next(self.model.parameters())
-        size = self.data_config["input_size"][1:] if self.model.pretrained_cfg.get("fixed_input_size") else (
+        pretrained_cfg = cast("dict[str, Any]", self.model.pretrained_cfg)  # set by timm's builder
+        size = self.data_config["input_size"][1:] if pretrained_cfg.get("fixed_input_size") else (
             _PROBE_SIZE,
             _PROBE_SIZE,
         )

@@ -58,8 +58,9 @@ def create_hub_model(spec: BackboneSpec) -> nn.Module:
     if cached is None:
         ensure_hub_reachable(spec.name, cfg, where=spec.where)
     try:
-        overlay = {"pretrained_cfg_overlay": {"file": str(cached)}} if cached else {}
-        return create_timm_model(spec, pretrained=True, **overlay)
+        if cached:
+            return create_timm_model(spec, pretrained=True, pretrained_cfg_overlay={"file": str(cached)})
+        return create_timm_model(spec, pretrained=True)
     except (OSError, RuntimeError) as exc:
         raise GrappaError(
             f"cannot load pretrained weights for {spec.name!r} ({type(exc).__name__}: {exc})",

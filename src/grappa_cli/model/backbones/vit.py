@@ -15,7 +15,7 @@ exactly as ``forward_head(forward_features(x), pre_logits=True)``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from grappa_cli.errors import ConfigError
 from grappa_cli.model.backbones.backbone import Backbone, BackboneSpec, make_model_id
 from grappa_cli.model.backbones.timm_models import classifier_prefixes, create_hub_model, create_timm_model, load_exact
 from grappa_cli.model.backbones.weights import read_state_dict
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import Block, VisionTransformer
 
 _VIT_MODULE = "timm.models.vision_transformer"
 
@@ -39,7 +42,7 @@ def is_timm_vit(model_name: str) -> bool:
 
 
 def split_block(
-    block: nn.Module,
+    block: Block,
     x: torch.Tensor,
     attn_mask: torch.Tensor | None = None,
     is_causal: bool = False,
@@ -55,7 +58,7 @@ def split_block(
 class ViTBackbone(Backbone):
     """A frozen timm ``VisionTransformer``; its L blocks are the adaptable layers."""
 
-    def __init__(self, model: nn.Module, name: str, data_config: dict[str, Any]) -> None:
+    def __init__(self, model: VisionTransformer, name: str, data_config: dict[str, Any]) -> None:
         super().__init__()
         self.model = model
         self.name = name
@@ -78,8 +81,10 @@ class ViTBackbone(Backbone):
         x: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
+        **layer_kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return split_block(self.model.blocks[index], x, attn_mask=attn_mask, is_causal=is_causal)
+        block = cast("Block", self.model.blocks[index])  # every block is one (_check_structure)
+        return split_block(block, x, attn_mask=attn_mask, is_causal=is_causal, **layer_kwargs)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -90,10 +95,11 @@ class ViTBackbone(Backbone):
         images: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
+        **layer_kwargs: Any,
     ) -> torch.Tensor:
         m = self.model
         return m.forward_head(
-            m.forward_features(images, attn_mask=attn_mask, is_causal=is_causal), pre_logits=True
+            m.forward_features(images, attn_mask=attn_mask, is_causal=is_causal, **layer_kwargs), pre_logits=True
         )
 
 
@@ -112,7 +118,8 @@ def vit_data_config(model: nn.Module) -> dict[str, Any]:
     return config
 
 
-def _check_structure(model: nn.Module, name: str) -> None:
+def _check_structure(model: nn.Module, name: str) -> VisionTransformer:
+    """``model`` itself, once checked to be a plain timm VisionTransformer of standard blocks."""
     from timm.models.vision_transformer import Block, VisionTransformer
 
     if not isinstance(model, VisionTransformer) or (
@@ -128,9 +135,10 @@ def _check_structure(model: nn.Module, name: str) -> None:
                 "cannot split into attention and MLP branches",
                 hint="use a ViT with standard pre-norm blocks",
             )
+    return model
 
 
-def load_vit_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path, name: str) -> None:
+def load_vit_weights(model: VisionTransformer, state: dict[str, torch.Tensor], source: Path, name: str) -> None:
     """Load ``state`` into ``model`` requiring every key to map (classifier heads aside)."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -146,14 +154,11 @@ def build_vit_backbone(spec: BackboneSpec) -> ViTBackbone:
             hint="e.g. vit_small_patch16_224.dino",
         )
     if spec.weights is not None:
-        model = create_timm_model(spec, pretrained=False)
-        _check_structure(model, spec.name)
+        model = _check_structure(create_timm_model(spec, pretrained=False), spec.name)
         load_vit_weights(model, read_state_dict(spec.weights, where=spec.where), spec.weights, spec.name)
     elif spec.pretrained:
-        model = create_hub_model(spec)
-        _check_structure(model, spec.name)
+        model = _check_structure(create_hub_model(spec), spec.name)
     else:
-        model = create_timm_model(spec, pretrained=False)
-        _check_structure(model, spec.name)
+        model = _check_structure(create_timm_model(spec, pretrained=False), spec.name)
     model.eval()
     return ViTBackbone(model, spec.name, vit_data_config(model))

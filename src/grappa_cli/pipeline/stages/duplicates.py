@@ -225,7 +225,8 @@ class _LazyPaths:
     """The ``paths`` array of a features group, read only when an example needs a name."""
 
     def __init__(self, store: Any, key: str) -> None:
-        self.store, self.key, self._paths = store, key, None
+        self.store, self.key = store, key
+        self._paths: np.ndarray | None = None
 
     def __getitem__(self, row: int) -> str:
         if self._paths is None:

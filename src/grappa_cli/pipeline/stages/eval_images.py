@@ -163,8 +163,8 @@ def ensure_pixel_cache(
     inputs = {"images": key.removeprefix(PREFIX)}
     state = store.state(key, params, inputs)
     n = len(unique)
-    done = -(-n // max(1, min(int(chunk_rows), max(n, 1))))
-    arrays = {"pixels": n, "pixels_done": done, "valid": n, "error": n, "paths": n}
+    chunk_count = -(-n // max(1, min(int(chunk_rows), max(n, 1))))
+    arrays = {"pixels": n, "pixels_done": chunk_count, "valid": n, "error": n, "paths": n}
     if state == "partial" and not store.intact(key, arrays):
         state = "missing"  # interrupted before all its arrays were made: start it again
     if state in ("missing", "stale"):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import ConfigError, DataError, StoreError
@@ -117,11 +117,11 @@ def resolve_tasks(config: Any, names: list[str] | None) -> list[str]:
     from grappa_cli.data import sources
 
     if not names:
-        tasks = sources.evaluation_tasks(config)
-        if not tasks:
+        configured = sources.evaluation_tasks(config)
+        if not configured:
             raise ConfigError("no task with a test split is configured",
                               hint="add one with `grappa task add NAME ROOT`")
-        return tasks
+        return configured
     tasks: list[str] = []
     for name in names:
         if name == sources.MRT and name not in config.tasks:
@@ -249,7 +249,10 @@ def _plan(project: Project, config: Any, store: Any, backbone: Any, refs: list[M
     jobs: list[_Job] = []
     for ref in refs:
         model_fp = artifacts.fingerprint(project, ref.artifact, store) if ref.artifact else None
-        model = ({ref.artifact: model_fp, models_mod.WEIGHTS: models_mod.weights_digest(project, ref)}
+        # resolve_models keeps only available models whose inputs are current: every file they are
+        # built from exists and is complete, so the fingerprint and the weights digest are strings
+        model = ({ref.artifact: cast(str, model_fp),
+                  models_mod.WEIGHTS: cast(str, models_mod.weights_digest(project, ref))}
                  if ref.artifact else {})
         labels = uses_labels(project, ref)
         for task in tasks:
@@ -418,8 +421,9 @@ def _score(project: Project, store: Any, job: _Job, config: Any, device: str | N
     record = prov.record("eval", job.result_params, job.result_inputs)
     record.update(complete=True, completed=prov.now(),
                   summary={title: f"{100 * float(values[m]):.1f}%" for m, title in TABLE_METRICS if m in values})
+    metrics = {k: float(v) for k, v in values.items()}
     document = {
-        "model": job.ref.name, "task": job.task, "metrics": {k: float(v) for k, v in values.items()},
+        "model": job.ref.name, "task": job.task, "metrics": metrics,
         "num_queries": num_queries, "num_skipped": num_skipped, "images": len(rows), "unreadable": unreadable,
         "left_out_duplicates": len(job.left_out),
         "uses_labels": job.uses_labels, "embeddings": job.source, "provenance": record,
@@ -427,6 +431,6 @@ def _score(project: Project, store: Any, job: _Job, config: Any, device: str | N
         "embedded": embedded, "seconds": round(seconds, 3),
     }
     atomic_write_text(path, json.dumps(document, indent=2) + "\n")
-    return EvalEntry(job.ref.name, job.task, document["metrics"], num_queries, num_skipped, len(rows),
+    return EvalEntry(job.ref.name, job.task, metrics, num_queries, num_skipped, len(rows),
                      unreadable, job.uses_labels, job.source, str(path), computed=True, embedded=embedded,
                      seconds=seconds + time.perf_counter() - start)

@@ -212,7 +212,8 @@ def inspect_attention(project: Project, strategy_name: str, *, tasks: list[str] 
         rows = np.sort(rng.choice(len(paths), size=min(limit, len(paths)), replace=False))
         loader = make_loader(ImageDataset(list(paths[rows]), transform, min_side=decode_min_side(
             backbone.data_config)), batch_size=batch_size, num_workers=0, device=dev)
-        total, count = None, 0
+        total: np.ndarray | None = None
+        count = 0
         with torch.inference_mode():
             for batch in loader:
                 if not len(batch.indices):
@@ -224,6 +225,7 @@ def inspect_attention(project: Project, strategy_name: str, *, tasks: list[str] 
                 total = s if total is None else total + s
                 count += alpha.shape[0]
         if count:
+            assert total is not None  # set with the first counted batch
             mean = total / count
             out["groups"][label] = {"images": count, "per_layer": mean.tolist(), "mean": mean.mean(0).tolist()}
     return out

@@ -77,6 +77,7 @@ def load(project: Project, ref: ModelRef, backbone: Any) -> Any:
 
     if ref.kind == "backbone":
         return GrappaModel.backbone_only(backbone)
+    assert ref.artifact is not None  # only the backbone has no artifact (see parse)
     path = artifacts.checkpoint_path(project, ref.artifact)
     if not path.is_file():
         names = [r.name for r in available(project)]
