@@ -110,3 +110,45 @@ def test_an_edit_of_grappa_toml_during_a_run_stops_it_before_the_next_stage(tiny
     assert sorted(store.children("clusters")) == ["k2", "k4"]  # made with the settings the run started with
     assert not tiny_project.adaptors_dir.exists() or not any(tiny_project.adaptors_dir.iterdir())
     assert tiny_project.config().cluster.k == [2, 8]  # outside the run, the file as it is now
+
+
+def test_a_changed_parameter_is_judged_alike_by_status_the_stage_guards_and_run(tiny_project, cli, monkeypatch) -> None:
+    """One staleness decision (records.artifacts.judge): after `[adapt] lr` changes, status (the planner),
+    each stage's own guard and `run` agree that exactly the adaptor sets and what depends on them are stale."""
+    from grappa_cli.config import update_file
+
+    _configure_small(tiny_project)
+    assert cli("-C", tiny_project.root, "run").exit_code == 0
+    update_file(tiny_project.config_path, lambda doc: doc["adapt"].__setitem__("lr", 0.002))
+    asked: list[str] = []
+    judge = artifacts.judge
+
+    def counting(record, params, inputs, **kwargs):
+        asked.append(str((record or {}).get("stage")))
+        return judge(record, params, inputs, **kwargs)
+
+    monkeypatch.setattr(artifacts, "judge", counting)
+
+    status = json.loads(cli("-C", tiny_project.root, "status", "--json").stdout)
+    stale = {a["id"] for a in status["artifacts"] if a["state"] != "complete"}
+    assert stale == {"adaptors/k2", "adaptors/k4", "fusion/avg", "results/adaptor-k2/shapes",
+                     "results/adaptor-k4/shapes", "results/fused-avg/shapes", "reports/table2"}
+    reasons = {a["id"]: a["detail"] for a in status["artifacts"]}
+    assert "setting lr changed" in reasons["adaptors/k2"]
+    assert {"extract", "cluster", "adapt", "fuse", "eval"} <= set(asked)  # the planner judged every kind
+
+    asked.clear()
+    extract = json.loads(cli("-C", tiny_project.root, "extract", "--json").stdout)
+    assert all(r["skipped"] for r in extract)  # the features are current for the extract guard too
+    clustered = cli("-C", tiny_project.root, "cluster", "--k", "2,4")
+    assert clustered.exit_code == 0 and "is complete; skipped" in clustered.stderr + clustered.stdout
+    refused = cli("-C", tiny_project.root, "adapt")
+    assert refused.exit_code == 1 and "lr (0.001 -> 0.002)" in refused.stderr
+    assert {"extract", "cluster", "adapt"} <= set(asked)  # each guard asked the same function
+
+    again = cli("-C", tiny_project.root, "run", "--json")
+    assert again.exit_code == 0, again.stderr
+    done = {s["stage"]: s["done"] for s in json.loads(again.stdout)["stages"]}
+    assert done["extract"] == [] and done["cluster"] == []
+    assert done["adapt"] == ["k2", "k4"] and done["fuse"] == ["avg"]
+    assert sorted(done["eval"]) == ["adaptor:k2/shapes", "adaptor:k4/shapes", "fused:avg/shapes"]

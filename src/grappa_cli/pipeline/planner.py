@@ -114,28 +114,11 @@ class _Builder:
         """
         rec = self.record(artifact_id)
         node = Node(artifact_id, stage, "missing", list(inputs or {}), configured=configured, record=rec)
-        if rec is None:
-            node.state = "partial" if partial else "missing"
-            node.reason = "interrupted; the rerun resumes it" if partial else "not made yet"
-        elif not rec.get("complete"):
-            node.state, node.reason = "partial", "interrupted; the rerun resumes it"
-        else:
-            recorded = rec.get("inputs") or {}
-            stale = [i for i, fp in (inputs or {}).items() if fp is None or recorded.get(i) != fp]
-            stale += [i for i in artifacts.stale_inputs(self.project, rec, self.store) if i not in stale]
-            changed = []
-            for key, value in (params or {}).items():
-                if (rec.get("params") or {}).get(key) != value:
-                    changed.append(key)
-            if stale or changed:
-                node.state = "stale"
-                node.stale_inputs = stale
-                why = [_changed(i, recorded) if i in _NOT_ARTIFACTS or self.current(i) else f"{i} is not current"
-                       for i in stale]
-                why += [f"setting {k} changed" for k in changed]
-                node.reason = "; ".join(why)
-            else:
-                node.state = "complete"
+        recorded = (rec or {}).get("inputs") or {}
+        words = {i: _changed(i, recorded) for i in _NOT_ARTIFACTS}
+        verdict = artifacts.judge(rec, params, inputs, project=self.project, store=self.store,
+                                  interrupted=partial, input_words=words)
+        node.state, node.reason, node.stale_inputs = verdict.state, verdict.reason, verdict.stale_inputs
         self.nodes[artifact_id] = node
         return node
 

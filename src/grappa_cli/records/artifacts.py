@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,55 @@ def cluster_key(k: int | str) -> str:
 def test_features(task: str) -> str:
     """``features/test/<task>``: the backbone features of a task's test split."""
     return f"features/test/{task}"
+
+
+@dataclass
+class Verdict:
+    """What :func:`judge` decided about one artifact, and why."""
+
+    state: str  # missing | partial | stale | complete
+    reason: str = ""
+    #: inputs whose fingerprint differs from the recorded one (or that are not current)
+    stale_inputs: list[str] = field(default_factory=list)
+    #: parameters whose value differs from the recorded one
+    changed: list[str] = field(default_factory=list)
+
+
+def judge(record: dict[str, Any] | None, params: dict[str, Any] | None, inputs: dict[str, str | None] | None, *,
+          project: Any = None, store: Any = None, interrupted: bool = False,
+          input_words: dict[str, str] | None = None) -> Verdict:
+    """The one staleness decision: ``grappa run`` and ``grappa status`` (through the planner) and every
+    stage's own guard (directly, or through ``Store.state``) ask it whether an artifact is to be made.
+
+    ``params`` and ``inputs`` are what the stage would record today: each given parameter is
+    compared with the recorded value, each given input's fingerprint (``None``: the input is not
+    current) with the recorded one. With ``project``, an input recorded by the artifact that has
+    changed since is stale too (transitively through :func:`stale_inputs`).
+
+    * no record: ``missing``, or ``partial`` when ``interrupted`` work exists beside it;
+    * a differing parameter or input: ``stale``, also for an unfinished record (work begun with
+      other settings is redone, never resumed);
+    * an unfinished record: ``partial`` (the rerun resumes it);
+    * otherwise ``complete``.
+    """
+    if record is None:
+        return Verdict("partial", "interrupted; the rerun resumes it") if interrupted else Verdict("missing",
+                                                                                                   "not made yet")
+    recorded_inputs = record.get("inputs") or {}
+    recorded_params = record.get("params") or {}
+    stale = [i for i, fp in (inputs or {}).items() if fp is None or recorded_inputs.get(i) != fp]
+    if project is not None and record.get("complete"):
+        stale += [i for i in stale_inputs(project, record, store) if i not in stale]
+    changed = [key for key, value in (params or {}).items() if recorded_params.get(key) != value]
+    if stale or changed:
+        words = input_words or {}
+        why = [words.get(i, f"{i} is not current" if (inputs or {}).get(i, "") is None else f"{i} changed")
+               for i in stale]
+        why += [f"setting {key} changed" for key in changed]
+        return Verdict("stale", "; ".join(why), stale, changed)
+    if not record.get("complete"):
+        return Verdict("partial", "interrupted; the rerun resumes it")
+    return Verdict("complete")
 
 
 def checkpoint_path(project: Any, artifact_id: str) -> Path:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -196,13 +196,12 @@ class Store:
         self.update(key, complete=True, completed=prov.now(), **fields)
 
     def state(self, key: str, params: dict[str, Any], inputs: dict[str, str]) -> State:
-        """Whether ``key`` is missing, partial or complete for these params/inputs, or stale."""
-        record = self.provenance(key)
-        if record is None:
-            return "missing"
-        if record.get("fingerprint") != prov.fingerprint({"params": params, "inputs": inputs}):
-            return "stale"
-        return "complete" if record.get("complete") else "partial"
+        """Whether ``key`` is missing, partial or complete for these params/inputs, or stale
+        (:func:`grappa_cli.records.artifacts.judge`, the decision every stage and the planner share)."""
+        from grappa_cli.records.artifacts import judge
+
+        verdict = judge(self.provenance(key), params, dict(inputs))
+        return cast(State, verdict.state)
 
     def require_complete(self, key: str, what: str, run: str) -> dict[str, Any]:
         """The record of a finished artifact, or an error saying which command makes it."""

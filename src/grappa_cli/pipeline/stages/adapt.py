@@ -217,10 +217,9 @@ def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any,
     if replayed:
         inputs.update({cluster_key(s): (store.provenance(cluster_key(s)) or {}).get("fingerprint")
                        for s in replayed})
-    fp = prov.fingerprint({"params": params, "inputs": inputs})
     existing = artifacts.read_checkpoint_record(path)
     if existing and not options.force:
-        if existing.get("fingerprint") == fp:
+        if artifacts.judge(existing, params, inputs).state == "complete":
             return AdaptResult(k, str(path), True, existing.get("loss_curve", []), name=name)
         if not options.refresh:
             raise StoreError(f"{path.name} was trained with other inputs or settings "

@@ -279,8 +279,7 @@ def _plan(project: Project, config: Any, store: Any, backbone: Any, refs: list[M
             current = False
             if not force and state == "complete":
                 rec = artifacts.record(project, result_id(ref, task), store)
-                current = bool(rec and rec.get("complete") and rec.get("fingerprint") == prov.fingerprint(
-                    {"params": result_params, "inputs": result_inputs}))
+                current = artifacts.judge(rec, result_params, dict(result_inputs)).state == "complete"
             jobs.append(_Job(ref, task, source, embed, state, result_params, result_inputs, current, labels,
                              left_out[task]))
     return jobs

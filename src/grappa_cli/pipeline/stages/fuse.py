@@ -82,9 +82,8 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
     inputs = {f"adaptors/{n}": records[n]["fingerprint"] for n in names} | {FEATURES: features["fingerprint"]}
     path = artifacts.checkpoint_path(project, f"fusion/{strategy.name}")
     existing = artifacts.read_checkpoint_record(path)
-    fp = prov.fingerprint({"params": params, "inputs": inputs})
     if existing and not options.force:
-        if existing.get("fingerprint") == fp:
+        if artifacts.judge(existing, params, inputs).state == "complete":
             return FuseResult(strategy.name, str(path), names, True, strategy.uses_labels,
                               existing.get("loss_curve", []))
         if not options.refresh:
