@@ -144,15 +144,22 @@ def make_tiny_project(root: Path, images: Path):
         doc["adapt"][key] = value
     for key, value in {"batch_size": 8, "epochs": 1, "min_steps": 0, "projector": [32, 32]}.items():
         doc["fuse"][key] = value
-    tasks = tomlkit.table(is_super_table=True)
-    shapes = tomlkit.table()
-    shapes["type"] = "imagefolder"
-    shapes["root"] = str(images)
-    tasks["shapes"] = shapes
-    doc["tasks"] = tasks
+    set_imagefolder_task(doc, "shapes", images)
     project.config_path.write_text(tomlkit.dumps(doc))
     project.config()  # validates
     return project
+
+
+def set_imagefolder_task(doc, name: str, root: Path) -> None:
+    """Make ``[tasks.NAME]`` of a parsed grappa.toml the image folder ``root`` (the only task)."""
+    import tomlkit
+
+    tasks = tomlkit.table(is_super_table=True)
+    task = tomlkit.table()
+    task["type"] = "imagefolder"
+    task["root"] = str(root)
+    tasks[name] = task
+    doc["tasks"] = tasks
 
 
 def copy_project(project, dest: Path):

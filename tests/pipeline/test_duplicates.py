@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from grappa_cli.pipeline.stages import duplicates
+from tests.conftest import set_imagefolder_task
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 #: training categories: (folder under STAMPS, class name)
@@ -116,12 +117,7 @@ def _project(tmp_path: Path, root: Path, policy: str = "warn"):
     for key, value in {"batch_size": 16, "num_workers": 0, "chunk_size": 16}.items():
         doc["data"][key] = value
     doc["runtime"]["device"] = "cpu"
-    tasks = tomlkit.table(is_super_table=True)
-    stamps = tomlkit.table()
-    stamps["type"] = "imagefolder"
-    stamps["root"] = str(root)
-    tasks["stamps"] = stamps
-    doc["tasks"] = tasks
+    set_imagefolder_task(doc, "stamps", root)
     project.config_path.write_text(tomlkit.dumps(doc))
     project.config()
     return project
