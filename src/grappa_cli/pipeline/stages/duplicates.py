@@ -153,12 +153,29 @@ def stored(store: Any, config: Any, task: str) -> DuplicateCheck | None:
     return DuplicateCheck.from_record(task, record)
 
 
-def check(store: Any, config: Any, task: str) -> DuplicateCheck | None:
+class TrainingFeatures:
+    """The training features, read from the store once however many test splits are checked."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._read: tuple[np.ndarray, np.ndarray] | None = None
+
+    def get(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._read is None:
+            from grappa_cli.pipeline.stages.embed import read_embeddings
+
+            self._read = read_embeddings(self.store, TRAIN_KEY)
+        return self._read
+
+
+def check(store: Any, config: Any, task: str, training: TrainingFeatures | None = None) -> DuplicateCheck | None:
     """The current check of ``task``: the stored one, or computed now and stored.
 
     None when the training features or the task's test features are not complete yet.
+    ``training`` shares one read of the training features between tasks.
     """
     from grappa_cli.pipeline.stages.embed import read_embeddings
+
     current = stored(store, config, task)
     if current is not None:
         return current
@@ -166,7 +183,7 @@ def check(store: Any, config: Any, task: str) -> DuplicateCheck | None:
     if inputs is None:
         return None
     key = artifacts.test_features(task)
-    train, train_rows = read_embeddings(store, TRAIN_KEY)
+    train, train_rows = (training or TrainingFeatures(store)).get()
     test, test_rows = read_embeddings(store, key)
     result = find(task, train, train_rows, _LazyPaths(store, TRAIN_KEY), test, test_rows,
                   _LazyPaths(store, key), threshold_of(config))
@@ -239,8 +256,9 @@ def check_tasks(store: Any, config: Any, tasks: list[str], reporter: Any | None 
     from rich.markup import escape
 
     results = []
+    training = TrainingFeatures(store)
     for task in tasks:
-        result = check(store, config, task)
+        result = check(store, config, task, training)
         if result is None:
             continue
         results.append(result)
