@@ -144,7 +144,8 @@ def test_answer_counts_r_precision_over_the_query_class() -> None:
     embeddings = np.array([[1, 0], [0.9, 0.1], [0.8, 0.3], [0, 1], [0.1, 1]], dtype=np.float32)
     labels = np.array([0, 0, 1, 0, 1])
     rows = np.arange(5)
-    got = galleries.answer("m", embeddings, rows, labels, np.array(list("abcde")), query=0, top=3)
+    got = galleries.answer("m", galleries.normalised(embeddings), rows, labels, np.array(list("abcde")), query=0,
+                           top=3)
     # from row 0: row 1 (0.99), row 2 (0.94), then row 4 before row 3; R = 2 other images of class 0
     assert got.paths == ["b", "c", "e"]
     assert got.hits == [True, False, False]

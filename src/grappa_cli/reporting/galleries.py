@@ -71,12 +71,17 @@ def sample_queries(labels: np.ndarray, valid_rows: np.ndarray, count: int = QUER
     return np.sort(np.asarray(chosen[:count], dtype=np.int64))
 
 
-def rank(embeddings: np.ndarray, rows: np.ndarray, query: int, depth: int) -> np.ndarray:
+def normalised(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (cosine similarity is then a dot product)."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def rank(unit: np.ndarray, rows: np.ndarray, query: int, depth: int) -> np.ndarray:
     """The stored rows of the ``depth`` images most similar to stored row ``query`` (itself excluded).
 
-    ``embeddings`` holds the valid rows only, in the order of ``rows``.
+    ``unit`` holds the L2-normalised embeddings of the valid rows only, in the order of ``rows``.
     """
-    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     position = int(np.flatnonzero(rows == query)[0])
     sims = unit @ unit[position]
     sims[position] = -np.inf
@@ -85,11 +90,12 @@ def rank(embeddings: np.ndarray, rows: np.ndarray, query: int, depth: int) -> np
     return rows[order[:depth]]
 
 
-def answer(model: str, embeddings: np.ndarray, rows: np.ndarray, labels: np.ndarray, paths: np.ndarray,
+def answer(model: str, unit: np.ndarray, rows: np.ndarray, labels: np.ndarray, paths: np.ndarray,
            query: int, top: int = TOP) -> Retrieved:
-    """The top ``top`` of one query, which of them share its class, and the query's R-Precision."""
+    """The top ``top`` of one query (``unit``: L2-normalised embeddings), which of them share its
+    class, and the query's R-Precision."""
     relevant = int(np.sum(labels[rows] == labels[query])) - 1
-    ranked = rank(embeddings, rows, query, max(top, relevant))
+    ranked = rank(unit, rows, query, max(top, relevant))
     hits = labels[ranked] == labels[query]
     r_precision = float(hits[:relevant].mean()) if relevant else 0.0
     return Retrieved(model, [str(paths[r]) for r in ranked[:top]], [bool(h) for h in hits[:top]], r_precision)
@@ -105,7 +111,10 @@ def task_gallery(store: Any, sources: dict[str, str], class_names: list[str] | N
     from grappa_cli.errors import StoreError
     from grappa_cli.pipeline.stages.embed import read_embeddings
 
-    loaded = {model: read_embeddings(store, key) for model, key in sources.items()}
+    loaded = {}
+    for model, key in sources.items():  # normalised once per model, not once per query
+        embeddings, rows = read_embeddings(store, key)
+        loaded[model] = (normalised(embeddings), rows)
     first = next(iter(sources.values()))
     labels = store.read(f"{first}/labels")
     paths = store.read(f"{first}/paths")
