@@ -11,21 +11,27 @@ from __future__ import annotations
 import itertools
 import math
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from grappa_cli.clustering import kvalues
 from grappa_cli.errors import ConfigError
 
 if TYPE_CHECKING:
+    from tomlkit import TOMLDocument
+    from tomlkit.items import InlineTable
+
     from grappa_cli import config_sections as sections_mod
 
 CONFIG_NAME = "grappa.toml"
 
 #: The paper's pseudo-granularities for the 133,339 MRT training images (section 4).
 PAPER_K = [256, 1024, 4096, 8192, 16384, 32768, 65536, 131072]
+
+#: A key's value as the schema allows it (see ``FieldSpec.kind``).
+ConfigValue = str | int | float | bool | list[int] | list[str] | dict[str, object]
 
 
 @dataclass(frozen=True)
@@ -34,30 +40,31 @@ class FieldSpec:
 
     name: str
     kind: str  # "str" | "int" | "float" | "bool" | "list[int]" | "list[str]" | "table" | "k"
-    default: Any
+    default: ConfigValue
     doc: str
     paper: str = ""
-    check: Callable[[Any], str | None] | None = None
+    #: called with a value of ``kind`` (after the type check): the problem, or None
+    check: Callable[..., str | None] | None = None
     choices: tuple[str, ...] = ()
 
 
-def _positive(value: Any) -> str | None:
+def _positive(value: float) -> str | None:
     return None if value > 0 else "must be > 0"
 
 
-def _non_negative(value: Any) -> str | None:
+def _non_negative(value: float) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
-def _at_least_two(value: Any) -> str | None:
+def _at_least_two(value: float) -> str | None:
     return None if value >= 2 else "must be >= 2"
 
 
-def _probability(value: Any) -> str | None:
+def _probability(value: float) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
-def _k_list(value: Any) -> str | None:
+def _k_list(value: list[int] | Literal["auto"]) -> str | None:
     if value == "auto":
         return None
     if not value:
@@ -70,15 +77,15 @@ def _k_list(value: Any) -> str | None:
     return None
 
 
-def _unit_interval(value: Any) -> str | None:
+def _unit_interval(value: float) -> str | None:
     return None if 0 <= value <= 1 else "must be in [0, 1]"
 
 
-def _probability_open(value: Any) -> str | None:
+def _probability_open(value: float) -> str | None:
     return None if 0 < value <= 1 else "must be in (0, 1]"
 
 
-def _layer_sizes(value: Any) -> str | None:
+def _layer_sizes(value: list[int]) -> str | None:
     if not value:
         return "must list at least one layer size"
     if any(v <= 0 for v in value):
@@ -309,17 +316,20 @@ TASK_KEYS_DOC = (
 class Section:
     """Values of one section, accessible as attributes (``config.adapt.lr``)."""
 
-    def __init__(self, section: str, values: dict[str, Any]) -> None:
+    _section: str
+    values: dict[str, object]
+
+    def __init__(self, section: str, values: dict[str, object]) -> None:
         self.__dict__["_section"] = section
         self.__dict__["values"] = values
 
-    def __getattr__(self, key: str) -> Any:
+    def __getattr__(self, key: str) -> object:
         try:
             return self.__dict__["values"][key]
         except KeyError:
             raise AttributeError(f"[{self.__dict__['_section']}] has no key {key!r}") from None
 
-    def __setattr__(self, key: str, value: Any) -> None:
+    def __setattr__(self, key: str, value: object) -> None:
         raise AttributeError("configuration sections are read-only; edit grappa.toml")
 
     def __repr__(self) -> str:
@@ -333,7 +343,7 @@ class TaskEntry:
     name: str
     type: str
     root: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -344,7 +354,7 @@ class GrappaConfig:
     tasks: dict[str, TaskEntry]
     path: Path | None = None
 
-    def __getattr__(self, key: str) -> Any:
+    def __getattr__(self, key: str) -> Section:
         sections = self.__dict__.get("sections", {})
         if key in sections:
             return sections[key]
@@ -391,7 +401,7 @@ class GrappaConfig:
         return data
 
 
-def _type_ok(kind: str, value: Any) -> bool:
+def _type_ok(kind: str, value: object) -> bool:
     if kind == "str":
         return isinstance(value, str)
     if kind == "bool":
@@ -418,7 +428,7 @@ _KIND_WORDS = {
 }
 
 
-def from_dict(data: dict[str, Any], path: Path | None = None) -> GrappaConfig:
+def from_dict(data: Mapping[str, object], path: Path | None = None) -> GrappaConfig:
     """Validate a parsed TOML document; every problem names the file and the key."""
     where = str(path) if path else CONFIG_NAME
 
@@ -442,7 +452,7 @@ def from_dict(data: dict[str, Any], path: Path | None = None) -> GrappaConfig:
                 from grappa_cli.suggest import did_you_mean
 
                 raise fail(f"{name}.{key}", f"unknown key{did_you_mean(key, by_name)}")
-        values: dict[str, Any] = {}
+        values: dict[str, object] = {}
         for spec in specs:
             value = raw.get(spec.name, spec.default)
             if not _type_ok(spec.kind, value):
@@ -486,7 +496,7 @@ def load(path: Path) -> GrappaConfig:
     return from_dict(data, path)
 
 
-def render(config: GrappaConfig | None = None, *, overrides: dict[str, dict[str, Any]] | None = None) -> str:
+def render(config: GrappaConfig | None = None, *, overrides: dict[str, dict[str, object]] | None = None) -> str:
     """The TOML text of a config, every key preceded by its documentation."""
     import tomlkit
 
@@ -523,7 +533,7 @@ def render(config: GrappaConfig | None = None, *, overrides: dict[str, dict[str,
     return tomlkit.dumps(doc)
 
 
-def _inline(value: dict[str, Any]) -> Any:
+def _inline(value: dict[str, object]) -> InlineTable:
     import tomlkit
 
     table = tomlkit.inline_table()
@@ -531,7 +541,7 @@ def _inline(value: dict[str, Any]) -> Any:
     return table
 
 
-def _toml_literal(value: Any) -> str:
+def _toml_literal(value: object) -> str:
     import json
 
     if isinstance(value, bool):
@@ -541,7 +551,7 @@ def _toml_literal(value: Any) -> str:
     return json.dumps(value)
 
 
-def update_file(path: Path, changes: Callable[[Any], None]) -> GrappaConfig:
+def update_file(path: Path, changes: Callable[[TOMLDocument], None]) -> GrappaConfig:
     """Edit ``grappa.toml`` in place, keeping the user's comments, then re-validate.
 
     ``changes`` receives the tomlkit document. The file is only replaced when the edited

@@ -6,25 +6,25 @@ src/grappa_cli/config_sections.py``; a test fails when this file differs from th
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 
 class BackboneSection(Protocol):
     """``[backbone]``."""
 
-    values: dict[str, Any]  # every key of the section, as loaded
+    values: dict[str, object]  # every key of the section, as loaded
     name: str
     provider: str
     pretrained: bool
     weights: str
-    kwargs: dict[str, Any]
+    kwargs: dict[str, object]
     input_size: int
 
 
 class DataSection(Protocol):
     """``[data]``."""
 
-    values: dict[str, Any]  # every key of the section, as loaded
+    values: dict[str, object]  # every key of the section, as loaded
     train: list[str]
     batch_size: int
     num_workers: int
@@ -38,7 +38,7 @@ class DataSection(Protocol):
 class RuntimeSection(Protocol):
     """``[runtime]``."""
 
-    values: dict[str, Any]  # every key of the section, as loaded
+    values: dict[str, object]  # every key of the section, as loaded
     device: str
     seed: int
     amp: bool
@@ -48,7 +48,7 @@ class RuntimeSection(Protocol):
 class ClusterSection(Protocol):
     """``[cluster]``."""
 
-    values: dict[str, Any]  # every key of the section, as loaded
+    values: dict[str, object]  # every key of the section, as loaded
     k: str | list[int]
     auto_count: int
     auto_min_k: int
@@ -62,7 +62,7 @@ class ClusterSection(Protocol):
 class AdaptSection(Protocol):
     """``[adapt]``."""
 
-    values: dict[str, Any]  # every key of the section, as loaded
+    values: dict[str, object]  # every key of the section, as loaded
     bottleneck: int
     epochs: int
     batch_size: int
@@ -80,7 +80,7 @@ class AdaptSection(Protocol):
 class FuseSection(Protocol):
     """``[fuse]``."""
 
-    values: dict[str, Any]  # every key of the section, as loaded
+    values: dict[str, object]  # every key of the section, as loaded
     strategies: list[str]
     epochs: int
     batch_size: int
@@ -111,7 +111,7 @@ class FuseSection(Protocol):
 class EvalSection(Protocol):
     """``[eval]``."""
 
-    values: dict[str, Any]  # every key of the section, as loaded
+    values: dict[str, object]  # every key of the section, as loaded
     tasks: list[str]
     batch_size: int
     recall_at: list[int]

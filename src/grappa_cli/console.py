@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 #: Results (tables, JSON) go here.
 out = Console(soft_wrap=True)
@@ -42,7 +45,7 @@ class ProgressTask(Protocol):
 
     def advance(self, n: float = 1) -> None: ...
 
-    def update(self, **fields: Any) -> None: ...
+    def update(self, **fields: object) -> None: ...
 
 
 class Reporter(Protocol):
@@ -58,12 +61,12 @@ class Reporter(Protocol):
 class _NullTask:
     def __init__(self) -> None:
         self.completed = 0.0
-        self.fields: dict[str, Any] = {}
+        self.fields: dict[str, object] = {}
 
     def advance(self, n: float = 1) -> None:
         self.completed += n
 
-    def update(self, **fields: Any) -> None:
+    def update(self, **fields: object) -> None:
         self.fields.update(fields)
 
 
@@ -79,20 +82,20 @@ class NullReporter:
 
 
 class _RichTask:
-    def __init__(self, progress: Any, task_id: Any, unit: str) -> None:
+    def __init__(self, progress: Progress, task_id: TaskID, unit: str) -> None:
         self._progress = progress
         self._id = task_id
         self._unit = unit
         self._start = time.perf_counter()
         self._done = 0.0
-        self._fields: dict[str, Any] = {}
+        self._fields: dict[str, object] = {}
 
     def advance(self, n: float = 1) -> None:
         self._done += n
         rate = self._done / max(time.perf_counter() - self._start, 1e-9)
         self._progress.update(self._id, advance=n, rate=f"{rate:,.1f} {self._unit}/s")
 
-    def update(self, **fields: Any) -> None:
+    def update(self, **fields: object) -> None:
         self._fields.update(fields)
         text = "  ".join(f"{k}={_fmt(v)}" for k, v in self._fields.items())
         self._progress.update(self._id, info=text)
@@ -119,7 +122,7 @@ class _PlainTask:
     """
 
     def __init__(self, console: Console, description: str, total: float | None, unit: str,
-                 clock: Any = time.monotonic, interval: float = PLAIN_INTERVAL) -> None:
+                 clock: Callable[[], float] = time.monotonic, interval: float = PLAIN_INTERVAL) -> None:
         self._console = console
         self._description = description.strip()
         self._total = total
@@ -128,7 +131,7 @@ class _PlainTask:
         self._interval = interval
         self._start = self._last = clock()
         self._done = 0.0
-        self._fields: dict[str, Any] = {}
+        self._fields: dict[str, object] = {}
         self.lines = 0
 
     def advance(self, n: float = 1) -> None:
@@ -139,7 +142,7 @@ class _PlainTask:
             self._console.print(self.line(now), highlight=False, markup=False)
             self.lines += 1
 
-    def update(self, **fields: Any) -> None:
+    def update(self, **fields: object) -> None:
         self._fields.update(fields)
 
     def line(self, now: float) -> str:
@@ -164,7 +167,7 @@ def _plain_lines_wanted(console: Console) -> bool:
     return os.environ.get("GRAPPA_PROGRESS") != "0" and not _progress_enabled(console)
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -254,7 +257,7 @@ class PipelineReporter:
         self.progress.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
     def stage(self, description: str) -> None:

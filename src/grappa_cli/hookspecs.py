@@ -11,16 +11,20 @@ inside the hook or inside the registered object's methods.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pluggy
+
+if TYPE_CHECKING:
+    import typer
 
 PROJECT_NAME = "grappa"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-Register = Callable[[Any], None]
+#: The callback a registration hook receives: called once per object the plugin adds.
+Register = Callable[[object], None]
 
 
 @hookspec
@@ -66,5 +70,5 @@ def register_metrics(register: Register) -> None:
 
 
 @hookspec
-def register_commands(cli: Any) -> None:
+def register_commands(cli: typer.Typer) -> None:
     """Add commands to the ``grappa`` command line (``cli`` is the root ``typer.Typer`` app)."""

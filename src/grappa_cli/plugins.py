@@ -140,7 +140,7 @@ def collect(kind: str, pm: pluggy.PluginManager | None = None) -> Registry:
     for impl in hook.get_hookimpls():  # in registration order
         owner = impl.plugin_name
 
-        def register(obj: Any, _owner: str = owner) -> None:
+        def register(obj: object, _owner: str = owner) -> None:
             name = getattr(obj, "name", None)
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {_owner!r} registered a {word} without a `name`")

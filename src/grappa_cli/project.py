@@ -23,13 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from grappa_cli import config as config_mod
 from grappa_cli.errors import GrappaError, ProjectLocked, ProjectNotFound
 
 if TYPE_CHECKING:
-    from grappa_cli.storage.store import StoreMode
+    from grappa_cli.storage.store import Store, StoreMode
 
 ENV_PROJECT = "GRAPPA_PROJECT"
 #: project root -> (configuration, digest of grappa.toml) pinned by a running ``pinned_config``
@@ -124,7 +124,7 @@ class Project:
                 "used the settings it had when the run started, and the run stops here",
                 hint="run `grappa run` again: it applies the new settings to what they change")
 
-    def store(self, *, mode: StoreMode = "a") -> Any:
+    def store(self, *, mode: StoreMode = "a") -> Store:
         from grappa_cli.storage.store import Store
 
         return Store(self.store_path, mode=mode)
@@ -135,7 +135,7 @@ class Project:
         with write_lock(self.state_dir / "lock", command):
             yield
 
-    def lock_holder(self) -> dict[str, Any] | None:
+    def lock_holder(self) -> dict[str, object] | None:
         """Who holds the write lock now (pid, command, start time), or None when nobody does.
 
         Asks the kernel with a non-blocking *shared* lock that is released at once, so a reader
@@ -163,7 +163,7 @@ class Project:
         finally:
             os.close(fd)
 
-    def record_run(self, command: str, **fields: Any) -> None:
+    def record_run(self, command: str, **fields: object) -> None:
         """Append one line to ``.grappa/runs.jsonl`` (what ran, when, with what outcome)."""
         from grappa_cli.storage import faults
 
@@ -250,7 +250,7 @@ def write_lock(lock_path: Path, command: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _holder_record(fd: int) -> dict[str, Any]:
+def _holder_record(fd: int) -> dict[str, object]:
     """What the lock's holder wrote in the lock file (pid, command, start time), or {}."""
     try:
         return json.loads(os.pread(fd, 65536, 0).decode() or "{}")

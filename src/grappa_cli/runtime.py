@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import multiprocessing.context
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from grappa_cli.errors import GrappaError
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
-def resolve_device(name: str = "auto") -> Any:
+
+def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available (the local rank's GPU under torchrun), else CPU."""
     import os
 
@@ -30,7 +34,7 @@ def resolve_device(name: str = "auto") -> Any:
     return device
 
 
-def autocast(device: Any, enabled: bool = True) -> Any:
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     """bf16 autocast on CUDA; a no-op context on the CPU (float32 stays exact there)."""
     import torch
 
@@ -123,7 +127,7 @@ def compile_requested(value: bool | None = None) -> bool:
     return os.environ.get(COMPILE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def maybe_compile(model: Any, enabled: bool | None = None) -> Any:
+def maybe_compile(model: torch.nn.Module, enabled: bool | None = None) -> torch.nn.Module:
     """``torch.compile(model)`` for inference when requested (see :data:`COMPILE_ENV`), else ``model``.
 
     Shapes are static (one graph for full batches, one more for a short last batch), which
@@ -133,7 +137,7 @@ def maybe_compile(model: Any, enabled: bool | None = None) -> Any:
         return model
     import torch
 
-    return torch.compile(model, dynamic=False)
+    return cast("torch.nn.Module", torch.compile(model, dynamic=False))  # an OptimizedModule wrapping it
 
 
 class HostCopies:
@@ -150,9 +154,9 @@ class HostCopies:
         from collections import deque
 
         self.in_flight = max(0, int(in_flight))
-        self._pending: deque[tuple[Any, Any, Any]] = deque()
+        self._pending: deque[tuple[torch.Tensor, torch.cuda.Event, Any]] = deque()  # (host copy, copied, tag)
 
-    def push(self, tensor: Any, tag: Any) -> list[tuple[Any, Any]]:
+    def push(self, tensor: torch.Tensor, tag: Any) -> list[tuple[np.ndarray, Any]]:
         import torch
 
         if tensor.device.type != "cuda":
@@ -164,10 +168,10 @@ class HostCopies:
         self._pending.append((host, done, tag))
         return self._drain(self.in_flight)
 
-    def flush(self) -> list[tuple[Any, Any]]:
+    def flush(self) -> list[tuple[np.ndarray, Any]]:
         return self._drain(0)
 
-    def _drain(self, keep: int) -> list[tuple[Any, Any]]:
+    def _drain(self, keep: int) -> list[tuple[np.ndarray, Any]]:
         ready = []
         while len(self._pending) > keep:
             host, done, tag = self._pending.popleft()
@@ -210,7 +214,7 @@ class QuietSpawnContext(multiprocessing.context.SpawnContext):
 _SPAWN = QuietSpawnContext()
 
 
-def spawn_context() -> Any:
+def spawn_context() -> QuietSpawnContext:
     """The ``spawn`` multiprocessing context, with workers that ignore Ctrl-C from birth.
 
     ``SIGINT`` is ignored in the parent just while a worker is started: a disposition of

@@ -10,9 +10,12 @@ only when a provider method runs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from grappa_cli.hookspecs import Register, hookimpl
+
+if TYPE_CHECKING:
+    from grappa_cli.model.backbones.backbone import Backbone, BackboneSpec
 
 
 class TimmViTProvider:
@@ -34,7 +37,7 @@ class TimmViTProvider:
             module="vision_transformer", pretrained=True
         )
 
-    def build(self, spec: Any) -> Any:
+    def build(self, spec: BackboneSpec) -> Backbone:
         from grappa_cli.model.backbones.vit import build_vit_backbone
 
         return build_vit_backbone(spec)
@@ -60,7 +63,7 @@ class TimmCNNProvider:
 
         return cnn_model_names()
 
-    def build(self, spec: Any) -> Any:
+    def build(self, spec: BackboneSpec) -> Backbone:
         from grappa_cli.model.backbones.cnn import build_cnn_backbone
 
         return build_cnn_backbone(spec)

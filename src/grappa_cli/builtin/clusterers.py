@@ -7,10 +7,23 @@ plugins (``grappa plugins``, ``grappa --help``) stays light.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
-from grappa_cli.hookspecs import hookimpl
+from grappa_cli.hookspecs import Register, hookimpl
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from grappa_cli.clustering.base import Clusterer, ClusterResult
+    from grappa_cli.console import Reporter
+
+    class _Backend(Clusterer, Protocol):
+        """The built-in backends: a :class:`Clusterer` that declares its ``settings``."""
+
+        @property
+        def settings(self) -> Mapping[str, object]: ...
 
 
 class LazyClusterer:
@@ -20,20 +33,20 @@ class LazyClusterer:
         self.name = name
         self.description = description
         self._target = target
-        self._impl: Any = None
+        self._impl: _Backend | None = None
 
     @property
-    def impl(self) -> Any:
+    def impl(self) -> _Backend:
         if self._impl is None:
             module, _, cls = self._target.partition(":")
             self._impl = getattr(import_module(module), cls)()
         return self._impl
 
     @property
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> Mapping[str, object]:
         return self.impl.settings
 
-    def fit(self, x: Any, k: int, *, seed: int, niter: int, reporter: Any = None) -> Any:
+    def fit(self, x: np.ndarray, k: int, *, seed: int, niter: int, reporter: Reporter | None = None) -> ClusterResult:
         return self.impl.fit(x, k, seed=seed, niter=niter, reporter=reporter)
 
     def __repr__(self) -> str:
@@ -51,6 +64,6 @@ BUILTIN_CLUSTERERS = (
 
 
 @hookimpl
-def register_clusterers(register: Any) -> None:
+def register_clusterers(register: Register) -> None:
     for name, description, target in BUILTIN_CLUSTERERS:
         register(LazyClusterer(name, description, target))

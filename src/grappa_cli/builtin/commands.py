@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from grappa_cli.hookspecs import hookimpl
 
+if TYPE_CHECKING:
+    import typer
+
 
 @hookimpl
-def register_commands(cli: Any) -> None:
+def register_commands(cli: typer.Typer) -> None:
     from grappa_cli.cli.pipeline import adapt, cache, cluster, extract, fuse, report, run, status
     from grappa_cli.cli.pipeline.eval import eval_command
     from grappa_cli.cli.serving import embed, export, search

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from grappa_cli.hookspecs import hookimpl
+from grappa_cli.hookspecs import Register, hookimpl
 
 
 @hookimpl
-def register_fusion_strategies(register: Any) -> None:
+def register_fusion_strategies(register: Register) -> None:
     from grappa_cli.fusion.strategies import BUILTIN_STRATEGIES
 
     for strategy in BUILTIN_STRATEGIES:

@@ -8,9 +8,9 @@ numpy is imported inside the methods: this module is loaded at CLI start-up.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from grappa_cli.hookspecs import hookimpl
+from grappa_cli.hookspecs import Register, hookimpl
 
 if TYPE_CHECKING:
     import numpy as np
@@ -104,7 +104,7 @@ class RecallFamily:
 
 
 @hookimpl
-def register_metrics(register: Any) -> None:
+def register_metrics(register: Register) -> None:
     register(MapAtR())
     register(RPrecision())
     register(RecallFamily())

@@ -7,13 +7,11 @@ The six MRT datasets (``aircraft``, ``cars``, ``cub``, ``flowers``, ``food101``,
 
 from __future__ import annotations
 
-from typing import Any
-
-from grappa_cli.hookspecs import hookimpl
+from grappa_cli.hookspecs import Register, hookimpl
 
 
 @hookimpl
-def register_tasks(register: Any) -> None:
+def register_tasks(register: Register) -> None:
     from grappa_cli.data.tasks.cub import CUBTask
     from grappa_cli.data.tasks.imagefolder import ImageFolderTask
     from grappa_cli.data.tasks.products import ProductsTask

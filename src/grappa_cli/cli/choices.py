@@ -5,6 +5,11 @@ from __future__ import annotations
 from enum import Enum, StrEnum
 from typing import Any
 
+# `grappa run --until`: the pipeline's own stage list (a module without imports: `--help` stays light)
+from grappa_cli.pipeline.stage import Stage
+
+__all__ = ["IndexType", "OracleMetric", "Split", "Stage", "value"]
+
 
 class Split(StrEnum):
     """``grappa extract --split``."""
@@ -12,17 +17,6 @@ class Split(StrEnum):
     train = "train"
     test = "test"
     all = "all"
-
-
-class Stage(StrEnum):
-    """``grappa run --until``: the pipeline's own stage list (a test keeps the two equal)."""
-
-    extract = "extract"
-    cluster = "cluster"
-    adapt = "adapt"
-    fuse = "fuse"
-    eval = "eval"
-    report = "report"
 
 
 class IndexType(StrEnum):

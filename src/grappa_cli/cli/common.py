@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from grappa_cli.project import Project
 
 
 def Flag(*param_decls: str, **kwargs: Any) -> Any:  # noqa: N802 (used like typer.Option)
@@ -29,7 +32,7 @@ WorkersOption = Annotated[
 ]
 
 
-def resolve_project(ctx: typer.Context, project: Path | None) -> Any:
+def resolve_project(ctx: typer.Context, project: Path | None) -> Project:
     """The project named on this command, else globally, else discovered."""
     from grappa_cli.project import discover
     from grappa_cli.storage.diskerrors import set_root
@@ -40,7 +43,7 @@ def resolve_project(ctx: typer.Context, project: Path | None) -> Any:
     return found
 
 
-def print_json(data: Any) -> None:
+def print_json(data: object) -> None:
     """One JSON document on stdout (no rich markup, no wrapping)."""
     typer.echo(json.dumps(data, indent=2, default=str))
 

@@ -8,7 +8,6 @@ when the committed page differs, so the reference cannot drift from :data:`grapp
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from grappa_cli.config import CONFIG_NAME, SCHEMA, TASK_KEYS_DOC, FieldSpec
 
@@ -21,7 +20,7 @@ This page is generated from the configuration schema (`grappa_cli.config.SCHEMA`
 """
 
 
-def _literal(value: Any) -> str:
+def _literal(value: object) -> str:
     """A default as it is written in TOML."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -74,7 +73,7 @@ def render() -> str:
 
 #: Python type of each schema kind, as the configuration holds it after loading
 _PY_TYPES = {"str": "str", "int": "int", "float": "float", "bool": "bool", "list[int]": "list[int]",
-             "list[str]": "list[str]", "table": "dict[str, Any]", "k": "str | list[int]"}
+             "list[str]": "list[str]", "table": "dict[str, object]", "k": "str | list[int]"}
 
 
 def section_class(section: str) -> str:
@@ -98,12 +97,12 @@ def render_sections() -> str:
         "",
         "from __future__ import annotations",
         "",
-        "from typing import Any, Protocol",
+        "from typing import Protocol",
         "",
     ]
     for section, specs in SCHEMA.items():
         lines += ["", f"class {section_class(section)}(Protocol):", f'    """``[{section}]``."""', ""]
-        lines.append("    values: dict[str, Any]  # every key of the section, as loaded")
+        lines.append("    values: dict[str, object]  # every key of the section, as loaded")
         lines += [f"    {spec.name}: {_PY_TYPES[spec.kind]}" for spec in specs]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -6,7 +6,10 @@ Kept in one place so that the examples use one vocabulary: tasks with ``-t``, mo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import typer
 
 #: command path (space separated) -> (command line, what it does)
 EXAMPLES: dict[str, list[tuple[str, str]]] = {
@@ -64,10 +67,10 @@ def epilog(path: str) -> str | None:
     return "[bold]Examples[/bold]\n\n" + "\n\n".join(lines)
 
 
-def add_examples(app: Any) -> None:
+def add_examples(app: typer.Typer) -> None:
     """Give every registered built-in command (and sub-command) its Examples section."""
 
-    def visit(typer_app: Any, prefix: str) -> None:
+    def visit(typer_app: typer.Typer, prefix: str) -> None:
         for info in typer_app.registered_commands:
             name = info.name or (info.callback.__name__ if info.callback else "")
             text = epilog(f"{prefix}{name}")

@@ -6,26 +6,32 @@ committed file differs, so the reference cannot drift from the code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from typer._click.core import Command, Context, Parameter
+    from typer.core import TyperGroup, TyperOption
 
 
-def _walk(command: Any, path: list[str], ctx: Any) -> list[tuple[list[str], Any]]:
+def _walk(command: Command, path: list[str], ctx: Context) -> list[tuple[list[str], Command]]:
     found = [(path, command)]
     if hasattr(command, "list_commands"):
-        for name in command.list_commands(ctx):
-            sub = command.get_command(ctx, name)
+        group = cast("TyperGroup", command)  # only groups list sub-commands
+        for name in group.list_commands(ctx):
+            sub = group.get_command(ctx, name)
             if sub is not None and not sub.hidden:
                 found.extend(_walk(sub, [*path, name], ctx))
     return found
 
 
-def _param_row(param: Any) -> str:
+def _param_row(param: Parameter) -> str:
     if param.param_type_name == "option":
-        names = ", ".join(f"`{o}`" for o in [*param.opts, *param.secondary_opts])
-        help_text = (param.help or "").replace("|", "\\|")
+        option = cast("TyperOption", param)  # the parameter type named "option"
+        names = ", ".join(f"`{o}`" for o in [*option.opts, *option.secondary_opts])
+        help_text = (option.help or "").replace("|", "\\|")
         default = ""
-        if param.show_default is not False and param.default not in (None, False, (), []) and not param.is_flag:
-            default = f" (default: `{param.default}`)"
+        if option.show_default is not False and option.default not in (None, False, (), []) and not option.is_flag:
+            default = f" (default: `{option.default}`)"
         return f"| {names} | {help_text}{default} |"
     metavar = (param.name or "").upper()
     help_text = (getattr(param, "help", None) or "argument").replace("|", "\\|")

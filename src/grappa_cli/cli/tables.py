@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Literal, cast
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.table import Table
+
+    from grappa_cli.reporting.table2 import Table2, TableRow
 
 _ROW_STYLE = {"section": "italic", "oracle": "dim", "oracle_sets": "dim", "delta": "cyan", "paper": "blue",
               "paper_oracle_sets": "blue", "paper_delta": "blue"}
@@ -17,7 +23,7 @@ COMPACT_NOTE = ("Short labels: Oracle (O) is selected on test labels; 'vs. M' ro
                 "backbone; [L] = trained with class labels.")
 
 
-def compact_label(row: Any) -> str:
+def compact_label(row: TableRow) -> str:
     """A row label short enough for an 80-column table; what it drops is said in :data:`COMPACT_NOTE`."""
     if row.kind == "section":
         return _SHORT_SECTIONS.get(row.section, row.label)
@@ -30,7 +36,7 @@ def compact_label(row: Any) -> str:
     return row.label.replace(" [uses labels]", " [L]")
 
 
-def table2_rich(table: Any, title: str, *, compact: bool = False) -> Any:
+def table2_rich(table: Table2, title: str, *, compact: bool = False) -> Table:
     """A rich Table: rows as built by ``grappa_cli.reporting.report.build_table``, columns task x (RP, mAP).
 
     ``compact``: short row labels and light borders, so three tasks fit 80 columns.
@@ -58,7 +64,7 @@ def table2_rich(table: Any, title: str, *, compact: bool = False) -> Any:
     return rich_table
 
 
-def print_table2(console: Any, table: Any, title: str) -> None:
+def print_table2(console: Console, table: Table2, title: str) -> None:
     """Table 2 and its notes at the console's width: full labels when they fit, else the compact form.
 
     The width is the terminal's (``COLUMNS`` or 80 in a pipe). A table that is too wide even
@@ -66,7 +72,7 @@ def print_table2(console: Any, table: Any, title: str) -> None:
     """
     from rich.measure import Measurement
 
-    def natural(renderable: Any) -> int:
+    def natural(renderable: RenderableType) -> int:
         return Measurement.get(console, console.options.update_width(10_000), renderable).maximum
 
     full = table2_rich(table, title)
@@ -81,7 +87,7 @@ def print_table2(console: Any, table: Any, title: str) -> None:
             console.print(line, highlight=False, markup=False)
 
 
-def print_wide(console: Any, renderable: Any) -> None:
+def print_wide(console: Console, renderable: RenderableType) -> None:
     """Print a table whole: into a pipe or a file at its natural width rather than cut to 80 columns."""
     from rich.console import Console
     from rich.measure import Measurement
@@ -90,5 +96,6 @@ def print_wide(console: Any, renderable: Any) -> None:
     if natural <= console.width:
         console.print(renderable)
         return
+    colours = cast("Literal['standard', '256', 'truecolor', 'windows'] | None", console.color_system)  # its names
     Console(file=console.file, width=natural, soft_wrap=True, force_terminal=console.is_terminal,
-            color_system=console.color_system).print(renderable)
+            color_system=colours).print(renderable)

@@ -8,7 +8,6 @@ computed the same way whichever backend ran.
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
 
 import faiss
 import numpy as np
@@ -24,7 +23,7 @@ def gpu_count() -> int:
         return 0
 
 
-def flat_index(d: int, *, use_gpu: bool | None = None) -> Any:
+def flat_index(d: int, *, use_gpu: bool | None = None) -> faiss.Index:
     """An exact L2 index, on the GPU when faiss sees one (``use_gpu=None``: automatic)."""
     if use_gpu is None:
         use_gpu = gpu_count() > 0
@@ -34,13 +33,13 @@ def flat_index(d: int, *, use_gpu: bool | None = None) -> Any:
 
 
 @cache
-def gpu_resources() -> Any:
+def gpu_resources() -> faiss.StandardGpuResources:
     """One ``StandardGpuResources`` per process (scratch memory, streams), shared by every GPU index."""
     return faiss.StandardGpuResources()
 
 
 def nearest(
-    x: np.ndarray, centroids: np.ndarray, *, use_gpu: bool | None = None, index: Any = None,
+    x: np.ndarray, centroids: np.ndarray, *, use_gpu: bool | None = None, index: faiss.Index | None = None,
 ) -> np.ndarray:
     """Index of the nearest centroid of each row of ``x`` (int64 [n]).
 

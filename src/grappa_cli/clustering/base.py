@@ -8,7 +8,7 @@ k-means on them; the stage stores the result as one pseudo-label set ``P_i``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class ClusterResult:
     labels: np.ndarray  # int [n]
     inertia: float
     iterations: int
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, object] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -59,7 +59,7 @@ class Clusterer(Protocol):
         ...
 
 
-def settings_of(clusterer: Any) -> dict[str, Any]:
+def settings_of(clusterer: object) -> dict[str, object]:
     """The backend's result-shaping settings (empty when it declares none)."""
     return dict(getattr(clusterer, "settings", None) or {})
 

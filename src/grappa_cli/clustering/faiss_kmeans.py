@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
 
 import faiss
 import numpy as np
@@ -67,7 +66,7 @@ class FaissKMeans:
         self.use_gpu = use_gpu
 
     @property
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, object]:
         return {
             "init": self.init,
             "subsample": "none (max_points_per_centroid = max(256, ceil(n/k)))",
@@ -75,7 +74,7 @@ class FaissKMeans:
             "stop": "objective no longer decreases and no cluster was split",
         }
 
-    def _parameters(self, n: int, k: int, seed: int) -> Any:
+    def _parameters(self, n: int, k: int, seed: int) -> faiss.ClusteringParameters:
         cp = faiss.ClusteringParameters()
         cp.niter = 1
         cp.seed = int(seed)

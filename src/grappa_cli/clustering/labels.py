@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from grappa_cli.errors import StoreError
 from grappa_cli.records.artifacts import FEATURES_TRAIN, cluster_key
 
+if TYPE_CHECKING:  # annotations only
+    from grappa_cli.storage.store import Store
 
-def training_labels(store: Any, k: int | str) -> tuple[np.ndarray, np.ndarray]:
+
+def training_labels(store: Store, k: int | str) -> tuple[np.ndarray, np.ndarray]:
     """Pseudo-labels under clustering k by training row (-1: none) and which rows are usable.
 
     A clustering made before the training set grew covers its first rows only: the rows

@@ -9,7 +9,6 @@ step per k. Labels and inertia are recomputed by the shared exact assignment
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 
@@ -28,7 +27,7 @@ class SklearnKMeans:
     tol = 0.0
 
     @property
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, object]:
         return {"init": "k-means++", "algorithm": "lloyd", "n_init": 1, "tol": self.tol, "subsample": "none"}
 
     def fit(
@@ -67,7 +66,7 @@ class SklearnMiniBatchKMeans:
         self.max_no_improvement = max_no_improvement
 
     @property
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, object]:
         return {"init": "k-means++", "n_init": 1, "batch_size": self.batch_size,
                 "init_size": "min(n, max(3 * batch_size, 3 * k))",
                 "max_no_improvement": self.max_no_improvement, "subsample": "mini-batches"}

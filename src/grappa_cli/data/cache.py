@@ -35,18 +35,25 @@ and compression run in a process pool (``spawn``: the parent runs zarr's event l
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from grappa_cli.console import NullReporter, Reporter
+from grappa_cli.data.timm_config import data_config_keys
 from grappa_cli.errors import DataError, StoreError
 from grappa_cli.records import provenance as prov
 from grappa_cli.storage.store import ChunkedArray, Store, unreadable_files
+
+if TYPE_CHECKING:  # annotations only: torch and PIL are imported where they are used
+    from concurrent.futures import Future
+
+    import torch
+    from PIL import Image
 
 PREFIX = "cache"
 DEFAULT_CHUNK_ROWS = 128
@@ -61,11 +68,12 @@ def cache_key(name: str) -> str:
     return f"{PREFIX}/{name}"
 
 
-def default_size(data_config: dict[str, Any]) -> int:
+def default_size(data_config: Mapping[str, object]) -> int:
     """``input_size / crop_pct``: the square the evaluation transform crops from (>= input size)."""
-    size = data_config["input_size"]
+    cfg = data_config_keys(data_config)
+    size = cfg["input_size"]
     side = int(size[-1] if isinstance(size, list | tuple) else size)
-    crop_pct = float(data_config.get("crop_pct") or 1.0)
+    crop_pct = float(cfg.get("crop_pct") or 1.0)
     return max(side, int(side / crop_pct))
 
 
@@ -74,7 +82,7 @@ def estimate_cache_bytes(n: int, size: int) -> int:
     return int(n) * (int(size) * int(size) * 3 + _ROW_OVERHEAD)
 
 
-def cache_params(size: int, chunk_rows: int) -> dict[str, Any]:
+def cache_params(size: int, chunk_rows: int) -> dict[str, object]:
     """What determines the cache's content (its provenance parameters)."""
     return {
         "size": int(size), "chunk_rows": int(chunk_rows), "order_seed": ORDER_SEED, "format": FORMAT,
@@ -92,7 +100,7 @@ class SquareImage:
     def __init__(self, size: int) -> None:
         self.size = int(size)
 
-    def __call__(self, image: Any) -> Any:
+    def __call__(self, image: Image.Image) -> torch.Tensor:
         import torch
         from PIL import Image
 
@@ -236,7 +244,7 @@ def check_state(
     return state
 
 
-def grow_cache(store: Store, key: str, paths: Sequence[str], old: int, *, params: dict[str, Any],
+def grow_cache(store: Store, key: str, paths: Sequence[str], old: int, *, params: Mapping[str, object],
                inputs: dict[str, str]) -> None:
     """Append cache rows for ``paths[old:]`` (the images an incremental update added to the training set).
 
@@ -335,7 +343,7 @@ def build_image_cache(
             with ProcessPoolExecutor(max_workers=num_workers, mp_context=spawn_context(),
                                      initializer=ignore_interrupts) as pool:
                 queue = list(reversed(jobs))
-                running: set[Any] = set()
+                running: set[Future[_ShardReport]] = set()
                 try:
                     while queue or running:
                         while queue and len(running) < 2 * num_workers:  # bounded: memory stays flat

@@ -16,9 +16,9 @@ are whole shards; k-NN partners, which lie anywhere, are single-image reads.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, TypedDict, Unpack, cast
 
 import numpy as np
 import torch
@@ -28,10 +28,39 @@ from grappa_cli.data.chunk_sampler import ChunkShuffleBatchSampler
 from grappa_cli.errors import DataError
 from grappa_cli.runtime import ignore_interrupts, spawn_context
 
+if TYPE_CHECKING:  # annotations only
+    from zarr import Array
+
+    from grappa_cli.data.images import WorkerOptions
+
+#: One item of a cached dataset: an image, ``(image, row)``, ``(anchor, partner)`` or
+#: ``(anchor, partner, anchor row, partner row)`` (uint8 ``[3, S, S]`` images).
+CachedItem = (torch.Tensor | tuple[torch.Tensor, int] | tuple[torch.Tensor, torch.Tensor]
+              | tuple[torch.Tensor, torch.Tensor, int, int])
+
+
+class SamplerOptions(TypedDict, total=False):
+    """Keyword arguments of :class:`ChunkShuffleBatchSampler` besides rows and batch size."""
+
+    window: int
+    seed: int
+    drop_last: bool
+    rank: int
+    world_size: int
+
+
+class Batches(Protocol):
+    """Batches of dataset positions, and how many there are (a batch sampler, or a plain list)."""
+
+    def __iter__(self) -> Iterator[list[int]]: ...
+
+    def __len__(self) -> int: ...
+
+
 __all__ = ["CachedImageDataset", "CachedPairDataset", "collate_cached", "make_cached_loader"]
 
 
-class CachedImageDataset(torch.utils.data.Dataset):
+class CachedImageDataset(torch.utils.data.Dataset[CachedItem]):
     """Cached images of the training rows ``indices`` (default: every readable image).
 
     ``dataset[p]`` is the uint8 tensor ``[3, S, S]`` of training row ``indices[p]``, or
@@ -62,10 +91,10 @@ class CachedImageDataset(torch.utils.data.Dataset):
         self.return_index = return_index
         self.chunk_cache = max(1, int(chunk_cache))
         self.min_chunk_rows = max(1, self.chunk_rows // 8) if min_chunk_rows is None else int(min_chunk_rows)
-        self._images: Any = None
+        self._images: Array | None = None
         self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
 
-    def __getstate__(self) -> dict[str, Any]:
+    def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
         state["_images"] = None  # every process opens its own handle
         state["_chunks"] = OrderedDict()
@@ -74,16 +103,17 @@ class CachedImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def batch_sampler(self, batch_size: int, **kwargs: Any) -> ChunkShuffleBatchSampler:
+    def batch_sampler(self, batch_size: int, **kwargs: Unpack[SamplerOptions]) -> ChunkShuffleBatchSampler:
         """A :class:`ChunkShuffleBatchSampler` over this dataset (``kwargs``: window, seed, ...)."""
         return ChunkShuffleBatchSampler(self.cache_rows, self.chunk_rows, batch_size, **kwargs)
 
     # -- reading --------------------------------------------------------------------------------
-    def _array(self) -> Any:
+    def _array(self) -> Array:
         if self._images is None:
             import zarr
 
-            self._images = zarr.open_group(self.store_path, mode="r")[f"{self.key}/images"]
+            # the cache keeps an array, never a group, at "<key>/images"
+            self._images = cast("Array", zarr.open_group(self.store_path, mode="r")[f"{self.key}/images"])
         return self._images
 
     def _chunk(self, chunk: int) -> np.ndarray:
@@ -118,14 +148,14 @@ class CachedImageDataset(torch.utils.data.Dataset):
     def _chw(image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(image).permute(2, 0, 1)
 
-    def __getitems__(self, positions: Sequence[int] | np.ndarray) -> list[Any]:
+    def __getitems__(self, positions: Sequence[int] | np.ndarray) -> list[CachedItem]:
         positions = np.asarray(positions, dtype=np.int64)
         images = [self._chw(a) for a in self.read_cache_rows(self.cache_rows[positions])]
         if self.return_index:
             return [(im, int(self.indices[p])) for im, p in zip(images, positions, strict=True)]
-        return images
+        return cast("list[CachedItem]", images)  # list is invariant: a list of images is a list of items
 
-    def __getitem__(self, position: int) -> Any:
+    def __getitem__(self, position: int) -> CachedItem:
         return self.__getitems__([position])[0]
 
 
@@ -172,7 +202,7 @@ class CachedPairDataset(CachedImageDataset):
         pick = np.random.default_rng([self.seed, self.epoch, int(train_row)]).integers(len(candidates))
         return int(candidates[pick])
 
-    def __getitems__(self, positions: Sequence[int] | np.ndarray) -> list[Any]:
+    def __getitems__(self, positions: Sequence[int] | np.ndarray) -> list[CachedItem]:
         anchors = [int(self.indices[p]) for p in positions]
         partners = [self.partner_of(i) for i in anchors]
         rows = self.layout.cache_rows_of(np.asarray(anchors + partners, dtype=np.int64))
@@ -189,29 +219,30 @@ def _stack_chw(images: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([im.permute(1, 2, 0) for im in images]).permute(0, 3, 1, 2)
 
 
-def collate_cached(items: list[Any]) -> Any:
+def collate_cached(items: Sequence[CachedItem]) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Stack images into uint8 ``[B, 3, S, S]`` batches (channels_last); indices into int64 tensors."""
     first = items[0]
     if isinstance(first, torch.Tensor):
-        return _stack_chw(items)
-    columns = list(zip(*items, strict=True))
+        return _stack_chw(cast("Sequence[torch.Tensor]", items))  # a dataset's items all have one shape
+    columns = list(zip(*cast("Sequence[tuple[torch.Tensor | int, ...]]", items), strict=True))
     return tuple(
-        _stack_chw(col) if isinstance(col[0], torch.Tensor) else torch.as_tensor(col, dtype=torch.long)
+        _stack_chw(cast("tuple[torch.Tensor, ...]", col)) if isinstance(col[0], torch.Tensor)
+        else torch.as_tensor(col, dtype=torch.long)
         for col in columns
     )
 
 
 def make_cached_loader(
-    dataset: CachedImageDataset, batch_sampler: Any, *, num_workers: int = 0, pin_memory: bool = False,
-    prefetch_factor: int = 4,
+    dataset: CachedImageDataset, batch_sampler: Batches, *, num_workers: int = 0,
+    pin_memory: bool = False, prefetch_factor: int = 4,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over a cached dataset (spawned workers; call ``set_epoch`` on sampler and dataset)."""
     from grappa_cli.runtime import loader_workers
 
     num_workers = loader_workers(num_workers, len(batch_sampler), len(dataset))
-    kwargs: dict[str, Any] = {}
+    kwargs: WorkerOptions = {}
     if num_workers > 0:
-        kwargs.update(multiprocessing_context=spawn_context(), persistent_workers=False,
-                      prefetch_factor=prefetch_factor, worker_init_fn=ignore_interrupts)
+        kwargs.update({"multiprocessing_context": spawn_context(), "persistent_workers": False,
+                       "prefetch_factor": prefetch_factor, "worker_init_fn": ignore_interrupts})
     return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
                                        collate_fn=collate_cached, pin_memory=pin_memory, **kwargs)

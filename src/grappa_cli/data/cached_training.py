@@ -23,9 +23,10 @@ cache stores images in, so pseudo-labels and k-NN graphs index cached images dir
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,7 +37,11 @@ from grappa_cli.data.cache import CacheLayout, default_size, read_layout
 from grappa_cli.data.cache_dataset import CachedImageDataset, CachedPairDataset, collate_cached
 from grappa_cli.data.chunk_sampler import ChunkShuffleBatchSampler
 from grappa_cli.data.gpu_augment import TensorAugment, normalize
+from grappa_cli.data.timm_config import data_config_keys
 from grappa_cli.errors import StoreError
+
+if TYPE_CHECKING:  # annotations only
+    from grappa_cli.storage.store import Store
 
 __all__ = [
     "CenterView",
@@ -87,10 +92,10 @@ class TrainingCache:
         return CachedPairDataset(self.store_path, self.key, rows, partners, seed=seed)
 
 
-_HINTED: weakref.WeakSet[Any] = weakref.WeakSet()
+_HINTED: weakref.WeakSet[Reporter] = weakref.WeakSet()
 
 
-def _first_time(reporter: Any) -> bool:
+def _first_time(reporter: Reporter) -> bool:
     """True the first time a reporter (one command's progress view) asks; a pipeline run
     trains several models through one reporter and should say the hint once."""
     try:
@@ -102,7 +107,7 @@ def _first_time(reporter: Any) -> bool:
     return True
 
 
-def find_training_cache(store: Any, reporter: Reporter | None = None) -> TrainingCache | None:
+def find_training_cache(store: Store, reporter: Reporter | None = None) -> TrainingCache | None:
     """The training cache when it is complete and current, else None after a one-line hint.
 
     The hint says how to build (or rebuild) the cache; training then decodes the image files
@@ -122,7 +127,7 @@ def find_training_cache(store: Any, reporter: Reporter | None = None) -> Trainin
     return TrainingCache(Path(store.path), key, read_layout(store.path, key))
 
 
-def chunk_batches(window: int = 8) -> Any:
+def chunk_batches(window: int = 8) -> Callable[..., ChunkShuffleBatchSampler]:
     """A batch-sampler factory for the training loop: chunk-aware order, full batches only."""
 
     def factory(dataset: CachedImageDataset, *, batch_size: int, seed: int, rank: int,
@@ -133,7 +138,8 @@ def chunk_batches(window: int = 8) -> Any:
     return factory
 
 
-def loop_inputs(prepare_batch: Any, window: int = 8) -> dict[str, Any]:
+def loop_inputs(prepare_batch: LabelledViews | TwoViews | PairViews | PlainPairViews, window: int = 8,
+                ) -> dict[str, Any]:
     """Keyword arguments of :func:`grappa_cli.train.loop.train` for a cached dataset."""
     return {"prepare_batch": prepare_batch, "make_batch_sampler": chunk_batches(window),
             "collate_fn": collate_cached}
@@ -157,7 +163,8 @@ class LabelledViews:
             self._on[device] = self.labels.to(device)
         return self._on[device]
 
-    def __call__(self, batch: Any, device: torch.device, generator: torch.Generator) -> Any:
+    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         images, rows = batch
         return self.augment(images, generator), self.labels_on(rows.device)[rows]
 
@@ -169,7 +176,8 @@ class TwoViews:
         self.first = first
         self.second = second
 
-    def __call__(self, batch: Any, device: torch.device, generator: torch.Generator) -> Any:
+    def __call__(self, batch: torch.Tensor, device: torch.device,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.first(batch, generator), self.second(batch, generator)
 
 
@@ -179,7 +187,8 @@ class PairViews:
     def __init__(self, augment: TensorAugment) -> None:
         self.augment = augment
 
-    def __call__(self, batch: Any, device: torch.device, generator: torch.Generator) -> Any:
+    def __call__(self, batch: Sequence[torch.Tensor], device: torch.device,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         anchors, partners = batch[0], batch[1]
         return self.augment(anchors, generator), self.augment(partners, generator)
 
@@ -187,10 +196,11 @@ class PairViews:
 class PlainPairViews:
     """``(uint8 anchors, uint8 partners) -> (view(anchors), view(partners))``: k-NN pairs without augmentation."""
 
-    def __init__(self, view: Any) -> None:
+    def __init__(self, view: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.view = view
 
-    def __call__(self, batch: Any, device: torch.device, generator: torch.Generator) -> Any:
+    def __call__(self, batch: Sequence[torch.Tensor], device: torch.device,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.view(batch[0]), self.view(batch[1])
 
 
@@ -212,15 +222,16 @@ class CenterView:
     interpolation: str = "bicubic"
 
     @classmethod
-    def for_cache(cls, data_config: dict[str, Any], cache_size: int) -> CenterView:
-        size = data_config["input_size"]
+    def for_cache(cls, data_config: Mapping[str, object], cache_size: int) -> CenterView:
+        cfg = data_config_keys(data_config)
+        size = cfg["input_size"]
         out = int(size[-1] if isinstance(size, list | tuple) else size)
-        crop_pct = float(data_config.get("crop_pct") or 1.0)
+        crop_pct = float(cfg.get("crop_pct") or 1.0)
         crop = out if cache_size == default_size(data_config) else round(cache_size * crop_pct)
-        interpolation = "bilinear" if data_config.get("interpolation") == "bilinear" else "bicubic"
+        interpolation = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
         return cls(out, min(max(crop, 1), cache_size),
-                   tuple(float(m) for m in data_config.get("mean", (0.485, 0.456, 0.406))),
-                   tuple(float(s) for s in data_config.get("std", (0.229, 0.224, 0.225))), interpolation)
+                   tuple(float(m) for m in cfg.get("mean", (0.485, 0.456, 0.406))),
+                   tuple(float(s) for s in cfg.get("std", (0.229, 0.224, 0.225))), interpolation)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, 3, S, S]`` -> normalised float32 ``[B, 3, out, out]`` on the same device."""

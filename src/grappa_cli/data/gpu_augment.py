@@ -40,13 +40,15 @@ padding (torchvision's ``gaussian_blur``) instead of PIL's box-blur approximatio
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from grappa_cli.data.timm_config import data_config_keys
 
 __all__ = [
     "ColorJitterParams",
@@ -457,12 +459,12 @@ class TensorAugment:
     method: str = "auto"
 
     @classmethod
-    def standard(cls, data_config: dict[str, Any], **overrides: Any) -> TensorAugment:
+    def standard(cls, data_config: Mapping[str, object], **overrides: Any) -> TensorAugment:
         """Random resized crop + flip + normalisation (timm's training transform, no jitter)."""
         return cls(**{**_from_data_config(data_config), **overrides})
 
     @classmethod
-    def barlow_twins(cls, data_config: dict[str, Any], view: int, **overrides: Any) -> TensorAugment:
+    def barlow_twins(cls, data_config: Mapping[str, object], view: int, **overrides: Any) -> TensorAugment:
         """View 1 or 2 of Barlow Twins' asymmetric augmentation pair."""
         if view not in (1, 2):
             raise ValueError(f"Barlow Twins has views 1 and 2, got {view}")
@@ -477,7 +479,7 @@ class TensorAugment:
     def uses_color(self) -> bool:
         return self.jitter_p > 0 or self.grayscale_p > 0 or self.blur_p > 0 or self.solarize_p > 0
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Plain parameters (for provenance records)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
@@ -503,11 +505,12 @@ class TensorAugment:
         return normalize(x, self.mean, self.std)
 
 
-def _from_data_config(data_config: dict[str, Any]) -> dict[str, Any]:
-    size = data_config["input_size"]
+def _from_data_config(data_config: Mapping[str, object]) -> dict[str, Any]:
+    cfg = data_config_keys(data_config)
+    size = cfg["input_size"]
     out = int(size[-1] if isinstance(size, list | tuple) else size)
     return {
         "out_size": out,
-        "mean": tuple(float(m) for m in data_config.get("mean", (0.485, 0.456, 0.406))),
-        "std": tuple(float(s) for s in data_config.get("std", (0.229, 0.224, 0.225))),
+        "mean": tuple(float(m) for m in cfg.get("mean", (0.485, 0.456, 0.406))),
+        "std": tuple(float(s) for s in cfg.get("std", (0.229, 0.224, 0.225))),
     }

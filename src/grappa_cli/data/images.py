@@ -11,14 +11,18 @@ the transform's resize stays a downscale.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 from PIL import Image
 
+from grappa_cli.data.timm_config import data_config_keys
 from grappa_cli.runtime import ignore_interrupts, spawn_context
+
+if TYPE_CHECKING:  # annotations only
+    from grappa_cli.runtime import QuietSpawnContext
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -64,10 +68,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_min_side(data_config: dict[str, Any]) -> int:
+def decode_min_side(data_config: Mapping[str, object]) -> int:
     """The shorter side the eval transform resizes to (``input_size / crop_pct``)."""
-    size = int(data_config["input_size"][-1])
-    crop_pct = float(data_config.get("crop_pct") or 1.0)
+    cfg = data_config_keys(data_config)
+    size = int(cfg["input_size"][-1])
+    crop_pct = float(cfg.get("crop_pct") or 1.0)
     return int(size / crop_pct) + 1
 
 
@@ -127,9 +132,18 @@ def collate_samples(samples: list[Sample]) -> Batch:
     return Batch(indices, images, bad)
 
 
+class WorkerOptions(TypedDict, total=False):
+    """DataLoader keyword arguments for worker processes (left out without workers)."""
+
+    multiprocessing_context: QuietSpawnContext
+    persistent_workers: bool
+    prefetch_factor: int
+    worker_init_fn: Callable[[int], None]
+
+
 def make_loader(
     dataset: torch.utils.data.Dataset, *, batch_size: int, num_workers: int, device: torch.device,
-    collate_fn: Callable[[list[Any]], Any] = collate_samples,
+    collate_fn: Callable[[list[Sample]], object] = collate_samples,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader that overlaps decoding with compute.
 
@@ -141,12 +155,12 @@ def make_loader(
 
     items = len(dataset)  # type: ignore[arg-type]
     num_workers = loader_workers(num_workers, -(-items // max(1, batch_size)), items)
-    kwargs: dict[str, Any] = {}
+    kwargs: WorkerOptions = {}
     if num_workers > 0:
-        kwargs.update(
-            multiprocessing_context=spawn_context(), persistent_workers=False, prefetch_factor=4,
-            worker_init_fn=ignore_interrupts,
-        )
+        kwargs.update({
+            "multiprocessing_context": spawn_context(), "persistent_workers": False, "prefetch_factor": 4,
+            "worker_init_fn": ignore_interrupts,
+        })
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         collate_fn=collate_fn, pin_memory=device.type == "cuda", **kwargs,

@@ -16,10 +16,9 @@ named twice, or a folder overlapping a task) is kept once, at its first position
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from grappa_cli.config import GrappaConfig, TaskEntry
-from grappa_cli.data.tasks.base import ImageList, TaskSplits
+from grappa_cli.data.tasks.base import ImageList, TaskReader, TaskSplits
 from grappa_cli.data.tasks.mrt import MRT_TASKS
 from grappa_cli.errors import ConfigError, DataError, GrappaError
 from grappa_cli.suggest import did_you_mean
@@ -56,7 +55,7 @@ def task_entry(config: GrappaConfig, name: str) -> TaskEntry:
         ) from None
 
 
-def reader_for(entry: TaskEntry) -> Any:
+def reader_for(entry: TaskEntry) -> TaskReader:
     """The task plugin that reads this entry (``type``)."""
     from grappa_cli.plugins import get
 

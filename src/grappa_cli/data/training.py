@@ -9,7 +9,6 @@ chosen deterministically, so one bad file cannot stop a long run or change batch
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ from grappa_cli.data.images import load_rgb
 class LabeledImages(torch.utils.data.Dataset):
     """``(transform(image), label)`` for the given paths and integer labels."""
 
-    def __init__(self, paths: Sequence[str], labels: np.ndarray, transform: Callable[[Image.Image], Any],
+    def __init__(self, paths: Sequence[str], labels: np.ndarray, transform: Callable[[Image.Image], torch.Tensor],
                  min_side: int | None = None) -> None:
         if len(paths) != len(labels):
             raise ValueError("paths and labels differ in length")
@@ -33,7 +32,7 @@ class LabeledImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _image(self, index: int) -> Any:
+    def _image(self, index: int) -> tuple[torch.Tensor, int]:
         for attempt in range(len(self.paths)):
             position = (index + attempt * 7919) % len(self.paths)
             try:
@@ -42,7 +41,7 @@ class LabeledImages(torch.utils.data.Dataset):
                 continue
         raise RuntimeError("no image of the training set can be decoded")
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, position = self._image(index)
         return image, int(self.labels[position])
 
@@ -54,8 +53,8 @@ class ImagePairs(torch.utils.data.Dataset):
     with k-NN pairs it is an image and one of its neighbours (Grappa-N).
     """
 
-    def __init__(self, paths: Sequence[str], pairs: np.ndarray, first: Callable[[Image.Image], Any],
-                 second: Callable[[Image.Image], Any], min_side: int | None = None) -> None:
+    def __init__(self, paths: Sequence[str], pairs: np.ndarray, first: Callable[[Image.Image], torch.Tensor],
+                 second: Callable[[Image.Image], torch.Tensor], min_side: int | None = None) -> None:
         self.paths = list(paths)
         self.pairs = np.asarray(pairs, dtype=np.int64)
         self.first = first
@@ -73,7 +72,7 @@ class ImagePairs(torch.utils.data.Dataset):
                 continue
         raise RuntimeError("no image of the training set can be decoded")
 
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         i, j = self.pairs[index]
         if i == j:
             image = self._load(int(i))

@@ -14,11 +14,13 @@ greyscale, palette and RGBA files work.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import torch
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
+
+from grappa_cli.data.timm_config import data_config_keys
 
 #: Barlow Twins' blur sigma range, in pixels at 224 px; scaled with the input size.
 BLUR_SIGMA_224 = (0.1, 2.0)
@@ -29,54 +31,57 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _size(data_config: dict[str, Any]) -> tuple[int, int]:
-    _, height, width = data_config["input_size"]
+def _size(data_config: Mapping[str, object]) -> tuple[int, int]:
+    _, height, width = data_config_keys(data_config)["input_size"]
     return int(height), int(width)
 
 
-def _interpolation(data_config: dict[str, Any]) -> T.InterpolationMode:
+def _interpolation(data_config: Mapping[str, object]) -> T.InterpolationMode:
     from timm.data.transforms import str_to_interp_mode
 
-    return str_to_interp_mode(data_config.get("interpolation", "bicubic"))
+    return str_to_interp_mode(data_config_keys(data_config).get("interpolation", "bicubic"))
 
 
-def _normalize(data_config: dict[str, Any]) -> T.Normalize:
-    return T.Normalize(mean=list(data_config["mean"]), std=list(data_config["std"]))
+def _normalize(data_config: Mapping[str, object]) -> T.Normalize:
+    cfg = data_config_keys(data_config)
+    return T.Normalize(mean=list(cfg["mean"]), std=list(cfg["std"]))
 
 
-def eval_transform(data_config: dict[str, Any]) -> T.Compose:
+def eval_transform(data_config: Mapping[str, object]) -> T.Compose:
     """timm's evaluation transform for the data config, after an RGB conversion."""
     from timm.data import create_transform
 
+    cfg = data_config_keys(data_config)
     timm_transform = create_transform(
-        input_size=data_config["input_size"],
+        input_size=cfg["input_size"],
         is_training=False,
-        interpolation=data_config.get("interpolation", "bicubic"),
-        mean=data_config["mean"],
-        std=data_config["std"],
-        crop_pct=data_config.get("crop_pct"),
-        crop_mode=data_config.get("crop_mode"),
+        interpolation=cfg.get("interpolation", "bicubic"),
+        mean=cfg["mean"],
+        std=cfg["std"],
+        crop_pct=cfg.get("crop_pct"),
+        crop_mode=cfg.get("crop_mode"),
     )
     return T.Compose([T.Lambda(to_rgb), timm_transform])
 
 
-def train_transform(data_config: dict[str, Any], crop_scale: float = 0.08) -> T.Compose:
+def train_transform(data_config: Mapping[str, object], crop_scale: float = 0.08) -> T.Compose:
     """timm's training transform reduced to random resized crop + horizontal flip.
 
     ``crop_scale``: the smallest area fraction the random crop keeps (timm's default 0.08).
     """
     from timm.data import create_transform
 
+    cfg = data_config_keys(data_config)
     timm_transform = create_transform(
-        input_size=data_config["input_size"],
+        input_size=cfg["input_size"],
         is_training=True,
         scale=(float(crop_scale), 1.0),
         color_jitter=None,  # type: ignore[arg-type]  # timm's hint omits None, which its code reads as "no jitter"
         auto_augment=None,
         hflip=0.5,
-        interpolation=data_config.get("interpolation", "bicubic"),
-        mean=data_config["mean"],
-        std=data_config["std"],
+        interpolation=cfg.get("interpolation", "bicubic"),
+        mean=cfg["mean"],
+        std=cfg["std"],
     )
     return T.Compose([T.Lambda(to_rgb), timm_transform])
 
@@ -99,7 +104,7 @@ class RandomGaussianBlur:
         return f"{type(self).__name__}(p={self.p}, sigma={self.sigma})"
 
 
-def barlow_twins_view(data_config: dict[str, Any], *, blur_p: float, solarize_p: float) -> T.Compose:
+def barlow_twins_view(data_config: Mapping[str, object], *, blur_p: float, solarize_p: float) -> T.Compose:
     """One Barlow Twins view: crop, flip, colour jitter (p 0.8), greyscale (p 0.2), blur, solarise."""
     height, width = _size(data_config)
     scale = min(height, width) / 224
@@ -127,7 +132,7 @@ class BarlowTwinsTransform:
     :attr:`first` and :attr:`second` separately on the two images of a neighbour pair.
     """
 
-    def __init__(self, data_config: dict[str, Any]) -> None:
+    def __init__(self, data_config: Mapping[str, object]) -> None:
         self.first = barlow_twins_view(data_config, blur_p=1.0, solarize_p=0.0)
         self.second = barlow_twins_view(data_config, blur_p=0.1, solarize_p=0.2)
 

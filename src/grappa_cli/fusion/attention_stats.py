@@ -17,14 +17,29 @@ The probe is a fixed batch of training images in the evaluation view, the same e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
+    from torch import nn
 
 PROBE_IMAGES = 64
 
 
-def probe_batch(paths: Sequence[str], data_config: dict[str, Any], count: int = PROBE_IMAGES) -> Any:
+class LayerSummary(TypedDict):
+    """One layer's entry in an attention record (see the module docstring)."""
+
+    layer: int
+    q_norm: float
+    k_norm: float
+    logit_scale: float | None
+    entropy: float
+    mean_alpha: list[float]
+
+
+def probe_batch(paths: Sequence[str], data_config: dict[str, Any], count: int = PROBE_IMAGES) -> torch.Tensor | None:
     """The first ``count`` readable training images in the evaluation view, ``[B, 3, H, W]``."""
     import torch
 
@@ -44,7 +59,7 @@ def probe_batch(paths: Sequence[str], data_config: dict[str, Any], count: int = 
     return torch.stack(images) if images else None
 
 
-def attention_summary(model: Any, images: Any) -> list[dict[str, Any]]:
+def attention_summary(model: nn.Module, images: torch.Tensor) -> list[LayerSummary]:
     """Per-layer statistics of ``model``'s attention fusion on ``images`` (empty for mean fusion)."""
     import torch
 
@@ -62,7 +77,7 @@ def attention_summary(model: Any, images: Any) -> list[dict[str, Any]]:
     alpha = alpha.float().cpu()
     n = alpha.shape[-1]
     entropy = -(alpha.clamp_min(1e-12).log() * alpha).sum(dim=-1) / (math.log(n) if n > 1 else 1.0)
-    summary = []
+    summary: list[LayerSummary] = []
     for index, fusion in enumerate(layers):
         scale = getattr(fusion, "logit_scale", None)
         summary.append({
@@ -85,9 +100,9 @@ class AttentionLogger:
         self.paths = list(paths)
         self.data_config = data_config
         self.sets = list(sets)
-        self._probe: Any = None
+        self._probe: torch.Tensor | None = None
 
-    def _log(self, model: Any, epoch: int, phase: str) -> None:
+    def _log(self, model: nn.Module, epoch: int, phase: str) -> None:
         from grappa_cli.train import distributed
         from grappa_cli.train.checkpoint import RunDir
 
@@ -100,16 +115,16 @@ class AttentionLogger:
         inner = getattr(model, "module", model)
         summary = attention_summary(getattr(inner, "model", inner), self._probe)
         if summary:
-            record: dict[str, Any] = {"kind": "attention", "epoch": epoch, "phase": phase, "layers": summary}
+            record: dict[str, object] = {"kind": "attention", "epoch": epoch, "phase": phase, "layers": summary}
             if len(self.sets) == len(summary[0]["mean_alpha"]):
                 record["sets"] = self.sets
             RunDir(self.run_dir).append_metrics(record)
 
-    def on_epoch_start(self, epoch: int, objective: Any) -> None:
+    def on_epoch_start(self, epoch: int, objective: nn.Module) -> None:
         if epoch == 0:
             self._log(objective, 0, "start")
 
-    def on_epoch_end(self, epoch: int, objective: Any, record: Any) -> None:
+    def on_epoch_end(self, epoch: int, objective: nn.Module, record: Mapping[str, object]) -> None:
         self._log(objective, epoch, "end")
 
 

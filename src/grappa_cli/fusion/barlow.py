@@ -15,22 +15,34 @@ Adam and the adaptor recipe (the paper tuned those baselines but does not give t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from grappa_cli.fusion.attention_stats import AttentionLogger
 from grappa_cli.fusion.base import FusionContext
 
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    from torch import nn
+    from torch.utils.data import Dataset
 
-def barlow_params(config: Any) -> dict[str, Any]:
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.data.cache_dataset import CachedImageDataset
+    from grappa_cli.data.training import ImagePairs
+    from grappa_cli.model.grappa import GrappaModel
+    from grappa_cli.train.loop import TrainResult
+    from grappa_cli.train.objective import Objective
+
+
+def barlow_params(config: GrappaConfig) -> dict[str, object]:
     """The settings of Barlow Twins pair training that determine its result.
 
     ``balance`` is recorded only when it is on, so fusions trained without it keep their
     fingerprints (and are not retrained) after the option appeared.
     """
     f = config.fuse
-    params = {"lr": f.lr, "weight_decay": f.weight_decay, "warmup_epochs": f.warmup_epochs, "lambd": f.lambd,
-              "loss_scale": f.loss_scale, "projector": list(f.projector), "optimizer": f.optimizer,
-              "attention_init": f.attention_init}
+    params: dict[str, object] = {
+        "lr": f.lr, "weight_decay": f.weight_decay, "warmup_epochs": f.warmup_epochs, "lambd": f.lambd,
+        "loss_scale": f.loss_scale, "projector": list(f.projector), "optimizer": f.optimizer,
+        "attention_init": f.attention_init}
     if f.optimizer == "adam":
         params["adam_lr"] = f.adam_lr
         params["scale_lr"] = f.scale_lr
@@ -40,10 +52,11 @@ def barlow_params(config: Any) -> dict[str, Any]:
 
 
 def train_pairs(
-    context: FusionContext, model: Any, dataset: Any, *, optimizer: str | None = None,
-    on_epoch_start: Callable[[int, Any], Any] | None = None, description: str = "fuse",
+    context: FusionContext, model: GrappaModel, dataset: ImagePairs | CachedImageDataset, *,
+    optimizer: str | None = None,
+    on_epoch_start: Callable[[int, Objective], Dataset[object] | None] | None = None, description: str = "fuse",
     loop_inputs: dict[str, Any] | None = None,
-) -> Any:
+) -> TrainResult:
     """Train ``model``'s trainable parameters with the Barlow Twins loss on ``dataset``'s pairs.
 
     ``optimizer``: None for the fusion's configured optimizer (``[fuse] optimizer``: LARS as in the
@@ -95,9 +108,10 @@ def train_pairs(
     logger = AttentionLogger(context.run_dir, context.train_paths, context.backbone.data_config,
                              context.set_names)
 
-    def epoch_start(epoch: int, objective: Any) -> Any:
+    def epoch_start(epoch: int, objective: nn.Module) -> Dataset[object] | None:
         logger.on_epoch_start(epoch, objective)
-        return on_epoch_start(epoch, objective) if on_epoch_start else None
+        # the loop hands back the module it trains: the Objective built above
+        return on_epoch_start(epoch, cast("Objective", objective)) if on_epoch_start else None
 
     return train(
         objective, dataset, config, make_optimizer=make_optimizer,

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from grappa_cli.console import Reporter
+
+if TYPE_CHECKING:  # annotations only: importing them here would load torch with the plugin interface
+    import numpy as np
+    from torch import nn
+
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.data.cached_training import TrainingCache
+    from grappa_cli.model.adaptor import AdaptorSet
+    from grappa_cli.model.backbones.backbone import Backbone
+    from grappa_cli.model.grappa import GrappaModel
+    from grappa_cli.project import Project
+    from grappa_cli.storage.store import Store
 
 
 @dataclass
@@ -26,7 +38,7 @@ class FusionOptions:
 class WarmStart:
     """The attention layers of a previous fused model that a retrained fusion starts from."""
 
-    layers: list[Any]
+    layers: list[nn.Module]
     set_names: list[str]
     fingerprint: str
 
@@ -35,12 +47,12 @@ class WarmStart:
 class FusionContext:
     """Everything a strategy may use; built by ``grappa_cli.pipeline.stages.fuse``."""
 
-    project: Any
-    config: Any
-    store: Any
-    backbone: Any
+    project: Project
+    config: GrappaConfig
+    store: Store
+    backbone: Backbone
     set_names: list[str]
-    adaptor_sets: list[Any]
+    adaptor_sets: list[AdaptorSet]
     train_paths: list[str]
     options: FusionOptions
     params: dict[str, Any]
@@ -48,7 +60,7 @@ class FusionContext:
     reporter: Reporter
     #: a previous fused model whose attention layers start this one (an incremental update)
     warm_start: WarmStart | None = field(default=None, init=False, repr=False)
-    _cache: Any = field(default=None, init=False, repr=False)
+    _cache: TrainingCache | None = field(default=None, init=False, repr=False)
     _cache_checked: bool = field(default=False, init=False, repr=False)
 
     def _sized(self) -> tuple[int, int]:
@@ -79,7 +91,7 @@ class FusionContext:
     def num_workers(self) -> int:
         return self.config.data.num_workers if self.options.num_workers is None else self.options.num_workers
 
-    def training_cache(self) -> Any:
+    def training_cache(self) -> TrainingCache | None:
         """The image cache of the training set when complete and current (else None, after a hint).
 
         Strategies that train on the training images read it instead of the image files.
@@ -96,11 +108,13 @@ class FusionContext:
         """Whether the strategy trained on the image cache (for provenance records)."""
         return self._cache is not None
 
-    def cached_rows(self) -> Any:
+    def cached_rows(self) -> np.ndarray:
         """Training rows readable in the features (``features/train/valid``) and in the cache."""
-        return self.training_cache().usable_rows(self.store.read("features/train/valid"))
+        cache = self.training_cache()
+        assert cache is not None  # called by strategies that train on the cache, once they found it
+        return cache.usable_rows(self.store.read("features/train/valid"))
 
-    def model(self, fusion: str) -> Any:
+    def model(self, fusion: str) -> GrappaModel:
         """M* over the stored adaptor sets with a fresh ``"mean"`` or ``"attention"`` fusion."""
         import torch
 
@@ -123,7 +137,7 @@ class FusionContext:
 class FusionOutcome:
     """A strategy's result: the model to save and how it was obtained."""
 
-    model: Any
+    model: GrappaModel
     epoch_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     images_per_second: float = 0.0
@@ -133,7 +147,7 @@ class FusionOutcome:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def artifact_params(strategy: Any, config: Any, options: FusionOptions, sets: list[str],
+def artifact_params(strategy: FusionStrategy, config: GrappaConfig, options: FusionOptions, sets: list[str],
                     backbone_id: str) -> dict[str, Any]:
     """Every setting a fused model's fingerprint covers.
 
@@ -158,6 +172,6 @@ class FusionStrategy(Protocol):
     uses_labels: bool
     trains_adaptors: bool
 
-    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]: ...
+    def params(self, config: GrappaConfig, options: FusionOptions) -> dict[str, object]: ...
 
     def train(self, context: FusionContext) -> FusionOutcome: ...

@@ -12,12 +12,19 @@ transform in DataLoader workers) or, when the image cache exists, from the cache
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from grappa_cli.errors import TrainingError
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
+    from PIL import Image
+    from torch import nn
+
+    from grappa_cli.data.cached_training import TrainingCache
 
 
 def knn_graph(embeddings: np.ndarray, k: int) -> np.ndarray:
@@ -50,8 +57,8 @@ def sample_pairs(graph: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def embed_paths(
-    model: Any, paths: Sequence[str], transform: Any, *, batch_size: int, num_workers: int, device: Any,
-    amp: bool = True, min_side: int | None = None,
+    model: nn.Module, paths: Sequence[str], transform: Callable[[Image.Image], torch.Tensor], *, batch_size: int,
+    num_workers: int, device: torch.device, amp: bool = True, min_side: int | None = None,
 ) -> np.ndarray:
     """Embeddings of ``paths`` under ``model`` (L2-normalised, float32); undecodable images are zero.
 
@@ -72,7 +79,7 @@ def embed_paths(
     was_training = model.training
     model.eval()
 
-    def place(ready: list[tuple[np.ndarray, Any]]) -> None:
+    def place(ready: list[tuple[np.ndarray, np.ndarray]]) -> None:
         nonlocal out
         for z, indices in ready:
             if out is None:
@@ -97,8 +104,8 @@ def embed_paths(
 
 
 def embed_cached(
-    model: Any, cache: Any, rows: np.ndarray, view: Any, *, batch_size: int, num_workers: int, device: Any,
-    amp: bool = True,
+    model: nn.Module, cache: TrainingCache, rows: np.ndarray, view: Callable[[torch.Tensor], torch.Tensor], *,
+    batch_size: int, num_workers: int, device: torch.device, amp: bool = True,
 ) -> np.ndarray:
     """L2-normalised float32 embeddings ``[len(rows), D]`` of cached training rows ``rows``.
 
@@ -124,7 +131,7 @@ def embed_cached(
     was_training = model.training
     model.eval()
 
-    def place(ready: list[tuple[np.ndarray, Any]]) -> None:
+    def place(ready: list[tuple[np.ndarray, list[int]]]) -> None:
         nonlocal mine
         for z, positions in ready:
             if mine is None:

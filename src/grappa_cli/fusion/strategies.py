@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,8 +30,16 @@ from grappa_cli.fusion.barlow import barlow_params, train_pairs
 from grappa_cli.fusion.base import FusionContext, FusionOptions, FusionOutcome
 from grappa_cli.fusion.route import RouteFusion
 
+if TYPE_CHECKING:  # annotations only: torch and the datasets are imported where they are used
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.data.cache_dataset import CachedImageDataset, CachedPairDataset
+    from grappa_cli.data.training import ImagePairs
+    from grappa_cli.model.grappa import GrappaModel
+    from grappa_cli.train.loop import TrainResult
+    from grappa_cli.train.objective import Objective
 
-def _common(config: Any, options: FusionOptions) -> dict[str, Any]:
+
+def _common(config: GrappaConfig, options: FusionOptions) -> dict[str, object]:
     f = config.fuse
     return {"epochs": options.epochs or f.epochs, "batch_size": options.batch_size or f.batch_size,
             "min_steps": f.min_steps, "seed": config.runtime.seed if options.seed is None else options.seed}
@@ -43,14 +51,14 @@ class AverageFusion:
     uses_labels = False
     trains_adaptors = False
 
-    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
+    def params(self, config: GrappaConfig, options: FusionOptions) -> dict[str, object]:
         return {"fusion": "mean"}
 
     def train(self, context: FusionContext) -> FusionOutcome:
         return FusionOutcome(context.model("mean"))
 
 
-def _transform_dataset(context: FusionContext) -> Any:
+def _transform_dataset(context: FusionContext) -> ImagePairs:
     from grappa_cli.data.images import decode_min_side
     from grappa_cli.data.training import ImagePairs
     from grappa_cli.data.transforms import BarlowTwinsTransform
@@ -62,7 +70,7 @@ def _transform_dataset(context: FusionContext) -> Any:
                       min_side=decode_min_side(context.backbone.data_config))
 
 
-def _transform_inputs(context: FusionContext) -> tuple[Any, dict[str, Any]]:
+def _transform_inputs(context: FusionContext) -> tuple[ImagePairs | CachedImageDataset, dict[str, Any]]:
     """Grappa-T's training data: the two Barlow Twins views of each training image.
 
     From the image cache when it exists (each cached image read once, both views made on the
@@ -83,7 +91,8 @@ def _transform_inputs(context: FusionContext) -> tuple[Any, dict[str, Any]]:
     return cache.images(context.cached_rows()), loop_inputs(views)
 
 
-def _outcome(model: Any, result: Any, start: float, trained_adaptors: bool = False, **info: Any) -> FusionOutcome:
+def _outcome(model: GrappaModel, result: TrainResult, start: float, trained_adaptors: bool = False,
+             **info: object) -> FusionOutcome:
     return FusionOutcome(model, list(result.epoch_losses), time.perf_counter() - start,
                          result.images_per_second, trained_adaptors, info)
 
@@ -94,7 +103,7 @@ class TransformFusion:
     uses_labels = False
     trains_adaptors = False
 
-    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
+    def params(self, config: GrappaConfig, options: FusionOptions) -> dict[str, object]:
         return {"fusion": "attention", **_common(config, options), **barlow_params(config),
                 "augmentation": "barlow-twins"}
 
@@ -113,7 +122,7 @@ class NeighborFusion:
     uses_labels = False
     trains_adaptors = False
 
-    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
+    def params(self, config: GrappaConfig, options: FusionOptions) -> dict[str, object]:
         params = {"fusion": "attention", **_common(config, options), **barlow_params(config),
                   "neighbors": options.neighbors or config.fuse.neighbors,
                   "augmentation": "random-resized-crop+flip" if config.fuse.pair_augment else "none"}
@@ -133,7 +142,7 @@ class NeighborFusion:
         changed = [float((a != b).mean()) for a, b in itertools.pairwise(graphs)]
         return _outcome(model, result, start, graph_changes=changed)
 
-    def _train_cached(self, context: FusionContext, model: Any, graphs: list[np.ndarray]) -> Any:
+    def _train_cached(self, context: FusionContext, model: GrappaModel, graphs: list[np.ndarray]) -> TrainResult:
         """Anchors and partners read from the image cache; embedding and augmentation on the device."""
         from grappa_cli.data.cached_training import CenterView, PairViews, PlainPairViews, loop_inputs
         from grappa_cli.data.gpu_augment import TensorAugment
@@ -142,6 +151,7 @@ class NeighborFusion:
         from grappa_cli.train.rng import derive_seed
 
         cache = context.training_cache()
+        assert cache is not None  # train() takes this path only when the cache exists
         rows = context.cached_rows()
         data_config = context.backbone.data_config
         k = int(context.params["neighbors"])
@@ -150,7 +160,7 @@ class NeighborFusion:
 
         static = _backbone_graph(context, k, rows)
 
-        def on_epoch_start(epoch: int, objective: Any) -> Any:
+        def on_epoch_start(epoch: int, objective: Objective) -> CachedPairDataset:
             graph = static if static is not None else knn_graph(
                 embed_cached(objective.model, cache, rows, view, batch_size=context.config.data.batch_size,
                              num_workers=context.num_workers(), device=device, amp=context.config.runtime.amp), k)
@@ -166,7 +176,7 @@ class NeighborFusion:
         return train_pairs(context, model, cache.images(rows), on_epoch_start=on_epoch_start,
                            description="fuse neighbor", loop_inputs=inputs)
 
-    def _train_files(self, context: FusionContext, model: Any, graphs: list[np.ndarray]) -> Any:
+    def _train_files(self, context: FusionContext, model: GrappaModel, graphs: list[np.ndarray]) -> TrainResult:
         """Anchors and partners decoded from the image files and augmented in the DataLoader workers."""
         from grappa_cli.data.images import decode_min_side
         from grappa_cli.data.training import ImagePairs
@@ -184,7 +194,7 @@ class NeighborFusion:
 
         static = _backbone_graph(context, k)
 
-        def on_epoch_start(epoch: int, objective: Any) -> Any:
+        def on_epoch_start(epoch: int, objective: Objective) -> ImagePairs:
             graph = static if static is not None else knn_graph(
                 embed_paths(objective.model, context.train_paths, plain, batch_size=context.config.data.batch_size,
                             num_workers=context.num_workers(), device=device, amp=context.config.runtime.amp,
@@ -223,7 +233,7 @@ class RandomAdaptorsFusion:
     trains_adaptors = True
     num_sets: int | None = None
 
-    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
+    def params(self, config: GrappaConfig, options: FusionOptions) -> dict[str, object]:
         p = {"fusion": "attention", **_common(config, options), **barlow_params(config),
              "augmentation": "barlow-twins", "optimizer": "adam", "lr": config.adapt.lr,
              "weight_decay": config.adapt.weight_decay, "bottleneck": config.adapt.bottleneck}
@@ -255,7 +265,7 @@ class SingleRandomAdaptor(RandomAdaptorsFusion):
     name = "single-random"
     description = "M + A1 baseline: one random adaptor set trained with the transform loss"
 
-    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
+    def params(self, config: GrappaConfig, options: FusionOptions) -> dict[str, object]:
         p = super().params(config, options)
         p["fusion"] = "none"
         return p
@@ -272,7 +282,7 @@ class SupervisedFusion:
     uses_labels = True
     trains_adaptors = False
 
-    def params(self, config: Any, options: FusionOptions) -> dict[str, Any]:
+    def params(self, config: GrappaConfig, options: FusionOptions) -> dict[str, object]:
         return {"fusion": "attention", **_common(config, options), "lr": config.adapt.lr,
                 "attention_init": config.fuse.attention_init,
                 "weight_decay": config.adapt.weight_decay, "scale": config.adapt.scale, "optimizer": "adam",

@@ -14,9 +14,9 @@ layer stacked into ``[N, ...]`` parameters and computed in one batched operation
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +96,7 @@ class AdaptorSet(nn.Module):
     """
 
     def __init__(
-        self, adaptors: Sequence[Adaptor], *, k: int | None = None, metadata: dict[str, Any] | None = None
+        self, adaptors: Sequence[Adaptor], *, k: int | None = None, metadata: Mapping[str, object] | None = None
     ) -> None:
         super().__init__()
         if not adaptors:

@@ -11,7 +11,7 @@ the model applies) and the caller's provenance.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,9 @@ def describe(model: GrappaModel) -> dict[str, Any]:
 
 
 def save_bundle(
-    path: Path, model: GrappaModel, *, backbone_spec: dict[str, Any] | None = None,
-    include_backbone: bool = False, provenance: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
+    path: Path, model: GrappaModel, *, backbone_spec: Mapping[str, object] | None = None,
+    include_backbone: bool = False, provenance: Mapping[str, object] | None = None,
+    extra: Mapping[str, object] | None = None,
 ) -> None:
     """Write ``model`` (its layers; with ``include_backbone`` the backbone too) atomically."""
     backbone = model.backbone
@@ -182,7 +182,7 @@ def load_backbone_state(path: Path, backbone: Backbone, tensors: dict[str, torch
                           hint="load it with the timm version it was exported with (see its metadata)") from None
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: object) -> object:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, tuple | list):

@@ -22,7 +22,7 @@ file or the complete new one, never a partial write.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -78,9 +78,9 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
 def _header(
     fmt: str,
     backbone: Backbone,
-    provenance: dict[str, Any] | None,
-    config: dict[str, Any] | None,
-    **extra: Any,
+    provenance: Mapping[str, object] | None,
+    config: Mapping[str, object] | None,
+    **extra: object,
 ) -> dict[str, str]:
     meta = {
         "format": fmt,
@@ -117,7 +117,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _check_header(path: Path, meta: dict[str, Any], fmt: str, backbone: Backbone) -> None:
+def _check_header(path: Path, meta: Mapping[str, object], fmt: str, backbone: Backbone) -> None:
     if meta.get("format") != fmt:
         raise GrappaError(
             f"{path} is not a {fmt} file (format {meta.get('format')!r})", hint="pass the right checkpoint"
@@ -128,7 +128,7 @@ def _check_header(path: Path, meta: dict[str, Any], fmt: str, backbone: Backbone
             hint="re-run the stage that wrote it with --force",
         )
     problems = []
-    dims = [int(d) for d in meta.get("layer_dims", [])]
+    dims = [int(d) for d in cast("list[int]", meta.get("layer_dims", []))]  # a JSON list in the header
     if len(dims) != backbone.num_layers:
         problems.append(f"{len(dims)} layers vs {backbone.num_layers}")
     elif dims != list(backbone.layer_dims):
@@ -147,9 +147,9 @@ def save_adaptor_set(
     adaptor_set: AdaptorSet,
     *,
     backbone: Backbone,
-    provenance: dict[str, Any] | None = None,
+    provenance: Mapping[str, object] | None = None,
     k: int | None = None,
-    config: dict[str, Any] | None = None,
+    config: Mapping[str, object] | None = None,
 ) -> None:
     """Write one adaptor set (the L adaptors trained on one pseudo-label set) atomically."""
     if adaptor_set.layer_dims != backbone.layer_dims:
@@ -194,9 +194,9 @@ def save_fusion(
     fusion_layers: Sequence[nn.Module],
     *,
     backbone: Backbone,
-    provenance: dict[str, Any] | None = None,
+    provenance: Mapping[str, object] | None = None,
     adaptor_sets: Sequence[str] = (),
-    config: dict[str, Any] | None = None,
+    config: Mapping[str, object] | None = None,
     strength: float = 1.0,
 ) -> None:
     """Write the L fusion layers of a model (Q and K for attention; none for mean) atomically.
@@ -263,13 +263,13 @@ def load_fusion(path: Path, backbone: Backbone, *, num_sets: int | None = None) 
     )
 
 
-def header_strength(path: Path, meta: dict[str, Any], hint: str) -> float:
+def header_strength(path: Path, meta: Mapping[str, object], hint: str) -> float:
     """A header's strength (1, the paper's model, for files written before it was recorded).
 
     Shared by fusion checkpoints and whole-model bundles; a value outside [0, 1] is refused.
     """
     try:
-        strength = float(meta.get("strength") or 1.0)
+        strength = float(cast("str | float", meta.get("strength") or 1.0))  # a header string or a number
     except ValueError:
         strength = -1.0
     if not 0.0 <= strength <= 1.0:

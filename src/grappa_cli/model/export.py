@@ -21,9 +21,9 @@ and the same ``model_id`` check applies.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,9 @@ from torch import nn
 from grappa_cli.errors import GrappaError
 from grappa_cli.model.backbones.backbone import Backbone, BackboneSpec, build_backbone, weights_digest
 from grappa_cli.model.grappa import GrappaModel
+
+if TYPE_CHECKING:  # annotations only
+    from PIL import Image
 
 #: ``extra["kind"]`` of files written by ``grappa export`` (``grappa fuse`` bundles have none).
 EXPORT_KIND = "grappa-export"
@@ -44,7 +47,7 @@ class EmbeddingModel(nn.Module):
     file) run, so the two give the same embeddings for the same images.
     """
 
-    def __init__(self, model: GrappaModel, *, name: str = "", metadata: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: GrappaModel, *, name: str = "", metadata: Mapping[str, object] | None = None) -> None:
         super().__init__()
         self.model = model
         self.name = name
@@ -77,8 +80,8 @@ class EmbeddingModel(nn.Module):
 
 def write_model_file(
     path: Path, model: GrappaModel, *, model_name: str, backbone_spec: BackboneSpec,
-    include_backbone: bool = True, provenance: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
+    include_backbone: bool = True, provenance: Mapping[str, object] | None = None,
+    extra: Mapping[str, object] | None = None,
 ) -> None:
     """Write ``model`` as a stand-alone file (atomically: a temporary sibling, then a rename)."""
     from grappa_cli.model.bundle import save_bundle
@@ -98,7 +101,7 @@ def data_config_of(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
 
 
-def _resolve_device(device: Any) -> torch.device:
+def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cpu")
     if isinstance(device, torch.device):
@@ -202,9 +205,9 @@ def load_backbone(
 
 
 def load_model(
-    path: str | Path, device: Any = None, *, backbone_weights: str | Path | None = None,
+    path: str | Path, device: str | torch.device | None = None, *, backbone_weights: str | Path | None = None,
     rebuild_backbone: bool = False,
-) -> tuple[EmbeddingModel, Callable[[Any], torch.Tensor]]:
+) -> tuple[EmbeddingModel, Callable[[Image.Image], torch.Tensor]]:
     """Load a file written by ``grappa export``: ``(model, transform)``.
 
     ``model`` maps a batch of preprocessed images ``[B, 3, H, W]`` to L2-normalised embeddings

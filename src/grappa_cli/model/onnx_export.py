@@ -19,10 +19,15 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from grappa_cli.errors import GrappaError
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    from grappa_cli.model.grappa import GrappaModel
 
 FORMAT = "grappa-onnx"
 FORMAT_VERSION = "1"
@@ -32,7 +37,7 @@ OUTPUT = "embedding"
 _PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
-def require_onnx() -> Any:
+def require_onnx() -> ModuleType:
     """The ``onnx`` module, or one clear error saying which extra installs it."""
     try:
         import onnx
@@ -42,16 +47,17 @@ def require_onnx() -> Any:
     return onnx
 
 
-def preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
+def preprocessing(data_config: Mapping[str, object]) -> dict[str, object]:
     """The timm data config keys that preprocessing must follow, as plain JSON values."""
-    out = {}
+    out: dict[str, object] = {}
     for key in _PREPROCESSING_KEYS:
         value = data_config.get(key)
         out[key] = list(value) if isinstance(value, tuple) else value
     return out
 
 
-def write_onnx(path: Path, model: Any, *, identity: dict[str, Any], provenance: dict[str, Any] | None = None,
+def write_onnx(path: Path, model: GrappaModel, *, identity: Mapping[str, object],
+               provenance: Mapping[str, object] | None = None,
                opset: int = OPSET) -> None:
     """Write ``model`` (a ``GrappaModel``) as an ONNX graph with its metadata, atomically.
 
@@ -89,7 +95,7 @@ def write_onnx(path: Path, model: Any, *, identity: dict[str, Any], provenance: 
     atomic_write_with(Path(path), write)
 
 
-def read_onnx_metadata(path: Path) -> dict[str, Any]:
+def read_onnx_metadata(path: Path) -> dict[str, object]:
     """The ``grappa.*`` metadata of an exported ONNX file, JSON fields decoded."""
     onnx = require_onnx()
     graph = onnx.load(str(path), load_external_data=False)

@@ -8,14 +8,14 @@ the planner, which both use it.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 from grappa_cli.errors import StoreError
 from grappa_cli.project import Project
 from grappa_cli.records import artifacts
 
 
-def require_current(project: Project, artifact_id: str, what: str) -> dict[str, Any]:
+def require_current(project: Project, artifact_id: str, what: str) -> dict[str, object]:
     """The record of an input a stage is about to consume, if it is complete and current.
 
     Otherwise a one-line error that names what is wrong with it and the command to run
@@ -36,7 +36,7 @@ def require_current(project: Project, artifact_id: str, what: str) -> dict[str, 
     return rec
 
 
-def _not_current(project: Project, artifact_id: str, rec: dict[str, Any],
+def _not_current(project: Project, artifact_id: str, rec: Mapping[str, object],
                  seen: dict[str, tuple[str, str] | None]) -> tuple[str, str] | None:
     """(the first artifact to redo, why) when ``artifact_id`` is not current, else None."""
     if artifact_id in seen:
@@ -45,11 +45,12 @@ def _not_current(project: Project, artifact_id: str, rec: dict[str, Any],
     result: tuple[str, str] | None = None
     if artifact_id.startswith("features/"):
         result = _root_changed(project, artifact_id, rec)
-    for input_id, recorded in (rec.get("inputs") or {}).items():
+    for input_id, recorded in record_fields(rec, "inputs").items():
         if result or not input_id.startswith((*artifacts.STORE_PREFIXES, "adaptors/", "fusion/")):
             continue
         current = artifacts.record(project, input_id)
-        grown = input_id == "features/train" and artifacts.input_matches(project, input_id, recorded)
+        grown = input_id == "features/train" and artifacts.input_matches(
+            project, input_id, recorded if isinstance(recorded, str) else None)
         if not grown and (not current or not current.get("complete")):
             result = (input_id, f"its input {input_id} is {'incomplete' if current else 'missing'}")
             continue
@@ -62,14 +63,14 @@ def _not_current(project: Project, artifact_id: str, rec: dict[str, Any],
     return result
 
 
-def _root_changed(project: Project, key: str, rec: dict[str, Any]) -> tuple[str, str] | None:
+def _root_changed(project: Project, key: str, rec: Mapping[str, object]) -> tuple[str, str] | None:
     """Whether the images (or the backbone's name) behind a features group changed."""
     from grappa_cli.data import sources
     from grappa_cli.errors import GrappaError
 
     config = project.config()
-    recorded = rec.get("inputs") or {}
-    made_with = str((rec.get("params") or {}).get("backbone", ""))
+    recorded = record_fields(rec, "inputs")
+    made_with = str(record_fields(rec, "params").get("backbone", ""))
     if "@" in made_with and made_with.split("@", 1)[0] != config.backbone.name:
         return key, f"{key} was extracted with another backbone ({made_with.split('@', 1)[0]})"
     if "images" not in recorded:
@@ -82,6 +83,12 @@ def _root_changed(project: Project, key: str, rec: dict[str, Any]) -> tuple[str,
     if images.fingerprint() != recorded["images"]:
         return key, f"the images of {key} changed since it was extracted"
     return None
+
+
+def record_fields(record: Mapping[str, object] | None, key: str) -> dict[str, object]:
+    """``record[key]`` when it is a JSON object (a record's ``inputs``, ``params``, ``summary``), else ``{}``."""
+    value = (record or {}).get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _maker(artifact_id: str) -> str:

@@ -7,12 +7,15 @@ adaptation had run. :func:`check_config` looks each name up in its registry and 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from grappa_cli.errors import ConfigError, PluginError
 
+if TYPE_CHECKING:
+    from grappa_cli.config import GrappaConfig
 
-def check_config(config: Any) -> None:
+
+def check_config(config: GrappaConfig) -> None:
     """Raise :class:`ConfigError` for the first plugin name in ``config`` no plugin registers."""
     from grappa_cli import plugins
 

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
+from grappa_cli.pipeline.freshness import record_fields
+from grappa_cli.pipeline.stage import Stage
 from grappa_cli.project import Project
+
+if TYPE_CHECKING:
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.pipeline.planner import Plan
+
+
+class MetricsStep(TypedDict, total=False):
+    """A ``"kind": "step"`` line of a training run's ``metrics.jsonl`` (the fields read here)."""
+
+    kind: str
+    epoch: int
+    step: int
 
 
 @dataclass
@@ -33,13 +49,13 @@ class ProjectStatus:
     remaining: str = ""
     remaining_seconds: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"root": self.root, "artifacts": [_artifact_dict(a) for a in self.artifacts], "next": self.next_steps,
                 "update": self.update, "remaining": self.remaining,
                 "remaining_seconds": {k: round(v, 1) for k, v in self.remaining_seconds.items()}}
 
 
-def _artifact_dict(item: ArtifactStatus) -> dict[str, Any]:
+def _artifact_dict(item: ArtifactStatus) -> dict[str, object]:
     """An artifact for ``--json``; ``duplicates`` only on test splits that were checked."""
     out = asdict(item)
     if out["duplicates"] is None:
@@ -47,10 +63,10 @@ def _artifact_dict(item: ArtifactStatus) -> dict[str, Any]:
     return out
 
 
-def _detail(rec: dict[str, Any] | None) -> str:
+def _detail(rec: Mapping[str, object] | None) -> str:
     if not rec:
         return ""
-    summary = rec.get("summary") or {}
+    summary = record_fields(rec, "summary")
     return ", ".join(f"{k}={v}" for k, v in summary.items())
 
 
@@ -96,7 +112,7 @@ def collect(project: Project) -> ProjectStatus:
                          incremental_update(config, plan, cached), remaining, seconds)
 
 
-def _duplicates(project: Project, config: Any, artifact_id: str) -> int | None:
+def _duplicates(project: Project, config: GrappaConfig, artifact_id: str) -> int | None:
     """How many test images of a test split duplicate training images, from the stored check."""
     if not artifact_id.startswith("features/test/") or not project.store_path.exists():
         return None
@@ -106,7 +122,7 @@ def _duplicates(project: Project, config: Any, artifact_id: str) -> int | None:
     return None if found is None else found.count
 
 
-def _running(project: Project, artifact_id: str, holder: dict[str, Any]) -> str:
+def _running(project: Project, artifact_id: str, holder: Mapping[str, object]) -> str:
     """``pid 123 (`grappa run`, started ...), epoch 3, step 40``: who makes a partial artifact, how far."""
     who = f"pid {holder.get('pid')} (`grappa {holder.get('command', '?')}`, started {holder.get('started', '?')})"
     stage, _, name = artifact_id.partition("/")
@@ -117,7 +133,7 @@ def _running(project: Project, artifact_id: str, holder: dict[str, Any]) -> str:
     return f"running: {who}"
 
 
-def _last_step(path: Any) -> dict[str, Any] | None:
+def _last_step(path: Path) -> MetricsStep | None:
     """The last ``"kind": "step"`` line of a training run's metrics log, if any."""
     try:
         lines = path.read_text().splitlines()
@@ -125,7 +141,7 @@ def _last_step(path: Any) -> dict[str, Any] | None:
         return None
     for line in reversed(lines):
         try:
-            entry = json.loads(line)
+            entry: MetricsStep = json.loads(line)
         except ValueError:
             continue
         if entry.get("kind") == "step":
@@ -145,7 +161,7 @@ def _threads_now() -> int:
         return usable_cpus()
 
 
-def _other_conditions(record: dict[str, Any] | None, threads: int) -> str:
+def _other_conditions(record: Mapping[str, object] | None, threads: int) -> str:
     """Why a rerun on this machine would not reproduce ``record``'s numbers bit for bit, or ''.
 
     Only what changes numbers is named: the CPU thread count (it orders floating-point sums) and
@@ -153,16 +169,17 @@ def _other_conditions(record: dict[str, Any] | None, threads: int) -> str:
     """
     import platform
 
-    compute = (record or {}).get("compute") or {}
+    compute = record_fields(record, "compute")
     notes = []
     if compute.get("machine") and compute["machine"] != platform.machine():
         notes.append(f"made on {compute['machine']}")
-    if compute.get("threads") and int(compute["threads"]) != threads:
-        notes.append(f"made with {compute['threads']} CPU thread(s), this machine runs {threads}")
+    made = compute.get("threads")
+    if made and isinstance(made, int | float | str) and int(made) != threads:
+        notes.append(f"made with {made} CPU thread(s), this machine runs {threads}")
     return ("; ".join(notes) + ": on the CPU a rerun differs in the last digits") if notes else ""
 
 
-def incremental_update(config: Any, plan: Any, cached: int | None = None) -> list[str]:
+def incremental_update(config: GrappaConfig, plan: Plan, cached: int | None = None) -> list[str]:
     """Lines saying what ``grappa run`` will do to add the images of an incremental update.
 
     ``cached``: images in a complete training cache (``grappa run`` grows it by the added images).
@@ -191,7 +208,7 @@ def incremental_update(config: Any, plan: Any, cached: int | None = None) -> lis
                          f"{', '.join(entry.names)}")
     if kept:
         lines.append(f"keep {len(kept)} adaptor sets untouched: {', '.join(kept)}")
-    fused = [n.id.split("/", 1)[1] for n in plan.nodes if n.stage == "fuse" and n.todo]
+    fused = [n.id.split("/", 1)[1] for n in plan.nodes if n.stage == Stage.fuse and n.todo]
     if fused:
         start = "from scratch"
         if config.fuse.warm_start:
@@ -225,7 +242,7 @@ def _side_artifacts(project: Project) -> list[ArtifactStatus]:
     return found
 
 
-def _next_steps(config: Any, plan: Any) -> list[str]:
+def _next_steps(config: GrappaConfig, plan: Plan) -> list[str]:
     steps: list[str] = []
     problem = _training_set_problem(config)
     if problem:  # no stage can run before data.train can be read
@@ -234,17 +251,17 @@ def _next_steps(config: Any, plan: Any) -> list[str]:
     todo = plan.todo()
     stage = plan.first_stage()
     if stage is not None:
-        from grappa_cli.pipeline.planner import STAGE_COMMANDS
+        from grappa_cli.pipeline.stage_table import spec
 
         bad = [n for n in todo if n.stage == stage and n.state in ("stale", "partial")]
         reason = f" ({', '.join(f'{n.id} is {n.state}' for n in bad)})" if bad else ""
-        later = sorted({n.stage for n in todo} - {stage}, key=list(STAGE_COMMANDS).index)
+        later = sorted({n.stage for n in todo} - {stage}, key=list(Stage).index)
         then = f", then {', '.join(later)} (or all at once: `grappa run`)" if later else ""
-        steps.append(f"run `{STAGE_COMMANDS[stage]}`{reason}{then}")
+        steps.append(f"run `{spec(stage).command}`{reason}{then}")
     return steps
 
 
-def _training_set_problem(config: Any) -> str | None:
+def _training_set_problem(config: GrappaConfig) -> str | None:
     """What to fix first when ``data.train`` cannot be read (no stage can run before that)."""
     from grappa_cli.data.sources import MRT, mrt_members
     from grappa_cli.errors import GrappaError

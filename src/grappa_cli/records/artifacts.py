@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from grappa_cli.records.protocols import ProjectPaths, RecordStore
 
 STORE_PREFIXES = ("features/", "clusters/", "eval/", "knn/", "cache/", "gallery/")
 #: The backbone features of the training set D (``grappa extract``).
@@ -54,8 +58,9 @@ class Verdict:
     changed: list[str] = field(default_factory=list)
 
 
-def judge(record: dict[str, Any] | None, params: dict[str, Any] | None, inputs: dict[str, str | None] | None, *,
-          project: Any = None, store: Any = None, interrupted: bool = False,
+def judge(record: dict[str, Any] | None, params: Mapping[str, object] | None,
+          inputs: Mapping[str, str | None] | None, *, project: ProjectPaths | None = None,
+          store: RecordStore | None = None, interrupted: bool = False,
           input_words: dict[str, str] | None = None) -> Verdict:
     """The one staleness decision: ``grappa run`` and ``grappa status`` (through the planner) and every
     stage's own guard (directly, or through ``Store.state``) ask it whether an artifact is to be made.
@@ -91,12 +96,12 @@ def judge(record: dict[str, Any] | None, params: dict[str, Any] | None, inputs: 
     return Verdict("complete")
 
 
-def checkpoint_path(project: Any, artifact_id: str) -> Path:
+def checkpoint_path(project: ProjectPaths, artifact_id: str) -> Path:
     """``adaptors/k256`` -> ``<project>/checkpoints/adaptors/k256.safetensors``."""
     return project.checkpoints / f"{artifact_id}.safetensors"
 
 
-def result_path(project: Any, artifact_id: str) -> Path:
+def result_path(project: ProjectPaths, artifact_id: str) -> Path:
     """``results/backbone/cub`` -> ``<project>/results/backbone/cub.json``."""
     return project.root / f"{artifact_id}.json"
 
@@ -105,7 +110,7 @@ def result_path(project: Any, artifact_id: str) -> Path:
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
-def checkpoint_digest(project: Any, artifact_id: str) -> str | None:
+def checkpoint_digest(project: ProjectPaths, artifact_id: str) -> str | None:
     """SHA-256 (16 hex digits) of a checkpoint file's bytes, or None when the file does not exist.
 
     Changes whenever a training rewrites the weights, even with the same settings (and so the
@@ -141,7 +146,7 @@ def read_checkpoint_record(path: Path) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def record(project: Any, artifact_id: str, store: Any | None = None) -> dict[str, Any] | None:
+def record(project: ProjectPaths, artifact_id: str, store: RecordStore | None = None) -> dict[str, Any] | None:
     """The provenance record of an artifact, or None when it does not exist."""
     if artifact_id.startswith(STORE_PREFIXES):
         if store is None:
@@ -159,7 +164,7 @@ def record(project: Any, artifact_id: str, store: Any | None = None) -> dict[str
     raise ValueError(f"unknown artifact id {artifact_id!r}")
 
 
-def fingerprint(project: Any, artifact_id: str, store: Any | None = None) -> str | None:
+def fingerprint(project: ProjectPaths, artifact_id: str, store: RecordStore | None = None) -> str | None:
     """The current fingerprint of a complete artifact (None if missing or partial)."""
     rec = record(project, artifact_id, store)
     if not rec or not rec.get("complete"):
@@ -167,7 +172,7 @@ def fingerprint(project: Any, artifact_id: str, store: Any | None = None) -> str
     return rec.get("fingerprint")
 
 
-def stale_inputs(project: Any, rec: dict[str, Any], store: Any | None = None) -> list[str]:
+def stale_inputs(project: ProjectPaths, rec: dict[str, Any], store: RecordStore | None = None) -> list[str]:
     """Input artifacts of ``rec`` whose current fingerprint differs from the recorded one."""
     stale = []
     for input_id, recorded in (rec.get("inputs") or {}).items():
@@ -178,7 +183,7 @@ def stale_inputs(project: Any, rec: dict[str, Any], store: Any | None = None) ->
     return stale
 
 
-def input_matches(project: Any, input_id: str, recorded: str | None, store: Any | None = None) -> bool:
+def input_matches(project: ProjectPaths, input_id: str, recorded: str | None, store: RecordStore | None = None) -> bool:
     """Whether an input recorded at fingerprint ``recorded`` is still what it was.
 
     The training features only grow in an incremental update: what was made from an earlier

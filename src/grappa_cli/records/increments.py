@@ -29,9 +29,14 @@ one increment ending at its last row.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.records.protocols import FeatureStore
 
 #: ``k256`` (increment 0) or ``k16-coral`` (an added increment named after what it added)
 SET_NAME = re.compile(r"^k(\d+)(?:-([A-Za-z0-9_.]+))?$")
@@ -63,7 +68,7 @@ class Increment:
         """The adaptor set of this increment at ``k``: ``k256`` or ``k16-coral``."""
         return f"k{k}" if self.index == 0 else f"k{k}-{self.name}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, int | list[str] | str | None]:
         return {"stop": self.stop, "parts": list(self.parts), "fingerprint": self.fingerprint}
 
 
@@ -130,8 +135,8 @@ def accepts(record: dict[str, Any] | None, fingerprint: str | None) -> bool:
     return any(inc.fingerprint == fingerprint for inc in recorded(record))
 
 
-def growth(record: dict[str, Any] | None, paths: list[str], params: dict[str, Any],
-           prefix_fingerprint: Any) -> int | None:
+def growth(record: dict[str, Any] | None, paths: list[str], params: Mapping[str, object],
+           prefix_fingerprint: Callable[[int], str | None]) -> int | None:
     """Rows of a ``features/train`` record that a new extraction of ``paths`` can keep, or None.
 
     The features grow instead of being redone when the record was made with the same
@@ -152,7 +157,7 @@ def growth(record: dict[str, Any] | None, paths: list[str], params: dict[str, An
     return kept
 
 
-def prefix_fingerprint(params: dict[str, Any], paths: list[str], n: int) -> str:
+def prefix_fingerprint(params: Mapping[str, object], paths: list[str], n: int) -> str:
     """The fingerprint a ``features/train`` record of the first ``n`` of ``paths`` has (see :func:`growth`)."""
     from grappa_cli.data.tasks.base import ImageList
     from grappa_cli.records import provenance as prov
@@ -198,7 +203,7 @@ class IncrementSets:
         return [self.increment.set_name(k) for k in self.ks]
 
 
-def stored(store: Any) -> list[Increment]:
+def stored(store: FeatureStore | None) -> list[Increment]:
     """The finished increments of the store's training features (empty when there are none)."""
     if store is None or not store.exists("features/train"):
         return []
@@ -208,17 +213,18 @@ def stored(store: Any) -> list[Increment]:
     return recorded(store.provenance("features/train"), rows)
 
 
-def usable_in(store: Any, increment: Increment) -> int:
+def usable_in(store: FeatureStore | None, increment: Increment) -> int:
     """Readable training images in ``increment`` (``features/train/valid`` in its rows)."""
     import numpy as np
 
+    assert store is not None  # increments are only stored in a store
     if not store.exists("features/train/valid"):
         return increment.rows
     valid = np.asarray(store.array("features/train/valid")[increment.start:increment.stop], dtype=bool)
     return int(valid.sum())
 
 
-def configured(config: Any, store: Any, pending: list[Increment] | None = None, *,
+def configured(config: GrappaConfig, store: FeatureStore | None, pending: list[Increment] | None = None, *,
                use_stored: bool = True) -> list[IncrementSets]:
     """The adaptor sets of every increment: ``[cluster] k`` for the first, ``k_added`` for the others.
 
@@ -231,7 +237,7 @@ def configured(config: Any, store: Any, pending: list[Increment] | None = None, 
     return [IncrementSets(inc, ks_for(config, inc, images), features, images) for inc, images, features in found]
 
 
-def ks_for(config: Any, increment: Increment, images: int) -> list[int]:
+def ks_for(config: GrappaConfig, increment: Increment, images: int) -> list[int]:
     """``[cluster] k`` (increment 0) or ``k_added`` (the others) resolved for ``images`` images."""
     from grappa_cli.clustering import kvalues
 
@@ -247,12 +253,12 @@ def ks_for(config: Any, increment: Increment, images: int) -> list[int]:
                                 source=source))
 
 
-def set_names(config: Any, store: Any) -> list[str]:
+def set_names(config: GrappaConfig, store: FeatureStore | None) -> list[str]:
     """Every configured adaptor set of the stored increments, in fusion order."""
     return [name for entry in configured(config, store) for name in entry.names]
 
 
-def set_params(increment: Increment) -> dict[str, Any]:
+def set_params(increment: Increment) -> dict[str, str | list[int]]:
     """What a set of an added increment records besides k: which increment (rows) it learned from.
 
     Increment 0's sets record nothing more, so projects that never grew keep their fingerprints.

@@ -11,13 +11,14 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
 _PACKAGES = ("grappa-cli", "torch", "timm", "faiss-cpu", "zarr", "numpy", "scikit-learn")
 
 
-def fingerprint(obj: Any) -> str:
+def fingerprint(obj: object) -> str:
     """A short stable hash of a JSON-serialisable object (dict keys sorted)."""
     text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -38,7 +39,7 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def compute_conditions() -> dict[str, Any]:
+def compute_conditions() -> dict[str, int | str | None]:
     """What, besides the inputs and versions, a result's last digits depend on: torch's intra-op
     thread count (the order of floating-point reductions on the CPU) and the processor's kind.
 
@@ -51,7 +52,8 @@ def compute_conditions() -> dict[str, Any]:
     return {"threads": int(torch.get_num_threads()) if torch is not None else None, "machine": platform.machine()}
 
 
-def record(stage: str, params: dict[str, Any], inputs: dict[str, str], **extra: Any) -> dict[str, Any]:
+def record(stage: str, params: Mapping[str, object], inputs: Mapping[str, str | None],
+           **extra: object) -> dict[str, Any]:
     """A fresh provenance record for ``stage`` (``complete`` is False until the stage ends)."""
     return {
         "stage": stage,
@@ -66,7 +68,7 @@ def record(stage: str, params: dict[str, Any], inputs: dict[str, str], **extra: 
     }
 
 
-def describe_mismatch(old: dict[str, Any], params: dict[str, Any], inputs: dict[str, str]) -> str:
+def describe_mismatch(old: dict[str, Any], params: Mapping[str, object], inputs: Mapping[str, str | None]) -> str:
     """Human words for what differs between a stored record and the current request."""
     diffs = []
     for key in sorted(set(old.get("inputs", {})) | set(inputs)):

@@ -10,11 +10,18 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
 from grappa_cli.errors import StoreError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    from grappa_cli.project import Project
+    from grappa_cli.storage.store import Store
 from grappa_cli.reporting.results import (
     TABLE_METRICS,
     OracleChoice,
@@ -33,7 +40,14 @@ FUSED_COLOURS = {"fused:avg": "#1f77b4", "fused:transform": "#ff7f0e", "fused:ne
 TOP = 5
 
 
-def _save(fig: Any, path: Path) -> None:
+class ExamplesShown(TypedDict):
+    """What Fig. 5 shows: per task, each query with the backbone's and the fused model's top images."""
+
+    model: str
+    tasks: dict[str, list[dict[str, str | list[str]]]]
+
+
+def _save(fig: Figure, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from grappa_cli.storage.fsutil import atomic_write_bytes
@@ -58,7 +72,7 @@ def per_task_figure(results: Sequence[StoredResult], choices: dict[str, OracleCh
     width = max(6.4, 3.2 * len(tasks))
     fig = Figure(figsize=(width, 5.8), layout="constrained")
     axes = fig.subplots(len(TABLE_METRICS), len(tasks), squeeze=False)
-    handles: dict[str, Any] = {}
+    handles: dict[str, Line2D] = {}
     for col, task in enumerate(tasks):
         for row, (metric, title) in enumerate(TABLE_METRICS):
             ax = axes[row][col]
@@ -116,7 +130,7 @@ def _best_fused(results: Sequence[StoredResult], tasks: set[str]) -> str:
     return max(sorted(scores), key=lambda m: float(np.mean(scores[m])))
 
 
-def _ranked(store: Any, key: str, top: int, device: str | None) -> tuple[dict[int, np.ndarray], np.ndarray,
+def _ranked(store: Store, key: str, top: int, device: str | None) -> tuple[dict[int, np.ndarray], np.ndarray,
                                                                           np.ndarray]:
     """{row: top rows} for every evaluated query, the labels and the image paths of group ``key``."""
     from grappa_cli.pipeline.stages.embed import read_embeddings
@@ -148,8 +162,8 @@ def _thumbnail(path: str, size: int = 112) -> np.ndarray:
         return np.full((size, size, 3), 128, dtype=np.uint8)
 
 
-def examples_figure(project: Any, results: Sequence[StoredResult], path: Path, *, model: str | None = None,
-                    per_task: int = 2, task_order: Sequence[str] = (), device: str | None = None) -> dict[str, Any]:
+def examples_figure(project: Project, results: Sequence[StoredResult], path: Path, *, model: str | None = None,
+                    per_task: int = 2, task_order: Sequence[str] = (), device: str | None = None) -> ExamplesShown:
     """Fig. 5: queries and their top-5 under the backbone and a fused model (green = same class).
 
     Per task, the ``per_task`` queries where the fused model has the most more correct images
@@ -170,7 +184,7 @@ def examples_figure(project: Any, results: Sequence[StoredResult], path: Path, *
                          hint=f"run `grappa eval --model backbone,{fused}`")
     store = project.store(mode="r")
     cpu = "cpu" if device in (None, "cpu") else None
-    shown: dict[str, Any] = {"model": fused, "tasks": {}}
+    shown: ExamplesShown = {"model": fused, "tasks": {}}
     panels: list[tuple[str, str, int, np.ndarray, np.ndarray, np.ndarray]] = []
     for task in tasks:
         base, labels, paths = _ranked(store, by_key[("backbone", task)].embeddings, TOP, cpu)

@@ -11,9 +11,12 @@ the L2-normalised embeddings, the query removed by index, ties broken by the low
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from grappa_cli.storage.store import Store
 
 #: queries shown per task, and retrieved images per query
 QUERIES = 8
@@ -101,7 +104,7 @@ def answer(model: str, unit: np.ndarray, rows: np.ndarray, labels: np.ndarray, p
     return Retrieved(model, [str(paths[r]) for r in ranked[:top]], [bool(h) for h in hits[:top]], r_precision)
 
 
-def task_gallery(store: Any, sources: dict[str, str], class_names: list[str] | None = None,
+def task_gallery(store: Store, sources: dict[str, str], class_names: list[str] | None = None,
                  count: int = QUERIES, top: int = TOP, seed: int = 0) -> list[QueryRow]:
     """Per sampled query, each model's top ``top``; ``sources`` maps model name -> embeddings key.
 
@@ -136,7 +139,7 @@ def task_gallery(store: Any, sources: dict[str, str], class_names: list[str] | N
     return out
 
 
-def cluster_samples(store: Any, cluster_key: str, k: int, clusters: int = CLUSTERS, per_cluster: int = PER_CLUSTER,
+def cluster_samples(store: Store, cluster_key: str, k: int, clusters: int = CLUSTERS, per_cluster: int = PER_CLUSTER,
                     seed: int = 0) -> list[ClusterSample]:
     """A few pseudo-classes of one granularity with sample members (seeded; clusters of at least 2 images)."""
     labels = store.read(f"{cluster_key}/labels")

@@ -11,11 +11,21 @@ import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from grappa_cli.reporting import curves as curves_mod
 from grappa_cli.reporting import galleries
 from grappa_cli.reporting.thumbnails import Thumbnails
+
+if TYPE_CHECKING:
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.console import Reporter
+    from grappa_cli.project import Project
+    from grappa_cli.reporting.results import StoredResult
+    from grappa_cli.reporting.table2 import Table2
+    from grappa_cli.serving.search import SearchResult
+    from grappa_cli.storage.store import Store
 
 PAGE = "index.html"
 ASSETS = "assets"
@@ -60,8 +70,8 @@ class PageResult:
     sections: list[str] = field(default_factory=list)
 
 
-def write_page(project: Any, config: Any, table: Any, results: list[Any], files: list[str], *,
-               device: str | None = None, reporter: Any | None = None) -> PageResult:
+def write_page(project: Project, config: GrappaConfig, table: Table2, results: list[StoredResult], files: list[str],
+               *, device: str | None = None, reporter: Reporter | None = None) -> PageResult:
     """Write ``reports/index.html`` (and its assets) from the stored results, embeddings and runs."""
     from grappa_cli.storage.fsutil import atomic_write_text
 
@@ -98,7 +108,7 @@ def write_page(project: Any, config: Any, table: Any, results: list[Any], files:
 # -- sections ---------------------------------------------------------------------------------
 
 
-def table_html(table: Any) -> str:
+def table_html(table: Table2) -> str:
     """Table 2 with the numbers of ``table2.md`` (same cells), the default model in bold."""
     from grappa_cli.reporting.results import TABLE_METRICS, default_of
     from grappa_cli.reporting.table2 import METRIC_KEYS, cell
@@ -133,7 +143,8 @@ def figures_html(files: list[str]) -> str:
     return "".join(parts)
 
 
-def galleries_html(store: Any, config: Any, results: list[Any], thumbs: Thumbnails, reporter: Any | None) -> str:
+def galleries_html(store: Store, config: GrappaConfig, results: list[StoredResult], thumbs: Thumbnails,
+                   reporter: Reporter | None) -> str:
     """Per task, seeded queries with the top-k of the backbone and of every fused model side by side."""
     from grappa_cli.data import sources
     from grappa_cli.reporting.results import DEFAULT_MODEL_ORDER
@@ -190,7 +201,7 @@ def display_name(model: str) -> str:
     return f"{FUSED_NAMES[model]} ({model})" if model in FUSED_NAMES else model
 
 
-def granularity_html(store: Any, thumbs: Thumbnails) -> str:
+def granularity_html(store: Store, thumbs: Thumbnails) -> str:
     """A few pseudo-classes of each granularity k, with sample training images."""
     from grappa_cli.pipeline.stages.cluster import cluster_key
 
@@ -237,7 +248,8 @@ def curves_html(runs_dir: Path) -> str:
             f'<div class="charts">{"".join(charts)}</div>')
 
 
-def attention_html(project: Any, results: list[Any], out_dir: Path, device: str | None, reporter: Any | None) -> str:
+def attention_html(project: Project, results: list[StoredResult], out_dir: Path, device: str | None,
+                   reporter: Reporter | None) -> str:
     """Mean attention alpha per layer and set, for each fused model with attention, per task (heat tables)."""
     from grappa_cli.pipeline.stages import models as models_mod
 
@@ -269,8 +281,8 @@ def _heat_cell(value: float) -> str:
     return f'<td style="background:rgb({shade},{shade},255);color:{ink}">{value:.2f}</td>'
 
 
-def _attention_summary(project: Any, strategy: str, out_dir: Path, device: str | None, reporter: Any | None,
-                       models_mod: Any) -> dict[str, Any] | None:
+def _attention_summary(project: Project, strategy: str, out_dir: Path, device: str | None, reporter: Reporter | None,
+                       models_mod: ModuleType) -> dict[str, Any] | None:
     """``inspect_attention`` of a fused model, cached in ``assets/`` under the model's weights digest."""
     from grappa_cli.pipeline.stages.fuse import inspect_attention
     from grappa_cli.storage.fsutil import atomic_write_text
@@ -299,7 +311,7 @@ def _attention_summary(project: Any, strategy: str, out_dir: Path, device: str |
     return summary
 
 
-def write_search_page(result: Any, output: Path) -> PageResult:
+def write_search_page(result: SearchResult, output: Path) -> PageResult:
     """``grappa search ... --html out.html``: each query with its top-k (thumbnails and scores).
 
     Thumbnails go to ``<out>_files/`` next to the page (as a browser saves a page), so the file

@@ -17,12 +17,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from grappa_cli.console import NullReporter, Reporter
+
+if TYPE_CHECKING:
+    from grappa_cli.config import GrappaConfig
 from grappa_cli.errors import StoreError
 from grappa_cli.project import Project
 from grappa_cli.records import artifacts
@@ -226,13 +229,13 @@ class ReportOptions:
 class ReportResult:
     table: Table2
     files: list[str]
-    examples: dict[str, Any] = field(default_factory=dict)
+    examples: Mapping[str, object] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"table": self.table.to_dict(), "files": self.files, "examples": self.examples}
 
 
-def task_types(config: Any, tasks: Iterable[str]) -> dict[str, str]:
+def task_types(config: GrappaConfig, tasks: Iterable[str]) -> dict[str, str]:
     """Reader type of each task (its name when it is no longer configured)."""
     return {t: (config.tasks[t].type if t in config.tasks else t) for t in tasks}
 
@@ -284,7 +287,7 @@ def report(project: Project, options: ReportOptions, reporter: Reporter | None =
                                ("routing.csv", routing_report.to_csv(routed))):
                 atomic_write_text(out_dir / name, text)
                 files.append(str(out_dir / name))
-    examples: dict[str, Any] = {}
+    examples: Mapping[str, object] = {}
     if options.examples:
         with reporter.task("plotting Fig. 5", total=None):
             path = out_dir / "fig5_examples.png"
@@ -304,7 +307,7 @@ def report(project: Project, options: ReportOptions, reporter: Reporter | None =
     return ReportResult(table, files, examples)
 
 
-def duplicate_notes(project: Project, config: Any, tasks: Sequence[str]) -> list[str]:
+def duplicate_notes(project: Project, config: GrappaConfig, tasks: Sequence[str]) -> list[str]:
     """One note per task whose test split shares images with the training set (the stored check)."""
     if not project.store_path.exists():
         return []

@@ -75,7 +75,7 @@ class StoredResult:
         value = self.metrics.get(metric)
         return float(value) if value is not None else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"model": self.model, "task": self.task, "metrics": self.metrics, "num_queries": self.num_queries,
                 "num_skipped": self.num_skipped, "images": self.images, "uses_labels": self.uses_labels,
                 "unreadable": self.unreadable, "embeddings": self.embeddings, "path": str(self.path)}
@@ -156,7 +156,7 @@ def order_models(models: Iterable[str], uses_labels: dict[str, bool] | None = No
     labels = uses_labels or {}
     sections = [name for name, _ in SECTIONS]
 
-    def key(model: str) -> tuple[Any, ...]:
+    def key(model: str) -> tuple[int, tuple[int, str, int], int, str]:
         section = sections.index(section_of(model, labels.get(model, False)))
         order = _set_order(model) if adaptor_k(model) is not None else (-1, "", -1)
         fixed = ("fused:single-random", "fused:random", *_FUSED_ORDER)
@@ -201,7 +201,7 @@ class OracleChoice:
     ties: list[str]
     candidates: int
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"task": self.task, "model": self.model, "metrics": self.metrics, "metric": self.metric,
                 "ties": self.ties, "candidates": self.candidates}
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from grappa_cli.project import Project
+
+if TYPE_CHECKING:
+    from grappa_cli.reporting.results import OracleChoice
 
 MODEL = "fused:route"
 
@@ -30,14 +33,25 @@ class TaskRouting:
         return max(self.weights, key=lambda name: self.weights[name])
 
 
+class RoutingSources(TypedDict):
+    """Grappa-R's choice per training source, as its checkpoint records it (``RoutingPlan.to_dict``)."""
+
+    sources: list[str]
+    candidates: list[str]
+    images: list[int]
+    #: [source][candidate]: the criterion's score and the weight (each row sums to 1)
+    scores: list[list[float]]
+    table: list[list[float]]
+
+
 @dataclass
 class RoutingReport:
     candidates: list[str]
     tasks: list[TaskRouting] = field(default_factory=list)
-    sources: dict[str, Any] | None = None
+    sources: RoutingSources | None = None
 
 
-def routing_report(project: Project, tasks: list[str], oracle: dict[str, Any], *, limit: int = 256,
+def routing_report(project: Project, tasks: list[str], oracle: dict[str, OracleChoice], *, limit: int = 256,
                    device: str | None = None) -> RoutingReport | None:
     """The routing of the project's Grappa-R on each task's test images (None without a Grappa-R)."""
     from grappa_cli.pipeline.stages import models

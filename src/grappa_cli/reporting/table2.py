@@ -4,7 +4,6 @@ terminal table and the HTML page)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from grappa_cli.reporting.results import TABLE_METRICS, OracleChoice
 
@@ -41,7 +40,7 @@ class Table2:
     oracle: dict[str, OracleChoice]
     notes: list[str]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"tasks": self.tasks, "titles": self.titles, "metrics": dict(TABLE_METRICS),
                 "rows": [asdict(r) for r in self.rows],
                 "oracle": {t: c.to_dict() for t, c in self.oracle.items()}, "notes": self.notes}

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def output_format(output: Path) -> str:
     return found
 
 
-def require_pyarrow() -> Any:
+def require_pyarrow() -> ModuleType:
     try:
         import pyarrow
     except ImportError:
@@ -141,7 +142,7 @@ def paths_file(output: Path) -> Path:
     return Path(output).with_suffix(".paths.txt")
 
 
-def _write_parquet(output: Path, paths: list[str], vectors: np.ndarray, identity: dict[str, Any]) -> None:
+def _write_parquet(output: Path, paths: list[str], vectors: np.ndarray, identity: Mapping[str, object]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 import numpy as np
 
@@ -31,7 +32,12 @@ from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import DataError, StoreError, UsageError
 from grappa_cli.project import Project
 from grappa_cli.records import provenance as prov
-from grappa_cli.serving.vector_index import IndexSettings
+from grappa_cli.serving.vector_index import IndexParams, IndexSettings
+
+if TYPE_CHECKING:
+    import faiss
+
+    from grappa_cli.storage.store import Store
 
 DEFAULT_NAME = "default"
 SIDECAR_FORMAT = "grappa-index"
@@ -39,6 +45,32 @@ SIDECAR_VERSION = "1"
 #: Rows read from the store per step while filling the index.
 READ_ROWS = 65536
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Sidecar(TypedDict):
+    """``indexes/<name>.json``: what an index was built from (read back by ``grappa search``)."""
+
+    format: str
+    index_file: NotRequired[str]  # absent in sidecars written before generations
+    format_version: str
+    name: str
+    gallery: str
+    store_key: str
+    paths: str
+    embeddings_fingerprint: str | None
+    embeddings_completed: str | None
+    model: str
+    model_fingerprint: str
+    model_weights: NotRequired[str | None]  # absent in sidecars of older grappa versions
+    model_id: str
+    model_inputs: dict[str, str]
+    dim: int
+    index: IndexParams
+    images: int
+    vectors: int
+    bad: int
+    created: str
+    versions: dict[str, str]
 
 
 def gallery_key(name: str) -> str:
@@ -91,7 +123,7 @@ def index_names(project: Project) -> list[str]:
     return sorted(p.stem for p in project.indexes_dir.glob("*.json"))
 
 
-def read_sidecar(project: Project, name: str) -> dict[str, Any] | None:
+def read_sidecar(project: Project, name: str) -> Sidecar | None:
     path = sidecar_path(project, name)
     if not path.is_file():
         return None
@@ -121,7 +153,7 @@ class IndexResult:
     images: int
     vectors: int
     dim: int
-    index: dict[str, Any]
+    index: IndexParams
     bad: list[dict[str, str]]
     index_path: str
     embed_seconds: float = 0.0
@@ -206,8 +238,8 @@ def build_gallery_index(project: Project, gallery: Path, options: IndexOptions,
     return result
 
 
-def _fill_index(store: Any, key: str, valid: np.ndarray, settings: IndexSettings, dim: int,
-                reporter: Reporter) -> Any:
+def _fill_index(store: Store, key: str, valid: np.ndarray, settings: IndexSettings, dim: int,
+                reporter: Reporter) -> faiss.IndexIDMap:
     from grappa_cli.serving.vector_index import build_index
 
     rows = np.flatnonzero(valid)
@@ -218,7 +250,7 @@ def _fill_index(store: Any, key: str, valid: np.ndarray, settings: IndexSettings
         take = min(len(rows), 256 * int(settings.nlist))
         training = store.read(f"{key}/embeddings", np.sort(rng.choice(rows, size=take, replace=False)))
 
-    def batches():
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         with reporter.task(f"building the {settings.kind} index", total=len(rows), unit="vec") as bar:
             for start in range(0, len(valid), READ_ROWS):
                 stop = min(start + READ_ROWS, len(valid))
@@ -231,7 +263,7 @@ def _fill_index(store: Any, key: str, valid: np.ndarray, settings: IndexSettings
     return build_index(settings, dim, batches(), training)
 
 
-def _write(project: Project, name: str, index: Any, old: dict[str, Any] | None, sidecar: dict[str, Any]) -> None:
+def _write(project: Project, name: str, index: faiss.Index, old: Sidecar | None, sidecar: Sidecar) -> None:
     """The index file, then the sidecar naming it (one atomic replace swaps generations),
     then the previous generation's files, which no new search can reach any more."""
     from grappa_cli.serving.vector_index import save_index
@@ -262,12 +294,12 @@ def next_generation(name: str, current: str | None) -> str:
     return f"{gallery_key(name)}+{(int(tail) if tail.isdigit() else 1) + 1}"
 
 
-def index_file(project: Project, sidecar: dict[str, Any]) -> Path:
+def index_file(project: Project, sidecar: Sidecar) -> Path:
     """The faiss file a sidecar names (``<name>.faiss`` for indexes built before generations)."""
     return project.indexes_dir / sidecar.get("index_file", f"{sidecar['name']}.faiss")
 
 
-def require_index(project: Project, name: str | None) -> dict[str, Any]:
+def require_index(project: Project, name: str | None) -> Sidecar:
     """The sidecar of index ``name`` (default: ``default``, else the only index), or a helpful error."""
     names = index_names(project)
     if name is None:

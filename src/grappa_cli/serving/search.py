@@ -12,12 +12,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from grappa_cli.errors import DataError, GrappaError, StoreError
 from grappa_cli.project import Project
+
+if TYPE_CHECKING:
+    import torch
+
+    from grappa_cli.serving.gallery import Sidecar
+    from grappa_cli.serving.vector_index import IndexParams
 
 
 @dataclass
@@ -37,15 +43,15 @@ class QueryResult:
 class SearchResult:
     name: str
     model: str
-    index: dict[str, Any]
+    index: IndexParams
     k: int
     results: list[QueryResult]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def _stale(sidecar: dict[str, Any], why: str) -> StoreError:
+def _stale(sidecar: Sidecar, why: str) -> StoreError:
     return StoreError(
         f"index {sidecar['name']!r} is stale: {why}",
         hint=f"rerun `grappa index {sidecar.get('gallery', 'GALLERY_DIR')} --name {sidecar['name']} "
@@ -53,7 +59,7 @@ def _stale(sidecar: dict[str, Any], why: str) -> StoreError:
     )
 
 
-def embed_queries(paths: list[str], embedder: Any, data_config: dict[str, Any], *, device: Any,
+def embed_queries(paths: list[str], embedder: torch.nn.Module, data_config: dict[str, Any], *, device: torch.device,
                   amp: bool, batch_size: int = 64) -> np.ndarray:
     """float32 embeddings of the query images; an unreadable one is an error, not a skip."""
     import torch
@@ -153,14 +159,14 @@ def _search_once(project: Project, queries: list[str | Path], *, k: int, name: s
     vectors = embed_queries(paths, embedder, backbone.data_config, device=dev, amp=config.runtime.amp)
     scores, rows = search(index, vectors, k)
     found = np.unique(rows[rows >= 0])
-    names = store.read(sidecar["paths"], found) if len(found) else []
+    names: np.ndarray | list[str] = store.read(sidecar["paths"], found) if len(found) else []
     gallery_paths = {int(row): str(path) for row, path in zip(found, names, strict=True)}
     results = []
     for query, row_scores, row_ids in zip(paths, scores, rows, strict=True):
         matches = [Match(rank + 1, gallery_paths[int(r)], float(s))
                    for rank, (s, r) in enumerate(zip(row_scores, row_ids, strict=True)) if r >= 0]
         results.append(QueryResult(query, matches))
-    params = dict(sidecar["index"])
+    params = sidecar["index"].copy()
     if nprobe is not None and params.get("kind") == "ivf":
         params["nprobe"] = min(nprobe, params["nlist"])
     if ef_search is not None and params.get("kind") == "hnsw":

@@ -27,13 +27,27 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Required, TypedDict, cast
 
 import numpy as np
 
 from grappa_cli.errors import GrappaError, UsageError
 
+if TYPE_CHECKING:
+    import faiss
+
 INDEX_TYPES = ("flat", "ivf", "hnsw")
+
+
+class IndexParams(TypedDict, total=False):
+    """The settings of a built index that matter for its kind (:meth:`IndexSettings.params`)."""
+
+    kind: Required[str]
+    nlist: int
+    nprobe: int
+    hnsw_m: int
+    ef_construction: int
+    ef_search: int
 
 
 @dataclass
@@ -66,11 +80,11 @@ class IndexSettings:
         nprobe = min(self.nprobe or default_nprobe(nlist), nlist)
         return IndexSettings("ivf", nlist, nprobe, self.hnsw_m, self.ef_construction, self.ef_search)
 
-    def params(self) -> dict[str, Any]:
+    def params(self) -> IndexParams:
         """The settings that matter for this kind (what the sidecar records)."""
         values = asdict(self)
         keep = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("hnsw_m", "ef_construction", "ef_search")}
-        return {"kind": self.kind, **{k: values[k] for k in keep[self.kind]}}
+        return cast(IndexParams, {"kind": self.kind, **{k: values[k] for k in keep[self.kind]}})
 
 
 def default_nlist(n: int) -> int:
@@ -83,7 +97,7 @@ def default_nprobe(nlist: int) -> int:
     return min(nlist, max(16, round(math.sqrt(nlist))))
 
 
-def _empty(settings: IndexSettings, dim: int) -> Any:
+def _empty(settings: IndexSettings, dim: int) -> faiss.Index:
     import faiss
 
     if settings.kind == "flat":
@@ -104,7 +118,7 @@ def _empty(settings: IndexSettings, dim: int) -> Any:
 def build_index(
     settings: IndexSettings, dim: int, batches: Iterable[tuple[np.ndarray, np.ndarray]],
     training: np.ndarray | None = None,
-) -> Any:
+) -> faiss.IndexIDMap:
     """An index of the ``(rows, vectors)`` batches; IVF is first trained on ``training``.
 
     Vectors are L2-normalised again here (stored float16/32 rounding aside they already are).
@@ -126,18 +140,18 @@ def build_index(
     return index
 
 
-def configure_search(index: Any, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+def configure_search(index: faiss.Index, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
     """Set search-time knobs on a loaded index (ignored where they do not apply)."""
     import faiss
 
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    inner = faiss.downcast_index(cast("faiss.IndexIDMap", index).index) if hasattr(index, "id_map") else index
     if nprobe is not None and isinstance(inner, faiss.IndexIVF):
         inner.nprobe = min(int(nprobe), inner.nlist)
     if ef_search is not None and isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efSearch = int(ef_search)
 
 
-def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, rows) per query; rows are -1 where the index holds fewer than k."""
     import faiss
 
@@ -147,7 +161,7 @@ def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     return scores, rows
 
 
-def save_index(index: Any, path: Path) -> None:
+def save_index(index: faiss.Index, path: Path) -> None:
     """Write ``index`` to ``path`` atomically."""
     import faiss
 
@@ -156,7 +170,7 @@ def save_index(index: Any, path: Path) -> None:
     atomic_write_with(Path(path), lambda tmp: faiss.write_index(index, str(tmp)))
 
 
-def load_index(path: Path) -> Any:
+def load_index(path: Path) -> faiss.Index:
     import faiss
 
     try:

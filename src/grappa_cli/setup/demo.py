@@ -14,10 +14,13 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from grappa_cli.errors import GrappaError
 from grappa_cli.project import Project
+
+if TYPE_CHECKING:
+    from tomlkit import TOMLDocument
 
 MARKER = "demo.json"
 
@@ -56,7 +59,7 @@ def pretrained_available() -> bool:
     return True
 
 
-def backbone_settings(choice: str = "auto") -> tuple[dict[str, Any], str]:
+def backbone_settings(choice: str = "auto") -> tuple[dict[str, object], str]:
     """``[backbone]`` values for the demo and a sentence saying what was chosen."""
     lite0 = {"name": "efficientnet_lite0", "pretrained": True, "input_size": 96}
     vit = {"name": "vit_small_patch16_224", "pretrained": False,
@@ -89,7 +92,7 @@ def prepare(directory: Path, *, scale: str = "default", backbone: str = "auto", 
     counts = write_demo_datasets(root / "data", SCALES[scale])
     project = create_project(root)
 
-    def configure(doc: Any) -> None:
+    def configure(doc: TOMLDocument) -> None:
         import tomlkit
 
         for key, value in values.items():

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from grappa_cli import config as config_mod
 from grappa_cli.errors import GrappaError, UsageError
 from grappa_cli.project import SUBDIRS, Project, is_project
 from grappa_cli.storage.fsutil import atomic_write_text
+
+if TYPE_CHECKING:
+    from grappa_cli.setup.tasks import TaskSummary
 
 
 def parse_task_args(values: list[str]) -> dict[str, dict[str, str]]:
@@ -63,7 +66,7 @@ def create_project(
 def initialise(
     directory: Path, *, backbone: str | None = None, weights: Path | None = None,
     tasks: list[str] | None = None, force: bool = False,
-) -> tuple[Project, list[Any]]:
+) -> tuple[Project, list[TaskSummary]]:
     """:func:`create_project`, also returning a summary of each task (read before anything is written)."""
     root = directory.expanduser().resolve()
     if is_project(root) and not force:
@@ -124,7 +127,7 @@ def _write_layout(root: Path, text: str) -> None:
                           hint="choose a writable directory") from None
 
 
-def read_tasks(config: config_mod.GrappaConfig) -> list[Any]:
+def read_tasks(config: config_mod.GrappaConfig) -> list[TaskSummary]:
     """Read every configured task now, so a wrong root or layout fails before anything is written."""
     from grappa_cli.data.sources import load_entry, task_root
     from grappa_cli.setup.tasks import summarise

@@ -10,12 +10,15 @@ import contextlib
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from grappa_cli.config import GrappaConfig, TaskEntry, update_file
 from grappa_cli.data.tasks.base import TaskSplits
 from grappa_cli.errors import GrappaError, UsageError
 from grappa_cli.project import Project
+
+if TYPE_CHECKING:
+    from tomlkit import TOMLDocument
 
 
 @dataclass
@@ -31,7 +34,7 @@ class TaskSummary:
     name: str
     type: str
     root: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, object] = field(default_factory=dict)
     train: SplitSummary | None = None
     test: SplitSummary | None = None
     in_training_set: bool = False
@@ -41,13 +44,13 @@ class TaskSummary:
     #: what the reader wants the user to know about how it read the folder (e.g. train/ + test/)
     note: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def parse_options(values: list[str]) -> dict[str, Any]:
+def parse_options(values: list[str]) -> dict[str, object]:
     """``["split=all-test", "k=3"]`` -> ``{"split": "all-test", "k": 3}`` (TOML values, else strings)."""
-    options: dict[str, Any] = {}
+    options: dict[str, object] = {}
     for value in values:
         key, sep, raw = value.partition("=")
         key = key.strip()
@@ -114,7 +117,7 @@ def add_task(
     root: Path,
     *,
     task_type: str | None = None,
-    options: dict[str, Any] | None = None,
+    options: dict[str, object] | None = None,
     force: bool = False,
     train: bool = False,
 ) -> TaskSummary:
@@ -144,7 +147,7 @@ def add_task(
         new_eval = list(config.eval.tasks) + ([name] if config.eval.tasks and has_test and
                                                name not in config.eval.tasks else [])
 
-    def write(doc: Any) -> None:
+    def write(doc: TOMLDocument) -> None:
         import tomlkit
 
         if "tasks" not in doc:

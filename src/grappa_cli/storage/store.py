@@ -29,9 +29,9 @@ so no half-deleted group can keep its old record. Every key written goes through
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
 
@@ -39,26 +39,35 @@ from grappa_cli.errors import StoreError
 from grappa_cli.records import provenance as prov
 from grappa_cli.storage import faults
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from zarr import Array, Group
+    from zarr.core.buffer import Buffer
+    from zarr.core.indexing import Selection
+    from zarr.storage import LocalStore
+
+_T = TypeVar("_T")
+
 State = Literal["missing", "partial", "complete", "stale"]
 ATTR = "grappa"
 
 
-def _local_store(path: Path, read_only: bool) -> Any:
+def _local_store(path: Path, read_only: bool) -> LocalStore:
     """A zarr ``LocalStore`` whose every key write is a :func:`faults.point`."""
     from zarr.storage import LocalStore
 
     class CountingLocalStore(LocalStore):
-        async def _set(self, key: str, value: Any, exclusive: bool = False) -> None:
+        async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
             faults.point(f"{self.root.name}/{key}")
             await super()._set(key, value, exclusive=exclusive)
 
-        def with_read_only(self, read_only: bool = False) -> Any:
+        def with_read_only(self, read_only: bool = False) -> CountingLocalStore:
             return CountingLocalStore(self.root, read_only=read_only)
 
     return CountingLocalStore(path, read_only=read_only)
 
 
-def _open_or_create(open_group: Callable[[], Any]) -> Any:
+def _open_or_create(open_group: Callable[[], _T]) -> _T:
     """``open_group()``, once more if another process created the group while it ran.
 
     zarr's open-or-create looks for the group, then creates it; when another process (a torchrun
@@ -86,26 +95,26 @@ class Store:
         self.path = Path(path)
         if mode == "r" and not self.path.exists():
             raise StoreError(f"no feature store at {self.path}", hint="run `grappa init` to create the project")
-        self.root = _open_or_create(lambda: zarr.open_group(_local_store(self.path, mode == "r"), mode=mode))
+        self.root: Group = _open_or_create(lambda: zarr.open_group(_local_store(self.path, mode == "r"), mode=mode))
 
     # -- navigation -------------------------------------------------------------------
     def exists(self, key: str) -> bool:
         return key in self.root
 
-    def group(self, key: str) -> Any:
+    def group(self, key: str) -> Group:
         """The group at ``key``, created (with parents) if needed."""
         return _open_or_create(lambda: self.root.require_group(key))
 
-    def array(self, key: str) -> Any:
+    def array(self, key: str) -> Array:
         if key not in self.root:
             raise StoreError(f"the store has no array {key!r}")
-        return self.root[key]
+        return cast("Array", self.root[key])  # stages keep arrays, never groups, at array keys
 
     def children(self, key: str) -> list[str]:
         """Names of the groups directly under ``key`` (empty when ``key`` is missing)."""
         if key not in self.root:
             return []
-        return sorted(name for name, _ in self.root[key].groups())
+        return sorted(name for name, _ in cast("Group", self.root[key]).groups())
 
     def delete(self, key: str) -> None:
         """Remove ``key``: one rename out of the store (atomic), then the files.
@@ -140,9 +149,9 @@ class Store:
 
     # -- arrays -----------------------------------------------------------------------
     def create_array(
-        self, key: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...] | None = None,
-        *, fill_value: Any = None,
-    ) -> Any:
+        self, key: str, shape: tuple[int, ...], dtype: npt.DTypeLike, chunks: tuple[int, ...] | None = None,
+        *, fill_value: object = None,
+    ) -> Array:
         """A new (overwritten) compressed array; chunks default to ~4096 rows."""
         if chunks is None:
             rows = max(1, min(shape[0] if shape else 1, 4096))
@@ -152,7 +161,7 @@ class Store:
             kwargs["fill_value"] = fill_value
         return self.root.create_array(key, **kwargs)
 
-    def write_array(self, key: str, data: Any, chunks: tuple[int, ...] | None = None) -> Any:
+    def write_array(self, key: str, data: npt.ArrayLike, chunks: tuple[int, ...] | None = None) -> Array:
         """Create ``key`` and write ``data`` into it in one go."""
         data = np.asarray(data)
         arr = self.create_array(key, data.shape, data.dtype if data.dtype.kind != "U" else str, chunks)
@@ -160,7 +169,7 @@ class Store:
             arr[...] = data
         return arr
 
-    def read(self, key: str, selection: Any = slice(None)) -> np.ndarray:
+    def read(self, key: str, selection: Selection = slice(None)) -> np.ndarray:
         return np.asarray(self.array(key)[selection])
 
     # -- provenance -------------------------------------------------------------------
@@ -168,9 +177,10 @@ class Store:
         if key not in self.root:
             return None
         value = self.root[key].attrs.get(ATTR)
-        return dict(value) if value else None
+        return dict(cast("Mapping[str, Any]", value)) if value else None  # the record begin() wrote: a JSON object
 
-    def begin(self, key: str, stage: str, params: dict[str, Any], inputs: dict[str, str], **extra: Any) -> dict:
+    def begin(self, key: str, stage: str, params: Mapping[str, object], inputs: Mapping[str, str | None],
+              **extra: object) -> dict[str, Any]:
         """Write a fresh ``complete = False`` record on group ``key`` and return it.
 
         Call it after the group's arrays exist: the record says they do.
@@ -179,23 +189,24 @@ class Store:
         self.group(key).attrs[ATTR] = record
         return record
 
-    def update(self, key: str, **fields: Any) -> None:
+    def update(self, key: str, **fields: object) -> None:
         """Merge fields into the record of ``key`` (e.g. counts discovered on the way)."""
         record = self.provenance(key) or {}
         record.update(fields)
         self.root[key].attrs[ATTR] = record
 
-    def commit(self, key: str, stage: str, params: dict[str, Any], inputs: dict[str, str], **fields: Any) -> None:
+    def commit(self, key: str, stage: str, params: Mapping[str, object], inputs: Mapping[str, str | None],
+               **fields: object) -> None:
         """Write a complete record in one go, for a group whose data was written in one go."""
         record = prov.record(stage, params, inputs, **fields)
         record.update(complete=True, completed=prov.now())
         self.group(key).attrs[ATTR] = record
 
-    def finish(self, key: str, **fields: Any) -> None:
+    def finish(self, key: str, **fields: object) -> None:
         """Mark ``key`` complete: its data is fully written. Always the stage's last write."""
         self.update(key, complete=True, completed=prov.now(), **fields)
 
-    def state(self, key: str, params: dict[str, Any], inputs: dict[str, str]) -> State:
+    def state(self, key: str, params: Mapping[str, object], inputs: Mapping[str, str | None]) -> State:
         """Whether ``key`` is missing, partial or complete for these params/inputs, or stale
         (:func:`grappa_cli.records.artifacts.judge`, the decision every stage and the planner share)."""
         from grappa_cli.records.artifacts import judge
@@ -244,7 +255,7 @@ class ChunkedArray:
 
     @classmethod
     def create(
-        cls, store: Store, key: str, shape: tuple[int, ...], dtype: Any, chunk_rows: int,
+        cls, store: Store, key: str, shape: tuple[int, ...], dtype: npt.DTypeLike, chunk_rows: int,
     ) -> ChunkedArray:
         chunk_rows = max(1, min(chunk_rows, max(shape[0], 1)))
         store.create_array(key, shape, dtype, (chunk_rows, *shape[1:]))
@@ -264,7 +275,7 @@ class ChunkedArray:
         done = np.asarray(self.done[:])
         return [int(i) for i in np.flatnonzero(~done)]
 
-    def write(self, chunk: int, values: Any) -> None:
+    def write(self, chunk: int, values: npt.ArrayLike) -> None:
         rows = self.rows(chunk)
         values = np.asarray(values)
         if values.shape[0] != rows.stop - rows.start:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import torch
 
@@ -28,10 +29,28 @@ from grappa_cli.records.provenance import describe_mismatch, fingerprint
 from grappa_cli.storage.fsutil import atomic_write_bytes, atomic_write_text
 from grappa_cli.train import tensorboard_log
 
-__all__ = ["RunDir"]
+if TYPE_CHECKING:  # annotations only
+    from grappa_cli.train.rng import RngState
+
+__all__ = ["CheckpointState", "RunDir"]
 
 #: Bumped when the checkpoint layout changes; older checkpoints are refused.
 CHECKPOINT_FORMAT = 1
+
+
+class CheckpointState(TypedDict):
+    """What the training loop checkpoints after every epoch (``torch.save``, plain tensors and numbers)."""
+
+    fingerprint: str
+    epoch: int
+    global_step: int
+    epoch_losses: list[float]
+    seconds: float
+    images: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, object]
+    scheduler: dict[str, object]
+    rng: RngState
 
 
 class RunDir:
@@ -44,7 +63,7 @@ class RunDir:
         self.metrics_path = self.path / "metrics.jsonl"
 
     # -- settings ---------------------------------------------------------------------------
-    def settings_match(self, settings: dict[str, Any]) -> bool:
+    def settings_match(self, settings: Mapping[str, object]) -> bool:
         """True when the directory is empty or was made with exactly ``settings``."""
         if not self.settings_path.exists():
             return True
@@ -53,7 +72,7 @@ class RunDir:
         except (OSError, json.JSONDecodeError):
             return False
 
-    def check_settings(self, settings: dict[str, Any]) -> None:
+    def check_settings(self, settings: Mapping[str, object]) -> None:
         """Refuse a run directory whose recorded settings differ from ``settings``."""
         if not self.settings_path.exists():
             return
@@ -69,7 +88,7 @@ class RunDir:
                 hint=f"pass --force to start over, or delete {self.path}",
             )
 
-    def write_settings(self, settings: dict[str, Any]) -> None:
+    def write_settings(self, settings: Mapping[str, object]) -> None:
         record = {"fingerprint": fingerprint(settings), "params": settings, "inputs": {}}
         atomic_write_text(self.settings_path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -86,13 +105,13 @@ class RunDir:
             events.unlink(missing_ok=True)
 
     # -- checkpoint -------------------------------------------------------------------------
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
+    def save_checkpoint(self, state: CheckpointState) -> None:
         """Write ``state`` atomically (temporary file, fsync, rename)."""
         buffer = io.BytesIO()
         torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
         atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
+    def load_checkpoint(self) -> CheckpointState | None:
         """The last complete checkpoint on the CPU, or None when there is none."""
         if not self.checkpoint_path.exists():
             return None
@@ -104,7 +123,7 @@ class RunDir:
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise TrainingError(f"{self.checkpoint_path} was written by another version of grappa",
                                 hint=f"pass --force to start over, or delete {self.path}")
-        return state
+        return cast("CheckpointState", state)  # written by save_checkpoint, format checked
 
     # -- metrics ----------------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:

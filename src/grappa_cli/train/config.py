@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 
 @dataclass
@@ -42,4 +41,4 @@ class TrainConfig:
     #: Start over (instead of refusing) when the run directory holds a run with other settings;
     #: ``grappa run`` uses it so that a changed configuration retrains what depends on it.
     restart_on_mismatch: bool = False
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, object] = field(default_factory=dict)

@@ -20,13 +20,19 @@ the epoch set with ``set_epoch``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sized
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from grappa_cli.runtime import ignore_interrupts, loader_workers, spawn_context
 from grappa_cli.train.rng import derive_seed
+
+if TYPE_CHECKING:  # annotations only
+    from grappa_cli.data.images import WorkerOptions
+
+ItemT = TypeVar("ItemT")
+ItemT_co = TypeVar("ItemT_co", covariant=True)
 
 __all__ = ["BatchSamplerFactory", "EpochBatchSampler", "EpochShuffleSampler", "SeededSamples", "dataset_length",
            "make_batch_loader", "make_loader"]
@@ -37,7 +43,7 @@ def dataset_length(dataset: Dataset) -> int:
     return len(cast(Sized, dataset))
 
 
-class SeededSamples(Dataset):
+class SeededSamples(Dataset[ItemT_co]):
     """``dataset[i]`` drawn under random generators seeded by ``(seed, i)``: worker-count independent.
 
     DataLoader workers seed their generators per worker, so the augmentation an item gets
@@ -48,14 +54,14 @@ class SeededSamples(Dataset):
     function of ``(seed, epoch, index)``.
     """
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    def __init__(self, dataset: Dataset[ItemT_co], seed: int) -> None:
         self.dataset = dataset
         self.seed = int(seed)
 
     def __len__(self) -> int:
         return dataset_length(self.dataset)
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int) -> ItemT_co:
         import random
 
         import numpy as np
@@ -125,11 +131,11 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 def make_loader(
-    dataset: Dataset,
+    dataset: Dataset[ItemT],
     sampler: EpochShuffleSampler,
     *,
     num_workers: int = 0,
-    collate_fn: Callable[[list[Any]], Any] | None = None,
+    collate_fn: Callable[[list[ItemT]], object] | None = None,
     pin_memory: bool = False,
     worker_seed: int = 0,
 ) -> DataLoader:
@@ -151,20 +157,20 @@ def make_loader(
 
 
 def make_batch_loader(
-    dataset: Dataset,
+    dataset: Dataset[ItemT],
     batch_sampler: EpochBatchSampler,
     *,
     num_workers: int = 0,
-    collate_fn: Callable[[list[Any]], Any] | None = None,
+    collate_fn: Callable[[list[ItemT]], object] | None = None,
     pin_memory: bool = False,
     worker_seed: int = 0,
 ) -> DataLoader:
     """The DataLoader of one epoch over the batches of ``batch_sampler`` (call its ``set_epoch`` first)."""
     num_workers = loader_workers(num_workers, len(batch_sampler), dataset_length(dataset))
-    kwargs: dict[str, Any] = {}
+    kwargs: WorkerOptions = {}
     if num_workers > 0:
-        kwargs.update(multiprocessing_context=spawn_context(), persistent_workers=False, prefetch_factor=4,
-                      worker_init_fn=ignore_interrupts)
+        kwargs.update({"multiprocessing_context": spawn_context(), "persistent_workers": False, "prefetch_factor": 4,
+                       "worker_init_fn": ignore_interrupts})
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,

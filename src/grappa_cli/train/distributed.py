@@ -10,10 +10,12 @@ unchanged under plain ``python`` and under ``torchrun``.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 __all__ = [
     "all_gather_concat",
@@ -106,13 +108,13 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
+def broadcast_object(obj: T, src: int = 0) -> T:
     """``obj`` of rank ``src`` on every process (in-memory pickling between our own processes)."""
     if not is_distributed():
         return obj
     holder = [obj if rank() == src else None]
     dist.broadcast_object_list(holder, src=src)
-    return holder[0]
+    return cast("T", holder[0])  # filled with rank src's object by the broadcast
 
 
 def all_gather_concat(tensor: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypedDict
+from typing import TypedDict, TypeVar, cast
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from grappa_cli.console import Reporter
 from grappa_cli.errors import TrainingError
@@ -18,6 +19,8 @@ from grappa_cli.train.checkpoint import RunDir
 from grappa_cli.train.config import TrainConfig
 
 __all__ = ["Progress", "move_to", "run_epoch"]
+
+BatchT = TypeVar("BatchT")
 
 
 class Progress(TypedDict):
@@ -30,16 +33,25 @@ class Progress(TypedDict):
     images: int
 
 
-def move_to(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """``batch`` with every tensor inside tuples, lists and dicts moved to ``device``."""
+def move_to(batch: BatchT, device: torch.device, non_blocking: bool = False) -> BatchT:
+    """``batch`` with every tensor inside tuples, lists and dicts moved to ``device``.
+
+    The structure is kept: tensors, tuples (named ones too) and lists come back as the same
+    types; a mapping comes back as a dict.
+    """
+    return cast("BatchT", _moved(batch, device, non_blocking))
+
+
+def _moved(batch: object, device: torch.device, non_blocking: bool) -> object:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=non_blocking)
     if isinstance(batch, Mapping):
-        return {k: move_to(v, device, non_blocking) for k, v in batch.items()}
+        return {k: _moved(v, device, non_blocking) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(move_to(v, device, non_blocking) for v in batch))
+        fields = cast("Callable[..., tuple[object, ...]]", type(batch))  # a namedtuple takes its fields one by one
+        return fields(*(_moved(v, device, non_blocking) for v in batch))
     if isinstance(batch, list | tuple):
-        return type(batch)(move_to(v, device, non_blocking) for v in batch)
+        return type(batch)(_moved(v, device, non_blocking) for v in batch)
     return batch
 
 
@@ -49,18 +61,18 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 def run_epoch(
     module: nn.Module,
-    loader: Iterable[Any],
+    loader: Iterable[BatchT],
     epoch: int,
     config: TrainConfig,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    scheduler: LRScheduler | None,
     params: list[nn.Parameter],
     device: torch.device,
     progress: Progress,
     run: RunDir,
     reporter: Reporter,
-    prepare: Callable[[Any], Any] | None = None,
-) -> dict[str, Any]:
+    prepare: Callable[[BatchT], object] | None = None,
+) -> dict[str, object]:
     """Train for one pass over ``loader``; update ``progress`` (step, seconds, images, losses)
     in place and return the epoch's metrics record. ``prepare`` maps each batch once it is on
     ``device`` (without gradients, outside autocast). Raises :class:`TrainingError` on a
@@ -75,11 +87,13 @@ def run_epoch(
     with reporter.task(title, total=steps * images_per_step, unit="img") as task:
         for i, batch in enumerate(loader):
             batch = move_to(batch, device, non_blocking=device.type == "cuda")
+            inputs: object = batch
             if prepare is not None:
                 with torch.no_grad():
-                    batch = prepare(batch)
+                    inputs = prepare(batch)
+                del batch  # only the prepared batch stays alive through forward and backward
             with autocast(device, config.amp):
-                loss = module(batch)
+                loss = module(inputs)
             value = float(dist_utils.all_reduce_mean(loss.detach().float()).item())
             if not math.isfinite(value):
                 _diverged(value, epoch, i, progress, run, main)

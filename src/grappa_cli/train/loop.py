@@ -26,14 +26,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader, Dataset
 
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import TrainingError
@@ -61,10 +62,13 @@ __all__ = ["TrainConfig", "TrainResult", "train"]
 LOOP_VERSION = 1
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer, int, int], Any]
+SchedulerFactory = Callable[[torch.optim.Optimizer, int, int], LRScheduler]
 EpochStart = Callable[[int, nn.Module], "Dataset | None"]
-EpochEnd = Callable[[int, nn.Module, dict[str, Any]], None]
-BatchPreparer = Callable[[Any, torch.device, torch.Generator], Any]
+EpochEnd = Callable[[int, nn.Module, Mapping[str, object]], None]
+ItemT = TypeVar("ItemT")  # what the dataset yields
+BatchT = TypeVar("BatchT")  # what the loader yields: ``collate_fn``'s result
+#: ``prepare_batch(batch, device, generator)``: a loader batch on ``device`` -> what the objective takes.
+BatchPreparer = Callable[[BatchT, torch.device, torch.Generator], object]
 
 #: Mixed into the seed of the generator handed to ``prepare_batch``.
 _PREPARE_STREAM = 0xBA7C
@@ -89,7 +93,7 @@ class TrainResult:
         return {k[len(head):]: v for k, v in self.state_dict.items() if k.startswith(head)}
 
 
-def _fingerprint_settings(config: TrainConfig, objective: nn.Module, dataset_size: int) -> dict[str, Any]:
+def _fingerprint_settings(config: TrainConfig, objective: nn.Module, dataset_size: int) -> dict[str, object]:
     shapes = {name: list(p.shape) for name, p in objective.named_parameters() if p.requires_grad}
     return {"loop_version": LOOP_VERSION, "epochs": config.epochs, "batch_size": config.batch_size,
             "seed": config.seed, "amp": config.amp, "grad_clip": config.grad_clip,
@@ -110,7 +114,7 @@ def _check_batches(config: TrainConfig, size: int) -> int:
     return steps
 
 
-def _prepare_run_dir(run: RunDir, config: TrainConfig, settings: dict[str, Any]) -> None:
+def _prepare_run_dir(run: RunDir, config: TrainConfig, settings: Mapping[str, object]) -> None:
     restart = config.force or (config.restart_on_mismatch and not run.settings_match(settings))
     if restart and dist_utils.is_main():
         run.clear()
@@ -124,15 +128,15 @@ def _prepare_run_dir(run: RunDir, config: TrainConfig, settings: dict[str, Any])
 
 def train(
     objective: nn.Module,
-    dataset: Dataset,
+    dataset: Dataset[ItemT],
     config: TrainConfig,
     *,
     make_optimizer: OptimizerFactory,
     make_scheduler: SchedulerFactory | None = None,
     on_epoch_start: EpochStart | None = None,
     on_epoch_end: EpochEnd | None = None,
-    collate_fn: Callable[[list[Any]], Any] | None = None,
-    prepare_batch: BatchPreparer | None = None,
+    collate_fn: Callable[[list[ItemT]], BatchT] | None = None,
+    prepare_batch: BatchPreparer[BatchT] | None = None,
     make_batch_sampler: BatchSamplerFactory | None = None,
     reporter: Reporter | None = None,
 ) -> TrainResult:
@@ -231,9 +235,9 @@ def train(
 
 
 def _epoch_loader(
-    data: Dataset, epoch: int, config: TrainConfig, device: torch.device,
-    collate_fn: Callable[[list[Any]], Any] | None, make_batch_sampler: BatchSamplerFactory | None,
-) -> Any:
+    data: Dataset[ItemT], epoch: int, config: TrainConfig, device: torch.device,
+    collate_fn: Callable[[list[ItemT]], object] | None, make_batch_sampler: BatchSamplerFactory | None,
+) -> DataLoader[ItemT]:
     """This rank's DataLoader for ``epoch``: the seeded shuffle, or the dataset's own batch order."""
     rank, world = dist_utils.rank(), dist_utils.world_size()
     set_epoch = getattr(data, "set_epoch", None)
@@ -256,14 +260,14 @@ def _epoch_loader(
 
 
 def _epoch_preparer(
-    prepare_batch: BatchPreparer | None, device: torch.device, seed: int, epoch: int, rank: int,
-) -> Callable[[Any], Any] | None:
+    prepare_batch: BatchPreparer[BatchT] | None, device: torch.device, seed: int, epoch: int, rank: int,
+) -> Callable[[BatchT], object] | None:
     """``prepare_batch`` bound to the device and to this epoch's freshly seeded CPU generator."""
     if prepare_batch is None:
         return None
     generator = torch.Generator().manual_seed(derive_seed(seed, epoch, rank, _PREPARE_STREAM))
 
-    def prepare(batch: Any) -> Any:
+    def prepare(batch: BatchT) -> object:
         return prepare_batch(batch, device, generator)
 
     return prepare

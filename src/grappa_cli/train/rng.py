@@ -10,7 +10,7 @@ numbers only, loadable with ``torch.load(weights_only=True)``) and restored on r
 from __future__ import annotations
 
 import random
-from typing import Any, cast
+from typing import NotRequired, TypedDict, cast
 
 import numpy as np
 import torch
@@ -31,12 +31,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def capture_rng_state() -> dict[str, Any]:
+class RngState(TypedDict):
+    """What :func:`capture_rng_state` captures: every global generator's state."""
+
+    python_version: int
+    python_state: torch.Tensor
+    python_gauss: float
+    python_has_gauss: bool
+    numpy_keys: torch.Tensor
+    numpy_pos: int
+    numpy_has_gauss: int
+    numpy_gauss: float
+    torch: torch.Tensor
+    cuda: NotRequired[list[torch.Tensor]]
+
+
+def capture_rng_state() -> RngState:
     """Every global generator's state as tensors and plain numbers."""
     version, words, gauss = random.getstate()
     # the legacy tuple (numpy's stubs say a dict): the global generator is an MT19937
     np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
-    state: dict[str, Any] = {
+    state: RngState = {
         "python_version": int(version),
         "python_state": torch.tensor(words, dtype=torch.int64),
         "python_gauss": -1.0 if gauss is None else float(gauss),
@@ -52,7 +67,7 @@ def capture_rng_state() -> dict[str, Any]:
     return state
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
+def restore_rng_state(state: RngState) -> None:
     """Restore what :func:`capture_rng_state` captured (CUDA states only where devices exist)."""
     gauss = state["python_gauss"] if state["python_has_gauss"] else None
     random.setstate((state["python_version"], tuple(int(w) for w in state["python_state"].tolist()), gauss))

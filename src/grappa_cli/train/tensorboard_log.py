@@ -34,9 +34,12 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grappa_cli.console import Reporter
+
+if TYPE_CHECKING:  # annotations only: tensorboard is optional and imported when a run opens
+    from torch.utils.tensorboard import SummaryWriter
 
 __all__ = ["INSTALL_HINT", "RunCurves", "mirror", "open_run", "scalars"]
 
@@ -56,7 +59,7 @@ def _key(run_dir: Path | str) -> Path:
     return Path(run_dir).absolute()
 
 
-def _number(value: Any) -> float | None:
+def _number(value: object) -> float | None:
     """``value`` as a finite float, or None (strings such as a diverged loss, None, NaN)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -72,7 +75,7 @@ def scalars(record: dict[str, Any], step: int) -> tuple[int, list[tuple[str, flo
     """
     kind = record.get("kind")
     at = int(record["step"]) if _number(record.get("step")) is not None else step
-    fields: list[tuple[str, Any]] = []
+    fields: list[tuple[str, object]] = []
     if kind == "step":
         fields = [(name, record.get(name)) for name in ("loss", "lr", "step_time_s", "images_per_s")]
     elif kind == "epoch":
@@ -92,7 +95,7 @@ def scalars(record: dict[str, Any], step: int) -> tuple[int, list[tuple[str, flo
     return at, pairs
 
 
-def _summary_writer_class() -> Any:
+def _summary_writer_class() -> type[SummaryWriter] | None:
     """``torch.utils.tensorboard.SummaryWriter``, or None when ``tensorboard`` is not installed."""
     try:
         # Imported here, not at module level: tensorboard is an optional extra, and neither
@@ -113,12 +116,12 @@ class RunCurves:
     run); the event file starts with a restart marker just after it (see the module docstring).
     """
 
-    def __init__(self, run_dir: Path, start_step: int, writer_class: Any) -> None:
+    def __init__(self, run_dir: Path, start_step: int, writer_class: type[SummaryWriter]) -> None:
         self.run_dir = Path(run_dir)
         self.step = int(start_step)
         self._purge_step = self.step + 1 if self.step > 0 else 0
         self._writer_class = writer_class
-        self._writer: Any = None
+        self._writer: SummaryWriter | None = None
 
     def add(self, record: dict[str, Any]) -> None:
         """Write the scalars of one metrics record (see :func:`scalars`)."""
@@ -162,7 +165,9 @@ def _hint_once(reporter: Reporter) -> None:
 
 
 @contextmanager
-def open_run(run_dir: Path, start_step: int, reporter: Reporter, *, enabled: bool = True) -> Iterator[Any]:
+def open_run(
+    run_dir: Path, start_step: int, reporter: Reporter, *, enabled: bool = True,
+) -> Iterator[RunCurves | _NoCurves]:
     """Mirror the metrics records of ``run_dir`` into TensorBoard while the block runs.
 
     Yields an object with ``flush()``; the writer is closed when the block ends, also on an

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,8 +18,13 @@ from grappa_cli.cli.common import (
     resolve_project,
 )
 
+if TYPE_CHECKING:
+    from rich.table import Table
 
-def routing_table(routing: dict) -> Any:
+    from grappa_cli.reporting.routing_report import RoutingSources
+
+
+def routing_table(routing: RoutingSources) -> Table:
     """Grappa-R's choice per training source: the criterion's score and the weight of each candidate."""
     from rich.table import Table
 
@@ -35,7 +40,7 @@ def routing_table(routing: dict) -> Any:
     return table
 
 
-def attention_training_table(rows: list[dict], sets: list[str]) -> Any:
+def attention_training_table(rows: list[dict], sets: list[str]) -> Table:
     """How the attention moved during training: layer means per epoch (epoch 0 = the start)."""
     from rich.table import Table
 

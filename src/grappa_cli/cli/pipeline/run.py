@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from grappa_cli.cli.choices import Stage, value
 from grappa_cli.cli.common import DeviceOption, JsonOption, ProjectOption, print_json, resolve_project
+
+if TYPE_CHECKING:
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.pipeline.planner import Plan
+    from grappa_cli.project import Project
 
 
 def run(
@@ -47,10 +52,10 @@ def run(
     out.print("Done. `grappa report` shows the results; `grappa status` what exists.")
 
 
-def _announce(project: Any) -> Callable[[Any, Any], None]:
+def _announce(project: Project) -> Callable[[GrappaConfig, Plan], None]:
     """Say on stderr how long the run will take, from the rates measured in the project so far."""
 
-    def announce(config: Any, plan: Any) -> None:
+    def announce(config: GrappaConfig, plan: Plan) -> None:
         from grappa_cli.console import err
         from grappa_cli.pipeline.estimate import estimate
 

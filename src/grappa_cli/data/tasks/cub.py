@@ -16,7 +16,6 @@ images). ``train_test_split.txt`` is not needed: the DML split pools every image
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from grappa_cli.data.tasks.base import TaskSplits
 from grappa_cli.data.tasks.layout import Layout, locate
@@ -60,7 +59,7 @@ class CUBTask(BaseReader):
     name = "cub"
     description = "CUB-200-2011 birds (MRT; Table 1: 100/100 classes, 5,864/5,924 images)"
 
-    def read(self, root: Path, **options: Any) -> TaskSplits:
+    def read(self, root: Path, **options: object) -> TaskSplits:
         directory = locate(root, LAYOUT).directory
         images = read_id_table(directory / "images.txt")
         image_class = read_id_table(directory / "image_class_labels.txt")
@@ -83,5 +82,5 @@ class CUBTask(BaseReader):
             samples.append(Sample(str(directory / "images" / relative), classes[class_id]))
         check_files_exist([s.path for s in samples], dataset="CUB-200-2011", root=directory)
         return class_halves(
-            self.name, samples, root=directory, split=options["split"], info={"layout": "CUB_200_2011"}
+            self.name, samples, root=directory, split=self.split_of(options), info={"layout": "CUB_200_2011"}
         )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from grappa_cli.data.tasks.base import TaskSplits
 from grappa_cli.data.tasks.reader import BaseReader
@@ -185,14 +184,14 @@ class ImageFolderTask(BaseReader):
                            "classes: every sub-folder of ROOT is a class"),
     }
 
-    def read(self, root: Path, **options: Any) -> TaskSplits:
+    def read(self, root: Path, **options: object) -> TaskSplits:
         root = _check_dir(root)
         layout = options.get("layout", "auto")
         if layout not in LAYOUTS:
             raise DataError(f"task type {self.name!r}: layout must be one of {', '.join(LAYOUTS)} (got {layout!r})")
         folders = split_folders(root) if layout == "auto" else None
         if folders is not None:
-            return self._read_split_folders(root, *folders, split=options["split"])
+            return self._read_split_folders(root, *folders, split=self.split_of(options))
         samples, empty = class_samples(root)
         if not samples:
             raise _no_images(root)
@@ -200,7 +199,7 @@ class ImageFolderTask(BaseReader):
             self.name,
             samples,
             root=root,
-            split=options["split"],
+            split=self.split_of(options),
             info={"empty_classes": empty} if empty else None,
         )
 
@@ -212,7 +211,7 @@ class ImageFolderTask(BaseReader):
         for folder, samples in ((train_dir, train_samples), (test_dir, test_samples)):
             if not samples:
                 raise _no_images(folder)
-        info: dict[str, Any] = {
+        info: dict[str, object] = {
             "note": f"{train_dir.name}/ and {test_dir.name}/ read as the train and test splits "
                     '(layout = "classes" reads them as two classes)',
         }

@@ -16,7 +16,7 @@ numerically).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from grappa_cli.data.tasks.base import TaskSplits
 from grappa_cli.data.tasks.layout import Layout, locate
@@ -66,12 +66,12 @@ def _by_number(samples: list[Sample]) -> list[str]:
 class ProductsTask(BaseReader):
     name = "products"
     description = "Stanford Online Products, official split (MRT; Table 1: 11,318/11,316 classes)"
-    options: ClassVar[dict[str, tuple[Any, str]]] = {
+    options: ClassVar[dict[str, tuple[object, str]]] = {
         "split": ("official", "official (Ebay_train.txt / Ebay_test.txt), all-test or all-train"),
     }
     split_choices = ("official", "all-test", "all-train")
 
-    def read(self, root: Path, **options: Any) -> TaskSplits:
+    def read(self, root: Path, **options: object) -> TaskSplits:
         directory = locate(root, LAYOUT).directory
         train = read_ebay_file(directory / "Ebay_train.txt", directory)
         test = read_ebay_file(directory / "Ebay_test.txt", directory)
@@ -83,7 +83,7 @@ class ProductsTask(BaseReader):
                 f"(e.g. {min(shared, key=int)})",
                 hint="give the original Stanford_Online_Products files",
             )
-        split = options["split"]
+        split = self.split_of(options)
         if split == "all-test":
             train, test = [], train + test
         elif split == "all-train":

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar, cast
 
 from grappa_cli.data.tasks.base import TaskSplits
 from grappa_cli.data.tasks.split import SPLIT_CHOICES
@@ -20,18 +21,18 @@ class BaseReader:
 
     name: ClassVar[str]
     description: ClassVar[str]
-    options: ClassVar[dict[str, tuple[Any, str]]] = {
+    options: ClassVar[dict[str, tuple[object, str]]] = {
         "split": ("classes", "classes (alphabetical halves, the paper's split), all-test or all-train"),
     }
     split_choices: ClassVar[tuple[str, ...]] = SPLIT_CHOICES
 
-    def load(self, root: Path, **options: Any) -> TaskSplits:
+    def load(self, root: Path, **options: object) -> TaskSplits:
         return self.read(Path(root), **self.resolve_options(options))
 
-    def read(self, root: Path, **options: Any) -> TaskSplits:
+    def read(self, root: Path, **options: object) -> TaskSplits:
         raise NotImplementedError
 
-    def resolve_options(self, options: dict[str, Any]) -> dict[str, Any]:
+    def resolve_options(self, options: Mapping[str, object]) -> dict[str, object]:
         """Options with defaults filled in; unknown keys and bad ``split`` values fail."""
         for key in options:
             if key not in self.options:
@@ -50,6 +51,11 @@ class BaseReader:
             )
         return values
 
-    def has_test(self, **options: Any) -> bool:
+    def has_test(self, **options: object) -> bool:
         """Whether :meth:`load` returns a test split for these options (without reading data)."""
         return self.resolve_options(options).get("split") != "all-train"
+
+    @staticmethod
+    def split_of(options: Mapping[str, object]) -> str:
+        """The ``split`` option of resolved options (:meth:`resolve_options` checked it is a choice)."""
+        return cast("str", options["split"])

@@ -12,10 +12,9 @@ then path, so every listing is deterministic.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -67,7 +66,7 @@ def class_halves(
     *,
     root: Path,
     split: str = "classes",
-    info: dict[str, Any] | None = None,
+    info: Mapping[str, object] | None = None,
 ) -> TaskSplits:
     """The paper's DML split of pooled samples (or everything in one split, see ``split``).
 
@@ -108,7 +107,7 @@ def finish(
     test: ImageList | None,
     *,
     root: Path,
-    info: dict[str, Any] | None = None,
+    info: Mapping[str, object] | None = None,
 ) -> TaskSplits:
     """Wrap splits with the facts users and stages report: counts and singleton test classes.
 
@@ -116,7 +115,7 @@ def finish(
     but its image still competes in the other queries' rankings, so it is kept and listed
     in ``info["singleton_test_classes"]`` for the caller to warn about.
     """
-    details: dict[str, Any] = {"root": str(root), **(info or {})}
+    details: dict[str, object] = {"root": str(root), **(info or {})}
     details["train_classes"] = len(train.classes)
     details["train_images"] = len(train)
     if test is not None:

@@ -18,8 +18,9 @@ Each reader pools every official split of its dataset and applies the paper's cl
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar, Literal, overload
 
 from grappa_cli.data.tasks.base import TaskSplits
 from grappa_cli.data.tasks.layout import Layout, Located, locate
@@ -33,7 +34,7 @@ class TorchvisionTask(BaseReader):
 
     layout: ClassVar[Layout]
 
-    def read(self, root: Path, **options: Any) -> TaskSplits:
+    def read(self, root: Path, **options: object) -> TaskSplits:
         where = locate(root, self.layout)
         try:
             samples = self.samples(where)
@@ -51,7 +52,7 @@ class TorchvisionTask(BaseReader):
             self.name,
             samples,
             root=where.directory,
-            split=options["split"],
+            split=self.split_of(options),
             info={"layout": "/".join(self.layout.folders)},
         )
 
@@ -59,7 +60,13 @@ class TorchvisionTask(BaseReader):
         raise NotImplementedError
 
 
-def _private(ds: Any, attribute: str) -> Any:
+@overload
+def _private(ds: object, attribute: Literal["_image_files", "_images"]) -> Sequence[str | Path]: ...
+@overload
+def _private(ds: object, attribute: Literal["_labels"]) -> Sequence[int]: ...
+@overload
+def _private(ds: object, attribute: Literal["_samples"]) -> Sequence[tuple[str, int]]: ...
+def _private(ds: object, attribute: str) -> object:
     """A torchvision dataset's internal list (their public API exposes no file paths)."""
     try:
         return getattr(ds, attribute)
@@ -73,7 +80,7 @@ def _private(ds: Any, attribute: str) -> Any:
         ) from None
 
 
-def _named(paths: Any, labels: Any, classes: Any) -> list[Sample]:
+def _named(paths: Iterable[str | Path], labels: Iterable[int], classes: Sequence[str]) -> list[Sample]:
     return [Sample(str(p), str(classes[int(label)])) for p, label in zip(paths, labels, strict=True)]
 
 

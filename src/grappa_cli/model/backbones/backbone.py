@@ -28,13 +28,17 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from grappa_cli.errors import ConfigError, PluginError
 from grappa_cli.suggest import did_you_mean
+
+if TYPE_CHECKING:  # annotations only
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.config_sections import BackboneSection
 
 #: The paper's backbone: DINO ViT-S/16 (section 4, "Implementation details").
 DEFAULT_BACKBONE = "vit_small_patch16_224.dino"
@@ -93,7 +97,7 @@ class BackboneSpec:
         """The config file to name in messages."""
         return str(self.config_path) if self.config_path else "grappa.toml"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """JSON-serialisable form (stored in checkpoint metadata and provenance)."""
         return {
             "name": self.name,
@@ -181,7 +185,7 @@ class Backbone(nn.Module):
         """
         return make_model_id(self.name, getattr(self, "model", self))
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """What checkpoints record about the backbone they were trained on."""
         return {
             "model_id": self.model_id,
@@ -264,7 +268,7 @@ def resolve_provider(
 
 
 def build_backbone(
-    spec_or_config: Any,
+    spec_or_config: BackboneSpec | GrappaConfig | BackboneSection | Mapping[str, object],
     providers: Mapping[str, BackboneProvider] | None = None,
 ) -> Backbone:
     """Build the frozen backbone of a ``BackboneSpec``, ``GrappaConfig``, section or dict.

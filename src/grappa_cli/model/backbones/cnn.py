@@ -34,9 +34,10 @@ tensor cores want it on GPUs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -202,7 +203,7 @@ class CNNBackbone(Backbone):
         self,
         model: nn.Module,
         name: str,
-        data_config: dict[str, Any],
+        data_config: Mapping[str, object],
         *,
         granularity: str = "stage",
     ) -> None:
@@ -224,7 +225,7 @@ class CNNBackbone(Backbone):
     def _measure(self) -> tuple[tuple[int, ...], int]:
         """Channels of each layer's output and of z, from one blank image."""
         param = next(self.model.parameters())
-        pretrained_cfg = cast("dict[str, Any]", self.model.pretrained_cfg)  # set by timm's builder
+        pretrained_cfg = cast("Mapping[str, object]", self.model.pretrained_cfg)  # set by timm's builder
         size = self.data_config["input_size"][1:] if pretrained_cfg.get("fixed_input_size") else (
             _PROBE_SIZE,
             _PROBE_SIZE,
@@ -239,11 +240,11 @@ class CNNBackbone(Backbone):
             z = self.model.forward_head(self.family.tail(self.model, x), pre_logits=True)
         return tuple(dims), int(z.shape[-1])
 
-    def stem(self, images: torch.Tensor, **layer_kwargs: Any) -> torch.Tensor:
+    def stem(self, images: torch.Tensor, **layer_kwargs: object) -> torch.Tensor:
         _no_kwargs(layer_kwargs)
         return to_channels_last(self.family.stem(self.model, channels_last_images(images)))
 
-    def layer_parts(self, index: int, x: torch.Tensor, **layer_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer_parts(self, index: int, x: torch.Tensor, **layer_kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
         _no_kwargs(layer_kwargs)
         base = to_channels_last(self.units[index](to_channels_first(x)))
         return base, base.new_zeros(()).expand_as(base)
@@ -252,18 +253,18 @@ class CNNBackbone(Backbone):
         m = self.model
         return m.forward_head(self.family.tail(m, to_channels_first(x)), pre_logits=True)
 
-    def forward(self, images: torch.Tensor, **layer_kwargs: Any) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, **layer_kwargs: object) -> torch.Tensor:
         _no_kwargs(layer_kwargs)
         m = self.model
         return m.forward_head(m.forward_features(channels_last_images(images)), pre_logits=True)
 
 
-def _no_kwargs(layer_kwargs: dict[str, Any]) -> None:
+def _no_kwargs(layer_kwargs: dict[str, object]) -> None:
     if layer_kwargs:
         raise TypeError(f"CNN backbones take no layer arguments (got {', '.join(sorted(layer_kwargs))})")
 
 
-def load_cnn_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Any, name: str) -> None:
+def load_cnn_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str, name: str) -> None:
     """Load a weights file: timm keys (classifier ignored), or lukemelas keys mapped by order."""
     if is_lukemelas_state(state):
         state = convert_by_order(state, model.state_dict(), drop_source_prefixes=("_fc",), source_name=str(source))

@@ -35,7 +35,6 @@ import importlib.util
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -66,7 +65,7 @@ class PackagedWeights:
     relative_path: str
     sha256: str
     extra: str
-    data_config: dict[str, Any] = field(default_factory=dict)
+    data_config: dict[str, object] = field(default_factory=dict)
     drop_source_prefixes: tuple[str, ...] = ()
 
     def install_hint(self) -> str:

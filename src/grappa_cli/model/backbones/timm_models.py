@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +20,7 @@ from grappa_cli.model.backbones.weights import cached_hub_file, ensure_hub_reach
 
 
 def create_timm_model(
-    spec: BackboneSpec, pretrained: bool, *, architecture: str | None = None, **extra: Any
+    spec: BackboneSpec, pretrained: bool, *, architecture: str | None = None, **extra: object
 ) -> nn.Module:
     """``timm.create_model`` with ``num_classes=0``, the spec's kwargs and a fixed seed.
 

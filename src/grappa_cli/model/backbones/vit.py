@@ -14,6 +14,7 @@ exactly as ``forward_head(forward_features(x), pre_logits=True)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -58,7 +59,7 @@ def split_block(
 class ViTBackbone(Backbone):
     """A frozen timm ``VisionTransformer``; its L blocks are the adaptable layers."""
 
-    def __init__(self, model: VisionTransformer, name: str, data_config: dict[str, Any]) -> None:
+    def __init__(self, model: VisionTransformer, name: str, data_config: Mapping[str, object]) -> None:
         super().__init__()
         self.model = model
         self.name = name
@@ -68,7 +69,7 @@ class ViTBackbone(Backbone):
         self.model_id = make_model_id(name, model)
         self.freeze()
 
-    def stem(self, images: torch.Tensor, **layer_kwargs: Any) -> torch.Tensor:
+    def stem(self, images: torch.Tensor, **layer_kwargs: object) -> torch.Tensor:
         m = self.model
         x = m.patch_embed(images)
         x = m._pos_embed(x)
@@ -103,7 +104,7 @@ class ViTBackbone(Backbone):
         )
 
 
-def vit_data_config(model: nn.Module) -> dict[str, Any]:
+def vit_data_config(model: nn.Module) -> dict[str, object]:
     """timm's data config for ``model``, with ``input_size`` following the built ``img_size``.
 
     timm resolves the config from the pretrained tag, which keeps 224 px even when the model

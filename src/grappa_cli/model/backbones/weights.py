@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast
 from urllib.parse import urlparse
 
 import torch
@@ -51,7 +52,7 @@ def read_state_dict(path: Path, *, where: str = "grappa.toml") -> dict[str, torc
         from safetensors.torch import load_file
 
         try:
-            state: Any = load_file(str(path), device="cpu")
+            state: object = load_file(str(path), device="cpu")
         except Exception as exc:
             raise GrappaError(
                 f"{path} is not a readable safetensors file ({exc})",
@@ -69,7 +70,7 @@ def read_state_dict(path: Path, *, where: str = "grappa.toml") -> dict[str, torc
     return _flatten_checkpoint(state, path)
 
 
-def _flatten_checkpoint(state: Any, path: Path) -> dict[str, torch.Tensor]:
+def _flatten_checkpoint(state: object, path: Path) -> dict[str, torch.Tensor]:
     while isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
         for key in _NESTED_KEYS:
             if isinstance(state.get(key), dict):
@@ -125,15 +126,28 @@ def host_reachable(url: str, timeout: float = 3.0) -> bool:
     return bool(result and result[0])
 
 
-def cached_hub_file(pretrained_cfg: dict[str, Any]) -> Path | None:
+class HubKeys(TypedDict, total=False):
+    """The keys of timm's pretrained config (``PretrainedCfg.to_dict()``) that say where weights come from."""
+
+    hf_hub_id: str
+    hf_hub_filename: str
+    url: str
+
+
+def _hub_keys(pretrained_cfg: Mapping[str, object]) -> HubKeys:
+    return cast("HubKeys", pretrained_cfg)  # timm's config, typed by the keys read here
+
+
+def cached_hub_file(pretrained_cfg: Mapping[str, object]) -> Path | None:
     """The hub weights of a timm pretrained config if already in the local cache (no network)."""
-    hub_id = pretrained_cfg.get("hf_hub_id")
+    cfg = _hub_keys(pretrained_cfg)
+    hub_id = cfg.get("hf_hub_id")
     if hub_id:
         from huggingface_hub import try_to_load_from_cache
 
         names = (
-            [pretrained_cfg["hf_hub_filename"]]
-            if pretrained_cfg.get("hf_hub_filename")
+            [cfg["hf_hub_filename"]]
+            if cfg.get("hf_hub_filename")
             else [
                 "model.safetensors",
                 "open_clip_model.safetensors",
@@ -145,7 +159,7 @@ def cached_hub_file(pretrained_cfg: dict[str, Any]) -> Path | None:
             found = try_to_load_from_cache(hub_id, filename)
             if isinstance(found, str) and Path(found).is_file():
                 return Path(found)
-    url = pretrained_cfg.get("url")
+    url = cfg.get("url")
     if url:
         candidate = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
         if candidate.is_file():
@@ -153,16 +167,17 @@ def cached_hub_file(pretrained_cfg: dict[str, Any]) -> Path | None:
     return None
 
 
-def hub_source_url(pretrained_cfg: dict[str, Any]) -> str | None:
+def hub_source_url(pretrained_cfg: Mapping[str, object]) -> str | None:
     """The URL timm would download from (the Hugging Face endpoint or the config's url)."""
-    if pretrained_cfg.get("hf_hub_id"):
+    cfg = _hub_keys(pretrained_cfg)
+    if cfg.get("hf_hub_id"):
         from huggingface_hub import constants
 
         return constants.ENDPOINT
-    return pretrained_cfg.get("url") or None
+    return cfg.get("url") or None
 
 
-def ensure_hub_reachable(model_name: str, pretrained_cfg: dict[str, Any], *, where: str) -> None:
+def ensure_hub_reachable(model_name: str, pretrained_cfg: Mapping[str, object], *, where: str) -> None:
     """Raise one clear error, quickly, when the hub download cannot work."""
     url = hub_source_url(pretrained_cfg)
     if url is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,11 @@ from grappa_cli.pipeline.stages.cluster import cluster_key, training_labels
 from grappa_cli.project import Project
 from grappa_cli.records import artifacts
 from grappa_cli.records import provenance as prov
+
+if TYPE_CHECKING:
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.model.backbones.backbone import Backbone
+    from grappa_cli.storage.store import Store
 
 FEATURES = artifacts.FEATURES_TRAIN
 
@@ -64,7 +69,7 @@ def adaptor_id(k: int | str) -> str:
     return f"adaptors/{k}" if isinstance(k, str) else f"adaptors/k{k}"
 
 
-def stored_set_names(store: Any) -> list[str]:
+def stored_set_names(store: Store) -> list[str]:
     """Names of the sets whose clustering is complete in the store (first increment's first, by k)."""
     from grappa_cli.records import increments
 
@@ -77,7 +82,7 @@ def stored_set_names(store: Any) -> list[str]:
     return sorted(names, key=increments.set_sort_key)
 
 
-def adapt_params(config: Any, options: AdaptOptions, k: int, backbone_id: str) -> dict[str, Any]:
+def adapt_params(config: GrappaConfig, options: AdaptOptions, k: int, backbone_id: str) -> dict[str, object]:
     a = config.adapt
     return {
         "k": k, "backbone": backbone_id, "bottleneck": a.bottleneck,
@@ -90,7 +95,7 @@ def adapt_params(config: Any, options: AdaptOptions, k: int, backbone_id: str) -
     }
 
 
-def initial_prototypes(store: Any, k: int | str, params: dict[str, Any], dim: int,
+def initial_prototypes(store: Store, k: int | str, params: dict[str, Any], dim: int,
                        replayed: tuple[str, ...] | list[str] = ()) -> Any:
     """The norm-softmax prototypes' start: the clustering's L2-normalised centroids, or None (random).
 
@@ -162,7 +167,7 @@ def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = N
     return results
 
 
-def training_inputs(store: Any, k: int | str, data_config: dict[str, Any], cache: Any,
+def training_inputs(store: Store, k: int | str, data_config: dict[str, Any], cache: Any,
                     crop_scale: float = 0.08,
                     labelled: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Any, dict[str, Any]]:
     """The dataset of images with their pseudo-labels under clustering k, and the loop's extra inputs.
@@ -189,7 +194,7 @@ def training_inputs(store: Any, k: int | str, data_config: dict[str, Any], cache
                          min_side=decode_min_side(data_config)), {}
 
 
-def _adapt_one(project: Project, config: Any, options: AdaptOptions, store: Any, backbone: Any,
+def _adapt_one(project: Project, config: GrappaConfig, options: AdaptOptions, store: Store, backbone: Backbone,
                features: dict, name: str, reporter: Reporter, cache: Any = None) -> AdaptResult:
     import torch
 

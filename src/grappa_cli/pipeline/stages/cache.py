@@ -61,7 +61,7 @@ class CachePlan:
         """Images the build decodes: the added ones when the cache grows, else all."""
         return self.images - (self.grown_from or 0)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {**{k: v for k, v in self.__dict__.items() if k not in ("paths", "inputs")},
                 "to_decode": self.to_decode}
 
@@ -163,7 +163,7 @@ class CacheEntry:
     #: training images added since it was built, which `grappa cache build` adds to it
     grows_by: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
 
 

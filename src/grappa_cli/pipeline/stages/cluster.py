@@ -18,15 +18,15 @@ refused unless ``force`` (nothing is recomputed behind the user's back).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
 from grappa_cli import plugins
 from grappa_cli.clustering import kvalues
-from grappa_cli.clustering.base import settings_of
+from grappa_cli.clustering.base import Clusterer, settings_of
 from grappa_cli.clustering.labels import training_labels
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import StoreError
@@ -34,6 +34,11 @@ from grappa_cli.pipeline.freshness import require_current
 from grappa_cli.project import Project
 from grappa_cli.records import artifacts, increments
 from grappa_cli.records.provenance import describe_mismatch
+
+if TYPE_CHECKING:
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.records.increments import Increment, IncrementSets
+    from grappa_cli.storage.store import Store
 
 __all__ = ["cluster_key", "cluster_params", "run", "training_labels"]
 
@@ -50,9 +55,9 @@ _CORE_PARAMS = ("k", "backend", "seed", "niter", "normalize")
 cluster_key = artifacts.cluster_key
 
 
-def cluster_params(k: int, backend: str, seed: int, niter: int, settings: dict[str, Any]) -> dict[str, Any]:
+def cluster_params(k: int, backend: str, seed: int, niter: int, settings: Mapping[str, object]) -> dict[str, object]:
     """The parameters recorded for (and fingerprinting) one k-means run."""
-    params: dict[str, Any] = {k_: v for k_, v in settings.items() if k_ not in _CORE_PARAMS}
+    params: dict[str, object] = {k_: v for k_, v in settings.items() if k_ not in _CORE_PARAMS}
     params.update({"k": int(k), "backend": backend, "seed": int(seed), "niter": int(niter),
                    "normalize": NORMALIZATION})
     return params
@@ -71,7 +76,7 @@ class KOutcome:
     inertia: float
     iterations: int
     seconds: float
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, object] = field(default_factory=dict)
     #: the set's name: ``k<K>``, or ``k<K>-<added>`` for images added by an incremental update
     name: str = ""
 
@@ -88,19 +93,29 @@ class ClusterReport:
     niter: int
     outcomes: list[KOutcome]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         data = asdict(self)
         data["clusters"] = data.pop("outcomes")
         return data
 
 
-def size_summary(k: int, sizes: np.ndarray) -> dict[str, Any]:
+class SizeSummary(TypedDict):
+    """A clustering's cluster sizes (its record's ``summary``)."""
+
+    k: int
+    empty: int
+    min: int
+    median: float
+    max: int
+
+
+def size_summary(k: int, sizes: np.ndarray) -> SizeSummary:
     """The small dict `grappa status` shows for a pseudo-label set."""
     return {"k": int(k), "empty": int((sizes == 0).sum()), "min": int(sizes.min()),
             "median": float(np.median(sizes)), "max": int(sizes.max())}
 
 
-def features_record(store: Any) -> dict[str, Any]:
+def features_record(store: Store) -> dict[str, object]:
     """The complete provenance record of ``features/train`` or a one-line error saying how to make it."""
     record = store.provenance(FEATURES_KEY)
     if record is None or not record.get("complete") or not store.exists(EMBEDDINGS_KEY):
@@ -147,8 +162,8 @@ def run(
     work = _work(project.config(), store, all_rows, k)
 
     settings = settings_of(clusterer)
-    todo: list[tuple[str, int, Any]] = []
-    skipped: dict[str, dict[str, Any]] = {}
+    todo: list[tuple[str, int, IncrementSets]] = []
+    skipped: dict[str, dict[str, Any]] = {}  # the complete records, as stored
     for name, value, entry in work:
         key = cluster_key(name)
         params = {**cluster_params(value, backend, seed, niter, settings), **increments.set_params(entry.increment)}
@@ -184,7 +199,8 @@ def run(
     return ClusterReport(len(all_rows), dim, n_rows - len(all_rows), backend, seed, niter, outcomes)
 
 
-def _work(config: Any, store: Any, rows: np.ndarray, k: str | Sequence[int] | None) -> list[tuple[str, int, Any]]:
+def _work(config: GrappaConfig, store: Store, rows: np.ndarray,
+          k: str | Sequence[int] | None) -> list[tuple[str, int, IncrementSets]]:
     """(set name, k, increment) of every clustering to make.
 
     Without ``k``: every increment's configured sets (:mod:`grappa_cli.records.increments`). With ``k``
@@ -204,7 +220,7 @@ def _work(config: Any, store: Any, rows: np.ndarray, k: str | Sequence[int] | No
     return [(name, value, entry) for entry in entries for value, name in zip(entry.ks, entry.names, strict=True)]
 
 
-def usable_rows(store: Any, n_rows: int) -> np.ndarray:
+def usable_rows(store: Store, n_rows: int) -> np.ndarray:
     """Indices of the training rows to cluster: all, or those ``features/train/valid`` marks readable."""
     if not store.exists(VALID_KEY):
         return np.arange(n_rows)
@@ -218,7 +234,7 @@ def usable_rows(store: Any, n_rows: int) -> np.ndarray:
     return np.flatnonzero(valid)
 
 
-def _load_points(store: Any, rows: np.ndarray) -> np.ndarray:
+def _load_points(store: Store, rows: np.ndarray) -> np.ndarray:
     """The usable training features as L2-normalised float32, refusing NaN/inf."""
     from grappa_cli.clustering.vectors import check_finite, l2_normalize
 
@@ -230,9 +246,9 @@ def _load_points(store: Any, rows: np.ndarray) -> np.ndarray:
 
 
 def _cluster_one(
-    store: Any, clusterer: Any, x: np.ndarray, rows: np.ndarray, n_rows: int, k: int, backend: str,
-    seed: int, niter: int, settings: dict[str, Any], inputs: dict[str, str], reporter: Reporter, *,
-    name: str | None = None, increment: Any = None,
+    store: Store, clusterer: Clusterer, x: np.ndarray, rows: np.ndarray, n_rows: int, k: int, backend: str,
+    seed: int, niter: int, settings: Mapping[str, object], inputs: dict[str, str | None], reporter: Reporter, *,
+    name: str | None = None, increment: Increment | None = None,
 ) -> KOutcome:
     key = cluster_key(name or k)
     start = time.perf_counter()
@@ -266,7 +282,7 @@ def _cluster_one(
                     float(result.inertia), int(result.iterations), seconds, dict(result.info), name or f"k{k}")
 
 
-def trained_on(increment: Any, images: int) -> dict[str, Any]:
+def trained_on(increment: Increment | None, images: int) -> dict[str, object]:
     """Which training images a clustering or adaptor set saw: rows of ``features/train`` and their sources."""
     if increment is None:
         return {"images": images}
@@ -281,7 +297,7 @@ def _outcome_from_record(k: int, record: dict[str, Any], name: str | None = None
                     float(record.get("seconds", 0.0)), dict(record.get("info") or {}), name or f"k{k}")
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: object) -> object:
     """Backend info made safe for zarr attributes (numpy scalars and arrays to Python)."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}

@@ -23,12 +23,17 @@ them out of the queries and of the gallery) or ``error`` (refuse to evaluate).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 import numpy as np
 
 from grappa_cli.errors import DataError
 from grappa_cli.records import artifacts
+
+if TYPE_CHECKING:
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.console import Reporter
+    from grappa_cli.storage.store import Store
 
 TRAIN_KEY = artifacts.FEATURES_TRAIN
 #: cosine at or above which two stored features count as the same pixels (identical inputs give
@@ -36,6 +41,26 @@ TRAIN_KEY = artifacts.FEATURES_TRAIN
 IDENTICAL = 0.99999
 #: example pairs kept in the record and shown in messages
 EXAMPLES = 5
+
+
+class DuplicateRecord(TypedDict):
+    """The ``duplicates`` field of a test split's features record."""
+
+    threshold: float
+    train: str  # fingerprint of the training features compared
+    test: str  # fingerprint of the test features compared
+    count: int
+    identical: int
+    test_rows: list[int]
+    train_rows: list[int]
+    cosines: list[float]
+    examples: list[list[str | float]]  # [test path, training path, cosine]
+
+
+class RowNames(Protocol):
+    """The paths of a features group, indexed by stored row."""
+
+    def __getitem__(self, row: int, /) -> object: ...
 
 
 @dataclass
@@ -71,13 +96,13 @@ class DuplicateCheck:
     def example_lines(self) -> list[str]:
         return [f"  {test} = {train} (cosine {cos:.3f})" for test, train, cos in self.examples]
 
-    def to_record(self, train_fp: str, test_fp: str) -> dict[str, Any]:
+    def to_record(self, train_fp: str, test_fp: str) -> DuplicateRecord:
         return {"threshold": self.threshold, "train": train_fp, "test": test_fp, "count": self.count,
                 "identical": self.identical, "test_rows": self.test_rows, "train_rows": self.train_rows,
                 "cosines": [round(c, 5) for c in self.cosines], "examples": [list(e) for e in self.examples]}
 
     @classmethod
-    def from_record(cls, task: str, record: dict[str, Any]) -> DuplicateCheck:
+    def from_record(cls, task: str, record: DuplicateRecord) -> DuplicateCheck:
         return cls(task, float(record["threshold"]), [int(r) for r in record["test_rows"]],
                    [int(r) for r in record["train_rows"]], [float(c) for c in record["cosines"]],
                    [(str(a), str(b), float(c)) for a, b, c in record.get("examples", [])])
@@ -107,8 +132,8 @@ def nearest_training(train: np.ndarray, test: np.ndarray, *, block: int = 65536)
     return where, best
 
 
-def find(task: str, train: np.ndarray, train_rows: np.ndarray, train_paths: Any, test: np.ndarray,
-         test_rows: np.ndarray, test_paths: Any, threshold: float) -> DuplicateCheck:
+def find(task: str, train: np.ndarray, train_rows: np.ndarray, train_paths: RowNames, test: np.ndarray,
+         test_rows: np.ndarray, test_paths: RowNames, threshold: float) -> DuplicateCheck:
     """Flag the test rows whose nearest training feature has cosine >= ``threshold``.
 
     ``train_rows`` / ``test_rows`` number the given features as the store does (valid rows only);
@@ -134,7 +159,7 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 # -- stored results ---------------------------------------------------------------------------
 
 
-def _inputs(store: Any, task: str) -> tuple[str, str] | None:
+def _inputs(store: Store, task: str) -> tuple[str, str] | None:
     """The fingerprints of the complete training and test features, or None when one is missing."""
     train, test = store.provenance(TRAIN_KEY), store.provenance(artifacts.test_features(task))
     if not (train and train.get("complete") and test and test.get("complete")):
@@ -142,7 +167,7 @@ def _inputs(store: Any, task: str) -> tuple[str, str] | None:
     return str(train.get("fingerprint")), str(test.get("fingerprint"))
 
 
-def stored(store: Any, config: Any, task: str) -> DuplicateCheck | None:
+def stored(store: Store, config: GrappaConfig, task: str) -> DuplicateCheck | None:
     """The stored check of ``task`` when it is current (same features, same threshold); reads no array."""
     inputs = _inputs(store, task)
     record = (store.provenance(artifacts.test_features(task)) or {}).get("duplicates")
@@ -156,7 +181,7 @@ def stored(store: Any, config: Any, task: str) -> DuplicateCheck | None:
 class TrainingFeatures:
     """The training features, read from the store once however many test splits are checked."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self._read: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -168,7 +193,8 @@ class TrainingFeatures:
         return self._read
 
 
-def check(store: Any, config: Any, task: str, training: TrainingFeatures | None = None) -> DuplicateCheck | None:
+def check(store: Store, config: GrappaConfig, task: str,
+          training: TrainingFeatures | None = None) -> DuplicateCheck | None:
     """The current check of ``task``: the stored one, or computed now and stored.
 
     None when the training features or the task's test features are not complete yet.
@@ -191,11 +217,11 @@ def check(store: Any, config: Any, task: str, training: TrainingFeatures | None 
     return result
 
 
-def threshold_of(config: Any) -> float:
+def threshold_of(config: GrappaConfig) -> float:
     return float(config.data.duplicate_threshold)
 
 
-def rows_to_leave_out(store: Any, config: Any, task: str) -> list[int]:
+def rows_to_leave_out(store: Store, config: GrappaConfig, task: str) -> list[int]:
     """Test rows evaluation leaves out: the flagged ones under ``on_duplicates = "drop"``, else none.
 
     Under ``"error"`` a task with duplicates raises, naming them and the ways out.
@@ -214,7 +240,7 @@ def rows_to_leave_out(store: Any, config: Any, task: str) -> list[int]:
     return sorted(result.test_rows)
 
 
-def left_out_params(rows: list[int]) -> dict[str, Any]:
+def left_out_params(rows: list[int]) -> dict[str, object]:
     """What a result records about the test rows it left out (``{}`` when none): part of its parameters,
     so that ``grappa eval``, ``status`` and ``run`` (the planner) judge a result the same way."""
     from grappa_cli.records import provenance as prov
@@ -222,7 +248,7 @@ def left_out_params(rows: list[int]) -> dict[str, Any]:
     return {"left_out": {"duplicates": prov.fingerprint(rows), "count": len(rows)}} if rows else {}
 
 
-def planned_left_out(store: Any, config: Any, task: str) -> dict[str, Any] | None:
+def planned_left_out(store: Store | None, config: GrappaConfig, task: str) -> dict[str, object] | None:
     """:func:`left_out_params` as the planner sees them, from the stored check only (it computes nothing).
 
     None when ``on_duplicates = "drop"`` but the check is not stored yet (a project extracted
@@ -241,7 +267,7 @@ def planned_left_out(store: Any, config: Any, task: str) -> dict[str, Any] | Non
 class _LazyPaths:
     """The ``paths`` array of a features group, read only when an example needs a name."""
 
-    def __init__(self, store: Any, key: str) -> None:
+    def __init__(self, store: Store, key: str) -> None:
         self.store, self.key = store, key
         self._paths: np.ndarray | None = None
 
@@ -251,7 +277,8 @@ class _LazyPaths:
         return str(self._paths[row])
 
 
-def check_tasks(store: Any, config: Any, tasks: list[str], reporter: Any | None = None) -> list[DuplicateCheck]:
+def check_tasks(store: Store, config: GrappaConfig, tasks: list[str],
+                reporter: Reporter | None = None) -> list[DuplicateCheck]:
     """Check every task whose test features are complete; say what was found through ``reporter``."""
     from rich.markup import escape
 

@@ -24,8 +24,9 @@ workers (``data.num_workers``: about one per CPU core).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +35,10 @@ from grappa_cli.errors import DataError, StoreError
 from grappa_cli.records import provenance as prov
 from grappa_cli.storage import diskerrors
 from grappa_cli.storage.store import ChunkedArray, Store, unreadable_files
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 
 @dataclass
@@ -58,14 +63,14 @@ class EmbedJob:
     stage: str
     paths: list[str]
     labels: np.ndarray | None
-    params: dict[str, Any]
+    params: dict[str, object]
     inputs: dict[str, str]
     summary_name: str = ""
     #: rows already embedded by an earlier extraction of a prefix of ``paths`` (an incremental
     #: update of the training set): kept bit-identical, never embedded again
     keep_rows: int = 0
     #: fields the complete record gets in the same write that completes it
-    record_extra: dict[str, Any] = field(default_factory=dict)
+    record_extra: dict[str, object] = field(default_factory=dict)
 
 
 def _dist() -> tuple[int, int]:
@@ -74,7 +79,7 @@ def _dist() -> tuple[int, int]:
     return distributed.rank(), distributed.world_size()
 
 
-def _broadcast(value: Any) -> Any:
+def _broadcast(value: str | None) -> str | None:
     from grappa_cli.train import distributed
 
     return distributed.broadcast_object(value)
@@ -166,7 +171,8 @@ def _arrays(job: EmbedJob, n: int, chunk_rows: int) -> dict[str, int]:
 
 
 def run_embedding(
-    store: Store, job: EmbedJob, model: Any, transform: Any, *, dim: int, dtype: str = "float16",
+    store: Store, job: EmbedJob, model: torch.nn.Module, transform: Callable[[Image.Image], torch.Tensor], *,
+    dim: int, dtype: str = "float16",
     chunk_rows: int = 4096, batch_size: int = 256, num_workers: int = 0, device: Any = None,
     amp: bool = True, min_side: int | None = None, force: bool = False, refresh: bool = False,
     reporter: Reporter | None = None, compile: bool | None = None,
@@ -280,7 +286,7 @@ def finish_group(store: Store, job: EmbedJob, valid_mask: np.ndarray, *, dim: in
                  **job.record_extra)
 
 
-def forward_in_parts(model: Any, images: Any) -> Any:
+def forward_in_parts(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """``model(images)``, on the CPU in parts of :data:`CPU_PART` images, concatenated in order."""
     import torch
 

@@ -29,14 +29,28 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.storage.store import ChunkedArray, Store, unreadable_files
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+    from torchvision.transforms import Normalize
+
+    from grappa_cli.pipeline.stages.embed import EmbedJob
+
+
+class EmbeddingJob(Protocol):
+    """A ``grappa eval`` job that embeds a test split with a model (``stages.evaluate``)."""
+
+    embed: EmbedJob | None
+    embed_state: str
 
 PREFIX = "cache/test-"
 FORMAT = 1
@@ -53,35 +67,35 @@ class SplitTransform:
     operations, so it gives the same bits as ``tensor`` image by image.
     """
 
-    pixels: Callable[[Any], Any]
-    tensor: Callable[[Any], Any]
+    pixels: Callable[[Image.Image], object]
+    tensor: Callable[[torch.Tensor], torch.Tensor]
     description: str
-    batch: Callable[[Any], Any] | None = None
+    batch: Callable[[np.ndarray], torch.Tensor] | None = None
 
 
 class _BatchToTensorNormalize:
     """``Normalize(ToTensor(image))`` for a [b, H, W, 3] uint8 array: divide by 255, then (x - mean) / std."""
 
-    def __init__(self, normalize: Any) -> None:
+    def __init__(self, normalize: Normalize) -> None:
         import torch
 
         self.mean = torch.as_tensor(normalize.mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.as_tensor(normalize.std, dtype=torch.float32).view(1, -1, 1, 1)
 
-    def __call__(self, pixels: Any) -> Any:
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous()
         return x.to(torch.float32).div(255).sub_(self.mean).div_(self.std)
 
 
-def split_transform(transform: Any) -> SplitTransform | None:
+def split_transform(transform: object) -> SplitTransform | None:
     """Split ``transform`` before its first ``ToTensor``; None when it has no such step."""
     from torchvision import transforms as T
 
-    steps: list[Any] = []
+    steps: list[object] = []
 
-    def flatten(t: Any) -> None:
+    def flatten(t: object) -> None:
         if isinstance(t, T.Compose):
             for inner in t.transforms:
                 flatten(inner)
@@ -94,18 +108,19 @@ def split_transform(transform: Any) -> SplitTransform | None:
         return None
     tail = steps[cut:]
     batch = None
-    if len(tail) == 2 and type(tail[1]) is T.Normalize and not getattr(tail[1], "inplace", False):
-        batch = _BatchToTensorNormalize(tail[1])
+    last = tail[-1]
+    if len(tail) == 2 and type(last) is T.Normalize and not getattr(last, "inplace", False):
+        batch = _BatchToTensorNormalize(last)
     return SplitTransform(T.Compose(steps[:cut]), T.Compose(tail), " | ".join(map(repr, steps[:cut])), batch)
 
 
 class _PixelsOf:
     """The PIL part of the transform as a picklable callable returning uint8 [H, W, 3] tensors."""
 
-    def __init__(self, pixels: Callable[[Any], Any]) -> None:
+    def __init__(self, pixels: Callable[[Image.Image], object]) -> None:
         self.pixels = pixels
 
-    def __call__(self, image: Any) -> Any:
+    def __call__(self, image: Image.Image) -> torch.Tensor:
         import torch
 
         out = self.pixels(image)
@@ -127,7 +142,7 @@ def image_identities(paths: Sequence[str]) -> list[tuple[str, int]]:
     return out
 
 
-def pixel_cache_key(identities: Sequence[tuple[str, int]], params: dict[str, Any]) -> str:
+def pixel_cache_key(identities: Sequence[tuple[str, int]], params: Mapping[str, object]) -> str:
     digest = hashlib.sha256(repr(sorted(params.items())).encode())
     for path, size in identities:
         digest.update(f"{path}\t{size}\n".encode())
@@ -140,9 +155,9 @@ class PixelCache:
 
     key: str
     rows: dict[str, int]
-    tensor: Callable[[Any], Any]
+    tensor: Callable[[torch.Tensor], torch.Tensor]
     decoded: int  # images decoded to build it in this run (0 when it was complete)
-    batch: Callable[[Any], Any] | None = None
+    batch: Callable[[np.ndarray], torch.Tensor] | None = None
 
 
 def ensure_pixel_cache(
@@ -223,7 +238,8 @@ def ensure_pixel_cache(
 
 
 def embed_images(
-    store: Store, cache: PixelCache, model: Any, *, dim: int, batch_size: int, device: Any, amp: bool,
+    store: Store, cache: PixelCache, model: torch.nn.Module, *, dim: int, batch_size: int, device: torch.device,
+    amp: bool,
     compile: bool | None = None, reporter: Reporter | None = None, label: str = "",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(embeddings float32 [n, dim], valid [n], error [n])`` of the cached images, in cache rows.
@@ -249,7 +265,7 @@ def embed_images(
             out[rows] = values
 
     with reporter.task(f"embedding cached test images{label}", total=int(valid.sum()), unit="img") as bar:
-        queue: list[Any] = []
+        queue: list[torch.Tensor] = []
         queued: list[int] = []
 
         def run() -> None:
@@ -280,7 +296,7 @@ def embed_images(
 
 
 def write_task_group(
-    store: Store, job: Any, cache: PixelCache, embeddings: np.ndarray, valid: np.ndarray, errors: np.ndarray, *,
+    store: Store, job: EmbedJob, cache: PixelCache, embeddings: np.ndarray, valid: np.ndarray, errors: np.ndarray, *,
     dim: int, dtype: str, chunk_rows: int, force: bool,
 ) -> None:
     """Fill ``job.key`` (an :class:`~grappa_cli.pipeline.stages.embed.EmbedJob`) from per-image rows."""
@@ -303,9 +319,9 @@ def write_task_group(
 
 
 def embed_jobs_from_cache(
-    store: Store, cache: PixelCache, jobs: Sequence[Any], model: Any, *, dim: int, dtype: str, chunk_rows: int,
-    batch_size: int, device: Any, amp: bool, compile: bool | None = None, reporter: Reporter | None = None,
-    label: str = "",
+    store: Store, cache: PixelCache, jobs: Sequence[EmbeddingJob], model: torch.nn.Module, *, dim: int,
+    dtype: str, chunk_rows: int, batch_size: int, device: torch.device, amp: bool, compile: bool | None = None,
+    reporter: Reporter | None = None, label: str = "",
 ) -> float:
     """Embed the cached images once with ``model`` and write the group of every job; returns seconds.
 
@@ -316,6 +332,7 @@ def embed_jobs_from_cache(
     embeddings, valid, errors = embed_images(store, cache, model, dim=dim, batch_size=batch_size, device=device,
                                              amp=amp, compile=compile, reporter=reporter, label=label)
     for job in jobs:
+        assert job.embed is not None  # jobs that embed
         write_task_group(store, job.embed, cache, embeddings, valid, errors, dim=dim, dtype=dtype,
                          chunk_rows=chunk_rows, force=job.embed_state == "stale")
     return time.perf_counter() - start

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import ConfigError, DataError, StoreError
@@ -38,6 +38,16 @@ from grappa_cli.records import artifacts
 from grappa_cli.records import provenance as prov
 from grappa_cli.reporting.results import TABLE_METRICS, OracleChoice, StoredResult, oracle, read_result
 from grappa_cli.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    import torch
+
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.model.backbones.backbone import Backbone
+    from grappa_cli.model.grappa import GrappaModel
+    from grappa_cli.pipeline.stages import eval_images
+    from grappa_cli.pipeline.stages.embed import EmbedJob
+    from grappa_cli.storage.store import Store
 
 #: What leave-one-out means here (part of every result's parameters).
 PROTOCOL = "leave-one-out; cosine similarity; query excluded by index; classes of one image give no query"
@@ -112,7 +122,7 @@ class EvalRun:
 # -- what to evaluate ------------------------------------------------------------------------
 
 
-def resolve_tasks(config: Any, names: list[str] | None) -> list[str]:
+def resolve_tasks(config: GrappaConfig, names: list[str] | None) -> list[str]:
     """``--task`` values (``mrt`` = the six MRT tasks configured), or ``eval.tasks`` / every test split."""
     from grappa_cli.data import sources
 
@@ -143,7 +153,7 @@ def _fix_for(ref: ModelRef) -> str:
 
 
 def resolve_models(project: Project, names: list[str] | None,
-                   store: Any) -> tuple[list[ModelRef], list[SkippedModel]]:
+                   store: Store) -> tuple[list[ModelRef], list[SkippedModel]]:
     """The models to evaluate: ``--model`` values, or every model the project has.
 
     Models whose provenance is stale are skipped (listed in the second value) when taken by
@@ -178,7 +188,7 @@ def resolve_models(project: Project, names: list[str] | None,
     return chosen, skipped
 
 
-def _stale_inputs(project: Project, ref: ModelRef, store: Any) -> list[str]:
+def _stale_inputs(project: Project, ref: ModelRef, store: Store) -> list[str]:
     rec = models_mod.record(project, ref)
     return artifacts.stale_inputs(project, rec, store) if rec else []
 
@@ -196,7 +206,7 @@ def uses_labels(project: Project, ref: ModelRef) -> bool:
     return bool(getattr(strategy, "uses_labels", False))
 
 
-def metric_names(config: Any) -> list[str]:
+def metric_names(config: GrappaConfig) -> list[str]:
     """MAP@R, R-Precision, every other installed plain metric plugin, then Recall@k for ``eval.recall_at``.
 
     Parameterised families (``name@k``) other than Recall@k are not evaluated by default:
@@ -221,9 +231,9 @@ class _Job:
     ref: ModelRef
     task: str
     source: str  # store key of the embeddings
-    embed: Any  # EmbedJob when the model embeds into eval/..., None when reusing features/test
+    embed: EmbedJob | None  # the model embeds into eval/...; None: reusing features/test
     embed_state: str  # state of the source group: complete | partial | missing | stale
-    result_params: dict[str, Any]
+    result_params: dict[str, Any]  # the result's recorded params (JSON; ``metrics`` is a list of names)
     result_inputs: dict[str, str]
     result_current: bool
     uses_labels: bool
@@ -235,8 +245,8 @@ class _Job:
         return self.embed is not None and self.embed_state != "complete"
 
 
-def _plan(project: Project, config: Any, store: Any, backbone: Any, refs: list[ModelRef], tasks: list[str],
-          metrics: list[str], force: bool) -> list[_Job]:
+def _plan(project: Project, config: GrappaConfig, store: Store, backbone: Backbone, refs: list[ModelRef],
+          tasks: list[str], metrics: list[str], force: bool) -> list[_Job]:
     from grappa_cli.data import sources
     from grappa_cli.pipeline.stages import duplicates
     from grappa_cli.pipeline.stages.embed import EmbedJob
@@ -271,9 +281,14 @@ def _plan(project: Project, config: Any, store: Any, backbone: Any, refs: list[M
                 state = store.state(source, params, inputs)
                 if force:
                     state = "stale"
-            source_fp = prov.fingerprint({"params": embed.params, "inputs": embed.inputs}) if embed else \
-                store.provenance(source)["fingerprint"]
-            result_params = {"model": ref.name, "task": task, "metrics": metrics, "protocol": PROTOCOL}
+            if embed is not None:
+                source_fp = prov.fingerprint({"params": embed.params, "inputs": embed.inputs})
+            else:
+                stored = store.provenance(source)
+                assert stored is not None  # the backbone's features are complete: they have a record
+                source_fp = stored["fingerprint"]
+            result_params: dict[str, object] = {"model": ref.name, "task": task, "metrics": metrics,
+                                                "protocol": PROTOCOL}
             result_params.update(duplicates.left_out_params(left_out[task]))  # [data] on_duplicates = "drop"
             result_inputs = {source: source_fp} | model
             current = False
@@ -315,7 +330,9 @@ def evaluate(project: Project, options: EvalOptions, reporter: Reporter | None =
         jobs = _plan(project, config, store, backbone, refs, tasks, metric_names(config), options.force)
         plan = (tasks, [r.name for r in refs], jobs, skipped)
     # Rank 0 alone reads the store's state, before anyone writes; the others follow its plan.
-    tasks, model_names, jobs, skipped = distributed.broadcast_object(plan)
+    planned = distributed.broadcast_object(plan)
+    assert planned is not None  # rank 0 always plans
+    tasks, model_names, jobs, skipped = planned
     run = EvalRun(tasks, model_names, skipped_models=skipped)
 
     device = resolve_device(options.device or config.runtime.device)
@@ -335,6 +352,7 @@ def evaluate(project: Project, options: EvalOptions, reporter: Reporter | None =
                 embedding = []
             for job in embedding:
                 start = time.perf_counter()
+                assert job.embed is not None  # needs_embedding
                 run_embedding(
                     store, job.embed, model, transform, dim=backbone.embed_dim, dtype=config.data.feature_dtype,
                     chunk_rows=config.data.chunk_size, batch_size=options.batch_size or config.eval.batch_size,
@@ -355,8 +373,10 @@ def evaluate(project: Project, options: EvalOptions, reporter: Reporter | None =
     return run
 
 
-def _embed_from_pixel_caches(store: Any, jobs: list[_Job], model: Any, caches: dict, split: Any, backbone: Any,
-                             config: Any, options: EvalOptions, device: Any, reporter: Reporter) -> dict[str, float]:
+def _embed_from_pixel_caches(store: Store, jobs: list[_Job], model: GrappaModel,
+                             caches: dict[tuple[str, ...], eval_images.PixelCache], split: eval_images.SplitTransform,
+                             backbone: Backbone, config: GrappaConfig, options: EvalOptions, device: torch.device,
+                             reporter: Reporter) -> dict[str, float]:
     """Embed ``jobs`` (one model) from the pixel caches of their images; seconds per task.
 
     Each distinct image list is decoded once per run (and cached in the store for later
@@ -367,6 +387,7 @@ def _embed_from_pixel_caches(store: Any, jobs: list[_Job], model: Any, caches: d
 
     by_images: dict[tuple[str, ...], list[_Job]] = {}
     for job in jobs:
+        assert job.embed is not None  # needs_embedding
         by_images.setdefault(tuple(sorted(set(job.embed.paths))), []).append(job)
     workers = config.data.num_workers if options.num_workers is None else options.num_workers
     seconds: dict[str, float] = {}
@@ -385,7 +406,7 @@ def _embed_from_pixel_caches(store: Any, jobs: list[_Job], model: Any, caches: d
     return seconds
 
 
-def _score(project: Project, store: Any, job: _Job, config: Any, device: str | None, reporter: Reporter,
+def _score(project: Project, store: Store, job: _Job, config: GrappaConfig, device: str | None, reporter: Reporter,
            *, embedded: bool, seconds: float) -> EvalEntry:
     """Read the stored result when current, else compute the metrics and write it."""
     path = artifacts.result_path(project, result_id(job.ref, job.task))

@@ -9,12 +9,18 @@ and clustering L2-normalise them).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from grappa_cli.console import Reporter
 from grappa_cli.pipeline.stages.embed import EmbedJob, EmbedResult, run_embedding
 from grappa_cli.project import Project
 from grappa_cli.records import artifacts
+
+if TYPE_CHECKING:
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.data.tasks.base import ImageList
+    from grappa_cli.model.backbones.backbone import Backbone, BackboneSpec
+    from grappa_cli.storage.store import Store
 
 TRAIN_KEY = artifacts.FEATURES_TRAIN
 test_key = artifacts.test_features
@@ -37,7 +43,7 @@ class ExtractOptions:
     full: bool = False
 
 
-def backbone_spec(config: Any, weights: str | None = None) -> Any:
+def backbone_spec(config: GrappaConfig, weights: str | None = None) -> BackboneSpec:
     """The configured backbone, with ``--weights`` overriding ``backbone.weights``."""
     import dataclasses
     from pathlib import Path
@@ -50,7 +56,7 @@ def backbone_spec(config: Any, weights: str | None = None) -> Any:
     return spec
 
 
-def backbone_params(backbone: Any, config: Any) -> dict[str, Any]:
+def backbone_params(backbone: Backbone, config: GrappaConfig) -> dict[str, object]:
     """What determines a backbone feature: the weights and the preprocessing."""
     return {
         "backbone": backbone.model_id,
@@ -111,7 +117,7 @@ def extract(project: Project, options: ExtractOptions, reporter: Reporter | None
     return results
 
 
-def plan_increments(store: Any, config: Any, job: EmbedJob, *, full: bool) -> None:
+def plan_increments(store: Store, config: GrappaConfig, job: EmbedJob, *, full: bool) -> None:
     """Set ``job`` to append to the stored training features when ``data.train`` only grew.
 
     The rows the store holds are kept (``job.keep_rows``) when :func:`increments.growth` says
@@ -139,14 +145,14 @@ def plan_increments(store: Any, config: Any, job: EmbedJob, *, full: bool) -> No
     job.record_extra["increments"] = [inc.to_dict() for inc in planned]
 
 
-def training_part_names(config: Any) -> list[str]:
+def training_part_names(config: GrappaConfig) -> list[str]:
     """The entries of ``data.train`` as they form D (``"mrt"`` expanded to its six tasks)."""
     from grappa_cli.data import sources
 
     return [name for name, _ in sources.training_parts(config)]
 
 
-def image_inputs(store: Any, key: str, images: Any, verify: bool) -> tuple[dict[str, str], str | None]:
+def image_inputs(store: Store, key: str, images: ImageList, verify: bool) -> tuple[dict[str, str], str | None]:
     """The ``inputs`` of a features group, and the content hash to record (``--verify`` only).
 
     ``images`` is the fingerprint of paths, sizes and mtimes. ``--verify`` hashes the bytes

@@ -8,8 +8,9 @@ layers plus the names of the fused sets, or, when adaptors were trained, the who
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,9 +18,15 @@ from grappa_cli import plugins
 from grappa_cli.console import NullReporter, Reporter
 from grappa_cli.errors import GrappaError, StoreError
 from grappa_cli.fusion.base import FusionContext, FusionOptions, WarmStart, artifact_params
+from grappa_cli.pipeline.freshness import record_fields
 from grappa_cli.project import Project
 from grappa_cli.records import artifacts
 from grappa_cli.records import provenance as prov
+
+if TYPE_CHECKING:
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.fusion.base import FusionStrategy
+    from grappa_cli.model.backbones.backbone import Backbone
 
 FEATURES = "features/train"
 
@@ -72,14 +79,15 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
     from grappa_cli.records import increments
 
     for n, rec in records.items():
-        if not increments.accepts(features, rec.get("inputs", {}).get(FEATURES)):
+        made_from = record_fields(rec, "inputs").get(FEATURES)
+        if not increments.accepts(features, made_from if isinstance(made_from, str) else None):
             raise StoreError(f"adaptor set {n} was trained on another feature store (features/train changed)",
                              hint=f"rerun `grappa adapt --k {n[1:]} --force`")
     backbone = build_backbone(backbone_spec(config))
     adaptor_sets = [load_adaptor_set(artifacts.checkpoint_path(project, f"adaptors/{n}"), backbone) for n in names]
 
     params = artifact_params(strategy, config, options, names, backbone.model_id)
-    inputs = {f"adaptors/{n}": records[n]["fingerprint"] for n in names} | {FEATURES: features["fingerprint"]}
+    inputs = {f"adaptors/{n}": str(records[n]["fingerprint"]) for n in names} | {FEATURES: features["fingerprint"]}
     path = artifacts.checkpoint_path(project, f"fusion/{strategy.name}")
     existing = artifacts.read_checkpoint_record(path)
     if existing and not options.force:
@@ -108,7 +116,7 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
         from grappa_cli.fusion.attention_stats import epoch_overview, read_attention_log
 
         attention = epoch_overview(read_attention_log(run_dir))
-        summary: dict[str, Any] = {"strategy": strategy.name, "sets": len(names),
+        summary: dict[str, object] = {"strategy": strategy.name, "sets": len(names),
                                    "labels": "yes" if strategy.uses_labels else "no"}
         if attention:  # how far the attention moved from its start (entropy 1 = uniform, Grappa-avg)
             summary["entropy"] = f"{attention[0]['entropy']:.3f}->{attention[-1]['entropy']:.3f}"
@@ -137,8 +145,8 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
                       outcome.seconds, outcome.images_per_second)
 
 
-def warm_start_source(project: Project, config: Any, strategy: Any, names: list[str],
-                      existing: dict[str, Any] | None, backbone: Any) -> WarmStart | None:
+def warm_start_source(project: Project, config: GrappaConfig, strategy: FusionStrategy, names: list[str],
+                      existing: Mapping[str, object] | None, backbone: Backbone) -> WarmStart | None:
     """The previous fused model to start from after an incremental update, or None.
 
     Only when ``[fuse] warm_start`` is on, the strategy trains attention fusion layers only
@@ -153,7 +161,8 @@ def warm_start_source(project: Project, config: Any, strategy: Any, names: list[
         return None
     if getattr(strategy, "trains_adaptors", False):
         return None
-    previous = list((existing.get("params") or {}).get("sets") or [])
+    fused = record_fields(existing, "params").get("sets") or []
+    previous = [str(name) for name in fused] if isinstance(fused, list) else []
     if not previous or not set(previous) < set(names):
         return None
     try:
@@ -166,7 +175,7 @@ def warm_start_source(project: Project, config: Any, strategy: Any, names: list[
     return WarmStart(checkpoint.layers, previous, str(existing.get("fingerprint")))
 
 
-def _plain(info: dict[str, Any]) -> dict[str, Any]:
+def _plain(info: Mapping[str, object]) -> dict[str, object]:
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in info.items()}
 
 
@@ -192,7 +201,8 @@ def inspect_attention(project: Project, strategy_name: str, *, tasks: list[str] 
     ref = models.parse(f"fused:{strategy_name}")
     model = models.load(project, ref, backbone)
     rec = models.record(project, ref) or {}
-    set_names = rec.get("params", {}).get("sets") or [f"set{i}" for i in range(model.num_sets)]
+    set_names = record_fields(rec, "params").get("sets") or [f"set{i}" for i in range(model.num_sets)]
+    assert isinstance(set_names, list)
     dev = resolve_device(device or config.runtime.device)
     model = model.to(dev).eval()
     transform = eval_transform(backbone.data_config)
@@ -201,9 +211,12 @@ def inspect_attention(project: Project, strategy_name: str, *, tasks: list[str] 
         groups[task] = f"features/test/{task}"
     rng = np.random.default_rng(0)
     routes_backbone = any(getattr(layer, "includes_backbone", False) for layer in model.fusion_layers())
-    out: dict[str, Any] = {"strategy": strategy_name, "sets": [*set_names, *(["backbone"] if routes_backbone else [])],
-                           "groups": {}, "training": rec.get("attention") or [],
-                           "routing": (rec.get("info") or {}).get("routing")}
+    found: dict[str, dict[str, object]] = {}
+    #: open JSON for ``grappa fuse --inspect`` and the routing report (which index into it)
+    out: dict[str, Any] = {"strategy": strategy_name,
+                           "sets": [*set_names, *(["backbone"] if routes_backbone else [])],
+                           "groups": found, "training": rec.get("attention") or [],
+                           "routing": record_fields(rec, "info").get("routing")}
     for label, key in groups.items():
         if not store.exists(f"{key}/paths"):
             continue
@@ -226,5 +239,5 @@ def inspect_attention(project: Project, strategy_name: str, *, tasks: list[str] 
         if count:
             assert total is not None  # set with the first counted batch
             mean = total / count
-            out["groups"][label] = {"images": count, "per_layer": mean.tolist(), "mean": mean.mean(0).tolist()}
+            found[label] = {"images": count, "per_layer": mean.tolist(), "mean": mean.mean(0).tolist()}
     return out

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grappa_cli.errors import StoreError, UsageError
+from grappa_cli.pipeline.freshness import record_fields
 from grappa_cli.project import Project
 from grappa_cli.records import artifacts, increments
 from grappa_cli.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from grappa_cli.model.backbones.backbone import Backbone
+    from grappa_cli.model.grappa import GrappaModel
 
 
 @dataclass(frozen=True)
@@ -67,10 +72,11 @@ def available(project: Project) -> list[ModelRef]:
 
 
 def record(project: Project, ref: ModelRef) -> dict[str, Any] | None:
+    """The record of the model's artifact, as :func:`grappa_cli.records.artifacts.record` reads it."""
     return artifacts.record(project, ref.artifact) if ref.artifact else None
 
 
-def load(project: Project, ref: ModelRef, backbone: Any) -> Any:
+def load(project: Project, ref: ModelRef, backbone: Backbone) -> GrappaModel:
     """The ``GrappaModel`` named by ``ref`` on ``backbone`` (which must match its files)."""
     from grappa_cli.model.checkpoint import load_adaptor_set, load_fusion, read_metadata
     from grappa_cli.model.grappa import GrappaModel
@@ -128,7 +134,7 @@ def inputs(project: Project, ref: ModelRef) -> dict[str, str]:
 def _files(project: Project, ref: ModelRef) -> list[str]:
     """The checkpoint artifacts of a trained model: its own, then the adaptor sets it fuses (its record's inputs)."""
     assert ref.artifact is not None
-    recorded = (record(project, ref) or {}).get("inputs") or {}
+    recorded = record_fields(record(project, ref), "inputs")
     return [ref.artifact, *(i for i in sorted(recorded) if i.startswith("adaptors/"))]
 
 
@@ -154,7 +160,7 @@ def weights_digest(project: Project, ref: ModelRef) -> str | None:
     return prov.fingerprint(digests)
 
 
-def fingerprint(project: Project, ref: ModelRef, backbone: Any) -> str:
+def fingerprint(project: Project, ref: ModelRef, backbone: Backbone) -> str:
     """What the model computes: changes when its backbone, preprocessing, files' records or bytes change."""
     from grappa_cli.records import provenance as prov
 

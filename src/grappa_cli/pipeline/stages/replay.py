@@ -18,15 +18,20 @@ read; the set's ``trained_on`` records the clusterings it replayed and how many 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from grappa_cli.pipeline.stages.cluster import training_labels
 from grappa_cli.records import increments
 
+if TYPE_CHECKING:
+    from grappa_cli.config import GrappaConfig
+    from grappa_cli.records.increments import IncrementSets
+    from grappa_cli.storage.store import Store
 
-def plan(config: Any, sets: list[Any], name: str) -> tuple[dict[str, Any], list[str]]:
+
+def plan(config: GrappaConfig, sets: list[IncrementSets], name: str) -> tuple[dict[str, object], list[str]]:
     """What replay adds to the set ``name``: its params (``replay``, recorded by every added set,
     0 included, so that changing it retrains them) and the clusterings it replays (its extra
     inputs; empty: no replay). ``sets``: the increments' sets (:func:`increments.configured`);
@@ -37,7 +42,7 @@ def plan(config: Any, sets: list[Any], name: str) -> tuple[dict[str, Any], list[
     return {"replay": config.adapt.replay}, replayed
 
 
-def sources(config: Any, store: Any, name: str) -> list[str]:
+def sources(config: GrappaConfig, store: Store, name: str) -> list[str]:
     """The clusterings replayed while the set ``name`` trains (empty: no replay)."""
     return plan(config, increments.configured(config, store), name)[1]
 
@@ -47,7 +52,7 @@ def classes(name: str, replayed: list[str]) -> int:
     return sum(increments.parse_set(n)[0] for n in [name, *replayed])
 
 
-def labelled_rows(store: Any, name: str, replayed: list[str], per_image: float,
+def labelled_rows(store: Store, name: str, replayed: list[str], per_image: float,
                   seed: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Labels by training row (-1: none), the rows to train on, and how many of them are replayed.
 

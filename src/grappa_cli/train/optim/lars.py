@@ -21,11 +21,12 @@ reproduce the reference exactly and keep the state (``mu`` buffers) a plain tens
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, overload
 
 import torch
 from torch import nn
+from torch.optim.optimizer import ParamsT
 
 __all__ = ["LARS", "param_groups"]
 
@@ -39,7 +40,7 @@ class LARS(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params: Iterable[Any],
+        params: ParamsT,
         lr: float,
         weight_decay: float = 0.0,
         momentum: float = 0.9,
@@ -53,8 +54,14 @@ class LARS(torch.optim.Optimizer):
                     "exclude_1d": exclude_1d}
         super().__init__(params, defaults)
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():

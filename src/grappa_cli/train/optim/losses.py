@@ -15,11 +15,11 @@ lose their meaning at bf16 precision.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx
 
 from grappa_cli.errors import TrainingError
 from grappa_cli.train import distributed as dist_utils
@@ -98,13 +98,13 @@ class _AllReduceSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
+    def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:
         out = x.clone()
         torch.distributed.all_reduce(out)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
+    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:
         out = grad.clone()
         torch.distributed.all_reduce(out)
         return out
