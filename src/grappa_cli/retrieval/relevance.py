@@ -37,14 +37,25 @@ ranking to the last bit. The Gram blocks, thresholds and selection are torch on 
 device: on a GPU they run there and only candidates come back to the host (on the CPU the
 comparison and selection use numpy, about twice as fast there). Candidates are then sorted
 on the host as packed ``(row, score, item)`` integers, one plain sort per panel.
+
+On the CPU, ``torch.get_num_threads()`` worker threads share the work (:class:`_Pool`):
+each runs whole tasks, a Gram block with its selection or a panel's finishing, with one
+torch thread. torch's own intra-op threads would speed up only the matmuls, while the
+numpy selection and finishing (about 40 % of the time) ran on one core; and on a loaded
+machine, thousands of small two-thread matmuls wait on each other at every barrier. The
+tasks' order fixes nothing in the result: each panel's candidates are sorted in full.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -122,6 +133,7 @@ def top_relevance(
     block: int = 1024,
     sample: int = 2048,
     symmetric: bool | None = None,
+    workers: int | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(queries, relevant)`` per panel: exact relevance of each query's top ``depths[q]``.
 
@@ -129,6 +141,8 @@ def top_relevance(
     product times ``unit`` is the exact similarity); ``depths`` int64 [n] is how many ranks
     each item needs as a query (0: not a query). ``relevant`` has ``max(depths)`` columns.
     ``symmetric=None`` chooses the symmetric mode when its candidates fit ``STASH_BUDGET``.
+    ``workers`` is how many threads share the blocks and the finishing (see :class:`_Pool`);
+    ``None``: ``torch.get_num_threads()`` on the CPU, one on a GPU. Results do not depend on it.
     """
     import torch
 
@@ -137,56 +151,138 @@ def top_relevance(
     if width == 0:
         return
     dev = torch.device(device)
+    if workers is None:
+        workers = torch.get_num_threads() if dev.type == "cpu" else 1
     scale = math.sqrt(unit)
     block = min(max(1, int(block)), 1 << 15)  # local rows and columns fit uint16
-    with _exact_float32_matmul(torch):
+    dim = int(grid.shape[1])
+    with _exact_float32_matmul(torch), _Pool(torch, workers) as pool:
         g = torch.from_numpy(np.ascontiguousarray(grid)).to(dev)
-
-        buffers = _Buffers(torch, block, int(grid.shape[1]), dev)
+        local = threading.local()  # per-thread block buffers
 
         def rows_f32(start: int, stop: int, out) -> torch.Tensor:
             part = out[: stop - start]
             part.copy_(g[start:stop])  # int32 -> float32: one rounding, then an exact scaling
             return part.mul_(scale)
 
-        thresholds, expected = _thresholds(g, depths, eps, scale, sample, block, dev)
+        thresholds, expected = _thresholds(g, depths, eps, scale, sample, block, dev, pool)
         if symmetric is None:
             symmetric = float(expected.sum()) * _CANDIDATE_BYTES / 4 <= STASH_BUDGET
         t_dev = torch.from_numpy(thresholds).to(dev)
         starts = list(range(0, n, block))
         pending: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]] = {s: [] for s in starts}
         is_query = depths > 0
-        for i, si in enumerate(starts):
+
+        def one_block(a, si: int, ei: int, sj: int, ej: int, row_queries: bool, col_queries: bool) -> None:
+            """Gram block (I, J) and its candidates, read by rows and (symmetric mode) by columns."""
+            buffers = getattr(local, "buffers", None)
+            if buffers is None:
+                buffers = local.buffers = _Buffers(torch, block, dim, dev)
+            b = a if sj == si else rows_f32(sj, ej, buffers.cols)
+            shape = (ei - si, ej - sj)
+            scores = gram(a, b, out=buffers.shaped("scores", shape), part=buffers.shaped("part", shape))
+            if sj == si:
+                scores.fill_diagonal_(float("nan"))  # the query itself never ranks
+            hit = buffers.shaped("hit", shape)
+            if row_queries:
+                rows, cols, values = _select(scores, t_dev[si:ei, None], hit)
+                pending[si].append((rows.astype(np.uint16), cols.astype(np.uint16), values, sj))
+            if col_queries:  # the same block, read by its columns
+                rows, cols, values = _select(scores, t_dev[None, sj:ej], hit)
+                pending[sj].append((cols.astype(np.uint16), rows.astype(np.uint16), values, si))
+
+        def finish(si: int) -> tuple[np.ndarray, np.ndarray] | None:
+            """The relevance of panel I's queries, once every block it reads is done."""
             ei = min(n, si + block)
-            row_queries = bool(is_query[si:ei].any())
-            a = rows_f32(si, ei, buffers.rows)
-            for sj in starts[i:] if symmetric else starts:
-                ej = min(n, sj + block)
-                col_queries = symmetric and sj != si and bool(is_query[sj:ej].any())
-                if not (row_queries or col_queries):
-                    continue
-                b = a if sj == si else rows_f32(sj, ej, buffers.cols)
-                shape = (ei - si, ej - sj)
-                scores = gram(a, b, out=buffers.shaped("scores", shape), part=buffers.shaped("part", shape))
-                if sj == si:
-                    scores.fill_diagonal_(float("nan"))  # the query itself never ranks
-                hit = buffers.shaped("hit", shape)
-                if row_queries:
-                    rows, cols, values = _select(scores, t_dev[si:ei, None], hit)
-                    pending[si].append((rows.astype(np.uint16), cols.astype(np.uint16), values, sj))
-                if col_queries:  # the same block, read by its columns
-                    rows, cols, values = _select(scores, t_dev[None, sj:ej], hit)
-                    pending[sj].append((cols.astype(np.uint16), rows.astype(np.uint16), values, si))
             pieces = pending.pop(si)
             queries = np.flatnonzero(is_query[si:ei]) + si
             if not len(queries):
-                continue
+                return None
             out, unsafe = _finalise(queries, queries - si, pieces, grid, labels, depths, thresholds[queries],
                                     width, eps, unit)
             if len(unsafe):
                 out[unsafe] = _redo_exhaustively(queries[unsafe], g, grid, labels, depths, width, eps, unit,
                                                  scale, block, exact)
-            yield queries, out
+            return queries, out
+
+        # Row panel I's blocks are queued before panel I-1 (complete once its own row is) is
+        # finished: the workers always hold Gram blocks to overlap the finishing with.
+        # Two row buffers: panel I's rows are written once the blocks of I-2 are done.
+        row_buffers = [torch.empty((block, dim), dtype=torch.float32, device=dev) for _ in range(2)]
+        previous: list[Future] = []
+        finishing: deque[Future] = deque()
+        for i, si in enumerate(starts):
+            ei = min(n, si + block)
+            row_queries = bool(is_query[si:ei].any())
+            a = rows_f32(si, ei, row_buffers[i % 2])
+            current = []
+            for sj in starts[i:] if symmetric else starts:
+                ej = min(n, sj + block)
+                col_queries = symmetric and sj != si and bool(is_query[sj:ej].any())
+                if row_queries or col_queries:
+                    current.append(pool.submit(one_block, a, si, ei, sj, ej, row_queries, col_queries))
+            for future in previous:
+                future.result()
+            if i:
+                finishing.append(pool.submit(finish, starts[i - 1]))
+            previous = current
+            while finishing and (finishing[0].done() or len(finishing) > 2):  # at most two panels in flight
+                done = finishing.popleft().result()
+                if done is not None:
+                    yield done
+        for future in previous:
+            future.result()
+        finishing.append(pool.submit(finish, starts[-1]))
+        while finishing:
+            done = finishing.popleft().result()
+            if done is not None:
+                yield done
+
+
+class _Pool:
+    """Threads that share the Gram blocks and the panels' finishing, one torch thread each.
+
+    torch's intra-op threads speed up the matmuls only: the selection and the finishing
+    (numpy) would run on one core while the others wait. Here each of ``workers`` threads
+    runs whole tasks, a Gram block with its selection or a panel's finishing, with one torch
+    thread of its own. torch and numpy release the GIL in their kernels (the arrays are
+    large), so the tasks run in parallel and every core works through the whole pipeline.
+    With one worker, tasks run at once in the calling thread and torch's thread setting is
+    left alone (the path taken on a GPU).
+    """
+
+    def __init__(self, torch, workers: int) -> None:
+        self._torch = torch
+        self.workers = max(1, int(workers))
+        self._executor: ThreadPoolExecutor | None = None
+        self._threads = 0
+
+    def __enter__(self) -> _Pool:
+        if self.workers > 1:
+            self._threads = self._torch.get_num_threads()
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="grappa-relevance",
+                                                initializer=self._torch.set_num_threads, initargs=(1,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+            # torch.set_num_threads(1) in a worker also lowers the default of threads not yet
+            # started: restore the caller's setting.
+            self._torch.set_num_threads(self._threads)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on a worker; with one worker at once, in this thread.
+
+        An error of a task run at once propagates from here, so that it (or Ctrl-C) stops
+        the computation without running the tasks after it.
+        """
+        if self._executor is not None:
+            return self._executor.submit(fn, *args)
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
 
 
 def _redo_exhaustively(queries: np.ndarray, g, grid: np.ndarray, labels: np.ndarray, depths: np.ndarray,
@@ -225,10 +321,9 @@ def _redo_exhaustively(queries: np.ndarray, g, grid: np.ndarray, labels: np.ndar
 
 
 class _Buffers:
-    """Block-sized tensors allocated once: a fresh allocation per block fragments the heap."""
+    """Block-sized tensors allocated once per thread: a fresh allocation per block fragments the heap."""
 
     def __init__(self, torch, block: int, dim: int, dev) -> None:
-        self.rows = torch.empty((block, dim), dtype=torch.float32, device=dev)
         self.cols = torch.empty((block, dim), dtype=torch.float32, device=dev)
         self.flat = {name: torch.empty(block * block, dtype=dtype, device=dev)
                      for name, dtype in (("scores", torch.float32), ("part", torch.float32), ("hit", torch.bool))}
@@ -288,8 +383,11 @@ def _round_down(values: np.ndarray) -> np.ndarray:
 
 
 def _thresholds(g, depths: np.ndarray, eps: float, scale: float, sample: int, block: int,
-                dev) -> tuple[np.ndarray, np.ndarray]:
-    """Per item: the float32 candidate threshold, and the expected number of candidates."""
+                dev, pool: _Pool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per item: the float32 candidate threshold, and the expected number of candidates.
+
+    Blocks of ``block`` queries against the sample run on ``pool`` (in this thread without one).
+    """
     import torch
 
     n = len(depths)
@@ -315,14 +413,18 @@ def _thresholds(g, depths: np.ndarray, eps: float, scale: float, sample: int, bl
     sampled = g[torch.from_numpy(picked).to(dev)].to(torch.float32) * scale
     position = np.full(n, -1, dtype=np.int64)
     position[picked] = np.arange(size)
-    for s in range(0, len(todo), block):
-        rows = todo[s : s + block]
+
+    def one_block(rows: np.ndarray) -> None:
         scores = gram(g[torch.from_numpy(rows).to(dev)].to(torch.float32) * scale, sampled)
         own = position[rows]
         mine = np.flatnonzero(own >= 0)
         if len(mine):  # the query itself, when sampled, is not a neighbour
             scores[torch.from_numpy(mine).to(dev), torch.from_numpy(own[mine]).to(dev)] = -float("inf")
         thresholds[rows] = _round_down(_kth_largest(scores, k0[rows]) - 2 * eps)
+
+    pool = pool or _Pool(torch, 1)
+    for future in [pool.submit(one_block, todo[s : s + block]) for s in range(0, len(todo), block)]:
+        future.result()
     return thresholds, expected
 
 
