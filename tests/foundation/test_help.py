@@ -91,10 +91,11 @@ def test_help_is_not_lost_for_the_device_option(cli) -> None:
     assert "runtime.device" in squash(shown) or "[runtime]" in shown
 
 
-def test_until_choices_are_the_pipeline_stages() -> None:
-    """``grappa run --until`` offers exactly the pipeline's stages, in order."""
-    from grappa_cli.cli.choices import Stage
+def test_until_choices_are_the_pipeline_stages(cli) -> None:
+    """``grappa run --until`` refuses a name that is not a stage, listing exactly the pipeline's stages in order."""
     from grappa_cli.pipeline.run import STAGES
 
-    assert tuple(s.value for s in Stage) == STAGES
-    assert all(s.name == s.value for s in Stage)
+    result = cli("run", "--until", "nope")
+    assert result.exit_code == 2
+    offered = re.findall(r"'([a-z]+)'", squash(result.stdout + result.stderr).split("isnotoneof", 1)[1])
+    assert tuple(offered) == STAGES

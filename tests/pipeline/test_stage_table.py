@@ -22,13 +22,6 @@ def test_the_table_lists_every_stage_once_in_run_order() -> None:
     assert priced == {Stage.extract, Stage.adapt, Stage.fuse, Stage.eval}
 
 
-def test_until_choices_are_the_stages() -> None:
-    from grappa_cli.cli.choices import Stage as UntilChoice
-    from grappa_cli.pipeline.stage import Stage
-
-    assert [choice.value for choice in UntilChoice] == [stage.value for stage in Stage]
-
-
 def test_plan_and_status_speak_of_table_stages_only(tiny_project) -> None:
     from grappa_cli.pipeline import planner
     from grappa_cli.pipeline.stage import Stage
