@@ -5,6 +5,13 @@ runs each stage as its own ``grappa`` process, exactly as a user would:
 
     PYTHONPATH=src python benchmarks/bench_demo.py                 # as the machine is
     PYTHONPATH=src python benchmarks/bench_demo.py --load 2        # with 2 CPU-bound processes beside it
+    PYTHONPATH=src python benchmarks/bench_demo.py --rows --md demo-rows.md   # every row below, one run
+
+``--rows`` measures, side by side in one invocation: the stages on the machine as it is, with the
+time ``grappa run`` estimates for each stage before it starts (from the rates measured so far in
+the project, as ``grappa run`` and ``grappa status`` print it); the same stages beside two
+CPU-bound processes; and an increment: ``grappa run`` on the demo's digits and photos, then
+``grappa task add shapes ... --train`` and ``grappa run`` again, against the first run.
 
 Per stage it reports the wall time, the CPU seconds of the stage and every process it
 started (``RUSAGE_CHILDREN``), the peak resident memory of the stage's process
@@ -24,6 +31,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tomlkit import TOMLDocument
 
 BURN = "while True: pass"
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -83,48 +94,178 @@ def run_stage(args: list[str], env: dict[str, str]) -> dict:
             "max_process_rss_mib": round(own.ru_maxrss / 1024), "tree_rss_mib": round(peak / 2**20)}
 
 
+def stage_estimates(root: Path) -> dict[str, float]:
+    """Seconds per stage that ``grappa run`` would announce now for the project at ``root``."""
+    from grappa_cli.pipeline.estimate import estimate
+    from grappa_cli.pipeline.planner import build
+    from grappa_cli.project import Project
+
+    project = Project(root)
+    config = project.config()
+    return dict(estimate(project, config, build(project, config)).seconds)
+
+
+def run_stages(root: Path, stages: list[list[str]], env: dict[str, str], *, load: int = 0,
+               estimate: bool = False) -> dict:
+    """Each stage as its own ``grappa`` process, ``load`` CPU-bound processes beside them; with
+    ``estimate``, what the project's estimate said of each stage just before it ran."""
+    burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(load)]
+    rows: list[dict] = []
+    load_before = os.getloadavg()
+    try:
+        time.sleep(1.0 if burners else 0.0)
+        for i, stage in enumerate(stages):
+            # a stage run as several commands (fuse, one per strategy) is estimated before its first
+            first = i == 0 or stages[i - 1][0] != stage[0]
+            guess = stage_estimates(root).get(stage[0]) if estimate and first else None
+            row = run_stage(["-C", str(root), *stage], env)
+            row["command"] = stage[0]
+            if guess is not None:
+                row["estimated_s"] = round(guess, 1)
+            rows.append(row)
+    finally:
+        for proc in burners:
+            proc.kill()
+            proc.wait()
+    total = {"stage": "total", "wall_s": round(sum(r["wall_s"] for r in rows), 1),
+             "cpu_s": round(sum(r["cpu_s"] for r in rows), 1),
+             "max_process_rss_mib": max(r["max_process_rss_mib"] for r in rows),
+             "tree_rss_mib": max(r["tree_rss_mib"] for r in rows)}
+    return {"burners": load, "load_before": load_before, "load_after": os.getloadavg(), "rows": [*rows, total]}
+
+
+def timed_grappa(args: list[str], env: dict[str, str]) -> float:
+    """Wall seconds of one ``grappa`` command (stdout discarded; a failure stops the benchmark)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "grappa_cli", *args], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"grappa {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def increment(workdir: Path, env: dict[str, str], scale: str = "default") -> dict:
+    """``grappa run`` on the demo without shapes, then shapes added with ``--train`` and run again."""
+    from grappa_cli.config import update_file
+    from grappa_cli.setup.demo import prepare
+
+    project = prepare(workdir / "increment", scale=scale, force=True)
+    shapes_root = project.config().tasks["shapes"].root
+
+    def drop_shapes(doc: TOMLDocument) -> None:
+        doc["data"]["train"] = [t for t in doc["data"]["train"] if t != "shapes"]
+        doc["eval"]["tasks"] = [t for t in doc["eval"]["tasks"] if t != "shapes"]
+        del doc["tasks"]["shapes"]
+
+    update_file(project.config_path, drop_shapes)
+    root = str(project.root)
+    first = timed_grappa(["-C", root, "run"], env)
+    timed_grappa(["-C", root, "task", "add", "shapes", str(shapes_root), "--train"], env)
+    guess = sum(stage_estimates(project.root).values())
+    added = timed_grappa(["-C", root, "run"], env)
+    return {"first_run_s": round(first, 1), "increment_s": round(added, 1), "ratio": round(added / first, 2),
+            "increment_estimated_s": round(guess, 1)}
+
+
+def rows_report(quiet: dict, loaded: dict, inc: dict) -> str:
+    """The side-by-side tables of ``--rows`` (markdown)."""
+    def load_text(run: dict) -> str:
+        return ", ".join(f"{v:.2f}" for v in run["load_before"]) + " → " + ", ".join(
+            f"{v:.2f}" for v in run["load_after"])
+
+    q_total, l_total = quiet["rows"][-1], loaded["rows"][-1]
+    by_stage: dict[str, list[float]] = {}  # stage -> [estimated s, wall s of its commands]
+    for r in quiet["rows"][:-1]:
+        if "estimated_s" in r:
+            by_stage[r["command"]] = [r["estimated_s"], 0.0]
+        if r["command"] in by_stage:
+            by_stage[r["command"]][1] += r["wall_s"]
+    est_sum = sum(e for e, _ in by_stage.values())
+    act_sum = sum(w for _, w in by_stage.values())
+    lines = [
+        "| what | measured | target |",
+        "|---|---:|---|",
+        f"| demo, each stage its own process, as the machine is | {q_total['wall_s']} s | ≤ 60 s |",
+        f"| the same beside 2 CPU-bound processes | {l_total['wall_s']} s "
+        f"(**{l_total['wall_s'] / q_total['wall_s']:.2f}x**) | ≤ 3x |",
+        f"| peak RSS, largest stage process | {q_total['max_process_rss_mib']} MiB | < 2 GB (1907 MiB) |",
+        f"| estimate before each stage vs its time ({', '.join(by_stage)}) | "
+        f"{est_sum:.0f} s vs {act_sum:.0f} s (**{est_sum / act_sum:.2f}x**) | within 30 % |",
+        f"| increment (task add shapes --train, run) vs first run (digits + photos) | "
+        f"{inc['increment_s']} s vs {inc['first_run_s']} s (**{inc['ratio']:.2f}x**) | ≤ 0.5x |",
+        f"| the increment's estimate before it ran | {inc['increment_estimated_s']} s vs "
+        f"{inc['increment_s']} s | within 30 % |",
+        "",
+        f"Load average (1, 5, 15 min) quiet run: {load_text(quiet)}; loaded run: {load_text(loaded)}.",
+        "",
+        "| command | wall s | beside 2 busy, wall s | CPU s | peak RSS, process (MiB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for q, b in zip(quiet["rows"], loaded["rows"], strict=True):
+        lines.append(f"| {q['stage']} | {q['wall_s']} | {b['wall_s']} | {q['cpu_s']} | {q['max_process_rss_mib']} |")
+    lines += ["", "| stage | estimated before it, s | wall s | estimate / wall |", "|---|---:|---:|---:|"]
+    for stage, (est, wall) in by_stage.items():
+        lines.append(f"| {stage} | {est} | {wall:.1f} | {est / wall:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--load", type=int, default=0, help="CPU-bound processes to run beside it")
     parser.add_argument("--dir", type=Path, default=None, help="where to build the project (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--rows", action="store_true",
+                        help="quiet and loaded stages with estimates, and the increment, side by side")
+    parser.add_argument("--md", type=Path, default=None, help="with --rows: also write the tables here")
+    parser.add_argument("--scale", default="default", choices=("default", "tiny"),
+                        help="the demo's scale (tiny: a quick check of the benchmark itself)")
     args = parser.parse_args()
+    if args.rows:
+        main_rows(args)
+        return
 
     from grappa_cli.setup.demo import prepare
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-demo-")) if args.dir is None else args.dir
-    project = prepare(workdir / "demo", force=True)
+    project = prepare(workdir / "demo", scale=args.scale, force=True)
     strategies = list(project.config().fuse.strategies)
     env = {**os.environ, "GRAPPA_PROGRESS": "0"}
     stages = [["extract"], ["cluster"], ["adapt"], *[["fuse", "--strategy", s] for s in strategies], ["eval"],
               ["report"]]
-    burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(args.load)]
-    rows = []
-    load_before = os.getloadavg()
-    try:
-        time.sleep(1.0 if burners else 0.0)
-        for stage in stages:
-            rows.append(run_stage(["-C", str(project.root), *stage], env))
-    finally:
-        for proc in burners:
-            proc.kill()
-            proc.wait()
-    load_after = os.getloadavg()
-    total = {"stage": "total", "wall_s": round(sum(r["wall_s"] for r in rows), 1),
-             "cpu_s": round(sum(r["cpu_s"] for r in rows), 1),
-             "max_process_rss_mib": max(r["max_process_rss_mib"] for r in rows),
-             "tree_rss_mib": max(r["tree_rss_mib"] for r in rows)}
-    info = {"burners": args.load, "cores": len(os.sched_getaffinity(0)), "load_before": load_before,
-            "load_after": load_after, "rows": [*rows, total]}
+    info = {"cores": len(os.sched_getaffinity(0)), **run_stages(project.root, stages, env, load=args.load)}
+    load_before, rows = info["load_before"], info["rows"]
     if args.json:
         print(json.dumps(info, indent=2))
         return
     print(f"burners {args.load}; usable cores {info['cores']}; load average before "
-          f"{', '.join(f'{v:.2f}' for v in load_before)}, after {', '.join(f'{v:.2f}' for v in load_after)}")
+          f"{', '.join(f'{v:.2f}' for v in load_before)}, after {', '.join(f'{v:.2f}' for v in info['load_after'])}")
     print("| stage | wall s | CPU s | peak RSS, stage process (MiB) | peak RSS, process tree (MiB) |")
     print("|---|---:|---:|---:|---:|")
-    for r in info["rows"]:
+    for r in rows:
         print(f"| {r['stage']} | {r['wall_s']} | {r['cpu_s']} | {r['max_process_rss_mib']} | {r['tree_rss_mib']} |")
+
+
+def main_rows(args: argparse.Namespace) -> None:
+    from grappa_cli.setup.demo import prepare
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-demo-")) if args.dir is None else args.dir
+    env = {**os.environ, "GRAPPA_PROGRESS": "0"}
+    runs = {}
+    for label, load in (("quiet", 0), ("loaded", 2)):
+        project = prepare(workdir / label, scale=args.scale, force=True)
+        strategies = list(project.config().fuse.strategies)
+        stages = [["extract"], ["cluster"], ["adapt"], *[["fuse", "--strategy", s] for s in strategies], ["eval"],
+                  ["report"]]
+        runs[label] = run_stages(project.root, stages, env, load=load, estimate=True)
+        print(f"{label}: {runs[label]['rows'][-1]['wall_s']} s", file=sys.stderr)
+    inc = increment(workdir, env, args.scale)
+    info = {"cores": len(os.sched_getaffinity(0)), **runs, "increment": inc}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    text = rows_report(runs["quiet"], runs["loaded"], inc)
+    print(text)
+    if args.md:
+        args.md.write_text(text)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def test_seeded_items_are_a_function_of_seed_and_index_only() -> None:
 
 def test_seeded_items_seed_only_the_cpu_generator(monkeypatch) -> None:
     """Seeding an item leaves the accelerators' generators alone: ``torch.manual_seed`` would queue
-    (or, with a GPU, run) a seeding of every device per item, which cost 15 % of an adaptor
+    (or, with a GPU, run) a seeding of every device per item, which cost about 5 % of an adaptor
     set's training time on the CPU and left the GPU's generator at the last item's seed."""
     calls: list[str] = []
     for module in (torch.cuda, torch.xpu, torch.mtia):

@@ -55,7 +55,7 @@ class SeededSamples(Dataset[ItemT_co]):
 
     Only torch's CPU generator is seeded (``default_generator``), the one the image transforms
     draw from. ``torch.manual_seed`` would also queue a seeding of every accelerator: with a CUDA
-    build and no initialised GPU, each call formats the stack three times, which took 15 % of an
+    build and no initialised GPU, each call formats the stack three times, which took about 5 % of an
     adaptor set's training time on the CPU; with a GPU it reseeded the devices' generators on every
     item and left them at the last item's seed.
     """
