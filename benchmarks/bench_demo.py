@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tomlkit import TOMLDocument
 
+    from grappa_cli.project import Project
+
 BURN = "while True: pass"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -92,6 +94,13 @@ def run_stage(args: list[str], env: dict[str, str]) -> dict:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"stage": " ".join(args[2:]), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
             "max_process_rss_mib": round(own.ru_maxrss / 1024), "tree_rss_mib": round(peak / 2**20)}
+
+
+def demo_stages(project: Project) -> list[list[str]]:
+    """The commands that make the demo, one per stage (the fusion: one per configured strategy)."""
+    strategies = list(project.config().fuse.strategies)
+    return [["extract"], ["cluster"], ["adapt"], *[["fuse", "--strategy", s] for s in strategies], ["eval"],
+            ["report"]]
 
 
 def stage_estimates(root: Path) -> dict[str, float]:
@@ -228,11 +237,9 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-demo-")) if args.dir is None else args.dir
     project = prepare(workdir / "demo", scale=args.scale, force=True)
-    strategies = list(project.config().fuse.strategies)
     env = {**os.environ, "GRAPPA_PROGRESS": "0"}
-    stages = [["extract"], ["cluster"], ["adapt"], *[["fuse", "--strategy", s] for s in strategies], ["eval"],
-              ["report"]]
-    info = {"cores": len(os.sched_getaffinity(0)), **run_stages(project.root, stages, env, load=args.load)}
+    info = {"cores": len(os.sched_getaffinity(0)), **run_stages(project.root, demo_stages(project), env,
+                                                                load=args.load)}
     load_before, rows = info["load_before"], info["rows"]
     if args.json:
         print(json.dumps(info, indent=2))
@@ -253,10 +260,7 @@ def main_rows(args: argparse.Namespace) -> None:
     runs = {}
     for label, load in (("quiet", 0), ("loaded", 2)):
         project = prepare(workdir / label, scale=args.scale, force=True)
-        strategies = list(project.config().fuse.strategies)
-        stages = [["extract"], ["cluster"], ["adapt"], *[["fuse", "--strategy", s] for s in strategies], ["eval"],
-                  ["report"]]
-        runs[label] = run_stages(project.root, stages, env, load=load, estimate=True)
+        runs[label] = run_stages(project.root, demo_stages(project), env, load=load, estimate=True)
         print(f"{label}: {runs[label]['rows'][-1]['wall_s']} s", file=sys.stderr)
     inc = increment(workdir, env, args.scale)
     info = {"cores": len(os.sched_getaffinity(0)), **runs, "increment": inc}
