@@ -65,3 +65,30 @@ def test_the_update_is_estimated_from_the_plan(ran, tmp_path) -> None:
     assert guess.seconds["fuse"] == pytest.approx(8 * 4 * rates.fuse)
     assert guess.seconds["eval"] > 0 and guess.unknown == []
     assert guess.line().startswith("about ") and "from rates measured in this project" in guess.line()
+
+
+def test_a_stage_not_run_yet_borrows_a_rough_rate(ran, tmp_path) -> None:
+    """Before any set or fusion is trained, their rates come from the embedding rate: an
+    adaptation pass as ADAPT_PER_EMBED embeddings, a fusion pass per candidate as FUSE_PER_ADAPT
+    adaptation passes, both marked rough; a measured rate is never replaced."""
+    import shutil
+
+    from grappa_cli.pipeline.estimate import ADAPT_PER_EMBED, FUSE_PER_ADAPT, measured
+    from grappa_cli.project import Project
+
+    base, _ = ran
+    shutil.copytree(base.root, tmp_path / "project")
+    project = Project(tmp_path / "project")
+    store = project.store(mode="r")
+    full = measured(project, store)
+    for path in project.fusion_dir.glob("*.safetensors"):
+        path.unlink()
+    no_fusion = measured(project, store)
+    assert no_fusion.embed == full.embed and no_fusion.adapt == full.adapt
+    assert no_fusion.fuse == pytest.approx(FUSE_PER_ADAPT * full.adapt) and no_fusion.rough == ["fuse"]
+    for path in project.adaptors_dir.glob("*.safetensors"):
+        path.unlink()
+    nothing_trained = measured(project, store)
+    assert nothing_trained.adapt == pytest.approx(ADAPT_PER_EMBED * full.embed)
+    assert nothing_trained.fuse == pytest.approx(FUSE_PER_ADAPT * ADAPT_PER_EMBED * full.embed)
+    assert nothing_trained.rough == ["adapt", "fuse"]

@@ -9,9 +9,11 @@ three rates on this machine and device:
 * adaptation: seconds per training image pass of one set (forward, backward, augmentation);
 * fusion: seconds per image pass per candidate (the backbone plus each fused set).
 
-A stage that has not run yet borrows from the others (adaptation about 3x an embedding:
-backward costs about twice the forward; fusion about an adaptation pass per candidate) and is
-marked *rough*. The work itself comes from the plan: how many images each set trains on
+A stage that has not run yet borrows from the others (an adaptation pass about two embeddings:
+the frozen backbone needs activation gradients only; a fusion pass about 0.65 of an adaptation
+pass per candidate, the backbone being shared by them: :data:`ADAPT_PER_EMBED`,
+:data:`FUSE_PER_ADAPT`, measured on the benchmarks page's projects) and is marked *rough*.
+The work itself comes from the plan: how many images each set trains on
 (:func:`~grappa_cli.train.optim.schedule.fit_to_size` gives the passes), the union the fusion
 trains on, the test images each result embeds. Nothing is loaded or run.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from grappa_cli.pipeline.rates import ADAPT_PER_EMBED, Estimate, Pricing, Rates, measured
+from grappa_cli.pipeline.rates import ADAPT_PER_EMBED, FUSE_PER_ADAPT, Estimate, Pricing, Rates, measured
 from grappa_cli.pipeline.stage_table import spec
 
 if TYPE_CHECKING:
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from grappa_cli.pipeline.planner import Plan
     from grappa_cli.project import Project
 
-__all__ = ["ADAPT_PER_EMBED", "Estimate", "Pricing", "Rates", "estimate", "measured"]
+__all__ = ["ADAPT_PER_EMBED", "FUSE_PER_ADAPT", "Estimate", "Pricing", "Rates", "estimate", "measured"]
 
 
 def estimate(project: Project, config: GrappaConfig, plan: Plan) -> Estimate:

@@ -19,8 +19,16 @@ if TYPE_CHECKING:
     from grappa_cli.project import Project
     from grappa_cli.storage.store import Store
 
-#: A backward pass and augmentation cost about twice a forward: one adaptation pass ~ 3 embeddings.
-ADAPT_PER_EMBED = 3.0
+#: One adaptation pass (forward, activation gradients, augmentation) in embeddings, for a stage
+#: that has not run yet. Measured as 1.65-2.12 (EfficientNet-Lite0 at 96 px on the CPU: the demo
+#: quiet and loaded, two validation projects of the quality harness) and 2.2 for ViT-S/16 at
+#: 224 px (``benchmarks/run_all.py``, training vs inference); the frozen backbone needs no weight
+#: gradients, so backward costs about a forward, not two.
+ADAPT_PER_EMBED = 2.0
+#: One fusion pass per candidate in adaptation passes, before a fusion has run: the backbone runs
+#: once for all the candidates, so a pass over 1 + N candidates costs less than 1 + N adaptation
+#: passes. Measured 0.58-0.70 on the same five projects.
+FUSE_PER_ADAPT = 0.65
 
 
 @dataclass
@@ -103,7 +111,7 @@ def measured(project: Project, store: Store | None) -> Rates:
     if rates.adapt is None and rates.embed is not None:
         rates.adapt, rates.rough = ADAPT_PER_EMBED * rates.embed, [*rates.rough, Stage.adapt]
     if rates.fuse is None and rates.adapt is not None:
-        rates.fuse, rates.rough = rates.adapt, [*rates.rough, Stage.fuse]
+        rates.fuse, rates.rough = FUSE_PER_ADAPT * rates.adapt, [*rates.rough, Stage.fuse]
     return rates
 
 
