@@ -63,8 +63,8 @@ ALL_STRATEGIES = ("avg", "transform", "neighbor", "route", "single-random", "ran
 METRICS = (("r_precision", "RP"), ("map@r", "MAP@R"))
 ROW_NAMES = {
     "backbone": "M (backbone)", "fused:single-random": "M + A1", "fused:random": "M* (random)",
-    "oracle": "Oracle O", "fused:avg": "Grappa-avg", "fused:transform": "Grappa-T",
-    "fused:neighbor": "Grappa-N (default)", "fused:route": "Grappa-R", "fused:supervised": "supervised (labels)",
+    "oracle": "Oracle O", "fused:avg": "Grappa-avg (default)", "fused:transform": "Grappa-T",
+    "fused:neighbor": "Grappa-N", "fused:route": "Grappa-R", "fused:supervised": "supervised (labels)",
 }
 
 
@@ -278,9 +278,10 @@ def markdown(agg: dict[str, Any], tasks: list[str], metric: str, title: str) -> 
 
 
 def verdict(agg: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
-    """The targets: Grappa-N and the default Grappa-R vs M, Grappa-avg and the oracle (means over seeds, percent).
+    """The targets: the default Grappa-avg, Grappa-N and Grappa-R vs M, Grappa-avg and the oracle (means over
+    seeds, percent).
 
-    Grappa-N's keys start with ``N_``, Grappa-R's with ``R_``.
+    Grappa-avg's keys start with ``A_``, Grappa-N's with ``N_``, Grappa-R's with ``R_``.
     """
     def mean(row: str, task: str, metric: str) -> float | None:
         values = agg.get(row, {}).get(task, {}).get(metric)
@@ -289,7 +290,7 @@ def verdict(agg: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "backbone" not in agg:
         return out
-    for prefix, row in (("N", "fused:neighbor"), ("R", "fused:route")):
+    for prefix, row in (("A", "fused:avg"), ("N", "fused:neighbor"), ("R", "fused:route")):
         if row not in agg:
             continue
         deltas = {m: {t: (mean(row, t, m) or 0) - (mean("backbone", t, m) or 0) for t in tasks}

@@ -207,9 +207,9 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   choices=("centroids", "random")),
     ],
     "fuse": [
-        FieldSpec("strategies", "list[str]", ["avg", "neighbor", "route"],
-                  "fusion strategies `grappa run` trains (see `grappa plugins`); the project's default model is "
-                  "the first of neighbor, route, transform, avg it has",
+        FieldSpec("strategies", "list[str]", ["avg", "neighbor"],
+                  "fusion strategies `grappa run` builds (see `grappa plugins`; `route` adds Grappa-R); the "
+                  "project's default model is the first of avg, neighbor, route, transform it has",
                   "Grappa-avg and Grappa-N (section 3.5)"),
         FieldSpec("epochs", "int", 5, "fusion training epochs (at least; see min_steps)", check=_positive),
         FieldSpec("batch_size", "int", 256,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -29,18 +30,20 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path: Path, cli) -> None:
     directory = tmp_path / "demo"
     result = cli("demo", "--dir", directory, "--size", "tiny")
     assert result.exit_code == 0, result.stderr
-    for name in ("Demo results", "Grappa-N", "Grappa-avg", "Grappa-R"):
+    for name in ("Demo results", "Grappa-N", "Grappa-avg"):
         assert name in result.stdout
-    for name in ("table2.md", "table2.csv", "fig4_per_task.png", "routing.md", "routing.csv"):
+    assert "Grappa-R" not in result.stdout  # the router is not one of the fused models the defaults build
+    for name in ("table2.md", "table2.csv", "fig4_per_task.png"):
         assert (directory / "reports" / name).is_file()
     table = (directory / "reports" / "table2.md").read_text()
     for task in ("digits", "photos", "shapes"):
         assert task in table
     results = sorted(p.relative_to(directory / "results").as_posix() for p in (directory / "results").rglob("*.json"))
-    # backbone, two single sets, three fused models (Grappa-avg, Grappa-N, Grappa-R), on three tasks
-    assert len(results) == 18
-    routed = (directory / "reports" / "routing.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in routed[1:]] == ["digits", "photos", "shapes"]
+    # backbone, two single sets, two fused models (Grappa-avg, Grappa-N), on three tasks
+    assert len(results) == 15
+    with (directory / "reports" / "table2.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["model"] for row in rows if row["default"] == "true"] == ["fused:avg"]  # the default model
     for path in (directory / "results").rglob("*.json"):
         metrics = json.loads(path.read_text())["metrics"]
         assert 0.0 <= metrics["r_precision"] <= 1.0 and 0.0 <= metrics["map@r"] <= metrics["r_precision"] + 1e-9
@@ -50,7 +53,7 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path: Path, cli) -> None:
     assert text.count("<img ") >= 150 and "<script" not in text and "http://" not in text
     assert (directory / "reports" / "assets").is_dir()
     events = list((directory / "checkpoints" / "runs").rglob("events.out.tfevents.*"))
-    # every trained adaptor set and the attention fusion (Grappa-R's routers are fitted, not trained in steps)
+    # every trained adaptor set and the attention fusion (Grappa-avg trains nothing)
     assert {p.parent.name for p in events} == {"adapt-k4", "adapt-k16", "fuse-neighbor"}
 
     again = cli("-C", directory, "run", "--json")

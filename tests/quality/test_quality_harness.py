@@ -82,6 +82,9 @@ def test_small_harness_runs_the_pipeline_and_prints_table2(tmp_path: Path) -> No
     routed = sum(agg["fused:route"][t]["r_precision"][0] - agg["backbone"][t]["r_precision"][0]
                  for t in tasks) / len(tasks)
     assert verdict["R_minus_M_mean_RP"] == pytest.approx(routed)
+    averaged = sum(agg["fused:avg"][t]["r_precision"][0] - agg["oracle"][t]["r_precision"][0]
+                   for t in tasks) / len(tasks)
+    assert verdict["A_minus_oracle_mean_RP"] == pytest.approx(averaged) and verdict["A_minus_avg_mean_RP"] == 0
 
     # the criteria study on the same project: each source's choice read off the evaluated single sets
     import routing_criteria

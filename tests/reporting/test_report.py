@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from grappa_cli.reporting import paper
-from grappa_cli.reporting.results import StoredResult, oracle, order_models
+from grappa_cli.reporting.results import StoredResult, default_of, oracle, order_models
 from tests.reporting.conftest import write_result
 
 
@@ -240,6 +240,14 @@ def test_rows_follow_the_papers_order_and_mark_labels_and_stale(empty_project, c
     assert order_models(models, {"fused:supervised": True}) == [
         "backbone", "fused:single-random", "fused:random", "adaptor:k256", "adaptor:k1024", "adaptor:k4096",
         "fused:avg", "fused:transform", "fused:neighbor", "fused:custom", "fused:supervised"]
+
+
+def test_the_default_model_is_grappa_avg_else_the_first_trained_fused_model() -> None:
+    everything = ["backbone", "adaptor:k16", "fused:route", "fused:neighbor", "fused:transform", "fused:avg"]
+    assert default_of(everything) == "fused:avg"
+    assert default_of(m for m in everything if m != "fused:avg") == "fused:neighbor"
+    assert default_of(["fused:transform", "fused:route", "backbone"]) == "fused:route"
+    assert default_of(["fused:supervised", "adaptor:k16", "backbone"]) == "backbone"  # labels never by default
 
 
 def test_report_without_results_says_run_eval(empty_project, cli) -> None:

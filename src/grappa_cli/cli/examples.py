@@ -31,7 +31,8 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                 ("grappa cluster -k 256,1024 --backend sklearn", "chosen k values with another clusterer")],
     "adapt": [("grappa adapt", "one adaptor set per stored clustering"),
               ("grappa adapt -k k256 --epochs 2", "one set, fewer epochs")],
-    "fuse": [("grappa fuse", "Grappa-N over every adaptor set"),
+    "fuse": [("grappa fuse", "Grappa-avg (the default model) over every adaptor set"),
+             ("grappa fuse --strategy neighbor", "Grappa-N: attention trained on k-NN pairs (section 3.5)"),
              ("grappa fuse --strategy route", "Grappa-R: each training source routed to the granularity a "
               "label-free criterion picks"),
              ("grappa fuse -s avg -k k256,k1024", "Grappa-avg over two sets"),
@@ -42,7 +43,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
                ("grappa report --examples --paper", "with retrieval examples and the paper's numbers")],
     "run": [("grappa run", "every stage that is not complete, in order"),
             ("grappa run --until adapt", "stop after the adaptor sets")],
-    "export": [("grappa export fused:neighbor model.safetensors", "one self-contained file for load_model"),
+    "export": [("grappa export fused:neighbor model.safetensors", "Grappa-N as one self-contained file for load_model"),
                ("grappa export model.onnx", "the default model as an ONNX graph for onnxruntime"),
                ("grappa export adaptor:k256 k256.safetensors --no-backbone", "without the backbone's weights")],
     "embed": [("grappa embed /data/photos -o photos.parquet", "path and embedding per image, for pandas or DuckDB"),

@@ -184,7 +184,7 @@ def to_csv(table: Table2) -> str:
     """One line per row; values in percent (4 decimals), oracle sets as text.
 
     ``default`` is true on exactly one row: the model row of the project's default model
-    (:func:`~grappa_cli.reporting.results.default_of`: Grappa-N when present).
+    (:func:`~grappa_cli.reporting.results.default_of`: Grappa-avg when present).
     """
     from grappa_cli.reporting.results import default_of
 

@@ -110,7 +110,7 @@ def list_images(root: Path) -> list[str]:
 
 
 def default_model(project: Project) -> str:
-    """The project's default model: a fused one (Grappa-N first; see
+    """The project's default model: a fused one (Grappa-avg first; see
     :data:`~grappa_cli.reporting.results.DEFAULT_MODEL_ORDER`), else the backbone."""
     from grappa_cli.pipeline.stages import models
     from grappa_cli.reporting.results import default_of

@@ -58,9 +58,9 @@ def attention_training_table(rows: list[dict], sets: list[str]) -> Table:
 
 def fuse(
     ctx: typer.Context,
-    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Fusion strategy: neighbor, route, avg, "
-                                          "transform, supervised, random, single-random (see `grappa plugins "
-                                          "--all`).")] = "neighbor",
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Fusion strategy: avg (the default "
+                                          "model), neighbor, route, transform, supervised, random, single-random "
+                                          "(see `grappa plugins --all`).")] = "avg",
     sets: Annotated[str | None, typer.Option("--k", "-k", "--sets", help="Comma list of adaptor sets to fuse, "
                                              "e.g. k256,k1024 (default: all).", show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.", show_default=False)] = None,

@@ -26,7 +26,7 @@ def embed(
                                          "per row) or .npy (with a .paths.txt beside it).", show_default=False)],
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model: backbone, adaptor:k<K> or "
                                               "fused:<strategy> (default: the project's default model, "
-                                              "fused:neighbor when it exists).", show_default=False)] = None,
+                                              "fused:avg when it exists).", show_default=False)] = None,
     split: Annotated[str, typer.Option(help="For a task: its test or train split.")] = "test",
     device: DeviceOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.",

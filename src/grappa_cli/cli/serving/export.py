@@ -14,7 +14,7 @@ def export(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model name: backbone, adaptor:k<K> or fused:<strategy>; with one "
                                          "argument, the file to write, and the project's default model "
-                                         "(fused:neighbor, else fused:route, ...) is exported.",
+                                         "(fused:avg, else fused:neighbor, ...) is exported.",
                                          show_default=False)],
     output: Annotated[Path | None, typer.Argument(help="File to write, e.g. model.safetensors.",
                                                   show_default=False)] = None,

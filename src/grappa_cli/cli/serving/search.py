@@ -27,8 +27,8 @@ def index(
     gallery: Annotated[Path, typer.Argument(help="Folder of gallery images (searched recursively).",
                                             show_default=False)],
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model: backbone, adaptor:k<K> or "
-                                              "fused:<strategy> (default: fused:neighbor, else "
-                                              "fused:route, else fused:transform, else fused:avg, else "
+                                              "fused:<strategy> (default: fused:avg, else "
+                                              "fused:neighbor, else fused:route, else fused:transform, else "
                                               "backbone).", show_default=False)] = None,
     name: Annotated[str | None, typer.Option("--name", help="Index name (default: `default`); one gallery per "
                                              "name.", show_default=False)] = None,

@@ -43,4 +43,5 @@ def demo(
     # one command per line: each line pastes into a shell as it is
     out.print(f"Explore it:\n  grappa -C {directory} status\n"
               f"  grappa -C {directory} fuse --strategy neighbor --inspect\n"
-              f"  grappa -C {directory} fuse --strategy route --inspect", highlight=False, markup=False)
+              f"  grappa -C {directory} fuse --strategy route && grappa -C {directory} run", highlight=False,
+              markup=False)
