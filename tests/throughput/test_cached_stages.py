@@ -15,6 +15,8 @@ def test_training_stages_use_the_cache_when_it_is_built(clustered_project, cli) 
     assert result.exit_code == 0, result.stderr
     assert "grappa cache build" in result.stderr and "speeds training up" in result.stderr
     assert artifacts.read_checkpoint_record(project.adaptors_dir / "k2.safetensors")["input"] == "files"
+    again = cli("-C", project.root, "adapt", "--k", "2")  # nothing trains: nothing to say about the cache
+    assert again.exit_code == 0 and "cache build" not in again.stderr
 
     assert cli("-C", project.root, "cache", "build", "--yes").exit_code == 0
     result = cli("-C", project.root, "adapt", "--k", "4")

@@ -83,4 +83,4 @@ def adapt(
                       "-" if r.skipped else f"{r.images_per_second:,.1f}",
                       r.path + (" (already complete)" if r.skipped else ""))
     out.print(table)
-    hint("Next: `grappa fuse` (Grappa-N; or --strategy route, avg, transform).")
+    hint("Next: `grappa fuse` (Grappa-avg, the default model; or --strategy neighbor, route, transform).")

@@ -17,7 +17,9 @@ building the cache never makes trained sets stale.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -160,7 +162,8 @@ def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = N
         raise StoreError(f"the stored features were extracted with {features['params'].get('backbone')}, "
                          f"but grappa.toml configures {backbone.model_id}",
                          hint="rerun `grappa extract --force`")
-    cache = find_training_cache(store, reporter)
+    # looked up when the first set trains: a run whose sets are all complete says nothing about the cache
+    cache = functools.cache(lambda: find_training_cache(store, reporter))
     results = []
     for name in names:
         results.append(_adapt_one(project, config, options, store, backbone, features, name, reporter, cache))
@@ -195,7 +198,8 @@ def training_inputs(store: Store, k: int | str, data_config: dict[str, Any], cac
 
 
 def _adapt_one(project: Project, config: GrappaConfig, options: AdaptOptions, store: Store, backbone: Backbone,
-               features: dict, name: str, reporter: Reporter, cache: Any = None) -> AdaptResult:
+               features: dict, name: str, reporter: Reporter,
+               cache: Callable[[], Any] = lambda: None) -> AdaptResult:
     import torch
 
     from grappa_cli.model.checkpoint import save_adaptor_set
@@ -233,7 +237,7 @@ def _adapt_one(project: Project, config: GrappaConfig, options: AdaptOptions, st
 
     labels, keep, replayed_rows = replay.labelled_rows(store, name, replayed, params.get("replay", 0),
                                                        params["seed"])
-    dataset, loop_inputs = training_inputs(store, name, backbone.data_config, cache, params["crop_scale"],
+    dataset, loop_inputs = training_inputs(store, name, backbone.data_config, cache(), params["crop_scale"],
                                            labelled=(labels, keep))
     model = GrappaModel.with_adaptor_sets(
         backbone, [new_adaptor_set(backbone, config.adapt.bottleneck, seed=params["seed"], k=k,
