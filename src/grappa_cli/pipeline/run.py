@@ -64,6 +64,7 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
     from grappa_cli.console import NullReporter
     from grappa_cli.pipeline import planner
     from grappa_cli.pipeline.plugin_check import check_config
+    from grappa_cli.runtime import return_freed_memory
 
     # One configuration for the whole run: every stage reads the pinned one, and an edit of
     # grappa.toml while the run works stops it before the next stage instead of half-applying it.
@@ -85,6 +86,7 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
                 announce(f"[{len(outcomes) + 1}/{len(stages)}] {spec.stage}")
             runner = spec.run_full if full and spec.run_full is not None else _RUNNERS[spec.stage]
             outcomes.append(runner(project, config, device, view))
+            return_freed_memory()  # each stage starts small again, not on top of the last one's peak
             step_done: Callable[[], None] | None = getattr(view, "step_done", None)
             if step_done is not None:
                 step_done()

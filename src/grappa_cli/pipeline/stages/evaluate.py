@@ -311,7 +311,7 @@ def evaluate(project: Project, options: EvalOptions, reporter: Reporter | None =
     from grappa_cli.pipeline.stages import eval_images
     from grappa_cli.pipeline.stages.embed import run_embedding
     from grappa_cli.pipeline.stages.extract import backbone_spec
-    from grappa_cli.runtime import resolve_device
+    from grappa_cli.runtime import resolve_device, return_freed_memory
     from grappa_cli.train import distributed
 
     reporter = reporter or NullReporter()
@@ -367,6 +367,7 @@ def evaluate(project: Project, options: EvalOptions, reporter: Reporter | None =
             for job in mine:
                 run.entries.append(_score(project, store, job, config, metric_device, reporter,
                                           embedded=job.task in seconds, seconds=seconds.get(job.task, 0.0)))
+        return_freed_memory()  # the next model starts from this one's live memory, not from its peak
     distributed.barrier()
     if main:
         run.oracle = oracle([e.stored() for e in run.entries])
