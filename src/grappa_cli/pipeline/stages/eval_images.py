@@ -249,6 +249,7 @@ def embed_images(
     """
     import torch
 
+    from grappa_cli.pipeline.stages.embed import forward_in_parts
     from grappa_cli.runtime import HostCopies, autocast, maybe_compile
 
     reporter = reporter or NullReporter()
@@ -271,7 +272,7 @@ def embed_images(
         def run() -> None:
             batch = torch.stack(queue)
             with torch.inference_mode(), autocast(device, amp):
-                result = model(batch.to(device, non_blocking=True))
+                result = forward_in_parts(model, batch.to(device, non_blocking=True))  # bounded memory on a CPU
             land(copies.push(result.float(), np.asarray(queued)))
             bar.advance(len(queued))
             queue.clear()
