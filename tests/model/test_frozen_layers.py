@@ -99,3 +99,20 @@ def test_a_frozen_timm_cnn_gives_the_same_input_gradient_and_saves_a_third_less(
     assert saved1 < 0.7 * saved0  # measured: 0.67 (the demo's Grappa-N, with adaptors and attention: 0.49)
     with torch.inference_mode():  # inference takes the modules' own code
         assert torch.equal(native(x), lean(x))
+
+
+def test_a_changed_module_pickles_and_copies_with_the_lean_path_bound_to_the_copy() -> None:
+    import pickle
+
+    torch.manual_seed(0)
+    native = _frozen(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), BatchNormAct2d(4)))
+    _randomise_statistics(native, 3)
+    lean = copy.deepcopy(native)
+    assert keep_less_for_backward(lean) == 2
+    x = torch.randn(2, 3, 8, 8)
+    upstream = torch.randn(2, 4, 8, 8)
+    y0, g0, saved0 = _run(native, x, upstream)
+    for clone in (copy.deepcopy(lean), pickle.loads(pickle.dumps(lean))):
+        assert clone[0]._conv_forward.module is clone[0] and clone[1].forward.module is clone[1]
+        y1, g1, saved1 = _run(clone, x, upstream)
+        assert torch.equal(y0, y1) and torch.equal(g0, g1) and saved1 < saved0

@@ -17,7 +17,6 @@ cuDNN's batch norm has another backward, and the equality is not checked there.
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import torch
@@ -75,31 +74,38 @@ class _FrozenBatchNorm(torch.autograd.Function):
         return grad_input, None, None, None, None, None
 
 
-def _conv_forward(self: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    if _wanted(x, weight, bias):
-        return _FrozenConv2d.apply(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-    return nn.Conv2d._conv_forward(self, x, weight, bias)
+class _LeanConvForward:
+    """A frozen ``Conv2d``'s ``_conv_forward``: the lean path when only the input needs a gradient.
+
+    A small object rather than a bound function, so that a changed module still pickles and
+    deep-copies (each copy's method refers to the copy).
+    """
+
+    def __init__(self, module: nn.Conv2d) -> None:
+        self.module = module
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        conv = self.module
+        if _wanted(x, weight, bias):
+            return _FrozenConv2d.apply(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return nn.Conv2d._conv_forward(conv, x, weight, bias)
 
 
-def _batch_norm(module: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor | None:
-    """The frozen path of an eval-mode batch norm, or None where the module's own code must run."""
-    if module.training or module.running_mean is None or module.running_var is None:
-        return None
-    if not _wanted(x, module.weight, module.bias):
-        return None
-    return _FrozenBatchNorm.apply(x, module.running_mean, module.running_var, module.weight, module.bias, module.eps)
+class _LeanNormForward:
+    """An eval-mode batch norm's ``forward`` (``nn.BatchNorm2d``, or timm's ``BatchNormAct2d``, which
+    follows it with ``drop`` and ``act``): the lean path when only the input needs a gradient."""
 
+    def __init__(self, module: nn.BatchNorm2d, then_act: bool) -> None:
+        self.module = module
+        self.then_act = then_act
 
-def _bn_forward(self: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    out = _batch_norm(self, x)
-    return type(self).forward(self, x) if out is None else out
-
-
-def _bn_act_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    out = _batch_norm(self, x)
-    if out is None:
-        return type(self).forward(self, x)
-    return self.act(self.drop(out))  # timm's BatchNormAct2d: batch norm, then drop, then act
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        norm: Any = self.module
+        if (norm.training or norm.running_mean is None or norm.running_var is None
+                or not _wanted(x, norm.weight, norm.bias)):
+            return type(norm).forward(norm, x)
+        out = _FrozenBatchNorm.apply(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps)
+        return norm.act(norm.drop(out)) if self.then_act else out
 
 
 def keep_less_for_backward(model: nn.Module) -> int:
@@ -115,12 +121,11 @@ def keep_less_for_backward(model: nn.Module) -> int:
     changed = 0
     for module in model.modules():
         kind = type(module)
-        if kind is nn.Conv2d and module.padding_mode == "zeros" and not isinstance(module.padding, str):
-            vars(module)["_conv_forward"] = types.MethodType(_conv_forward, module)  # this instance only
-        elif kind is nn.BatchNorm2d:
-            vars(module)["forward"] = types.MethodType(_bn_forward, module)
-        elif kind is BatchNormAct2d:
-            vars(module)["forward"] = types.MethodType(_bn_act_forward, module)
+        if isinstance(module, nn.Conv2d) and kind is nn.Conv2d and module.padding_mode == "zeros" \
+                and not isinstance(module.padding, str):
+            vars(module)["_conv_forward"] = _LeanConvForward(module)  # this instance only
+        elif isinstance(module, nn.BatchNorm2d) and kind in (nn.BatchNorm2d, BatchNormAct2d):
+            vars(module)["forward"] = _LeanNormForward(module, then_act=kind is BatchNormAct2d)
         else:
             continue
         changed += 1
