@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing.context
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -226,7 +227,7 @@ def spawn_context() -> QuietSpawnContext:
 
 
 def return_freed_memory() -> bool:
-    """Hand the heap memory that freed Python objects and tensors left behind back to the system.
+    """Hand the heap memory that freed tensors and Python objects left behind back to the system.
 
     glibc keeps freed blocks in its heaps for reuse, so after a stage that trained a model the
     process stays as large as the training's peak although nothing holds those tensors any more
@@ -235,11 +236,11 @@ def return_freed_memory() -> bool:
     elsewhere (macOS, musl, Windows) it does nothing and says False.
     """
     import ctypes
-    import ctypes.util
-    import gc
 
-    gc.collect()
-    name = ctypes.util.find_library("c")
+    # No garbage collection first: tensors are freed by reference counting as a stage ends (a
+    # collection after Grappa-N's training freed nothing), and a full collection costs tens of
+    # milliseconds per call in a process holding millions of objects (a test run, a notebook).
+    name = _libc_name()
     if name is None:
         return False
     try:
@@ -250,3 +251,11 @@ def return_freed_memory() -> bool:
     trim.restype = ctypes.c_int
     trim(0)
     return True
+
+
+@functools.cache
+def _libc_name() -> str | None:
+    """The C library's file name (looked up once: ``find_library`` may run a compiler or ldconfig)."""
+    import ctypes.util
+
+    return ctypes.util.find_library("c")
