@@ -67,6 +67,69 @@ def partition_gap_scores(features: np.ndarray, labels_per_set: Sequence[np.ndarr
     return routing.label_scores(gap, features, labels_per_set, source_of, num_sources)
 
 
+def barlow_loss(za: Any, zb: Any, off_weight: float = 0.0051) -> tuple[Any, Any, Any]:
+    """Barlow Twins loss of two batches (each feature standardised over the batch), and its parts."""
+    import torch
+
+    n = za.shape[0]
+    za = (za - za.mean(0)) / (za.std(0) + 1e-6)
+    zb = (zb - zb.mean(0)) / (zb.std(0) + 1e-6)
+    c = za.T @ zb / n
+    on = ((torch.diagonal(c) - 1) ** 2).sum()
+    off = (c ** 2).sum() - (torch.diagonal(c) ** 2).sum()
+    return on + off_weight * off, on, off
+
+
+def own_graph_loss(a: np.ndarray, b: np.ndarray, *, seed: int, repeats: int = 3, steps: int = 300,
+                   dims: tuple[int, int] = (256, 64)) -> float:
+    """Held-out Barlow Twins loss on a candidate's own nearest-neighbour pairs, projector refitted.
+
+    Each image is paired with its nearest other image in the candidate's embedding of the first
+    crops (``a``), the pair being (its first crop, the neighbour's second crop ``b``), as
+    Grappa-N pairs images. A fresh projector is fitted with Adam on half of the images and the
+    loss is read on the other half (a projector fitted and read on the same few hundred pairs
+    drives the loss towards zero on any embedding); mean over ``repeats`` splits. Lower is
+    better. (Tried on 2026-12-06 as a routing criterion, not a configuration choice: the
+    experiments log.)
+    """
+    import torch
+
+    x = np.asarray(a, dtype=np.float32)
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -2.0)
+    partner = torch.from_numpy(similarity.argmax(1))
+    first, second = torch.from_numpy(x), torch.from_numpy(np.asarray(b, dtype=np.float32))
+    rng = np.random.default_rng(seed)
+    losses = []
+    for r in range(repeats):
+        order = torch.from_numpy(rng.permutation(len(x)))
+        fit, held = order[: len(x) // 2], order[len(x) // 2:]
+        torch.manual_seed(seed * 100 + r)
+        projector = torch.nn.Sequential(torch.nn.Linear(x.shape[1], dims[0]), torch.nn.BatchNorm1d(dims[0]),
+                                        torch.nn.ReLU(), torch.nn.Linear(dims[0], dims[1]))
+        optimizer = torch.optim.Adam(projector.parameters(), lr=1e-3, weight_decay=1e-4)
+        for _ in range(steps):
+            loss = barlow_loss(projector(first[fit]), projector(second[partner[fit]]))[0]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            losses.append(float(barlow_loss(projector(first[held]), projector(second[partner[held]]))[0]))
+    return float(np.mean(losses))
+
+
+def own_graph_scores(views: Sequence[Sequence[np.ndarray]], source_of: np.ndarray, num_sources: int,
+                     seed: int = 0) -> np.ndarray:
+    """``[S, C]``: minus :func:`own_graph_loss` of each candidate on each source's crops."""
+    scores = np.zeros((num_sources, len(views)))
+    for s in range(num_sources):
+        rows = np.flatnonzero(source_of == s)
+        for c, (a, b) in enumerate(views):
+            scores[s, c] = -own_graph_loss(a[rows], b[rows], seed=seed)
+    return scores
+
+
 def task_sources(store: Any, train_x: np.ndarray, source_of: np.ndarray, tasks: list[str]) -> dict[str, int]:
     """The training source each task's test images resemble most (10-NN vote in backbone space)."""
     import faiss
@@ -85,7 +148,8 @@ def task_sources(store: Any, train_x: np.ndarray, source_of: np.ndarray, tasks: 
     return out
 
 
-def study_project(root: Path, per_source: int, seed: int, crops: bool = True) -> dict[str, Any]:
+def study_project(root: Path, per_source: int, seed: int, crops: bool = True,
+                  own_graph: bool = False) -> dict[str, Any]:
     import torch
 
     from grappa_cli.data.images import decode_min_side
@@ -119,6 +183,8 @@ def study_project(root: Path, per_source: int, seed: int, crops: bool = True) ->
                                    min_side=decode_min_side(backbone.data_config))
         scores = {c: routing.embedding_scores(c, views, source_of[rows], len(names))
                   for c in routing.CRITERIA if c not in routing.LABEL_CRITERIA}
+        if own_graph:
+            scores["own-graph"] = own_graph_scores(views, source_of[rows], len(names), seed=seed)
     from grappa_cli.pipeline.stages.adapt import training_labels
 
     labels = [training_labels(store, n)[0][valid] for n in sets]
@@ -256,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-crops", action="store_true", help="only the criteria of the stored features and "
                         "pseudo-labels (no forward pass)")
+    parser.add_argument("--own-graph", action="store_true", help="also the own-graph Barlow Twins loss with "
+                        "a refitted projector (a minute or two per project on 2 cores)")
     parser.add_argument("--project", action="append", default=[], help="study these project directories instead")
     parser.add_argument("--json", default="")
     parser.add_argument("--from-json", default="", help="summarise a previous --json instead of computing")
@@ -267,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         roots = [Path(p) for p in args.project] or sorted(
             p for p in Path(args.work).glob(f"run-{args.split}-*") if (p / "results").is_dir())
-        studies = [study_project(root, args.per_source, args.seed, not args.no_crops) for root in roots]
+        studies = [study_project(root, args.per_source, args.seed, not args.no_crops, args.own_graph)
+                   for root in roots]
     print(summarise(studies))
     if args.temperatures:
         print(mix_study(studies, [float(t) for t in args.temperatures.split(",")]))
