@@ -133,6 +133,26 @@ def test_inspect_shows_attention(adapted_project, cli, strategy) -> None:
     assert "during training" in text.stdout and "logit scale" in text.stdout
 
 
+def test_inspecting_grappa_avg_decodes_no_image(adapted_project, cli, monkeypatch) -> None:
+    """Grappa-avg weighs every set 1/N on every image: the report's heat table needs no forward pass."""
+    from grappa_cli.data import images
+    from grappa_cli.pipeline.stages.fuse import inspect_attention
+
+    assert cli("-C", adapted_project.root, "fuse", "--strategy", "avg").exit_code == 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an image was decoded to inspect Grappa-avg")
+
+    monkeypatch.setattr(images.ImageDataset, "__init__", refuse)
+    report = inspect_attention(adapted_project, "avg")
+    store = adapted_project.store(mode="r")
+    for label, key in [("training set", "features/train"), ("shapes", "features/test/shapes")]:
+        group = report["groups"][label]
+        assert group["images"] == int(np.asarray(store.read(f"{key}/valid")).sum())
+        assert np.allclose(group["per_layer"], 0.5) and len(group["per_layer"]) == 4
+    assert report["groups"]["training set"]["images"] == 12  # as the forward pass counts them (above)
+
+
 def test_sets_of_another_backbone_are_refused(adapted_project, cli) -> None:
     from grappa_cli.config import update_file
 

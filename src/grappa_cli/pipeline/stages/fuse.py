@@ -217,11 +217,20 @@ def inspect_attention(project: Project, strategy_name: str, *, tasks: list[str] 
                            "sets": [*set_names, *(["backbone"] if routes_backbone else [])],
                            "groups": found, "training": rec.get("attention") or [],
                            "routing": record_fields(rec, "info").get("routing")}
+    # Grappa-avg weighs every set 1/N on every image: no image needs to be decoded to know it
+    uniform = all(getattr(layer, "kind", None) == "mean" for layer in model.fusion_layers())
     for label, key in groups.items():
         if not store.exists(f"{key}/paths"):
             continue
         paths = store.read(f"{key}/paths")
         rows = np.sort(rng.choice(len(paths), size=min(limit, len(paths)), replace=False))
+        if uniform:
+            readable = int(np.asarray(store.read(f"{key}/valid"))[rows].sum()) if store.exists(f"{key}/valid") \
+                else len(rows)
+            if readable:
+                mean = np.full((len(model.fusion_layers()), model.num_sets), 1.0 / model.num_sets)
+                found[label] = {"images": readable, "per_layer": mean.tolist(), "mean": mean.mean(0).tolist()}
+            continue
         loader = make_loader(ImageDataset(list(paths[rows]), transform, min_side=decode_min_side(
             backbone.data_config)), batch_size=batch_size, num_workers=0, device=dev)
         total: np.ndarray | None = None
