@@ -74,6 +74,28 @@ def test_report_of_an_evaluated_project(evaluated_project, cli) -> None:
         assert image.format == "PNG" and image.width > 300 and image.height > 300
 
 
+def test_the_current_report_is_read_back_not_rendered_again(evaluated_project, monkeypatch) -> None:
+    """What `grappa demo` prints after `grappa run` wrote the report: the same table and files."""
+    from grappa_cli.reporting import report as report_mod
+
+    options = report_mod.ReportOptions(html=False)
+    assert report_mod.current_report(evaluated_project, options).files  # none yet: it writes one
+    written = report_mod.report(evaluated_project, options)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the current report was rendered again")
+
+    monkeypatch.setattr(report_mod, "report", refuse)
+    again = report_mod.current_report(evaluated_project, options)
+    assert again.files == written.files
+    assert report_mod.to_markdown(again.table) == report_mod.to_markdown(written.table) == (
+        evaluated_project.reports_dir / "table2.md").read_text()
+    # a result gone since makes the written report stale: it is rendered again
+    next(evaluated_project.results_dir.glob("fused-avg/*.json")).unlink()
+    with pytest.raises(AssertionError, match="rendered again"):
+        report_mod.current_report(evaluated_project, options)
+
+
 def test_examples_are_the_top5_of_each_model(evaluated_project, cli) -> None:
     from grappa_cli.retrieval.metrics import neighbors
 

@@ -262,13 +262,7 @@ def report(project: Project, options: ReportOptions, reporter: Reporter | None =
         raise UsageError(f"--oracle-metric must be one of {', '.join(METRIC_KEYS)} (got {options.oracle_metric!r})")
     config = project.config()
     results = load_results(project.results_dir)
-    if not results and not options.paper:
-        raise StoreError("no results yet", hint="run `grappa eval` (or pass --paper to see the paper's numbers)")
-    tasks = {r.task for r in results}
-    table = build_table(results, task_order=list(config.tasks), task_types=task_types(config, tasks),
-                        stale=stale_results(project, results), paper_rows=options.paper,
-                        oracle_metric=options.oracle_metric)
-    table.notes += duplicate_notes(project, config, table.tasks)
+    table = report_table(project, options, config, results)
     out_dir = project.reports_dir
     files = []
     for name, text in (("table2.md", to_markdown(table)), ("table2.csv", to_csv(table))):
@@ -305,6 +299,34 @@ def report(project: Project, options: ReportOptions, reporter: Reporter | None =
     manifest = {"results": current_results(project), "files": [Path(f).name for f in files]}
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return ReportResult(table, files, examples)
+
+
+def report_table(project: Project, options: ReportOptions, config: GrappaConfig | None = None,
+                 results: Sequence[StoredResult] | None = None) -> Table2:
+    """Table 2 of the stored results, with its notes (what ``table2.md`` shows), writing nothing."""
+    config = config or project.config()
+    results = load_results(project.results_dir) if results is None else results
+    if not results and not options.paper:
+        raise StoreError("no results yet", hint="run `grappa eval` (or pass --paper to see the paper's numbers)")
+    tasks = {r.task for r in results}
+    table = build_table(results, task_order=list(config.tasks), task_types=task_types(config, tasks),
+                        stale=stale_results(project, results), paper_rows=options.paper,
+                        oracle_metric=options.oracle_metric)
+    table.notes += duplicate_notes(project, config, table.tasks)
+    return table
+
+
+def current_report(project: Project, options: ReportOptions, reporter: Reporter | None = None) -> ReportResult:
+    """The report as written when its manifest shows the current results (its table and files), else a new one.
+
+    What ``grappa demo`` prints after ``grappa run`` wrote the report: the same table and files,
+    without plotting and rendering them a second time.
+    """
+    if report_state(project) != "complete":
+        return report(project, options, reporter)
+    manifest = json.loads((project.reports_dir / MANIFEST).read_text())
+    files = [str(project.reports_dir / name) for name in manifest.get("files", [])]
+    return ReportResult(report_table(project, options), files, {})
 
 
 def duplicate_notes(project: Project, config: GrappaConfig, tasks: Sequence[str]) -> list[str]:

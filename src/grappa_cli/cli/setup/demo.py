@@ -25,7 +25,7 @@ def demo(
     from grappa_cli.console import PipelineReporter, err, out
     from grappa_cli.errors import UsageError
     from grappa_cli.pipeline.run import STAGES, run_pipeline
-    from grappa_cli.reporting.report import ReportOptions, report
+    from grappa_cli.reporting.report import ReportOptions, current_report
     from grappa_cli.setup.demo import SETTINGS, backbone_settings, prepare
 
     if size not in SETTINGS:
@@ -36,7 +36,8 @@ def demo(
     with project.lock("demo"), PipelineReporter(len(STAGES)) as view:
         outcome = run_pipeline(project, device=device, reporter=view)
     project.record_run("demo", **outcome.to_dict())
-    result = report(project, ReportOptions(device=device))
+    # `grappa run` wrote the report (or found it current): print its table, do not render it again
+    result = current_report(project, ReportOptions(device=device))
     print_table2(out, result.table, "Demo results (percent): RP = R-Precision, mAP = MAP@R")
     for path in result.files:
         out.print(f"wrote {path}", highlight=False)
