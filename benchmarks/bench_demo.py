@@ -252,18 +252,30 @@ def main() -> None:
         print(f"| {r['stage']} | {r['wall_s']} | {r['cpu_s']} | {r['max_process_rss_mib']} | {r['tree_rss_mib']} |")
 
 
-def main_rows(args: argparse.Namespace) -> None:
+#: thread settings a caller may have forced (``run_all.py --threads``); the demo's rows are measured
+#: with the threads grappa chooses itself, as a user runs it
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def measure_rows(workdir: Path, scale: str = "default") -> dict:
+    """Every row of ``--rows``: the stages quiet (with estimates) and beside 2 busy processes, and the increment."""
     from grappa_cli.setup.demo import prepare
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-demo-")) if args.dir is None else args.dir
-    env = {**os.environ, "GRAPPA_PROGRESS": "0"}
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    env["GRAPPA_PROGRESS"] = "0"
     runs = {}
     for label, load in (("quiet", 0), ("loaded", 2)):
-        project = prepare(workdir / label, scale=args.scale, force=True)
+        project = prepare(workdir / label, scale=scale, force=True)
         runs[label] = run_stages(project.root, demo_stages(project), env, load=load, estimate=True)
         print(f"{label}: {runs[label]['rows'][-1]['wall_s']} s", file=sys.stderr)
-    inc = increment(workdir, env, args.scale)
-    info = {"cores": len(os.sched_getaffinity(0)), **runs, "increment": inc}
+    inc = increment(workdir, env, scale)
+    return {"cores": len(os.sched_getaffinity(0)), **runs, "increment": inc}
+
+
+def main_rows(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-demo-")) if args.dir is None else args.dir
+    info = measure_rows(workdir, args.scale)
+    runs, inc = info, info["increment"]
     if args.json:
         print(json.dumps(info, indent=2))
     text = rows_report(runs["quiet"], runs["loaded"], inc)

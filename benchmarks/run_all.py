@@ -1,9 +1,9 @@
 """Every benchmark of the project in one run, at one size, as one Markdown table of ratios.
 
 Runs, one after the other on the same machine, the measurements of ``bench_input.py``,
-``bench_inference.py``, ``bench_model.py``, ``bench_kmeans.py``, ``bench_metrics.py`` and
-``bench_eval.py`` (their functions, imported), and prints each comparison as a ratio of two numbers measured side by
-side, with what bounds it; the raw numbers go to ``--json``.
+``bench_inference.py``, ``bench_model.py``, ``bench_kmeans.py``, ``bench_metrics.py``, ``bench_eval.py``
+and ``bench_demo.py --rows`` (their functions, imported), and prints each comparison as a ratio of two
+numbers measured side by side, with what bounds it; the raw numbers go to ``--json``.
 
     PYTHONPATH=src python benchmarks/run_all.py --small --out bench.md    # a 2-core CPU in a few minutes
     PYTHONPATH=src python benchmarks/run_all.py --out bench.md            # bigger CPU sizes (tens of minutes)
@@ -68,6 +68,8 @@ class Size:
     eval_img: int = 112
     eval_images: int = 96
     eval_models: int = 6
+    #: the demo's scale for the ``demo`` part (``grappa demo --size``)
+    demo_scale: str = "default"
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -76,7 +78,7 @@ PRESETS: dict[str, dict[str, Any]] = {
               "model_batch": 2, "model_img": 112, "model_repeats": 3, "kmeans_n": 8000, "kmeans_dim": 128,
               "kmeans_k": 256, "kmeans_niter": 10, "metrics_n": 10_000, "metrics_classes": 10, "train_img": 112,
               "train_batch": 8, "extract_images": 64, "extract_img": 112, "extract_batch": 8,
-              "eval_images": 32, "eval_models": 3},
+              "eval_images": 32, "eval_models": 3, "demo_scale": "tiny"},
 }
 
 
@@ -234,9 +236,32 @@ def part_eval(size: Size) -> tuple[dict, list[Row]]:
     ]
 
 
+def part_demo(size: Size) -> tuple[dict, list[Row]]:
+    """The demo's rows (``bench_demo.py --rows``): each stage its own process, quiet and beside two
+    busy processes, and an added task against the first run; grappa's own thread choice."""
+    import tempfile
+
+    import bench_demo
+
+    with tempfile.TemporaryDirectory(prefix="bench-demo-") as workdir:
+        r = bench_demo.measure_rows(Path(workdir), size.demo_scale)
+    quiet, loaded, inc = r["quiet"]["rows"][-1], r["loaded"]["rows"][-1], r["increment"]
+    return r, [
+        (f"`grappa demo` ({size.demo_scale}), each stage its own process", "target: 60 s",
+         f"{quiet['wall_s']:.0f} s quiet, peak RSS {quiet['max_process_rss_mib']} MiB",
+         f"**{60 / quiet['wall_s']:.2f}x**", "target wall over measured wall (target ≥ 1); RSS target < 1907 MiB"),
+        ("the same demo beside 2 CPU-bound processes", f"quiet: {quiet['wall_s']:.0f} s",
+         f"loaded: {loaded['wall_s']:.0f} s", f"**{quiet['wall_s'] / loaded['wall_s']:.2f}x**",
+         "target: loaded at most 3x the quiet time (ratio ≥ 0.33)"),
+        ("an added task (`task add shapes --train`, `run`) vs the first run", f"first run: {inc['first_run_s']} s",
+         f"increment: {inc['increment_s']} s (estimated {inc['increment_estimated_s']} s)",
+         f"**{inc['first_run_s'] / inc['increment_s']:.2f}x**", "target: the increment at most 0.5x (ratio ≥ 2)"),
+    ]
+
+
 PARTS: dict[str, Callable[[Size], tuple[dict, list[Row]]]] = {
     "input": part_input, "compile": part_compile, "model": part_model, "kmeans": part_kmeans,
-    "metrics": part_metrics, "train": part_train, "extract": part_extract, "eval": part_eval,
+    "metrics": part_metrics, "train": part_train, "extract": part_extract, "eval": part_eval, "demo": part_demo,
 }
 
 
