@@ -275,10 +275,9 @@ def measure_rows(workdir: Path, scale: str = "default") -> dict:
 def main_rows(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-demo-")) if args.dir is None else args.dir
     info = measure_rows(workdir, args.scale)
-    runs, inc = info, info["increment"]
     if args.json:
         print(json.dumps(info, indent=2))
-    text = rows_report(runs["quiet"], runs["loaded"], inc)
+    text = rows_report(info["quiet"], info["loaded"], info["increment"])
     print(text)
     if args.md:
         args.md.write_text(text)
