@@ -98,7 +98,9 @@ def run_stage(args: list[str], env: dict[str, str]) -> dict:
 
 def demo_stages(project: Project) -> list[list[str]]:
     """The commands that make the demo, one per stage (the fusion: one per configured strategy)."""
-    strategies = list(project.config().fuse.strategies)
+    from grappa_cli.pipeline.fusion_choice import fusion_strategies
+
+    strategies = fusion_strategies(project.config()).strategies
     return [["extract"], ["cluster"], ["adapt"], *[["fuse", "--strategy", s] for s in strategies], ["eval"],
             ["report"]]
 

@@ -39,7 +39,7 @@ class FieldSpec:
     """One key of a section: its type, default, documentation and validity check."""
 
     name: str
-    kind: str  # "str" | "int" | "float" | "bool" | "list[int]" | "list[str]" | "table" | "k"
+    kind: str  # "str" | "int" | "float" | "bool" | "list[int]" | "list[str]" | "table" | "k" | "auto-list"
     default: ConfigValue
     doc: str
     paper: str = ""
@@ -207,9 +207,12 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   choices=("centroids", "random")),
     ],
     "fuse": [
-        FieldSpec("strategies", "list[str]", ["avg", "neighbor"],
+        FieldSpec("strategies", "auto-list", "auto",
                   "fusion strategies `grappa run` builds (see `grappa plugins`; `route` adds Grappa-R); the "
-                  "project's default model is the first of avg, neighbor, route, transform it has",
+                  "project's default model is the first of avg, neighbor, route, transform it has; \"auto\" = "
+                  "avg and neighbor on a GPU, avg alone on a CPU, where training Grappa-N takes about as long as "
+                  "all adaptor sets together and it was not better than Grappa-avg on validation (the "
+                  "benchmarks page); `grappa fuse --strategy neighbor` adds it",
                   "Grappa-avg and Grappa-N (section 3.5)"),
         FieldSpec("epochs", "int", 5, "fusion training epochs (at least; see min_steps)", check=_positive),
         FieldSpec("batch_size", "int", 256,
@@ -418,13 +421,15 @@ def _type_ok(kind: str, value: object) -> bool:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if kind == "k":
         return value == "auto" or _type_ok("list[int]", value)
+    if kind == "auto-list":
+        return value == "auto" or _type_ok("list[str]", value)
     raise AssertionError(kind)
 
 
 _KIND_WORDS = {
     "str": "a string", "bool": "true or false", "int": "an integer", "float": "a number",
     "table": "a table", "list[int]": "a list of integers", "list[str]": "a list of strings",
-    "k": "a list of increasing integers or \"auto\"",
+    "k": "a list of increasing integers or \"auto\"", "auto-list": "a list of strings or \"auto\"",
 }
 
 

@@ -81,7 +81,7 @@ class FuseSection(Protocol):
     """``[fuse]``."""
 
     values: dict[str, object]  # every key of the section, as loaded
-    strategies: list[str]
+    strategies: str | list[str]
     epochs: int
     batch_size: int
     min_steps: int

@@ -55,7 +55,8 @@ def test_readme_own_data_commands_run_literally(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     project = tmp_path / "myproj"
     assert (project / "model.safetensors").is_file()
-    assert "fused:neighbor" in done.stdout or "Grappa-N" in done.stdout
+    # `grappa fuse` made Grappa-avg (the default model); on a CPU, `grappa run`'s "auto" strategies add nothing
+    assert "Grappa-avg" in done.stdout and "fused:neighbor" not in done.stdout
     # the search printed the gallery image it was given first (itself at similarity 1)
     assert query.name in done.stdout
 

@@ -73,7 +73,8 @@ def render() -> str:
 
 #: Python type of each schema kind, as the configuration holds it after loading
 _PY_TYPES = {"str": "str", "int": "int", "float": "float", "bool": "bool", "list[int]": "list[int]",
-             "list[str]": "list[str]", "table": "dict[str, object]", "k": "str | list[int]"}
+             "list[str]": "list[str]", "table": "dict[str, object]", "k": "str | list[int]",
+             "auto-list": "str | list[str]"}
 
 
 def section_class(section: str) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from grappa_cli.pipeline.freshness import record_fields as _fields
+from grappa_cli.pipeline.fusion_choice import StrategyChoice, fusion_strategies
 from grappa_cli.pipeline.stage import Stage
 from grappa_cli.pipeline.stages.models import WEIGHTS
 from grappa_cli.project import Project
@@ -62,6 +63,8 @@ class Plan:
     nodes: list[Node]
     #: the training set's increments with their adaptor sets
     increments: list[IncrementSets] = field(default_factory=list)
+    #: the fused models the plan builds (``[fuse] strategies``, ``auto`` resolved for the device)
+    fusion: StrategyChoice = field(default_factory=lambda: StrategyChoice([]))
 
     def get(self, artifact_id: str) -> Node | None:
         return next((n for n in self.nodes if n.id == artifact_id), None)
@@ -78,9 +81,12 @@ class Plan:
 class PlanBuilder:
     """The plan being built: each stage's :attr:`~grappa_cli.pipeline.stage_table.StageSpec.plan` adds its nodes."""
 
-    def __init__(self, project: Project, config: GrappaConfig, *, full: bool = False) -> None:
+    def __init__(self, project: Project, config: GrappaConfig, *, full: bool = False,
+                 device: str | None = None) -> None:
         self.project = project
         self.config = config
+        #: the fused models to build, ``auto`` resolved for ``device`` (else ``[runtime] device``)
+        self.fusion = fusion_strategies(config, device)
         #: plan a rebuild from scratch of a grown training set
         self.full = full
         self.store: Store | None = project.store(mode="r") if project.store_path.exists() else None
@@ -271,7 +277,7 @@ def plan_fusion(b: PlanBuilder) -> None:
     inputs = {f"adaptors/{s}": b.current(f"adaptors/{s}") for s in sets}
     inputs["features/train"] = b.current("features/train")
     backbone = _backbone_id(b)
-    for name in b.config.fuse.strategies:
+    for name in b.fusion.strategies:
         strategy = plugins.get("fusion_strategies", name)
         params = artifact_params(strategy, b.config, FusionOptions(), sets, backbone or "")
         interrupted = (b.project.runs_dir / f"fuse-{strategy.name}").is_dir()
@@ -290,7 +296,7 @@ def plan_results(b: PlanBuilder) -> None:
         tasks = sources.evaluation_tasks(b.config)
     except GrappaError:
         tasks = []
-    names = ["backbone", *(f"adaptor:{s}" for s in sets), *(f"fused:{s}" for s in b.config.fuse.strategies)]
+    names = ["backbone", *(f"adaptor:{s}" for s in sets), *(f"fused:{s}" for s in b.fusion.strategies)]
     refs = [models.parse(n) for n in names]
     for ref in models.available(b.project):  # `grappa eval` also scores every other model the project has
         if ref not in refs and not artifacts.stale_inputs(b.project, models.record(b.project, ref) or {}, b.store):

@@ -39,14 +39,16 @@ if TYPE_CHECKING:
 __all__ = ["Node", "Plan", "PlanBuilder", "build", "require_current"]
 
 
-def build(project: Project, config: GrappaConfig | None = None, *, full: bool = False) -> Plan:
+def build(project: Project, config: GrappaConfig | None = None, *, full: bool = False,
+          device: str | None = None) -> Plan:
     """The plan of ``project`` for its current ``grappa.toml`` (reads records and stats images).
 
     ``full``: plan a rebuild from scratch of a grown training set (``grappa run --full``).
+    ``device``: the device the run uses (``--device``), for what ``auto`` settings resolve to.
     Each stage of the table (:func:`grappa_cli.pipeline.stage_table.specs`) adds its artifacts, in run order.
     """
     config = config or project.config()
-    b = PlanBuilder(project, config, full=full or config.data.update == "full")
+    b = PlanBuilder(project, config, full=full or config.data.update == "full", device=device)
     for spec in specs():
         spec.plan(b)
-    return Plan(list(b.nodes.values()), b.sets)
+    return Plan(list(b.nodes.values()), b.sets, b.fusion)

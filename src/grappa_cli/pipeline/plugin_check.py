@@ -20,7 +20,10 @@ def check_config(config: GrappaConfig) -> None:
     from grappa_cli import plugins
 
     wanted: list[tuple[str, str, str]] = [("clusterers", "[cluster] backend", config.cluster.backend)]
-    wanted += [("fusion_strategies", "[fuse] strategies", name) for name in config.fuse.strategies]
+    from grappa_cli.pipeline.fusion_choice import AUTO_GPU
+
+    strategies = AUTO_GPU if config.fuse.strategies == "auto" else config.fuse.strategies
+    wanted += [("fusion_strategies", "[fuse] strategies", name) for name in strategies]
     wanted += [("tasks", f"[tasks.{task.name}] type", task.type) for task in config.tasks.values()]
     provider = getattr(config.backbone, "provider", "auto")
     if provider and provider != "auto":

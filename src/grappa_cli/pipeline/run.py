@@ -41,13 +41,15 @@ class RunOutcome:
     report: ReportResult | None = None
     #: what the plan (``grappa status``) announced before the run: artifact ids to (re)make
     planned: list[str] = field(default_factory=list)
+    #: the fused models the run built and, when ``[fuse] strategies = "auto"`` chose them, why
+    fusion: dict[str, object] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
         return any(s.changed for s in self.stages)
 
     def to_dict(self) -> dict[str, object]:
-        return {"changed": self.changed, "planned": self.planned,
+        return {"changed": self.changed, "planned": self.planned, "fusion": self.fusion,
                 "stages": [{"stage": s.stage, "done": s.done, "skipped": s.skipped} for s in self.stages]}
 
 
@@ -71,7 +73,7 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
     with project.pinned_config() as config:
         check_config(config)  # a misspelt plugin name fails now, not after hours of work
         stages = STAGES[: STAGES.index(Stage(until)) + 1] if until else STAGES
-        plan = planner.build(project, config, full=full)
+        plan = planner.build(project, config, full=full, device=device)
         if on_plan is not None:
             on_plan(config, plan)
         planned = [node.id for node in plan.todo() if node.stage in stages]
@@ -91,4 +93,4 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
             if step_done is not None:
                 step_done()
         project.require_config_unchanged("run")
-    return RunOutcome(outcomes, planned=planned)
+    return RunOutcome(outcomes, planned=planned, fusion=plan.fusion.to_dict())

@@ -87,11 +87,12 @@ def run_adapt(project: Project, config: GrappaConfig, device: str | None, view: 
 
 def run_fuse(project: Project, config: GrappaConfig, device: str | None, view: Reporter, /) -> StageOutcome:
     from grappa_cli.fusion.base import FusionOptions
+    from grappa_cli.pipeline.fusion_choice import fusion_strategies
     from grappa_cli.pipeline.stages.fuse import fuse
 
     sets = configured_sets(project, config)
     outcome = StageOutcome(Stage.fuse)
-    for strategy in config.fuse.strategies:
+    for strategy in fusion_strategies(config, device).strategies:
         result = fuse(project, strategy, sets, FusionOptions(device=device, refresh=True), view)
         (outcome.skipped if result.skipped else outcome.done).append(strategy)
     return outcome

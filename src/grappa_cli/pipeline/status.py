@@ -48,10 +48,12 @@ class ProjectStatus:
     #: how long the remaining work will take (from rates measured in the project), or why unknown
     remaining: str = ""
     remaining_seconds: dict[str, float] = field(default_factory=dict)
+    #: what settings left to ``auto`` chose for this machine, one sentence each
+    chosen: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {"root": self.root, "artifacts": [_artifact_dict(a) for a in self.artifacts], "next": self.next_steps,
-                "update": self.update, "remaining": self.remaining,
+                "update": self.update, "remaining": self.remaining, "chosen": self.chosen,
                 "remaining_seconds": {k: round(v, 1) for k, v in self.remaining_seconds.items()}}
 
 
@@ -108,8 +110,9 @@ def collect(project: Project) -> ProjectStatus:
     if project.store_path.exists():
         cache = project.store(mode="r").provenance("cache/train") or {}
         cached = int(cache["images"]) if cache.get("complete") and "images" in cache else None
+    chosen = [plan.fusion.reason] if plan.fusion.reason else []
     return ProjectStatus(str(project.root), items, _next_steps(config, plan),
-                         incremental_update(config, plan, cached), remaining, seconds)
+                         incremental_update(config, plan, cached), remaining, seconds, chosen)
 
 
 def _duplicates(project: Project, config: GrappaConfig, artifact_id: str) -> int | None:

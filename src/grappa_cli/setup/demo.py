@@ -112,7 +112,6 @@ def prepare(directory: Path, *, scale: str = "default", backbone: str = "auto", 
         doc["adapt"]["min_steps"] = settings.adapt_min_steps
         doc["fuse"]["min_steps"] = settings.fuse_min_steps
         doc["adapt"]["batch_size"] = settings.batch_size
-        doc["fuse"]["strategies"] = ["avg", "neighbor"]
         doc["fuse"]["epochs"] = settings.fuse_epochs
         doc["fuse"]["batch_size"] = 2 * settings.batch_size
         doc["fuse"]["projector"] = [256, 256]

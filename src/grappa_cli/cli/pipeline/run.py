@@ -53,13 +53,16 @@ def run(
 
 
 def _announce(project: Project) -> Callable[[GrappaConfig, Plan], None]:
-    """Say on stderr how long the run will take, from the rates measured in the project so far."""
+    """Say on stderr how long the run will take (from the rates measured in the project so far) and
+    what settings left to ``auto`` chose for this machine."""
 
     def announce(config: GrappaConfig, plan: Plan) -> None:
         from grappa_cli.console import err
         from grappa_cli.pipeline.estimate import estimate
 
         if plan.todo():
+            if plan.fusion.reason and any(n.id.startswith("fusion/") for n in plan.todo()):
+                err.print(f"Chosen for this machine: {plan.fusion.reason}.", highlight=False, markup=False)
             err.print(f"Estimated time: {estimate(project, config, plan).line()}.", highlight=False)
 
     return announce

@@ -43,6 +43,7 @@ def demo(
         out.print(f"wrote {path}", highlight=False)
     # one command per line: each line pastes into a shell as it is
     out.print(f"Explore it:\n  grappa -C {directory} status\n"
+              f"  grappa -C {directory} fuse --strategy neighbor && grappa -C {directory} run\n"
               f"  grappa -C {directory} fuse --strategy neighbor --inspect\n"
               f"  grappa -C {directory} fuse --strategy route && grappa -C {directory} run", highlight=False,
               markup=False)

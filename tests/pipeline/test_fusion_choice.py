@@ -1,0 +1,63 @@
+"""``[fuse] strategies = "auto"``: Grappa-avg alone on a CPU, Grappa-avg and Grappa-N on a GPU; the
+plan, ``grappa status`` and ``grappa run`` resolve it the same way and say why."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from grappa_cli.config import update_file
+from grappa_cli.errors import ConfigError
+from grappa_cli.pipeline.fusion_choice import auto_strategies, fusion_strategies
+
+
+def test_auto_builds_grappa_n_on_a_gpu_only() -> None:
+    cpu, gpu = auto_strategies("cpu"), auto_strategies("cuda")
+    assert cpu.strategies == ["avg"] and gpu.strategies == ["avg", "neighbor"]
+    assert cpu.reason is not None and "CPU" in cpu.reason and "grappa fuse --strategy neighbor" in cpu.reason
+    assert gpu.reason is not None and "Grappa-N" in gpu.reason
+
+
+def test_a_listed_choice_is_kept_on_any_device(tiny_project) -> None:
+    update_file(tiny_project.config_path, lambda doc: doc["fuse"].__setitem__("strategies", ["neighbor", "avg"]))
+    choice = fusion_strategies(tiny_project.config(), "cpu")
+    assert choice.strategies == ["neighbor", "avg"] and choice.reason is None
+
+
+def test_auto_is_the_default_and_other_values_are_refused(tiny_project) -> None:
+    assert tiny_project.config().fuse.strategies == "auto"  # what `grappa init` writes
+    text = tiny_project.config_path.read_text()
+    tiny_project.config_path.write_text(text.replace('strategies = "auto"', 'strategies = "all"'))
+    with pytest.raises(ConfigError, match=r"fuse\.strategies: must be a list of strings or \"auto\" \(got 'all'\)"):
+        tiny_project.config()
+
+
+def test_the_plan_and_status_on_a_cpu_build_grappa_avg_alone_and_say_why(tiny_project, cli) -> None:
+    from grappa_cli.pipeline import planner
+
+    plan = planner.build(tiny_project)
+    ids = {node.id for node in plan.nodes}
+    assert "fusion/avg" in ids and "fusion/neighbor" not in ids
+    assert not any(i.startswith("results/fused-neighbor/") for i in ids)
+    assert any(i.startswith("results/fused-avg/") for i in ids)
+    assert plan.fusion == auto_strategies("cpu")
+
+    shown = cli("-C", tiny_project.root, "status", "--json")
+    assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout)["chosen"] == [auto_strategies("cpu").reason]
+    text = cli("-C", tiny_project.root, "status")
+    assert "Chosen for this machine: [fuse] strategies = \"auto\" on a CPU" in " ".join(text.stdout.split())
+
+    update_file(tiny_project.config_path, lambda doc: doc["fuse"].__setitem__("strategies", ["avg", "neighbor"]))
+    listed = planner.build(tiny_project)
+    assert {"fusion/avg", "fusion/neighbor"} <= {node.id for node in listed.nodes} and listed.fusion.reason is None
+    assert json.loads(cli("-C", tiny_project.root, "status", "--json").stdout)["chosen"] == []
+
+
+def test_run_says_what_auto_chose_before_it_starts(tiny_project, cli) -> None:
+    result = cli("-C", tiny_project.root, "run", "--until", "extract")
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"Chosen for this machine: {auto_strategies('cpu').reason}." in said
+    assert said.index("Chosen for this machine") < said.index("extract")
