@@ -45,14 +45,16 @@ def test_the_plan_and_status_on_a_cpu_build_grappa_avg_alone_and_say_why(tiny_pr
 
     shown = cli("-C", tiny_project.root, "status", "--json")
     assert shown.exit_code == 0, shown.stderr
-    assert json.loads(shown.stdout)["chosen"] == [auto_strategies("cpu").reason]
+    assert json.loads(shown.stdout)["chosen"][-1] == auto_strategies("cpu").reason
     text = cli("-C", tiny_project.root, "status")
-    assert "Chosen for this machine: [fuse] strategies = \"auto\" on a CPU" in " ".join(text.stdout.split())
+    assert "Chosen for this project and machine: - " in " ".join(text.stdout.split())
+    assert "[fuse] strategies = \"auto\" on a CPU" in " ".join(text.stdout.split())
 
     update_file(tiny_project.config_path, lambda doc: doc["fuse"].__setitem__("strategies", ["avg", "neighbor"]))
     listed = planner.build(tiny_project)
     assert {"fusion/avg", "fusion/neighbor"} <= {node.id for node in listed.nodes} and listed.fusion.reason is None
-    assert json.loads(cli("-C", tiny_project.root, "status", "--json").stdout)["chosen"] == []
+    chosen = json.loads(cli("-C", tiny_project.root, "status", "--json").stdout)["chosen"]
+    assert not any("strategies" in line for line in chosen)
 
 
 def test_run_says_what_auto_chose_before_it_starts(tiny_project, cli) -> None:
@@ -61,3 +63,27 @@ def test_run_says_what_auto_chose_before_it_starts(tiny_project, cli) -> None:
     said = " ".join(result.stderr.split())
     assert f"Chosen for this machine: {auto_strategies('cpu').reason}." in said
     assert said.index("Chosen for this machine") < said.index("extract")
+
+
+def test_status_says_what_the_number_of_images_chose(tiny_project) -> None:
+    from grappa_cli.pipeline import planner
+    from grappa_cli.pipeline.choices import chosen_settings
+
+    def edit(doc):
+        doc["cluster"]["k"] = "auto"
+        doc["adapt"]["batch_size"] = 8
+        doc["adapt"]["epochs"] = 1
+        doc["adapt"]["min_steps"] = 10
+
+    update_file(tiny_project.config_path, edit)
+    config = tiny_project.config()
+    plan = planner.build(tiny_project, config)
+    n = plan.increments[0].images
+    assert n == 12  # the fixture's training classes: the first 2 of 4, 6 images each
+    # batch min(8, max(32, 12 // 16), 12) = 8: 1 step an epoch; 10 steps want 10 epochs, capped at 3 x 1
+    lines = chosen_settings(config, plan)
+    ks = ", ".join(map(str, plan.increments[0].ks))
+    assert lines[0].startswith(f'[cluster] k = "auto" for 12 training images: {ks} (')
+    assert lines[1] == ("[adapt] each set trains 3 steps: batches of 8, 3 epochs of 12 images "
+                        "(min_steps = 10 raises the configured 1 epochs, to at most 3x)")
+    assert lines[2] == auto_strategies("cpu").reason

@@ -43,13 +43,15 @@ class RunOutcome:
     planned: list[str] = field(default_factory=list)
     #: the fused models the run built and, when ``[fuse] strategies = "auto"`` chose them, why
     fusion: dict[str, object] = field(default_factory=dict)
+    #: what settings left to grappa chose for this project and machine (:mod:`grappa_cli.pipeline.choices`)
+    chosen: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         return any(s.changed for s in self.stages)
 
     def to_dict(self) -> dict[str, object]:
-        return {"changed": self.changed, "planned": self.planned, "fusion": self.fusion,
+        return {"changed": self.changed, "planned": self.planned, "fusion": self.fusion, "chosen": self.chosen,
                 "stages": [{"stage": s.stage, "done": s.done, "skipped": s.skipped} for s in self.stages]}
 
 
@@ -65,6 +67,7 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
     """
     from grappa_cli.console import NullReporter
     from grappa_cli.pipeline import planner
+    from grappa_cli.pipeline.choices import chosen_settings
     from grappa_cli.pipeline.plugin_check import check_config
     from grappa_cli.runtime import return_freed_memory
 
@@ -93,4 +96,4 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
             if step_done is not None:
                 step_done()
         project.require_config_unchanged("run")
-    return RunOutcome(outcomes, planned=planned, fusion=plan.fusion.to_dict())
+    return RunOutcome(outcomes, planned=planned, fusion=plan.fusion.to_dict(), chosen=chosen_settings(config, plan))

@@ -110,7 +110,9 @@ def collect(project: Project) -> ProjectStatus:
     if project.store_path.exists():
         cache = project.store(mode="r").provenance("cache/train") or {}
         cached = int(cache["images"]) if cache.get("complete") and "images" in cache else None
-    chosen = [plan.fusion.reason] if plan.fusion.reason else []
+    from grappa_cli.pipeline.choices import chosen_settings
+
+    chosen = chosen_settings(config, plan)
     return ProjectStatus(str(project.root), items, _next_steps(config, plan),
                          incremental_update(config, plan, cached), remaining, seconds, chosen)
 

@@ -34,8 +34,10 @@ def status(ctx: typer.Context, project: ProjectOption = None, as_json: JsonOptio
         out.print("Incremental update (data.train grew):", highlight=False)
         for line in report.update:
             out.print(f"  - {line}", highlight=False)
-    for line in report.chosen:
-        out.print(f"Chosen for this machine: {line}.", highlight=False, markup=False)
+    if report.chosen:
+        out.print("Chosen for this project and machine:", highlight=False)
+        for line in report.chosen:
+            out.print(f"  - {line}", highlight=False, markup=False)
     if report.remaining:
         out.print(f"Remaining work: {report.remaining}.", highlight=False)
     for step in report.next_steps:
