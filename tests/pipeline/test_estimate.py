@@ -92,3 +92,18 @@ def test_a_stage_not_run_yet_borrows_a_rough_rate(ran, tmp_path) -> None:
     assert nothing_trained.adapt == pytest.approx(ADAPT_PER_EMBED * full.embed)
     assert nothing_trained.fuse == pytest.approx(FUSE_PER_ADAPT * ADAPT_PER_EMBED * full.embed)
     assert nothing_trained.rough == ["adapt", "fuse"]
+
+
+def test_a_fresh_run_estimates_the_rest_once_extraction_has_measured_the_backbone(tmp_path, cli) -> None:
+    project = make_tiny_project(tmp_path / "p", make_image_folder(tmp_path / "img"))
+    result = cli("-C", project.root, "run", "--until", "cluster")
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    first = said.index("Estimated time: no estimate yet")
+    later = said.index("Estimated time of the remaining stages: about ")
+    assert first < said.index("[1/2] extract") < later < said.index("[2/2] cluster")
+    # a second run has rates from the start: one estimate, before it starts
+    again = cli("-C", project.root, "run", "--until", "adapt")
+    assert again.exit_code == 0, again.stderr
+    said = " ".join(again.stderr.split())
+    assert "Estimated time: about " in said and "remaining stages" not in said

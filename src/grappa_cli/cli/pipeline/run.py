@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -37,8 +36,9 @@ def run(
     proj = resolve_project(ctx, project)
     stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
     with proj.lock("run"), PipelineReporter(len(stages)) as view:
+        announce = _Announcer(proj)
         outcome = run_pipeline(proj, device=device, reporter=view, until=until, full=full,
-                               on_plan=_announce(proj))
+                               on_plan=announce.before, on_extracted=announce.after_extract)
     proj.record_run("run", **outcome.to_dict())
     if as_json:
         print_json(outcome.to_dict())
@@ -52,17 +52,33 @@ def run(
     out.print("Done. `grappa report` shows the results; `grappa status` what exists.")
 
 
-def _announce(project: Project) -> Callable[[GrappaConfig, Plan], None]:
-    """Say on stderr how long the run will take (from the rates measured in the project so far) and
-    what settings left to ``auto`` chose for this machine."""
+class _Announcer:
+    """Say on stderr how long the run will take (from the rates measured in the project so far)
+    and what settings left to ``auto`` chose for this machine; on a fresh project, whose first
+    estimate is possible only once extraction has measured the backbone, say it then."""
 
-    def announce(config: GrappaConfig, plan: Plan) -> None:
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.estimated = False
+
+    def before(self, config: GrappaConfig, plan: Plan) -> None:
         from grappa_cli.console import err
         from grappa_cli.pipeline.estimate import estimate
 
         if plan.todo():
             if plan.fusion.reason and any(n.id.startswith("fusion/") for n in plan.todo()):
                 err.print(f"Chosen for this machine: {plan.fusion.reason}.", highlight=False, markup=False)
-            err.print(f"Estimated time: {estimate(project, config, plan).line()}.", highlight=False)
+            guess = estimate(self.project, config, plan)
+            self.estimated = bool(guess.seconds)
+            err.print(f"Estimated time: {guess.line()}.", highlight=False)
 
-    return announce
+    def after_extract(self, config: GrappaConfig, plan: Plan) -> None:
+        from grappa_cli.console import err
+        from grappa_cli.pipeline.estimate import estimate
+
+        if self.estimated or not plan.todo():
+            return
+        guess = estimate(self.project, config, plan)
+        if guess.seconds:
+            self.estimated = True
+            err.print(f"Estimated time of the remaining stages: {guess.line()}.", highlight=False)
