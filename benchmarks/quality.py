@@ -193,6 +193,9 @@ def run_seed(work: Path, base: Path, data_root: Path, settings: Settings, seed: 
 def _seed_job(work: Path, base: Path, data_root: Path, settings: Settings, seed: int,
               threads: int) -> tuple[dict[str, dict[str, dict[str, float]]], float]:
     """One seed in a process of its own (spawned: zarr's event loop must not be forked)."""
+    from grappa_cli.runtime import reuse_freed_memory
+
+    reuse_freed_memory()  # as a `grappa` process does: the same numbers, fewer page faults
     if threads:
         import torch
 
@@ -328,6 +331,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", default="", help="write every number to this JSON file")
     args = parser.parse_args(argv)
 
+    from grappa_cli.runtime import reuse_freed_memory
+
+    reuse_freed_memory()
     if args.threads:
         import torch
 

@@ -253,6 +253,41 @@ def return_freed_memory() -> bool:
     return True
 
 
+#: ``mallopt`` parameters (glibc's malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+#: free memory at the top of the heap that glibc keeps instead of trimming it after each free
+KEPT_FREE_BYTES = 1 << 30
+
+
+def reuse_freed_memory() -> bool:
+    """Serve large blocks from the heap and keep freed ones there for reuse (glibc's ``mallopt``).
+
+    Training and embedding allocate the same activation tensors of tens of megabytes on every
+    step. glibc serves a block above its mmap threshold (dynamic, at most 32 MiB) with fresh
+    pages from ``mmap`` and unmaps it when it is freed, so each step faults in and zeroes its
+    activations again: forward and backward of EfficientNet-Lite0 on 60 images at 224 px took
+    3.7-4.7 s a step, half of it system time (4.8 million page faults in 5 steps), and 1.9-2.2 s
+    with this setting, with bit-identical gradients (``benchmarks/bench_malloc.py``). With mmap off
+    for the heap and a high trim threshold, freed blocks stay in the heap and the next step
+    reuses them; :func:`return_freed_memory` still hands them back between stages and evaluated
+    models, so a stage's peak does not carry over to the next. Called once at the start of a
+    ``grappa`` process (before torch loads or after, either works). True where glibc's
+    ``mallopt`` took both settings; elsewhere (macOS, musl, Windows) it does nothing and says False.
+    """
+    import ctypes
+
+    name = _libc_name()
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, KEPT_FREE_BYTES))
+
+
 @functools.cache
 def _libc_name() -> str | None:
     """The C library's file name (looked up once: ``find_library`` may run a compiler or ldconfig)."""

@@ -36,6 +36,7 @@ def test_demo_end_to_end_then_nothing_to_do(tmp_path: Path, cli) -> None:
     record = json.loads((directory / ".grappa" / "runs.jsonl").read_text().splitlines()[-1])
     assert record["command"] == "demo" and record["fusion"]["strategies"] == ["avg"]
     assert "on a CPU" in record["fusion"]["reason"]
+    assert f"Chosen for this machine: {record['fusion']['reason']}." in " ".join(result.stderr.split())
     for name in ("table2.md", "table2.csv", "fig4_per_task.png"):
         assert (directory / "reports" / name).is_file()
     table = (directory / "reports" / "table2.md").read_text()

@@ -104,10 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     from grappa_cli.errors import GrappaError
 
     debug = os.environ.get("GRAPPA_DEBUG") == "1"
-    if "torch" not in sys.modules:  # OpenMP reads these once, when torch loads
-        from grappa_cli.runtime import configure_cpu_threads
+    from grappa_cli.runtime import configure_cpu_threads, reuse_freed_memory
 
+    if "torch" not in sys.modules:  # OpenMP reads these once, when torch loads
         configure_cpu_threads()
+    reuse_freed_memory()  # training's large blocks are reused, not faulted in again every step
     _show_grappa_warnings()
     try:
         register_all()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from grappa_cli.cli.common import DeviceOption, Flag
+
+if TYPE_CHECKING:
+    from grappa_cli.pipeline.planner import Plan
 
 
 def demo(
@@ -33,8 +36,12 @@ def demo(
     _, described = backbone_settings(backbone)
     err.print(f"Demo project in {directory.resolve()}; backbone: {described}.", highlight=False)
     project = prepare(directory, scale=size, backbone=backbone, force=force)
+    def say_choice(_config: object, plan: Plan) -> None:
+        if plan.fusion.reason:
+            err.print(f"Chosen for this machine: {plan.fusion.reason}.", highlight=False, markup=False)
+
     with project.lock("demo"), PipelineReporter(len(STAGES)) as view:
-        outcome = run_pipeline(project, device=device, reporter=view)
+        outcome = run_pipeline(project, device=device, reporter=view, on_plan=say_choice)
     project.record_run("demo", **outcome.to_dict())
     # `grappa run` wrote the report (or found it current): print its table, do not render it again
     result = current_report(project, ReportOptions(device=device))
