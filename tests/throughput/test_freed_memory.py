@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -65,7 +66,9 @@ def test_large_blocks_are_reused_not_faulted_in_again(tmp_path) -> None:
     """))
     runs = {}
     for mode in ("default", "reuse"):
-        done = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=120)
+        env = {k: v for k, v in os.environ.items() if k != "GRAPPA_REUSE_MEMORY"}
+        done = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=120,
+                              env=env)
         assert done.returncode == 0, done.stderr
         runs[mode] = done.stdout.split()
     set_up, first, later, kept, trimmed = runs["reuse"]
@@ -77,3 +80,10 @@ def test_large_blocks_are_reused_not_faulted_in_again(tmp_path) -> None:
     # reused: the later steps write into the memory the first one left behind
     assert int(later) <= 0.05 * int(first)
     assert int(kept) >= 256 and int(kept) - int(trimmed) >= 200  # kept between steps, handed back after
+
+
+def test_reusing_freed_memory_can_be_turned_off(monkeypatch) -> None:
+    from grappa_cli.runtime import REUSE_MEMORY_ENV, reuse_freed_memory
+
+    monkeypatch.setenv(REUSE_MEMORY_ENV, "0")
+    assert reuse_freed_memory() is False

@@ -67,8 +67,37 @@ def render() -> str:
         'root = "/data/my_images"',
         "```",
         "",
+        "## Environment variables",
+        "",
+        "Settings of the process rather than of the project:",
+        "",
+        "| variable | meaning |",
+        "|---|---|",
+        *(f"| `{name}` | {meaning} |" for name, meaning in ENVIRONMENT),
+        "",
     ]
     return "\n".join(lines)
+
+
+#: The environment variables a user may set, and what each does.
+ENVIRONMENT = (
+    ("GRAPPA_PROJECT", "the project directory when `-C/--project` is not given (before the nearest "
+                       "`grappa.toml` in the working directory or its parents)"),
+    ("GRAPPA_PROGRESS", "`1` forces progress bars, `0` silences progress (default: bars on a terminal, a plain "
+                        "line at most every 15 s elsewhere)"),
+    ("OMP_NUM_THREADS", "torch's CPU threads; grappa sets one per usable core when it is unset (the thread count "
+                        "orders floating-point sums, so it is recorded with every result)"),
+    ("OMP_WAIT_POLICY", "grappa sets `PASSIVE` when it is unset: waiting threads sleep instead of spinning, which "
+                        "keeps a loaded machine usable"),
+    ("GRAPPA_REUSE_MEMORY", "`0` leaves glibc's allocator as it is; by default freed large blocks stay in the heap "
+                            "for the next training step instead of being faulted in again (training at 224 px about "
+                            "1.7x faster on the CPU, its peak memory up to 1.5x; see the benchmarks page)"),
+    ("GRAPPA_COMPILE", "`1` runs the models of extraction and evaluation through `torch.compile` (pays on GPUs)"),
+    ("GRAPPA_DISABLE_PLUGINS", "comma-separated entry-point plugins not to load"),
+    ("GRAPPA_LOAD_PLUGINS", "comma-separated entry-point plugins to load, no others (empty: none)"),
+    ("GRAPPA_CHROMIUM", "the Chromium binary the report's browser check and screenshots use"),
+    ("GRAPPA_DEBUG", "`1` prints the traceback of an error instead of its one line"),
+)
 
 
 #: Python type of each schema kind, as the configuration holds it after loading
