@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import multiprocessing.context
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from grappa_cli.errors import GrappaError
@@ -240,15 +240,9 @@ def return_freed_memory() -> bool:
     # No garbage collection first: tensors are freed by reference counting as a stage ends (a
     # collection after Grappa-N's training freed nothing), and a full collection costs tens of
     # milliseconds per call in a process holding millions of objects (a test run, a notebook).
-    name = _libc_name()
-    if name is None:
+    trim = _libc_function("malloc_trim", [ctypes.c_size_t])
+    if trim is None:
         return False
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
     trim(0)
     return True
 
@@ -287,16 +281,26 @@ def reuse_freed_memory() -> bool:
 
     if os.environ.get(REUSE_MEMORY_ENV, "1") == "0":
         return False
-    name = _libc_name()
-    if name is None:
+    mallopt = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, KEPT_FREE_BYTES))
+
+
+def _libc_function(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
+    """The C library's function ``name`` returning an int, or None where there is none (not glibc)."""
+    import ctypes
+
+    library = _libc_name()
+    if library is None:
+        return None
+    try:
+        function = getattr(ctypes.CDLL(library), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    return cast("Callable[..., int]", function)
 
 
 @functools.cache

@@ -9,19 +9,22 @@ import textwrap
 
 import pytest
 
+#: the scripts' resident memory in MiB, from /proc
+RSS_MIB = textwrap.dedent("""
+    def rss_mib():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) // 1024
+""")
+
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_freed_heap_memory_goes_back_to_the_system(tmp_path) -> None:
     """After a stage, the heap that its freed tensors leave behind shrinks back (what `run` calls)."""
     script = tmp_path / "freed.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(RSS_MIB + textwrap.dedent("""
         import numpy as np
         from grappa_cli.runtime import return_freed_memory
-
-        def rss_mib():
-            for line in open("/proc/self/status"):
-                if line.startswith("VmRSS"):
-                    return int(line.split()[1]) // 1024
 
         blocks = [np.ones(8192) for _ in range(4000)]  # 64 KiB each: glibc heap memory, not mmap
         survivors = blocks[::100]  # scattered live blocks: free() alone cannot shrink the heap's top
@@ -43,15 +46,10 @@ def test_large_blocks_are_reused_not_faulted_in_again(tmp_path) -> None:
     (`reuse_freed_memory`, what `grappa` sets at start) instead of fresh pages from the kernel;
     `return_freed_memory` still hands them back afterwards."""
     script = tmp_path / "reuse.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(RSS_MIB + textwrap.dedent("""
         import resource, sys
         import numpy as np
         from grappa_cli.runtime import return_freed_memory, reuse_freed_memory
-
-        def rss_mib():
-            for line in open("/proc/self/status"):
-                if line.startswith("VmRSS"):
-                    return int(line.split()[1]) // 1024
 
         set_up = reuse_freed_memory() if sys.argv[1] == "reuse" else None
         faults = []
