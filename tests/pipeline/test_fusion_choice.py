@@ -87,3 +87,13 @@ def test_status_says_what_the_number_of_images_chose(tiny_project) -> None:
     assert lines[1] == ("[adapt] each set trains 3 steps: batches of 8, 3 epochs of 12 images "
                         "(min_steps = 10 raises the configured 1 epochs, to at most 3x)")
     assert lines[2] == auto_strategies("cpu").reason
+
+
+def test_a_project_configured_for_a_gpu_plans_grappa_n_wherever_it_is_read(tiny_project) -> None:
+    from grappa_cli.pipeline import planner
+
+    update_file(tiny_project.config_path, lambda doc: doc["runtime"].__setitem__("device", "cuda"))
+    plan = planner.build(tiny_project)  # on a machine without CUDA too: the plan reads, it does not run
+    assert plan.fusion == auto_strategies("cuda")
+    assert {"fusion/avg", "fusion/neighbor"} <= {node.id for node in plan.nodes}
+    assert fusion_strategies(tiny_project.config(), "cpu") == auto_strategies("cpu")  # --device cpu wins

@@ -46,9 +46,18 @@ def fusion_strategies(config: GrappaConfig, device: str | None = None) -> Strate
     value = config.fuse.strategies
     if value != "auto":
         return StrategyChoice(list(value))
+    import torch
+
     from grappa_cli.runtime import resolve_device
 
-    return auto_strategies(resolve_device(device or config.runtime.device).type)
+    name = device or config.runtime.device
+    # a named device is taken at its word (a GPU project's `grappa status` works on a laptop too);
+    # only "auto" asks whether CUDA is there
+    try:
+        kind = resolve_device(name).type if name == "auto" else torch.device(name).type
+    except RuntimeError:
+        kind = resolve_device(name).type  # an unknown name: resolve_device says so in one line
+    return auto_strategies(kind)
 
 
 def auto_strategies(device_type: str) -> StrategyChoice:
