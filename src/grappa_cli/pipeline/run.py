@@ -58,15 +58,15 @@ class RunOutcome:
 def run_pipeline(project: Project, *, device: str | None = None, reporter: PipelineReporter | None = None,
                  until: str | None = None, full: bool = False,
                  on_plan: Callable[[GrappaConfig, Plan], None] | None = None,
-                 on_extracted: Callable[[GrappaConfig, Plan], None] | None = None) -> RunOutcome:
+                 on_extracted: Callable[[GrappaConfig], None] | None = None) -> RunOutcome:
     """Run the pipeline up to ``until`` (default: through the report).
 
     ``full``: extract a grown training set from scratch, so that every set is clustered and
     trained again on the union (instead of the incremental update, :mod:`grappa_cli.records.increments`).
     ``on_plan(config, plan)``: called with the plan before any stage runs (the CLI announces its
-    time estimate from it). ``on_extracted(config, plan)``: called with the plan of the remaining
-    work once the extract stage has run (a fresh project has measured nothing before it, so the
-    first estimate is only possible then).
+    time estimate from it). ``on_extracted(config)``: called once the extract stage has run (a
+    fresh project has measured nothing before it, so the first estimate is only possible then;
+    the callback plans the remaining work only if it needs to: planning stats every image).
     """
     from grappa_cli.console import NullReporter
     from grappa_cli.pipeline import planner
@@ -96,7 +96,7 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
             outcomes.append(runner(project, config, device, view))
             return_freed_memory()  # each stage starts small again, not on top of the last one's peak
             if spec.stage == Stage.extract and on_extracted is not None and not full and spec.stage != stages[-1]:
-                on_extracted(config, planner.build(project, config, device=device))
+                on_extracted(config)
             step_done: Callable[[], None] | None = getattr(view, "step_done", None)
             if step_done is not None:
                 step_done()

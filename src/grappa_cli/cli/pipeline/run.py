@@ -36,7 +36,7 @@ def run(
     proj = resolve_project(ctx, project)
     stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
     with proj.lock("run"), PipelineReporter(len(stages)) as view:
-        announce = _Announcer(proj)
+        announce = _Announcer(proj, device)
         outcome = run_pipeline(proj, device=device, reporter=view, until=until, full=full,
                                on_plan=announce.before, on_extracted=announce.after_extract)
     proj.record_run("run", **outcome.to_dict())
@@ -57,8 +57,9 @@ class _Announcer:
     and what settings left to ``auto`` chose for this machine; on a fresh project, whose first
     estimate is possible only once extraction has measured the backbone, say it then."""
 
-    def __init__(self, project: Project) -> None:
+    def __init__(self, project: Project, device: str | None) -> None:
         self.project = project
+        self.device = device
         self.estimated = False
 
     def before(self, config: GrappaConfig, plan: Plan) -> None:
@@ -72,11 +73,15 @@ class _Announcer:
             self.estimated = bool(guess.seconds)
             err.print(f"Estimated time: {guess.line()}.", highlight=False)
 
-    def after_extract(self, config: GrappaConfig, plan: Plan) -> None:
+    def after_extract(self, config: GrappaConfig) -> None:
         from grappa_cli.console import err
+        from grappa_cli.pipeline import planner
         from grappa_cli.pipeline.estimate import estimate
 
-        if self.estimated or not plan.todo():
+        if self.estimated:  # the run already said how long it takes: no second plan
+            return
+        plan = planner.build(self.project, config, device=self.device)
+        if not plan.todo():
             return
         guess = estimate(self.project, config, plan)
         if guess.seconds:
