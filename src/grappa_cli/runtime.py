@@ -77,30 +77,80 @@ def loader_workers(requested: int, batches: int, items: int | None = None) -> in
     return max(0, workers)
 
 
-def cpu_thread_settings(environ: Mapping[str, str] | None = None, *, cores: int | None = None) -> dict[str, str]:
+#: ``GOMP_SPINCOUNT`` when the cores are free at start: a waiting OpenMP thread spins this many
+#: times (about a tenth of a millisecond on this project's 2-core test machine), then sleeps. A
+#: training step runs about a thousand parallel regions back to back, and a sleeping thread takes
+#: tens of microseconds to wake for the next one: spinning briefly trained the demo's adaptor sets
+#: 1.2-1.3x faster on two quiet cores, where a busy machine costs the spin (up to 1.4x slower
+#: beside two CPU-bound processes; benchmarks/bench_threads.py, docs/benchmarks.md).
+SPIN_COUNT = 10_000
+
+
+def runnable_others(samples: int = 5, interval_s: float = 0.004) -> int | None:
+    """Processes other than this one that run or wait for a core now, machine-wide; None off Linux.
+
+    ``procs_running`` of ``/proc/stat`` counts the runnable threads of the whole machine, this
+    one's reading thread included. The smallest of a few readings a few milliseconds apart is
+    taken, so that a short-lived process (a shell, a ``grep``) does not count as load, while a
+    CPU-bound process shows in every reading.
+    """
+    import time
+
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                line = next((row for row in stat if row.startswith("procs_running")), None)
+        except OSError:
+            return None
+        if line is None:
+            return None
+        counts.append(int(line.split()[1]))
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return max(0, min(counts) - 1)
+
+
+def cpu_thread_settings(environ: Mapping[str, str] | None = None, *, cores: int | None = None,
+                        others: int | Callable[[], int | None] | None = runnable_others) -> dict[str, str]:
     """The OpenMP settings a ``grappa`` process should start with (those the user did not set).
 
-    * ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that wait for work sleep instead of spinning.
-      On a shared 2-core machine under load, spinning threads made 2-thread inference about
-      9x slower than passive ones (benchmarks/bench_threads.py, docs/benchmarks.md).
     * ``OMP_NUM_THREADS``: the usable cores, whatever the machine's load. The thread count sets
       the order of floating-point reductions, so a count read from the load average made the
       same project give other weights on a busy machine than on a quiet one; with a count fixed
       per machine a project's results depend only on its data, settings, seed, versions and the
       machine's cores (recorded with every artifact: :func:`grappa_cli.records.provenance.compute_conditions`).
-      With passive waits, threads that find their core busy sleep rather than spin.
+    * How waiting threads wait, which changes the time, never a number. When the machine's
+      other runnable processes and these threads fit its cores (``others``: :func:`runnable_others`
+      at start), ``GOMP_SPINCOUNT`` = :data:`SPIN_COUNT`: a thread spins briefly before it
+      sleeps, and catches the next of a step's many small parallel regions awake. Otherwise
+      (or where the load cannot be read, or under ``torchrun``, whose ranks share the cores)
+      ``OMP_WAIT_POLICY=PASSIVE``: threads that wait sleep at once, because a thread spinning
+      on a core that another process needs slows both (libgomp's default spin made 2-thread
+      inference about 9x slower on a loaded 2-core machine).
 
-    ``environ`` defaults to ``os.environ``; values already there are kept.
+    ``environ`` defaults to ``os.environ``; values already there are kept (either wait variable
+    set by the user leaves the waits to the user).
     """
     import os
 
     environ = os.environ if environ is None else environ
     cores = usable_cpus() if cores is None else cores
+    threads = max(1, cores)
     settings: dict[str, str] = {}
-    if "OMP_WAIT_POLICY" not in environ:
-        settings["OMP_WAIT_POLICY"] = "PASSIVE"
     if "OMP_NUM_THREADS" not in environ:
-        settings["OMP_NUM_THREADS"] = str(max(1, cores))
+        settings["OMP_NUM_THREADS"] = str(threads)
+    else:
+        with contextlib.suppress(ValueError):
+            threads = max(1, int(environ["OMP_NUM_THREADS"]))
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        busy = others() if callable(others) else others
+        ranks = int(environ.get("WORLD_SIZE", "1") or 1)
+        machine = os.cpu_count() or threads
+        if busy is not None and ranks == 1 and busy + threads <= machine:
+            settings["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+        else:
+            settings["OMP_WAIT_POLICY"] = "PASSIVE"
     return settings
 
 

@@ -25,6 +25,23 @@ def test_demo_datasets_are_deterministic(tmp_path: Path) -> None:
     assert len({p.parent.name for p in (tmp_path / "a" / "digits").rglob("*.png")}) == 10
 
 
+def test_bundled_images_are_read_as_scikit_learn_reads_them() -> None:
+    """The demo reads scikit-learn's data files without importing it; the arrays are its loaders'."""
+    import numpy as np
+    from sklearn.datasets import load_digits, load_sample_images
+
+    from grappa_cli.setup.demo_data import digit_images, sample_photos
+
+    images, targets = digit_images()
+    digits = load_digits()
+    assert images.dtype == digits.images.dtype and np.array_equal(images, digits.images)
+    assert np.array_equal(targets, digits.target)
+    photos, reference = sample_photos(), load_sample_images().images
+    assert len(photos) == len(reference) == 2
+    for mine, theirs in zip(photos, reference, strict=True):
+        assert mine.shape == theirs.shape and np.array_equal(mine, theirs)
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_then_nothing_to_do(tmp_path: Path, cli) -> None:
     directory = tmp_path / "demo"

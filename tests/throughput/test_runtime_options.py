@@ -56,19 +56,63 @@ def test_loader_workers_are_not_started_for_nothing(monkeypatch) -> None:
 
 
 def test_cpu_thread_settings_are_the_cores_whatever_the_load(monkeypatch) -> None:
-    """Passive OpenMP waits and one thread per usable core, the same on a quiet and a busy machine
-    (the thread count orders the floating-point reductions); the user's own values win."""
+    """One thread per usable core, the same on a quiet and a busy machine (the thread count orders
+    the floating-point reductions); the user's own values win."""
     import os
 
     from grappa_cli.runtime import cpu_thread_settings
 
     seen = []
-    for load in (0.0, 1.6, 7.0):
+    for load, others in ((0.0, 0), (1.6, 1), (7.0, 5)):
         monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
-        seen.append(cpu_thread_settings({}, cores=2))
-    assert seen == [{"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2"}] * 3
-    assert cpu_thread_settings({}, cores=16)["OMP_NUM_THREADS"] == "16"
+        seen.append(cpu_thread_settings({}, cores=2, others=others)["OMP_NUM_THREADS"])
+    assert seen == ["2", "2", "2"]
+    assert cpu_thread_settings({}, cores=16, others=0)["OMP_NUM_THREADS"] == "16"
     assert cpu_thread_settings({"OMP_NUM_THREADS": "4", "OMP_WAIT_POLICY": "ACTIVE"}, cores=2) == {}
+    assert cpu_thread_settings({"OMP_NUM_THREADS": "4", "GOMP_SPINCOUNT": "0"}, cores=2) == {}
+
+
+def test_threads_spin_briefly_only_while_the_cores_are_free(monkeypatch) -> None:
+    """Waiting threads spin SPIN_COUNT times when this process's threads and the machine's other
+    runnable processes fit its cores, and sleep at once otherwise: beside busy processes, under
+    torchrun, or where the load cannot be read."""
+    import os
+
+    from grappa_cli.runtime import SPIN_COUNT, cpu_thread_settings
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    spin = {"GOMP_SPINCOUNT": str(SPIN_COUNT)}
+    passive = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+    def waits(environ: dict[str, str], cores: int, others: int | None) -> dict[str, str]:
+        settings = cpu_thread_settings(environ, cores=cores, others=lambda: others)
+        return {k: v for k, v in settings.items() if k != "OMP_NUM_THREADS"}
+
+    assert waits({}, 2, 0) == spin and waits({}, 2, 2) == spin and waits({}, 4, 0) == spin
+    assert waits({}, 2, 3) == passive and waits({}, 4, 1) == passive and waits({}, 2, None) == passive
+    assert waits({"OMP_NUM_THREADS": "1"}, 4, 3) == spin  # the user's thread count is what runs
+    assert waits({"WORLD_SIZE": "2"}, 2, 0) == passive
+
+
+def test_runnable_others_reads_the_machine_s_run_queue() -> None:
+    """A CPU-bound child process counts as one runnable process besides this one."""
+    import subprocess
+    import sys
+    import time
+
+    from grappa_cli.runtime import runnable_others
+
+    before = runnable_others()
+    if before is None:
+        pytest.skip("/proc/stat has no procs_running on this platform")
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        during = runnable_others(samples=10)
+    finally:
+        child.kill()
+        child.wait()
+    assert during is not None and during >= 1 and during >= before
 
 
 def test_records_say_how_many_threads_made_them() -> None:
@@ -87,13 +131,16 @@ def test_the_cli_sets_them_before_torch_loads() -> None:
     import subprocess
     import sys
 
+    from grappa_cli.runtime import SPIN_COUNT
+
     code = ("import os, sys\nfrom grappa_cli.cli.app import main\ntry:\n    main(['--version'])\n"
-            "except SystemExit:\n    pass\nprint(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('OMP_NUM_THREADS'),"
-            " 'torch' in sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+            "except SystemExit:\n    pass\nprint(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'),"
+            " os.environ.get('OMP_NUM_THREADS'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    policy, threads, torch_loaded = done.stdout.split()[-3:]
-    assert policy == "PASSIVE" and int(threads) >= 1 and torch_loaded == "False"
+    policy, spin, threads, torch_loaded = done.stdout.split()[-4:]
+    assert (policy, spin) in (("PASSIVE", "None"), ("None", str(SPIN_COUNT)))  # one of the two, by the load
+    assert int(threads) >= 1 and torch_loaded == "False"
 
 
 def test_cpu_inference_runs_large_batches_in_parts() -> None:

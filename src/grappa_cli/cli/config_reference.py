@@ -87,8 +87,11 @@ ENVIRONMENT = (
                         "line at most every 15 s elsewhere)"),
     ("OMP_NUM_THREADS", "torch's CPU threads; grappa sets one per usable core when it is unset (the thread count "
                         "orders floating-point sums, so it is recorded with every result)"),
-    ("OMP_WAIT_POLICY", "grappa sets `PASSIVE` when it is unset: waiting threads sleep instead of spinning, which "
-                        "keeps a loaded machine usable"),
+    ("OMP_WAIT_POLICY", "with `GOMP_SPINCOUNT`, how waiting threads wait (time only, never a number); when both "
+                        "are unset, grappa sets `GOMP_SPINCOUNT=10000` (spin briefly, then sleep) if the machine's "
+                        "cores are free when it starts, else `OMP_WAIT_POLICY=PASSIVE` (sleep at once), which keeps "
+                        "a loaded machine usable"),
+    ("GOMP_SPINCOUNT", "see `OMP_WAIT_POLICY`; setting either leaves the waits to you"),
     ("GRAPPA_REUSE_MEMORY", "`0` leaves glibc's allocator as it is; by default freed large blocks stay in the heap "
                             "for the next training step instead of being faulted in again (training at 224 px about "
                             "1.7x faster on the CPU, its peak memory up to 1.5x; see the benchmarks page)"),

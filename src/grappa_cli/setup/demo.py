@@ -39,8 +39,10 @@ class DemoSettings:
 
 
 SETTINGS = {
+    # two epochs of the 488 training images: 30 steps a set, the demo's minute on two cores; 90
+    # steps (min_steps = 100) add about 0.6-1 RP on each task and a minute (docs/benchmarks.md)
     "default": DemoSettings(k=(8, 32, 128), adapt_epochs=2, fuse_epochs=2, batch_size=32,
-                            adapt_min_steps=100, fuse_min_steps=100),
+                            adapt_min_steps=0, fuse_min_steps=100),
     "tiny": DemoSettings(k=(4, 16), adapt_epochs=1, fuse_epochs=2, batch_size=16),
 }
 

@@ -42,15 +42,45 @@ def _save(img: Image.Image, path: Path) -> None:
     img.save(path, format="PNG", optimize=False)
 
 
-def make_digits(root: Path, per_class: int, rng: np.random.Generator) -> int:
-    from sklearn.datasets import load_digits
+def sklearn_data_file(*parts: str) -> Path:
+    """A data file that ships inside scikit-learn (``sklearn/datasets/...``), found without
+    importing scikit-learn: the import alone takes 2-3 s, longer than writing every demo image."""
+    import importlib.util
 
-    digits = load_digits()
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("scikit-learn is not installed")
+    return Path(next(iter(spec.submodule_search_locations)), "datasets", *parts)
+
+
+def digit_images() -> tuple[np.ndarray, np.ndarray]:
+    """``(images [1797, 8, 8] float64 in 0..16, targets)``: what ``sklearn.datasets.load_digits``
+    returns as ``images`` and ``target``, read from the same file the same way."""
+    import gzip
+
+    with gzip.open(sklearn_data_file("data", "digits.csv.gz"), "rt") as compressed:
+        data = np.loadtxt(compressed, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+
+
+def sample_photos() -> list[np.ndarray]:
+    """scikit-learn's two sample photographs (``china.jpg``, ``flower.jpg``) as RGB arrays, like
+    ``sklearn.datasets.load_sample_images().images``."""
+    folder = sklearn_data_file("images")
+    photos = []
+    for path in sorted(folder.glob("*.jpg")):
+        with path.open("rb") as image_file:
+            photos.append(np.asarray(Image.open(image_file)))
+    return photos
+
+
+def make_digits(root: Path, per_class: int, rng: np.random.Generator) -> int:
+    images, targets = digit_images()
     count = 0
     for label in range(10):
-        rows = np.flatnonzero(digits.target == label)[:per_class]
+        rows = np.flatnonzero(targets == label)[:per_class]
         for i, row in enumerate(rows):
-            gray = (digits.images[row] / 16.0 * 255).astype(np.uint8)
+            gray = (images[row] / 16.0 * 255).astype(np.uint8)
             img = Image.fromarray(gray).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
             tint = rng.uniform(0.6, 1.0, size=3)
             rgb = np.asarray(img.convert("RGB"), dtype=np.float32) * tint
@@ -62,11 +92,8 @@ def make_digits(root: Path, per_class: int, rng: np.random.Generator) -> int:
 
 
 def make_photos(root: Path, per_class: int, rng: np.random.Generator) -> int:
-    from sklearn.datasets import load_sample_images
-
-    photos = load_sample_images()
     count = 0
-    for name, photo in zip(("china", "flower"), photos.images, strict=True):
+    for name, photo in zip(("china", "flower"), sample_photos(), strict=True):
         h, w, _ = photo.shape
         spots = [(int(y), int(x)) for y in np.linspace(70, h - 70, 3) for x in np.linspace(70, w - 70, 4)]
         for s, (cy, cx) in enumerate(spots):
