@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import make_image_folder, make_tiny_project
@@ -96,14 +98,26 @@ def test_a_stage_not_run_yet_borrows_a_rough_rate(ran, tmp_path) -> None:
 
 def test_a_fresh_run_estimates_the_rest_once_extraction_has_measured_the_backbone(tmp_path, cli) -> None:
     project = make_tiny_project(tmp_path / "p", make_image_folder(tmp_path / "img"))
-    result = cli("-C", project.root, "run", "--until", "cluster")
+    result = cli("-C", project.root, "run", "--until", "adapt")
     assert result.exit_code == 0, result.stderr
     said = " ".join(result.stderr.split())
     first = said.index("Estimated time: no estimate yet")
     later = said.index("Estimated time of the remaining stages: about ")
-    assert first < said.index("[1/2] extract") < later < said.index("[2/2] cluster")
+    assert first < said.index("[1/3] extract") < later < said.index("[2/3] cluster")
     # a second run has rates from the start: one estimate, before it starts
-    again = cli("-C", project.root, "run", "--until", "adapt")
+    again = cli("-C", project.root, "run", "--until", "eval")
     assert again.exit_code == 0, again.stderr
     said = " ".join(again.stderr.split())
     assert "Estimated time: about " in said and "remaining stages" not in said
+    # each run's record keeps what it announced, for the stages it runs (--until stops before the
+    # others), beside the seconds each stage took
+    first_record, second_record = [json.loads(line) for line in
+                                   (project.state_dir / "runs.jsonl").read_text().splitlines()[-2:]]
+    assert first_record["estimate"]["when"] == "after extract"
+    assert set(first_record["estimate"]["seconds"]) == {"adapt"}
+    assert second_record["estimate"]["when"] == "before the run"
+    assert "eval" in second_record["estimate"]["seconds"]
+    assert set(second_record["estimate"]["seconds"]) <= {"fuse", "eval"}  # the earlier stages are done
+    assert [s["stage"] for s in first_record["stages"]] == ["extract", "cluster", "adapt"]
+    seconds = {s["stage"]: s["seconds"] for s in first_record["stages"]}
+    assert seconds["adapt"] > 0 and seconds["extract"] > 0 and seconds["cluster"] >= 0

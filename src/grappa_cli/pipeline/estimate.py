@@ -26,6 +26,8 @@ from grappa_cli.pipeline.rates import ADAPT_PER_EMBED, FUSE_PER_ADAPT, Estimate,
 from grappa_cli.pipeline.stage_table import spec
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from grappa_cli.config import GrappaConfig
     from grappa_cli.pipeline.planner import Plan
     from grappa_cli.project import Project
@@ -33,11 +35,15 @@ if TYPE_CHECKING:
 __all__ = ["ADAPT_PER_EMBED", "FUSE_PER_ADAPT", "Estimate", "Pricing", "Rates", "estimate", "measured"]
 
 
-def estimate(project: Project, config: GrappaConfig, plan: Plan) -> Estimate:
-    """Seconds of the work ``plan`` announces (:func:`grappa_cli.pipeline.planner.build`), stage by stage."""
+def estimate(project: Project, config: GrappaConfig, plan: Plan,
+             stages: Collection[str] | None = None) -> Estimate:
+    """Seconds of the work ``plan`` announces (:func:`grappa_cli.pipeline.planner.build`), stage by
+    stage; only that of ``stages`` when given (``grappa run --until`` stops before the others)."""
     store = project.store(mode="r") if project.store_path.exists() else None
     pricing = Pricing(config, plan, measured(project, store))
     for node in plan.todo():
+        if stages is not None and node.stage not in stages:
+            continue
         price = spec(node.stage).price
         if price is not None:
             price(pricing, node)

@@ -12,6 +12,7 @@ as ``planned``: the artifacts the run is expected to (re)make; the stages apply 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -52,7 +53,8 @@ class RunOutcome:
 
     def to_dict(self) -> dict[str, object]:
         return {"changed": self.changed, "planned": self.planned, "fusion": self.fusion, "chosen": self.chosen,
-                "stages": [{"stage": s.stage, "done": s.done, "skipped": s.skipped} for s in self.stages]}
+                "stages": [{"stage": s.stage, "done": s.done, "skipped": s.skipped, "seconds": round(s.seconds, 1)}
+                           for s in self.stages]}
 
 
 def run_pipeline(project: Project, *, device: str | None = None, reporter: PipelineReporter | None = None,
@@ -93,7 +95,10 @@ def run_pipeline(project: Project, *, device: str | None = None, reporter: Pipel
             if announce is not None:
                 announce(f"[{len(outcomes) + 1}/{len(stages)}] {spec.stage}")
             runner = spec.run_full if full and spec.run_full is not None else _RUNNERS[spec.stage]
-            outcomes.append(runner(project, config, device, view))
+            started = time.perf_counter()
+            outcome = runner(project, config, device, view)
+            outcome.seconds = time.perf_counter() - started
+            outcomes.append(outcome)
             return_freed_memory()  # each stage starts small again, not on top of the last one's peak
             if spec.stage == Stage.extract and on_extracted is not None and not full and spec.stage != stages[-1]:
                 on_extracted(config)

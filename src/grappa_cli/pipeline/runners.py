@@ -24,6 +24,8 @@ class StageOutcome:
     stage: Stage
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: wall seconds the stage took in ``grappa run`` (set by :func:`grappa_cli.pipeline.run.run_pipeline`)
+    seconds: float = 0.0
 
     @property
     def changed(self) -> bool:

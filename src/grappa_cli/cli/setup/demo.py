@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from grappa_cli.cli.common import DeviceOption, Flag
-
-if TYPE_CHECKING:
-    from grappa_cli.pipeline.planner import Plan
 
 
 def demo(
@@ -24,6 +21,7 @@ def demo(
     device: DeviceOption = None,
 ) -> None:
     """Create a project on bundled images (digits, photos, shapes), run every stage and print Table 2."""
+    from grappa_cli.cli.pipeline.announce import RunAnnouncer
     from grappa_cli.cli.tables import print_table2
     from grappa_cli.console import PipelineReporter, err, out
     from grappa_cli.errors import UsageError
@@ -36,13 +34,11 @@ def demo(
     _, described = backbone_settings(backbone)
     err.print(f"Demo project in {directory.resolve()}; backbone: {described}.", highlight=False)
     project = prepare(directory, scale=size, backbone=backbone, force=force)
-    def say_choice(_config: object, plan: Plan) -> None:
-        if plan.fusion.reason:
-            err.print(f"Chosen for this machine: {plan.fusion.reason}.", highlight=False, markup=False)
-
+    announce = RunAnnouncer(project, device)
     with project.lock("demo"), PipelineReporter(len(STAGES)) as view:
-        outcome = run_pipeline(project, device=device, reporter=view, on_plan=say_choice)
-    project.record_run("demo", **outcome.to_dict())
+        outcome = run_pipeline(project, device=device, reporter=view, on_plan=announce.before,
+                               on_extracted=announce.after_extract)
+    project.record_run("demo", **outcome.to_dict(), estimate=announce.record())
     # `grappa run` wrote the report (or found it current): print its table, do not render it again
     result = current_report(project, ReportOptions(device=device))
     print_table2(out, result.table, "Demo results (percent): RP = R-Precision, mAP = MAP@R")
