@@ -58,14 +58,15 @@ def test_the_update_is_estimated_from_the_plan(ran, tmp_path) -> None:
     plan = planner.build(project, config)
     guess = estimate(project, config, plan)
     rates = measured(project, project.store(mode="r"))
+    # (priced: from the rates alone; the project's recorded runs may calibrate `seconds`)
     # two new sets, each on the 5 added images and 5 replayed old ones ([adapt] replay = 1):
     # batch 8, one epoch of one step, 8 passes each
-    assert guess.seconds["adapt"] == pytest.approx(16 * rates.adapt)
+    assert guess.priced["adapt"] == pytest.approx(16 * rates.adapt)
     # 5 new training images and the 5 test images of the new task
-    assert guess.seconds["extract"] == pytest.approx(10 * rates.embed)
+    assert guess.priced["extract"] == pytest.approx(10 * rates.embed)
     # warm start: 0.4 of one epoch, at least one; 11 images, batch 8 -> 8 passes, 1 + 3 candidates
-    assert guess.seconds["fuse"] == pytest.approx(8 * 4 * rates.fuse)
-    assert guess.seconds["eval"] > 0 and guess.unknown == []
+    assert guess.priced["fuse"] == pytest.approx(8 * 4 * rates.fuse)
+    assert guess.priced["eval"] > 0 and guess.unknown == []
     assert guess.line().startswith("about ") and "from rates measured in this project" in guess.line()
 
 
@@ -121,3 +122,51 @@ def test_a_fresh_run_estimates_the_rest_once_extraction_has_measured_the_backbon
     assert [s["stage"] for s in first_record["stages"]] == ["extract", "cluster", "adapt"]
     seconds = {s["stage"]: s["seconds"] for s in first_record["stages"]}
     assert seconds["adapt"] > 0 and seconds["extract"] > 0 and seconds["cluster"] >= 0
+
+def test_recorded_runs_calibrate_the_estimate(ran, tmp_path) -> None:
+    """A priced stage is scaled by the latest run's actual over priced seconds (bounded), and a
+    stage no rate prices (clustering, the report) counts the seconds it last took."""
+    import shutil
+
+    from grappa_cli.pipeline import planner
+    from grappa_cli.pipeline.estimate import CALIBRATION_BOUNDS, calibration, estimate
+    from grappa_cli.project import Project
+    from grappa_cli.setup.tasks import add_task
+
+    base, stripes = ran
+    shutil.copytree(base.root, tmp_path / "project")
+    project = Project(tmp_path / "project")
+    add_task(project, "stripes", stripes, train=True)
+    config = project.config()
+    plan = planner.build(project, config)
+    runs = project.state_dir / "runs.jsonl"
+    runs.write_text("")
+    raw = estimate(project, config, plan)
+    assert raw.seconds == raw.priced and set(raw.priced) >= {"extract", "adapt", "eval"}
+
+    def stage(name: str, seconds: float, done: bool = True) -> dict:
+        return {"stage": name, "done": ["x"] if done else [], "skipped": [], "seconds": seconds}
+
+    records = [
+        # an older run: overwritten by the later one for adapt
+        {"command": "run", "estimate": {"seconds": {"adapt": 99.0}, "priced": {"adapt": 10.0}},
+         "stages": [stage("adapt", 10.0), stage("report", 9.0)]},
+        {"command": "run", "estimate": {"when": "after extract", "seconds": {"adapt": 50.0, "eval": 4.0},
+                                        "priced": {"adapt": 10.0, "eval": 4.0}},
+         "stages": [stage("extract", 3.0), stage("cluster", 0.7), stage("adapt", 15.0), stage("eval", 40.0),
+                    stage("fuse", 1.0, done=False), stage("report", 2.5)]},
+        "not json",
+    ]
+    runs.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
+    learned = calibration(project)
+    # ratios against what was priced, not what was announced; eval's 10x is bounded
+    assert learned.ratio == {"adapt": pytest.approx(1.5), "eval": CALIBRATION_BOUNDS[1]}
+    assert learned.last_seconds == {"cluster": 0.7, "report": 2.5}
+    guess = estimate(project, config, plan)
+    assert guess.priced == pytest.approx(raw.priced)
+    assert guess.seconds["adapt"] == pytest.approx(1.5 * raw.priced["adapt"])
+    assert guess.seconds["eval"] == pytest.approx(CALIBRATION_BOUNDS[1] * raw.priced["eval"])
+    assert guess.seconds["extract"] == pytest.approx(raw.priced["extract"])  # never announced: as priced
+    assert guess.seconds["cluster"] == 0.7 and guess.seconds["report"] == 2.5
+    assert list(guess.seconds) == [s for s in ("extract", "cluster", "adapt", "fuse", "eval", "report")
+                                   if s in guess.seconds]

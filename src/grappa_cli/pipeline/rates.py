@@ -44,6 +44,9 @@ class Estimate:
     seconds: dict[str, float]  # stage -> seconds of the announced work
     rough: list[str]  # stages whose rate was borrowed
     unknown: list[str]  # stages with work but no rate at all (nothing measured yet)
+    #: stage -> seconds from the rates alone, before the project's runs calibrated them
+    #: (:func:`grappa_cli.pipeline.estimate.calibration` compares runs with these)
+    priced: dict[str, float] = field(default_factory=dict)
 
     @property
     def total(self) -> float:

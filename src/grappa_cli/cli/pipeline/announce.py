@@ -39,7 +39,8 @@ class RunAnnouncer:
             guess = estimate(self.project, config, plan, self.stages)
             self.estimated = bool(guess.seconds)
             if self.estimated:
-                self.announced = {"when": "before the run", "seconds": _rounded(guess.seconds)}
+                self.announced = {"when": "before the run", "seconds": _rounded(guess.seconds),
+                                  "priced": _rounded(guess.priced)}
             err.print(f"Estimated time: {guess.line()}.", highlight=False)
 
     def after_extract(self, config: GrappaConfig) -> None:
@@ -55,11 +56,13 @@ class RunAnnouncer:
         guess = estimate(self.project, config, plan, self.stages)
         if guess.seconds:
             self.estimated = True
-            self.announced = {"when": "after extract", "seconds": _rounded(guess.seconds)}
+            self.announced = {"when": "after extract", "seconds": _rounded(guess.seconds),
+                              "priced": _rounded(guess.priced)}
             err.print(f"Estimated time of the remaining stages: {guess.line()}.", highlight=False)
 
     def record(self) -> dict[str, object]:
-        """``{"when": ..., "seconds": {stage: s}}`` of the estimate announced, or ``{}``."""
+        """``{"when": ..., "seconds": {stage: s}, "priced": {stage: s}}`` of the estimate announced
+        (``priced``: from the rates alone, before calibration), or ``{}``."""
         return dict(self.announced)
 
 
