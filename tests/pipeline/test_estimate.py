@@ -42,11 +42,11 @@ def test_rates_come_from_the_records(ran) -> None:
     assert rates.embed > 0 and rates.rough == []
 
 
-def test_the_update_is_estimated_from_the_plan(ran, tmp_path) -> None:
+def _with_a_task_added(ran, tmp_path):
+    """A copy of the trained project with a training task added, its configuration and its plan."""
     import shutil
 
     from grappa_cli.pipeline import planner
-    from grappa_cli.pipeline.estimate import estimate, measured
     from grappa_cli.project import Project
     from grappa_cli.setup.tasks import add_task
 
@@ -55,7 +55,13 @@ def test_the_update_is_estimated_from_the_plan(ran, tmp_path) -> None:
     project = Project(tmp_path / "project")
     add_task(project, "stripes", stripes, train=True)
     config = project.config()
-    plan = planner.build(project, config)
+    return project, config, planner.build(project, config)
+
+
+def test_the_update_is_estimated_from_the_plan(ran, tmp_path) -> None:
+    from grappa_cli.pipeline.estimate import estimate, measured
+
+    project, config, plan = _with_a_task_added(ran, tmp_path)
     guess = estimate(project, config, plan)
     rates = measured(project, project.store(mode="r"))
     # (priced: from the rates alone; the project's recorded runs may calibrate `seconds`)
@@ -126,19 +132,9 @@ def test_a_fresh_run_estimates_the_rest_once_extraction_has_measured_the_backbon
 def test_recorded_runs_calibrate_the_estimate(ran, tmp_path) -> None:
     """A priced stage is scaled by the latest run's actual over priced seconds (bounded), and a
     stage no rate prices (clustering, the report) counts the seconds it last took."""
-    import shutil
-
-    from grappa_cli.pipeline import planner
     from grappa_cli.pipeline.estimate import CALIBRATION_BOUNDS, calibration, estimate
-    from grappa_cli.project import Project
-    from grappa_cli.setup.tasks import add_task
 
-    base, stripes = ran
-    shutil.copytree(base.root, tmp_path / "project")
-    project = Project(tmp_path / "project")
-    add_task(project, "stripes", stripes, train=True)
-    config = project.config()
-    plan = planner.build(project, config)
+    project, config, plan = _with_a_task_added(ran, tmp_path)
     runs = project.state_dir / "runs.jsonl"
     runs.write_text("")
     raw = estimate(project, config, plan)
