@@ -145,9 +145,9 @@ def cpu_thread_settings(environ: Mapping[str, str] | None = None, *, cores: int 
             threads = max(1, int(environ["OMP_NUM_THREADS"]))
     if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
         busy = others() if callable(others) else others
-        ranks = int(environ.get("WORLD_SIZE", "1") or 1)
+        alone = environ.get("WORLD_SIZE", "1").strip() in ("", "1")  # torchrun's ranks share the cores
         machine = os.cpu_count() or threads
-        if busy is not None and ranks == 1 and busy + threads <= machine:
+        if busy is not None and alone and busy + threads <= machine:
             settings["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
         else:
             settings["OMP_WAIT_POLICY"] = "PASSIVE"

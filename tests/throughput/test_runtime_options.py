@@ -91,7 +91,8 @@ def test_threads_spin_briefly_only_while_the_cores_are_free(monkeypatch) -> None
     assert waits({}, 2, 0) == spin and waits({}, 2, 2) == spin and waits({}, 4, 0) == spin
     assert waits({}, 2, 3) == passive and waits({}, 4, 1) == passive and waits({}, 2, None) == passive
     assert waits({"OMP_NUM_THREADS": "1"}, 4, 3) == spin  # the user's thread count is what runs
-    assert waits({"WORLD_SIZE": "2"}, 2, 0) == passive
+    assert waits({"WORLD_SIZE": "2"}, 2, 0) == passive and waits({"WORLD_SIZE": "two"}, 2, 0) == passive
+    assert waits({"WORLD_SIZE": "1"}, 2, 0) == spin
 
 
 def test_runnable_others_reads_the_machine_s_run_queue() -> None:
