@@ -122,6 +122,7 @@ def test_a_fresh_run_estimates_the_rest_once_extraction_has_measured_the_backbon
                                    (project.state_dir / "runs.jsonl").read_text().splitlines()[-2:]]
     assert first_record["estimate"]["when"] == "after extract"
     assert set(first_record["estimate"]["seconds"]) == {"adapt"}
+    assert first_record["estimate"]["rough"] == ["adapt"]  # no set trained yet: a borrowed rate
     assert second_record["estimate"]["when"] == "before the run"
     assert "eval" in second_record["estimate"]["seconds"]
     assert set(second_record["estimate"]["seconds"]) <= {"fuse", "eval"}  # the earlier stages are done
@@ -151,6 +152,9 @@ def test_recorded_runs_calibrate_the_estimate(ran, tmp_path) -> None:
                                         "priced": {"adapt": 10.0, "eval": 4.0}},
          "stages": [stage("extract", 3.0), stage("cluster", 0.7), stage("adapt", 15.0), stage("eval", 40.0),
                     stage("fuse", 1.0, done=False), stage("report", 2.5)]},
+        # a stage priced with a borrowed rate gives no ratio: the fusion's 3x is not learned
+        {"command": "run", "estimate": {"seconds": {"fuse": 1.0}, "priced": {"fuse": 1.0}, "rough": ["fuse"]},
+         "stages": [stage("fuse", 3.0)]},
         "not json",
     ]
     runs.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")

@@ -21,7 +21,8 @@ The rates are the work's own; a stage also has costs no rate holds (building the
 sets, scoring, writing). So the estimate learns from the project's runs: every run's record
 (``.grappa/runs.jsonl``) keeps the estimate it announced beside the seconds each stage took, and
 a priced stage's seconds are multiplied by its latest actual-to-estimated ratio
-(:func:`calibration`, bounded to :data:`CALIBRATION_BOUNDS`). Stages no rate prices (clustering,
+(:func:`calibration`, bounded to :data:`CALIBRATION_BOUNDS`; none from a stage whose rate was
+borrowed, *rough*). Stages no rate prices (clustering,
 the report) are counted at the seconds they last took, when they ran in a recorded run.
 """
 
@@ -33,8 +34,6 @@ from typing import TYPE_CHECKING
 from grappa_cli.pipeline.rates import ADAPT_PER_EMBED, FUSE_PER_ADAPT, Estimate, Pricing, Rates, measured
 from grappa_cli.pipeline.stage import Stage
 from grappa_cli.pipeline.stage_table import spec
-
-STAGES = tuple(Stage)
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -85,6 +84,9 @@ def calibration(project: Project) -> Calibration:
             continue
         estimate = record.get("estimate") or {}
         announced = estimate.get("priced") or estimate.get("seconds") or {}
+        # a stage priced with a rate borrowed from another stage says how wrong the borrowing
+        # was, not how this project's own rate misses its overheads: no ratio from it
+        borrowed = set(estimate.get("rough") or [])
         for entry in stages:
             if not isinstance(entry, dict) or not entry.get("done") or "seconds" not in entry:
                 continue
@@ -95,7 +97,7 @@ def calibration(project: Project) -> Calibration:
                 continue
             if not priced:
                 result.last_seconds[stage] = seconds
-            elif float(announced.get(stage) or 0) > 0:
+            elif stage not in borrowed and float(announced.get(stage) or 0) > 0:
                 result.ratio[stage] = min(high, max(low, seconds / float(announced[stage])))
     return result
 
@@ -116,6 +118,6 @@ def estimate(project: Project, config: GrappaConfig, plan: Plan,
     for stage in dict.fromkeys(str(node.stage) for node in todo):
         if stage in learned.last_seconds and stage not in seconds:
             seconds[stage] = learned.last_seconds[stage]
-    ordered = {str(stage): seconds[str(stage)] for stage in STAGES if str(stage) in seconds}
+    ordered = {str(stage): seconds[str(stage)] for stage in Stage if str(stage) in seconds}
     return Estimate(ordered, [s for s in pricing.rates.rough if s in ordered], pricing.unknown,
                     priced=dict(pricing.seconds))

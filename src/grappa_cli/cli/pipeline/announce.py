@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
     from grappa_cli.config import GrappaConfig
     from grappa_cli.pipeline.planner import Plan
+    from grappa_cli.pipeline.rates import Estimate
     from grappa_cli.project import Project
 
 
@@ -39,8 +40,7 @@ class RunAnnouncer:
             guess = estimate(self.project, config, plan, self.stages)
             self.estimated = bool(guess.seconds)
             if self.estimated:
-                self.announced = {"when": "before the run", "seconds": _rounded(guess.seconds),
-                                  "priced": _rounded(guess.priced)}
+                self.announced = _announced("before the run", guess)
             err.print(f"Estimated time: {guess.line()}.", highlight=False)
 
     def after_extract(self, config: GrappaConfig) -> None:
@@ -56,14 +56,18 @@ class RunAnnouncer:
         guess = estimate(self.project, config, plan, self.stages)
         if guess.seconds:
             self.estimated = True
-            self.announced = {"when": "after extract", "seconds": _rounded(guess.seconds),
-                              "priced": _rounded(guess.priced)}
+            self.announced = _announced("after extract", guess)
             err.print(f"Estimated time of the remaining stages: {guess.line()}.", highlight=False)
 
     def record(self) -> dict[str, object]:
-        """``{"when": ..., "seconds": {stage: s}, "priced": {stage: s}}`` of the estimate announced
-        (``priced``: from the rates alone, before calibration), or ``{}``."""
+        """``{"when", "seconds", "priced", "rough"}`` of the estimate announced (``priced``: from the
+        rates alone, before calibration; ``rough``: stages priced with a borrowed rate), or ``{}``."""
         return dict(self.announced)
+
+
+def _announced(when: str, guess: Estimate) -> dict[str, object]:
+    return {"when": when, "seconds": _rounded(guess.seconds), "priced": _rounded(guess.priced),
+            "rough": [str(stage) for stage in guess.rough]}
 
 
 def _rounded(seconds: dict[str, float]) -> dict[str, float]:
