@@ -70,6 +70,9 @@ class Size:
     eval_models: int = 6
     #: the demo's scale for the ``demo`` part (``grappa demo --size``)
     demo_scale: str = "default"
+    #: the ``project`` part's tasks and their size (``default_project.py``; validation classes)
+    project_tasks: str = "digits,stamps,clipart"
+    project_size: str = "large"
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -78,7 +81,8 @@ PRESETS: dict[str, dict[str, Any]] = {
               "model_batch": 2, "model_img": 112, "model_repeats": 3, "kmeans_n": 8000, "kmeans_dim": 128,
               "kmeans_k": 256, "kmeans_niter": 10, "metrics_n": 10_000, "metrics_classes": 10, "train_img": 112,
               "train_batch": 8, "extract_images": 64, "extract_img": 112, "extract_batch": 8,
-              "eval_images": 32, "eval_models": 3, "demo_scale": "tiny"},
+              "eval_images": 32, "eval_models": 3, "demo_scale": "tiny", "project_tasks": "digits,photos,stamps",
+              "project_size": "small"},
 }
 
 
@@ -263,10 +267,41 @@ def part_demo(size: Size) -> tuple[dict, list[Row]]:
     ]
 
 
+def part_project(size: Size) -> tuple[dict, list[Row]]:
+    """A new user's first project (``default_project.py``): ``grappa init --backbone efficientnet_lite0``
+    on real tasks, every default kept, and ``grappa run`` in one process; grappa's own thread choice."""
+    import tempfile
+
+    import default_project
+
+    tasks = [t for t in size.project_tasks.split(",") if t]
+    with tempfile.TemporaryDirectory(prefix="bench-project-") as workdir:
+        r = default_project.measure(Path(workdir), tasks, size.project_size, "val", estimate_only=False)
+    r.pop("status")
+    announced = r["estimate"].get("seconds", {})
+    actual = sum(r["stage_s"].get(stage) or 0.0 for stage in announced)
+    diffs = {t: v["r_precision"] for t, v in r["default_minus_backbone"].items() if t != "model"}
+    images = sum(r["images"].values())
+    return r, [
+        (f"a default project on a CPU ({images:,} images: {size.project_tasks})", "target: 60 min",
+         f"{r['wall_s'] / 60:.1f} min, peak RSS {r['peak_rss_mib']:,.0f} MiB",
+         f"**{3600 / r['wall_s']:.2f}x**", "target wall over measured wall (target ≥ 1)"),
+        ("its estimate after extraction vs the stages it priced", f"actual: {actual:.0f} s",
+         f"estimated: {sum(announced.values()):.0f} s", f"**{sum(announced.values()) / max(actual, 1e-9):.2f}x**",
+         "target: within 30 % (0.7-1.3)"),
+        ("its default model vs the backbone, RP per task", "target: ≥ 0 on every task",
+         ", ".join(f"{t} {d:+.1f}" for t, d in diffs.items()), f"**{min(diffs.values()):+.1f}**",
+         "the lowest task's difference, RP points (validation classes)"),
+    ]
+
+
 PARTS: dict[str, Callable[[Size], tuple[dict, list[Row]]]] = {
     "input": part_input, "compile": part_compile, "model": part_model, "kmeans": part_kmeans,
     "metrics": part_metrics, "train": part_train, "extract": part_extract, "eval": part_eval, "demo": part_demo,
+    "project": part_project,
 }
+#: parts that run only when named in ``--only`` (``project`` takes about half an hour at the default size)
+OPT_IN = {"project"}
 
 
 def markdown(header: dict[str, Any], rows: list[Row]) -> str:
@@ -285,7 +320,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="the small preset: a 2-core CPU in a few minutes")
     parser.add_argument("--size", default=None, help="preset and/or field=value overrides (see the docstring)")
-    parser.add_argument("--only", default=None, help=f"comma list of parts: {', '.join(PARTS)}")
+    parser.add_argument("--only", default=None,
+                        help=f"comma list of parts: {', '.join(PARTS)} (without it: all but {', '.join(OPT_IN)})")
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads (torch, faiss, BLAS); 1 gives steady numbers on a shared machine")
     parser.add_argument("--out", type=Path, help="write the Markdown table here too")
@@ -293,7 +329,7 @@ def main() -> None:
     args = parser.parse_args()
     spec = ",".join(filter(None, ["small" if args.small else "", args.size or ""])) or "default"
     size = parse_size(spec)
-    only = [p.strip() for p in args.only.split(",")] if args.only else list(PARTS)
+    only = [p.strip() for p in args.only.split(",")] if args.only else [p for p in PARTS if p not in OPT_IN]
     unknown = sorted(set(only) - set(PARTS))
     if unknown:
         raise SystemExit(f"unknown part(s) {', '.join(unknown)}; parts: {', '.join(PARTS)}")

@@ -129,6 +129,13 @@ SCHEMA: dict[str, list[FieldSpec]] = {
                   "\"incremental\" extracts only the new images and trains new adaptor sets on them, keeping "
                   "every existing set; \"full\" redoes everything on the union (like `grappa run --full`)",
                   choices=("incremental", "full")),
+        FieldSpec("cache", "str", "auto",
+                  "the decode-once image cache of the training set (`grappa cache`): \"auto\" lets training on "
+                  "a GPU build it before it first reads the images, unless it would take more than a tenth of "
+                  "the free disk space (on a CPU it did not make training faster); \"always\" builds it on any "
+                  "device, whatever its size; \"never\" decodes the image files every epoch (`grappa cache "
+                  "build` still makes one)",
+                  choices=("auto", "always", "never")),
         FieldSpec("on_duplicates", "str", "warn",
                   "what evaluation does with test images that duplicate training images (byte copies and "
                   "near-duplicates, found by `grappa extract`): \"warn\" keeps them and says how many, "

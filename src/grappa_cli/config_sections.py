@@ -31,6 +31,7 @@ class DataSection(Protocol):
     feature_dtype: str
     chunk_size: int
     update: str
+    cache: str
     on_duplicates: str
     duplicate_threshold: float
 

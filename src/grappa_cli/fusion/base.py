@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 from grappa_cli.console import Reporter
 
 if TYPE_CHECKING:  # annotations only: importing them here would load torch with the plugin interface
+    from collections.abc import Callable
+
     import numpy as np
     from torch import nn
 
@@ -58,6 +60,9 @@ class FusionContext:
     params: dict[str, Any]
     run_dir: Path
     reporter: Reporter
+    #: finds the training cache, building it first as ``[data] cache`` says (set by the fuse stage,
+    #: as this layer knows nothing of the pipeline; without it: the complete, current cache or None)
+    find_cache: Callable[[], TrainingCache | None] | None = field(default=None, repr=False)
     #: a previous fused model whose attention layers start this one (an incremental update)
     warm_start: WarmStart | None = field(default=None, init=False, repr=False)
     _cache: TrainingCache | None = field(default=None, init=False, repr=False)
@@ -92,14 +97,16 @@ class FusionContext:
         return self.config.data.num_workers if self.options.num_workers is None else self.options.num_workers
 
     def training_cache(self) -> TrainingCache | None:
-        """The image cache of the training set when complete and current (else None, after a hint).
+        """The image cache of the training set when complete and current (else None, after a hint);
+        built first through :attr:`find_cache`.
 
         Strategies that train on the training images read it instead of the image files.
         """
         if not self._cache_checked:
             from grappa_cli.data.cached_training import find_training_cache
 
-            self._cache = find_training_cache(self.store, self.reporter)
+            self._cache = (self.find_cache() if self.find_cache is not None
+                           else find_training_cache(self.store, self.reporter))
             self._cache_checked = True
         return self._cache
 

@@ -7,10 +7,12 @@ weight decay 0.001 (section 4). The classifier is discarded; the set is saved to
 ``checkpoints/adaptors/k<K>.safetensors`` with its provenance. Each set trains
 independently and resumes after an interruption (``checkpoints/runs/adapt-k<K>/``).
 
-Images come from the image cache when ``grappa cache build`` made it from the current
-training set (uint8 squares augmented in whole batches on the training device, see
-:mod:`grappa_cli.data.cached_training`), else from the image files (decoded and augmented by
-PIL in the DataLoader workers, with a hint that the cache speeds training up). The provenance
+Images come from the image cache when it holds the current training set (uint8 squares
+augmented in whole batches on the training device, see :mod:`grappa_cli.data.cached_training`);
+under ``[data] cache = "auto"`` (the default) the first set to train on a GPU builds it
+(:func:`grappa_cli.pipeline.stages.cache.training_cache`). Otherwise images come from the
+image files (decoded and augmented by PIL in the DataLoader workers, with a hint that the cache
+speeds training up). The provenance
 records which (``input``: ``cache`` or ``files``); it is not part of the fingerprint, so
 building the cache never makes trained sets stale.
 """
@@ -154,16 +156,17 @@ def adapt(project: Project, options: AdaptOptions, reporter: Reporter | None = N
         require_current(project, cluster_key(name), what)
         for source in replay.sources(config, store, name):  # the earlier images it replays
             require_current(project, cluster_key(source), f"the pseudo-labels of {source} ({name} replays them)")
-    from grappa_cli.data.cached_training import find_training_cache
     from grappa_cli.model.backbones.backbone import build_backbone
+    from grappa_cli.pipeline.stages.cache import training_cache
 
     backbone = build_backbone(backbone_spec(config))
     if features["params"].get("backbone") != backbone.model_id:
         raise StoreError(f"the stored features were extracted with {features['params'].get('backbone')}, "
                          f"but grappa.toml configures {backbone.model_id}",
                          hint="rerun `grappa extract --force`")
-    # looked up when the first set trains: a run whose sets are all complete says nothing about the cache
-    cache = functools.cache(lambda: find_training_cache(store, reporter))
+    # looked up (and built, as [data] cache says) when the first set trains: a run whose sets are
+    # all complete neither builds the cache nor says anything about it
+    cache = functools.cache(lambda: training_cache(project, store, reporter, options.device or config.runtime.device))
     results = []
     for name in names:
         results.append(_adapt_one(project, config, options, store, backbone, features, name, reporter, cache))

@@ -9,7 +9,7 @@ backbone's data config recorded by ``grappa extract``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grappa_cli.console import Reporter
 from grappa_cli.data import cache as image_cache
@@ -25,8 +25,31 @@ from grappa_cli.errors import StoreError, UsageError
 from grappa_cli.project import Project
 from grappa_cli.storage.store import Store
 
-__all__ = ["FEATURES_KEY", "TRAIN_CACHE", "CacheOptions", "CachePlan", "build", "grow_training_cache", "grown_from",
-           "image_list_fingerprint", "plan", "recorded_growth", "require_training_cache", "training_paths"]
+if TYPE_CHECKING:
+    from grappa_cli.data.cached_training import TrainingCache
+
+__all__ = [
+    "AUTO_DISK_SHARE",
+    "FEATURES_KEY",
+    "TRAIN_CACHE",
+    "CacheOptions",
+    "CachePlan",
+    "automatic_plan",
+    "build",
+    "build_for_training",
+    "grow_training_cache",
+    "grown_from",
+    "image_list_fingerprint",
+    "plan",
+    "recorded_growth",
+    "require_training_cache",
+    "training_cache",
+    "training_paths",
+]
+
+#: ``[data] cache = "auto"`` builds the cache when its estimated size on disk is at most this share
+#: of the free space of the store's file system
+AUTO_DISK_SHARE = 0.1
 
 
 
@@ -148,6 +171,79 @@ def grow_training_cache(project: Project, reporter: Reporter | None = None) -> i
 
 
 
+
+def automatic_plan(project: Project, mode: str, device_type: str) -> tuple[CachePlan | None, str]:
+    """The build that training does itself under ``[data] cache = mode``, or None, with why not.
+
+    ``"auto"`` builds the cache when training runs on a GPU, where decoding and augmenting
+    images one by one in PIL limits the steps (the cache's batches are augmented on the GPU),
+    unless it would take more than :data:`AUTO_DISK_SHARE` of the free disk space. On a CPU
+    training is bound by the model's arithmetic and the cache did not pay: the demo trained
+    no faster with it (docs/benchmarks.md, "Training input"). ``"always"`` builds it on any
+    device and whatever its size; ``"never"`` leaves it to `grappa cache build`. A complete,
+    current cache (of any size a user built) is read as it is; a partial one is resumed, one of
+    the images before an update grows, one of another training set is built again.
+    """
+    import shutil
+
+    if mode == "never" or (mode == "auto" and device_type != "cuda"):
+        return None, ""
+    store = project.store(mode="r")
+    try:
+        require_training_cache(store)
+        return None, ""  # complete and current: training reads it
+    except StoreError:
+        pass
+    try:
+        candidate = plan(project, CacheOptions())
+    except StoreError:  # made from another training set: built again from scratch
+        candidate = plan(project, CacheOptions(force=True))
+    if mode == "auto":
+        free = shutil.disk_usage(project.store_path).free
+        if candidate.estimated_bytes > AUTO_DISK_SHARE * free:
+            return None, (f"Not building the image cache: about {candidate.estimated_bytes / 2**30:,.1f} GiB, more "
+                          f"than {AUTO_DISK_SHARE:.0%} of the {free / 2**30:,.1f} GiB free; `grappa cache build` "
+                          "builds it anyway.")
+    return candidate, ""
+
+
+def build_for_training(project: Project, reporter: Reporter, device: str) -> image_cache.CacheResult | None:
+    """Build, resume or grow the training cache before training on ``device`` reads its images,
+    as ``[data] cache`` says (:func:`automatic_plan`); None when it does not build.
+
+    Rank 0 decides; under torchrun the ranks then build together or not at all, as
+    :func:`grow_training_cache` does.
+    """
+    from grappa_cli.runtime import resolve_device
+    from grappa_cli.train import distributed
+
+    cache_plan = None
+    if distributed.is_main() and project.store_path.exists():
+        cache_plan, why_not = automatic_plan(project, project.config().data.cache, resolve_device(device).type)
+        if why_not:
+            reporter.log(why_not)
+    cache_plan = distributed.broadcast_object(cache_plan)
+    if cache_plan is None:
+        return None
+    reporter.log(f"Decoding the {cache_plan.to_decode:,} training images once into {cache_plan.key} "
+                 f"({cache_plan.size}px squares, about {cache_plan.estimated_bytes / 2**20:,.0f} MiB; "
+                 "[data] cache = \"never\" turns this off).")
+    force = cache_plan.state == "stale"
+    return build(project, cache_plan, CacheOptions(size=cache_plan.size, chunk_rows=cache_plan.chunk_rows,
+                                                   force=force), reporter)
+
+
+def training_cache(project: Project, store: Store, reporter: Reporter, device: str) -> TrainingCache | None:
+    """The training cache that training on ``device`` reads, built first when ``[data] cache`` says so.
+
+    None when there is none: training decodes the image files. The hint that the cache would
+    speed training up is for ``"never"`` only; under ``"auto"`` not building it was the choice.
+    """
+    from grappa_cli.data.cached_training import find_training_cache
+
+    build_for_training(project, reporter, device)
+    hinted = project.config().data.cache == "never"
+    return find_training_cache(store, reporter if hinted else None)
 
 
 @dataclass

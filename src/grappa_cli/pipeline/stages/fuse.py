@@ -101,8 +101,12 @@ def fuse(project: Project, strategy_name: str, sets: list[str] | None, options: 
 
     paths = store.read(f"{FEATURES}/paths")[store.read(f"{FEATURES}/valid")]
     run_dir = project.runs_dir / f"fuse-{strategy.name}"
+    from grappa_cli.pipeline.stages.cache import training_cache
+
+    device = options.device or config.runtime.device
     context = FusionContext(project, config, store, backbone, names, adaptor_sets, [str(p) for p in paths],
-                            options, params, run_dir, reporter)
+                            options, params, run_dir, reporter,
+                            find_cache=lambda: training_cache(project, store, reporter, device))
     warm = warm_start_source(project, config, strategy, names, existing, backbone) if not options.force else None
     if warm is not None:
         context.warm_start = warm
