@@ -116,3 +116,21 @@ def test_a_changed_module_pickles_and_copies_with_the_lean_path_bound_to_the_cop
         assert clone[0]._conv_forward.module is clone[0] and clone[1].forward.module is clone[1]
         y1, g1, saved1 = _run(clone, x, upstream)
         assert torch.equal(y0, y1) and torch.equal(g0, g1) and saved1 < saved0
+
+
+@pytest.mark.parametrize("name", ["batch norm", "batch norm + act (timm)", "3x3"])
+def test_under_bf16_autocast_the_lean_path_gives_the_native_input_gradient(name) -> None:
+    """bf16 activations with float32 statistics (what autocast makes of a frozen network): the lean
+    backward must accept them and give autograd's own gradient."""
+    torch.manual_seed(0)
+    native = _frozen(LAYERS[name]())
+    _randomise_statistics(native, 3)
+    lean = copy.deepcopy(native)
+    keep_less_for_backward(lean)
+    x = torch.randn(4, 8, 12, 12).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        upstream = torch.randn_like(native(x))
+        y0, g0, _ = _run(native, x, upstream)
+        y1, g1, _ = _run(lean, x, upstream)
+    assert g0.dtype == g1.dtype == torch.bfloat16
+    assert torch.equal(y0, y1) and torch.equal(g0, g1)

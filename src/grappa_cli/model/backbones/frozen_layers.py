@@ -68,7 +68,9 @@ class _FrozenBatchNorm(torch.autograd.Function):
         weight, mean, var = ctx.saved_tensors
         shape, strides, dtype = ctx.input_layout
         stand_in = torch.empty_strided(shape, strides, dtype=dtype, device=grad.device)
-        no_stats = torch.empty(0, dtype=dtype, device=grad.device)  # eval mode saves no batch statistics
+        # eval mode saves no batch statistics; the empty stand-ins take the statistics' dtype (float32 under
+        # bf16 autocast, as native_batch_norm would save them), which the CPU kernel checks
+        no_stats = torch.empty(0, dtype=mean.dtype, device=grad.device)
         grad_input, _, _ = torch.ops.aten.native_batch_norm_backward(
             grad, stand_in, weight, mean, var, no_stats, no_stats, False, ctx.eps, [True, False, False])
         return grad_input, None, None, None, None, None
