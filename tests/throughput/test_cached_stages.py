@@ -82,3 +82,17 @@ def test_auto_builds_on_a_gpu_when_the_cache_fits_the_disk(clustered_project, mo
     assert "`grappa cache build` builds it anyway" in why_not
     planned, why_not = cache.automatic_plan(project, "always", "cpu")  # "always" asks about neither
     assert planned is not None and why_not == ""
+
+
+def test_training_goes_on_from_the_files_when_the_cache_cannot_be_sized(clustered_project, cli) -> None:
+    """Features whose record lacks the backbone's input size (an older version's) must not stop training."""
+    from grappa_cli.pipeline.stages import cache
+
+    project = clustered_project
+    store = project.store()
+    params = dict(store.provenance("features/train")["params"])
+    params.pop("data_config")
+    store.update("features/train", params=params)
+    planned, why_not = cache.automatic_plan(project, "always", "cpu")
+    assert planned is None and "does not record the backbone's input size" in why_not
+    assert "`grappa cache build --size N` builds it" in why_not

@@ -195,9 +195,12 @@ def automatic_plan(project: Project, mode: str, device_type: str) -> tuple[Cache
     except StoreError:
         pass
     try:
-        candidate = plan(project, CacheOptions())
-    except StoreError:  # made from another training set: built again from scratch
-        candidate = plan(project, CacheOptions(force=True))
+        try:
+            candidate = plan(project, CacheOptions())
+        except StoreError:  # made from another training set: built again from scratch
+            candidate = plan(project, CacheOptions(force=True))
+    except UsageError as exc:  # features of an older version that do not record the input size
+        return None, f"Not building the image cache: {exc}; `grappa cache build --size N` builds it."
     if mode == "auto":
         free = shutil.disk_usage(project.store_path).free
         if candidate.estimated_bytes > AUTO_DISK_SHARE * free:
