@@ -154,12 +154,11 @@ def markdown(info: dict) -> str:
     lines += ["", *(f"* {line}" for line in info["chosen"])]
     diff = info.get("default_minus_backbone")
     if diff:
-        name = diff.pop("model")["name"]
-        lines += ["", f"| {name} − backbone | " + " | ".join(diff) + " |",
-                  "|---|" + "---:|" * len(diff),
-                  "| RP / MAP@R | " + " | ".join(f"{v['r_precision']:+.1f} / {v['map@r']:+.1f}" for v in diff.values())
+        tasks = {task: v for task, v in diff.items() if task != "model"}
+        lines += ["", f"| {diff['model']['name']} − backbone | " + " | ".join(tasks) + " |",
+                  "|---|" + "---:|" * len(tasks),
+                  "| RP / MAP@R | " + " | ".join(f"{v['r_precision']:+.1f} / {v['map@r']:+.1f}" for v in tasks.values())
                   + " |"]
-        diff["model"] = {"name": name}
     return "\n".join(lines) + "\n"
 
 
