@@ -14,6 +14,7 @@ would. Reports, side by side:
     PYTHONPATH=src python benchmarks/default_project.py                          # digits, photos, stamps
     PYTHONPATH=src python benchmarks/default_project.py --tasks digits,photos,stamps,clipart
     PYTHONPATH=src python benchmarks/default_project.py --estimate-only          # extraction, then the estimate
+    PYTHONPATH=src python benchmarks/default_project.py --set runtime.cpu_amp=true  # one setting changed
 
 The images are those of the quality harness's ``--size`` (96-pixel files); the backbone reads
 them at its own 224 pixels, as a user's project of small images would. ``--work`` keeps the data
@@ -103,19 +104,35 @@ def chosen_lines(status_text: str) -> list[str]:
     return []
 
 
-def measure(work: Path, tasks: list[str], size: str, split: str, *, estimate_only: bool) -> dict:
+def apply_overrides(config_path: Path, overrides: dict[str, object]) -> None:
+    """Set ``SECTION.KEY`` values in ``grappa.toml`` (what a user's edit of the file does)."""
+    from grappa_cli.config import update_file
+
+    def edit(doc) -> None:
+        for key, value in overrides.items():
+            section, name = key.split(".", 1)
+            doc[section][name] = value
+
+    if overrides:
+        update_file(config_path, edit)
+
+
+def measure(work: Path, tasks: list[str], size: str, split: str, *, estimate_only: bool,
+            overrides: dict[str, object] | None = None) -> dict:
     roots = write_tasks(work, tasks, size, split)
     project = work / "project"
     shutil.rmtree(project, ignore_errors=True)
     grappa(["init", str(project), "--backbone", "efficientnet_lite0",
             *[arg for name, root in roots.items() for arg in ("--task", f"{name}={root}")]])
+    apply_overrides(project / "grappa.toml", overrides or {})
     images = {name: sum(1 for p in root.rglob("*.png")) for name, root in roots.items()}
     load_before = os.getloadavg()
     wall, usage, _ = grappa(["-C", str(project), "run", *(["--until", "extract"] if estimate_only else [])])
     _, _, status = grappa(["-C", str(project), "status"])
     record = json.loads((project / ".grappa" / "runs.jsonl").read_text().splitlines()[-1])
     result = {
-        "tasks": tasks, "size": size, "split": split, "images": images, "cores": len(os.sched_getaffinity(0)),
+        "tasks": tasks, "size": size, "split": split, "overrides": overrides or {}, "images": images,
+        "cores": len(os.sched_getaffinity(0)),
         "load_before": load_before, "load_after": os.getloadavg(), "wall_s": round(wall, 1),
         **{k: round(v, 1) for k, v in usage.items()},
         "stage_s": {s["stage"]: s.get("seconds") for s in record["stages"]},
@@ -132,7 +149,8 @@ def markdown(info: dict) -> str:
     total = sum(info["images"].values())
     lines = [
         f"{total:,} images ({', '.join(f'{k} {v}' for k, v in info['images'].items())}; {info['split']} classes), "
-        f"{info['cores']} cores, load {info['load_before'][0]:.2f} at the start",
+        f"{info['cores']} cores, load {info['load_before'][0]:.2f} at the start"
+        + "".join(f", {k} = {json.dumps(v)}" for k, v in info.get("overrides", {}).items()),
         "",
         "| whole run | user / system CPU s | peak RSS |",
         "|---:|---:|---:|",
@@ -169,6 +187,8 @@ def main() -> None:
     parser.add_argument("--split", choices=("val", "test"), default="val")
     parser.add_argument("--work", default="/tmp/grappa-default-project")
     parser.add_argument("--estimate-only", action="store_true", help="stop after extraction; report the estimate")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="change one grappa.toml key after init (values parsed as TOML)")
     parser.add_argument("--json", default="")
     parser.add_argument("--md", default="")
     args = parser.parse_args()
@@ -176,7 +196,9 @@ def main() -> None:
     for name in tasks:
         if not quality_data.available(name):
             raise SystemExit(f"Error: task {name!r} needs Debian's {quality_data.PACKAGES.get(name, '?')} package")
-    info = measure(Path(args.work), tasks, args.size, args.split, estimate_only=args.estimate_only)
+    overrides = dict(quality.parse_override(o) for o in args.overrides)
+    info = measure(Path(args.work), tasks, args.size, args.split, estimate_only=args.estimate_only,
+                   overrides=overrides)
     text = markdown(info)
     print(info["status"])
     print(text)

@@ -151,7 +151,13 @@ SCHEMA: dict[str, list[FieldSpec]] = {
         FieldSpec("seed", "int", 0, "random seed; runs on the CPU are repeatable for a given seed and number of "
                   "cores, however busy the machine is",
                   check=_non_negative),
-        FieldSpec("amp", "bool", True, "bf16 autocast on CUDA (ignored on the CPU)"),
+        FieldSpec("amp", "bool", True, "bf16 autocast on CUDA (the CPU follows cpu_amp)"),
+        FieldSpec("cpu_amp", "bool", False,
+                  "bf16 autocast on the CPU too (extraction, training, fusion, evaluation, search): on CPUs "
+                  "with bf16 instructions (AVX512-BF16, AMX) training at 224 px is about 1.6x faster and "
+                  "inference 2.3x, at 96 px training is slower, and without them it is slower everywhere; "
+                  "the numbers change, so turning it on makes the project's results stale (benchmarks page, "
+                  "\"bf16 on the CPU\")"),
         FieldSpec("compile", "bool", False,
                   "run extraction and evaluation models through torch.compile (pays on GPUs, not on CPUs; "
                   "see the benchmarks page)"),

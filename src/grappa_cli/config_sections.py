@@ -43,6 +43,7 @@ class RuntimeSection(Protocol):
     device: str
     seed: int
     amp: bool
+    cpu_amp: bool
     compile: bool
 
 

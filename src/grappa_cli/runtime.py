@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import multiprocessing.context
 from collections.abc import Callable, Mapping
@@ -35,13 +36,58 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[None]:
-    """bf16 autocast on CUDA; a no-op context on the CPU (float32 stays exact there)."""
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """Where models run under bf16 autocast: on CUDA (``[runtime] amp``) and on the CPU (``cpu_amp``).
+
+    On a GPU bf16 is the default: tensor cores make it several times faster. On a CPU it is
+    opt-in: it pays only where the CPU has bf16 instructions and the images are large (1.6x
+    for training and 2.3x for inference at 224 px on an AVX512-BF16 CPU, slower at 96 px; the
+    benchmarks page), and it changes the numbers, so a project's results say whether they were
+    made with it (:func:`precision_params`).
+    """
+
+    cuda: bool = True
+    cpu: bool = False
+
+    @classmethod
+    def of(cls, runtime: Any) -> Precision:
+        """The precision of a ``[runtime]`` section."""
+        return cls(cuda=bool(runtime.amp), cpu=bool(getattr(runtime, "cpu_amp", False)))
+
+    def on(self, device: torch.device) -> bool:
+        """Whether ``device`` runs under bf16 autocast."""
+        return (self.cuda and device.type == "cuda") or (self.cpu and device.type == "cpu")
+
+
+def precision_params(runtime: Any) -> dict[str, object]:
+    """The fingerprint entries of ``[runtime]``'s precision: ``{"cpu_amp": True}`` when it is on.
+
+    Empty when off, so that results made before the setting existed stay current. ``amp``
+    (CUDA) is not part of it: it never was, and the device is not part of a fingerprint either.
+    """
+    return {"cpu_amp": True} if getattr(runtime, "cpu_amp", False) else {}
+
+
+def autocast(device: torch.device, enabled: bool | Precision = True) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast where ``enabled`` asks for it on ``device``, else a no-op context.
+
+    A plain bool is ``[runtime] amp``: CUDA only, the CPU stays in float32 (exact there).
+    """
     import torch
 
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    precision = enabled if isinstance(enabled, Precision) else Precision(cuda=bool(enabled), cpu=False)
+    if precision.on(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, slowly."""
+    import torch
+
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)
 
 
 def usable_cpus() -> int:

@@ -101,6 +101,7 @@ def train_pairs(
     config = TrainConfig(
         run_dir=context.run_dir, epochs=context.epochs, batch_size=min(context.batch_size, len(dataset)),
         seed=context.seed, device=context.device(), amp=context.config.runtime.amp,
+        cpu_amp=context.config.runtime.cpu_amp,
         num_workers=context.num_workers(), images_per_item=2, description=description,
         force=context.options.force, restart_on_mismatch=context.options.refresh,
         settings={"params": p, "sets": context.set_names},

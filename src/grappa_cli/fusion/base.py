@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from grappa_cli.console import Reporter
+from grappa_cli.runtime import precision_params
 
 if TYPE_CHECKING:  # annotations only: importing them here would load torch with the plugin interface
     from collections.abc import Callable
@@ -163,7 +164,8 @@ def artifact_params(strategy: FusionStrategy, config: GrappaConfig, options: Fus
     ``grappa fuse`` and the planner both build the fingerprint from this, so they agree.
     """
     return {**strategy.params(config, options), "strategy": strategy.name, "sets": list(sets),
-            "backbone": backbone_id, "strength": float(config.fuse.strength)}
+            "backbone": backbone_id, "strength": float(config.fuse.strength),
+            **precision_params(config.runtime)}
 
 
 @runtime_checkable

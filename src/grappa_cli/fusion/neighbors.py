@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     from torch import nn
 
     from grappa_cli.data.cached_training import TrainingCache
+    from grappa_cli.runtime import Precision
 
 
 def knn_graph(embeddings: np.ndarray, k: int) -> np.ndarray:
@@ -58,7 +59,7 @@ def sample_pairs(graph: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def embed_paths(
     model: nn.Module, paths: Sequence[str], transform: Callable[[Image.Image], torch.Tensor], *, batch_size: int,
-    num_workers: int, device: torch.device, amp: bool = True, min_side: int | None = None,
+    num_workers: int, device: torch.device, amp: bool | Precision = True, min_side: int | None = None,
 ) -> np.ndarray:
     """Embeddings of ``paths`` under ``model`` (L2-normalised, float32); undecodable images are zero.
 
@@ -105,7 +106,7 @@ def embed_paths(
 
 def embed_cached(
     model: nn.Module, cache: TrainingCache, rows: np.ndarray, view: Callable[[torch.Tensor], torch.Tensor], *,
-    batch_size: int, num_workers: int, device: torch.device, amp: bool = True,
+    batch_size: int, num_workers: int, device: torch.device, amp: bool | Precision = True,
 ) -> np.ndarray:
     """L2-normalised float32 embeddings ``[len(rows), D]`` of cached training rows ``rows``.
 

@@ -20,6 +20,8 @@ from grappa_cli.fusion.base import FusionContext, FusionOptions, FusionOutcome
 if TYPE_CHECKING:  # torch is imported where it runs: `grappa --help` loads the strategies without it
     import torch
 
+    from grappa_cli.runtime import Precision
+
 
 class RouteFusion:
     name = "route"
@@ -37,7 +39,7 @@ class RouteFusion:
     def train(self, context: FusionContext) -> FusionOutcome:
         from grappa_cli.data.images import decode_min_side
         from grappa_cli.errors import TrainingError
-        from grappa_cli.runtime import resolve_device
+        from grappa_cli.runtime import Precision, resolve_device
 
         start = time.perf_counter()
         p = context.params
@@ -51,7 +53,7 @@ class RouteFusion:
         rows = routing.sample_rows(source_of, int(p["images_per_source"]), context.seed)
         min_side = decode_min_side(context.backbone.data_config)
         batch = int(context.config.data.batch_size)
-        amp = bool(context.config.runtime.amp)
+        amp = Precision.of(context.config.runtime)
         context.reporter.log(f"route: scoring {len(context.adaptor_sets)} sets and the backbone on "
                              f"{len(rows)} images of {len(names)} source(s) ({p['criterion']})")
         scores = self._scores(context, paths, rows, source_of, len(names), device, batch, amp, min_side)
@@ -70,7 +72,7 @@ class RouteFusion:
         return FusionOutcome(model, [], time.perf_counter() - start, 0.0, False, info)
 
     def _scores(self, context: FusionContext, paths: list[str], rows: np.ndarray, source_of: np.ndarray,
-                num_sources: int, device: Any, batch: int, amp: bool, min_side: int | None) -> np.ndarray:
+                num_sources: int, device: Any, batch: int, amp: bool | Precision, min_side: int | None) -> np.ndarray:
         criterion = str(context.params["criterion"])
         if criterion in routing.LABEL_CRITERIA:
             from grappa_cli.clustering.labels import training_labels
@@ -107,7 +109,7 @@ def forced_queries(model: Any, images: torch.Tensor, alpha: torch.Tensor) -> lis
 
 def fit_router(model: Any, paths: list[str], source_of: np.ndarray, table: np.ndarray, *,
                data_config: dict[str, Any], seed: int, batch_size: int, num_workers: int, device: Any,
-               amp: bool, min_side: int | None, strength: float, l2: float = 1e-3) -> list[float]:
+               amp: bool | Precision, min_side: int | None, strength: float, l2: float = 1e-3) -> list[float]:
     """Set every router layer's table and fit its source classifier; returns the training accuracy per layer.
 
     The classifier of each layer sees that layer's input over two views of every image (the

@@ -40,9 +40,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from grappa_cli.runtime import Precision
 
 CRITERIA = ("partition", "silhouette", "stability", "view-match", "rankme", "uniformity")
 #: Criteria computed from the stored features and pseudo-labels (no forward pass).
@@ -208,7 +211,7 @@ def candidate_models(backbone: Any, adaptor_sets: Sequence[Any]) -> list[Any]:
 
 
 def crop_views(models: Sequence[Any], paths: Sequence[str], data_config: dict[str, Any], *, seed: int,
-               batch_size: int, num_workers: int, device: Any, amp: bool,
+               batch_size: int, num_workers: int, device: Any, amp: bool | Precision,
                min_side: int | None) -> list[list[np.ndarray]]:
     """Per model, the embeddings of two random crops of every path (the same crops for every model)."""
     from grappa_cli.data.transforms import train_transform

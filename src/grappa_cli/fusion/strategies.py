@@ -147,7 +147,7 @@ class NeighborFusion:
         from grappa_cli.data.cached_training import CenterView, PairViews, PlainPairViews, loop_inputs
         from grappa_cli.data.gpu_augment import TensorAugment
         from grappa_cli.fusion.neighbors import embed_cached, knn_graph
-        from grappa_cli.runtime import resolve_device
+        from grappa_cli.runtime import Precision, resolve_device
         from grappa_cli.train.rng import derive_seed
 
         cache = context.training_cache()
@@ -163,7 +163,8 @@ class NeighborFusion:
         def on_epoch_start(epoch: int, objective: Objective) -> CachedPairDataset:
             graph = static if static is not None else knn_graph(
                 embed_cached(objective.model, cache, rows, view, batch_size=context.config.data.batch_size,
-                             num_workers=context.num_workers(), device=device, amp=context.config.runtime.amp), k)
+                             num_workers=context.num_workers(), device=device,
+                             amp=Precision.of(context.config.runtime)), k)
             graphs.append(graph)
             partners = np.full((cache.layout.n, k), -1, dtype=np.int64)
             partners[rows] = rows[graph]  # graph positions -> training rows
@@ -182,7 +183,7 @@ class NeighborFusion:
         from grappa_cli.data.training import ImagePairs
         from grappa_cli.data.transforms import eval_transform, train_transform
         from grappa_cli.fusion.neighbors import embed_paths, knn_graph, sample_pairs
-        from grappa_cli.runtime import resolve_device
+        from grappa_cli.runtime import Precision, resolve_device
         from grappa_cli.train.rng import derive_seed
 
         data_config = context.backbone.data_config
@@ -197,7 +198,7 @@ class NeighborFusion:
         def on_epoch_start(epoch: int, objective: Objective) -> ImagePairs:
             graph = static if static is not None else knn_graph(
                 embed_paths(objective.model, context.train_paths, plain, batch_size=context.config.data.batch_size,
-                            num_workers=context.num_workers(), device=device, amp=context.config.runtime.amp,
+                            num_workers=context.num_workers(), device=device, amp=Precision.of(context.config.runtime),
                             min_side=min_side), k)
             graphs.append(graph)
             pairs = sample_pairs(graph, np.random.default_rng(derive_seed(context.seed, epoch, 0, 0x6E6E)))
@@ -313,6 +314,7 @@ class SupervisedFusion:
         config = TrainConfig(
             run_dir=context.run_dir, epochs=context.epochs, batch_size=min(context.batch_size, len(dataset)),
             seed=context.seed, device=context.device(), amp=context.config.runtime.amp,
+            cpu_amp=context.config.runtime.cpu_amp,
             num_workers=context.num_workers(), description="fuse supervised", force=context.options.force,
             restart_on_mismatch=context.options.refresh,
             settings={"params": p, "sets": context.set_names},

@@ -136,6 +136,7 @@ def plan_features(b: PlanBuilder) -> None:
     from grappa_cli.errors import GrappaError
     from grappa_cli.pipeline.stages.extract import TRAIN_KEY, test_key
     from grappa_cli.records import increments
+    from grappa_cli.runtime import precision_params
 
     def listed(make: Callable[[], ImageList]) -> ImageList | None:
         try:
@@ -156,7 +157,7 @@ def plan_features(b: PlanBuilder) -> None:
     pending: list[Increment] = []
     keep_stored = True
     for key, images in lists:
-        node = b.add(key, Stage.extract, {})
+        node = b.add(key, Stage.extract, {}, precision_params(b.config.runtime))  # the rest needs the backbone
         if key == TRAIN_KEY and node.record is not None and images is not None:
             grown = _growth(b, node, images, full)
             if grown is not None:

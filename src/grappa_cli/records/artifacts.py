@@ -58,6 +58,13 @@ class Verdict:
     changed: list[str] = field(default_factory=list)
 
 
+#: Settings a record holds only when they are not at their default (``runtime.precision_params``),
+#: so that what was made before the setting existed stays current: a record without the key was
+#: made at the default. Judged whenever ``params`` are given, even without the key: turning such
+#: a setting back off makes what was made with it stale.
+RECORDED_WHEN_SET: dict[str, object] = {"cpu_amp": False}
+
+
 def judge(record: dict[str, Any] | None, params: Mapping[str, object] | None,
           inputs: Mapping[str, str | None] | None, *, project: ProjectPaths | None = None,
           store: RecordStore | None = None, interrupted: bool = False,
@@ -66,7 +73,8 @@ def judge(record: dict[str, Any] | None, params: Mapping[str, object] | None,
     stage's own guard (directly, or through ``Store.state``) ask it whether an artifact is to be made.
 
     ``params`` and ``inputs`` are what the stage would record today: each given parameter is
-    compared with the recorded value, each given input's fingerprint (``None``: the input is not
+    compared with the recorded value (and each of :data:`RECORDED_WHEN_SET` with its default when
+    not given), each given input's fingerprint (``None``: the input is not
     current) with the recorded one. With ``project``, an input recorded by the artifact that has
     changed since is stale too (transitively through :func:`stale_inputs`).
 
@@ -85,6 +93,9 @@ def judge(record: dict[str, Any] | None, params: Mapping[str, object] | None,
     if project is not None and record.get("complete"):
         stale += [i for i in stale_inputs(project, record, store) if i not in stale]
     changed = [key for key, value in (params or {}).items() if recorded_params.get(key) != value]
+    if params is not None:
+        changed += [key for key, default in RECORDED_WHEN_SET.items()
+                    if key not in params and recorded_params.get(key, default) != default]
     if stale or changed:
         words = input_words or {}
         why = [words.get(i, f"{i} is not current" if (inputs or {}).get(i, "") is None else f"{i} changed")

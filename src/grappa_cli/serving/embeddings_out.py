@@ -94,7 +94,7 @@ def embed_to_file(project: Project, target: str, output: Path, *, model: str | N
     from grappa_cli.pipeline.stages import models
     from grappa_cli.pipeline.stages.embed import EmbedJob, run_embedding
     from grappa_cli.pipeline.stages.extract import backbone_spec
-    from grappa_cli.runtime import resolve_device
+    from grappa_cli.runtime import Precision, precision_params, resolve_device
     from grappa_cli.serving.export import check_output
     from grappa_cli.serving.gallery import default_model
     from grappa_cli.storage.fsutil import atomic_write_text
@@ -109,7 +109,7 @@ def embed_to_file(project: Project, target: str, output: Path, *, model: str | N
     loaded = models.load(project, ref, backbone)
     embedder = EmbeddingModel(loaded, name=ref.name)
     params = {"model": ref.name, "model_fingerprint": models.fingerprint(project, ref, backbone), "dtype": "float32",
-              "chunk_size": config.data.chunk_size}
+              "chunk_size": config.data.chunk_size, **precision_params(config.runtime)}
     inputs = {"images": ImageList(paths).fingerprint(), **models.inputs(project, ref)}
     digest = hashlib.sha256(json.dumps([ref.name, paths], sort_keys=True).encode()).hexdigest()[:16]
     job = EmbedJob(f"embed/{digest}", "embed", paths, None, params, inputs, what)
@@ -118,7 +118,7 @@ def embed_to_file(project: Project, target: str, output: Path, *, model: str | N
         store, job, embedder, eval_transform(backbone.data_config), dim=backbone.embed_dim, dtype="float32",
         chunk_rows=config.data.chunk_size, batch_size=batch_size or config.data.batch_size,
         num_workers=config.data.num_workers if num_workers is None else num_workers,
-        device=resolve_device(device or config.runtime.device), amp=config.runtime.amp,
+        device=resolve_device(device or config.runtime.device), amp=Precision.of(config.runtime),
         min_side=decode_min_side(backbone.data_config), refresh=True, reporter=reporter,
     )
     valid = np.asarray(store.read(f"{job.key}/valid"), dtype=bool)

@@ -173,7 +173,7 @@ def build_gallery_index(project: Project, gallery: Path, options: IndexOptions,
     from grappa_cli.pipeline.stages import models
     from grappa_cli.pipeline.stages.embed import EmbedJob, run_embedding
     from grappa_cli.pipeline.stages.extract import backbone_spec
-    from grappa_cli.runtime import resolve_device
+    from grappa_cli.runtime import Precision, precision_params, resolve_device
     from grappa_cli.train import distributed
 
     reporter = reporter or NullReporter()
@@ -187,7 +187,8 @@ def build_gallery_index(project: Project, gallery: Path, options: IndexOptions,
     model_inputs = models.inputs(project, ref)
     model_fp = models.fingerprint(project, ref, backbone)
     chunk_rows = config.data.chunk_size
-    params = {"model": ref.name, "model_fingerprint": model_fp, "dtype": "float32", "chunk_size": chunk_rows}
+    params = {"model": ref.name, "model_fingerprint": model_fp, "dtype": "float32", "chunk_size": chunk_rows,
+              **precision_params(config.runtime)}
     inputs = {"images": ImageList(paths).fingerprint(), **model_inputs}
     store = project.store()
     sidecar = read_sidecar(project, name)
@@ -205,7 +206,7 @@ def build_gallery_index(project: Project, gallery: Path, options: IndexOptions,
         store, job, embedder, eval_transform(backbone.data_config), dim=backbone.embed_dim, dtype="float32",
         chunk_rows=chunk_rows, batch_size=options.batch_size or config.data.batch_size,
         num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
-        device=resolve_device(options.device or config.runtime.device), amp=config.runtime.amp,
+        device=resolve_device(options.device or config.runtime.device), amp=Precision.of(config.runtime),
         min_side=decode_min_side(backbone.data_config), refresh=True, reporter=reporter,
     )
     if not distributed.is_main():

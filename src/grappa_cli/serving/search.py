@@ -22,6 +22,7 @@ from grappa_cli.project import Project
 if TYPE_CHECKING:
     import torch
 
+    from grappa_cli.runtime import Precision
     from grappa_cli.serving.gallery import Sidecar
     from grappa_cli.serving.vector_index import IndexParams
 
@@ -60,7 +61,7 @@ def _stale(sidecar: Sidecar, why: str) -> StoreError:
 
 
 def embed_queries(paths: list[str], embedder: torch.nn.Module, data_config: dict[str, Any], *, device: torch.device,
-                  amp: bool, batch_size: int = 64) -> np.ndarray:
+                  amp: bool | Precision, batch_size: int = 64) -> np.ndarray:
     """float32 embeddings of the query images; an unreadable one is an error, not a skip."""
     import torch
 
@@ -113,7 +114,7 @@ def _search_once(project: Project, queries: list[str | Path], *, k: int, name: s
     from grappa_cli.model.export import EmbeddingModel
     from grappa_cli.pipeline.stages import models
     from grappa_cli.pipeline.stages.extract import backbone_spec
-    from grappa_cli.runtime import resolve_device
+    from grappa_cli.runtime import Precision, resolve_device
     from grappa_cli.serving.gallery import index_file, require_index
     from grappa_cli.serving.vector_index import configure_search, load_index, search
 
@@ -156,7 +157,7 @@ def _search_once(project: Project, queries: list[str | Path], *, k: int, name: s
 
     embedder = EmbeddingModel(models.load(project, ref, backbone), name=ref.name)
     dev = resolve_device(device or config.runtime.device)
-    vectors = embed_queries(paths, embedder, backbone.data_config, device=dev, amp=config.runtime.amp)
+    vectors = embed_queries(paths, embedder, backbone.data_config, device=dev, amp=Precision.of(config.runtime))
     scores, rows = search(index, vectors, k)
     found = np.unique(rows[rows >= 0])
     names: np.ndarray | list[str] = store.read(sidecar["paths"], found) if len(found) else []

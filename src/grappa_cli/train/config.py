@@ -16,7 +16,7 @@ class TrainConfig:
       incomplete last batches are dropped; ``steps_per_epoch = len(dataset) // batch_size``;
     * ``seed``: with it, data order, augmentations and dropout of every epoch are fixed, so
       CPU runs repeat exactly; ``device``: ``auto``/``cpu``/``cuda``/``cuda:N``; ``amp``: bf16
-      autocast on CUDA (ignored on the CPU); ``grad_clip``: max gradient norm (0 = off);
+      autocast on CUDA, ``cpu_amp`` on the CPU; ``grad_clip``: max gradient norm (0 = off);
     * ``num_workers``: DataLoader processes (``spawn``: the dataset and ``collate_fn`` must be
       picklable, and a script's entry point needs the ``if __name__ == "__main__"`` guard);
     * ``log_every``: steps between progress updates and ``step`` records in the metrics log;
@@ -32,6 +32,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    cpu_amp: bool = False
     grad_clip: float = 0.0
     num_workers: int = 0
     log_every: int = 50

@@ -13,7 +13,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from grappa_cli.console import Reporter
 from grappa_cli.errors import TrainingError
-from grappa_cli.runtime import autocast
+from grappa_cli.runtime import Precision, autocast
 from grappa_cli.train import distributed as dist_utils
 from grappa_cli.train.checkpoint import RunDir
 from grappa_cli.train.config import TrainConfig
@@ -92,7 +92,7 @@ def run_epoch(
                 with torch.no_grad():
                     inputs = prepare(batch)
                 del batch  # only the prepared batch stays alive through forward and backward
-            with autocast(device, config.amp):
+            with autocast(device, Precision(cuda=config.amp, cpu=config.cpu_amp)):
                 loss = module(inputs)
             value = float(dist_utils.all_reduce_mean(loss.detach().float()).item())
             if not math.isfinite(value):

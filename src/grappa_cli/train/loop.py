@@ -97,7 +97,8 @@ def _fingerprint_settings(config: TrainConfig, objective: nn.Module, dataset_siz
     shapes = {name: list(p.shape) for name, p in objective.named_parameters() if p.requires_grad}
     return {"loop_version": LOOP_VERSION, "epochs": config.epochs, "batch_size": config.batch_size,
             "seed": config.seed, "amp": config.amp, "grad_clip": config.grad_clip,
-            "dataset_size": dataset_size, "trainable": shapes, **config.settings}
+            "dataset_size": dataset_size, "trainable": shapes,
+            **({"cpu_amp": True} if config.cpu_amp else {}), **config.settings}
 
 
 def _check_batches(config: TrainConfig, size: int) -> int:

@@ -32,9 +32,13 @@ class RunAnnouncer:
 
     def before(self, config: GrappaConfig, plan: Plan) -> None:
         from grappa_cli.console import err
+        from grappa_cli.pipeline.choices import cpu_precision_note
         from grappa_cli.pipeline.estimate import estimate
 
         if plan.todo():
+            note = cpu_precision_note(config, self.device)
+            if note:
+                err.print(note, highlight=False, markup=False)
             if plan.fusion.reason and any(n.id.startswith("fusion/") for n in plan.todo()):
                 err.print(f"Chosen for this machine: {plan.fusion.reason}.", highlight=False, markup=False)
             guess = estimate(self.project, config, plan, self.stages)

@@ -33,6 +33,7 @@ from grappa_cli.pipeline.stages.cluster import cluster_key, training_labels
 from grappa_cli.project import Project
 from grappa_cli.records import artifacts
 from grappa_cli.records import provenance as prov
+from grappa_cli.runtime import precision_params
 
 if TYPE_CHECKING:
     from grappa_cli.config import GrappaConfig
@@ -95,7 +96,7 @@ def adapt_params(config: GrappaConfig, options: AdaptOptions, k: int, backbone_i
         "scale": a.scale,
         "grad_clip": a.grad_clip, "seed": config.runtime.seed if options.seed is None else options.seed,
         "optimizer": "adam", "augmentation": "random-resized-crop+flip", "crop_scale": a.crop_scale,
-        "prototypes": a.prototypes,
+        "prototypes": a.prototypes, **precision_params(config.runtime),
     }
 
 
@@ -254,7 +255,8 @@ def _adapt_one(project: Project, config: GrappaConfig, options: AdaptOptions, st
     batch_size, epochs = fit_to_size(len(dataset), params["batch_size"], params["epochs"], params["min_steps"])
     train_config = TrainConfig(
         run_dir=run_dir, epochs=epochs, batch_size=batch_size, seed=params["seed"],
-        device=options.device or config.runtime.device, amp=config.runtime.amp, grad_clip=params["grad_clip"],
+        device=options.device or config.runtime.device, amp=config.runtime.amp, cpu_amp=config.runtime.cpu_amp,
+        grad_clip=params["grad_clip"],
         num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
         description=f"adapt {name}", force=options.force, restart_on_mismatch=options.refresh,
         settings={"params": params, "inputs": inputs},

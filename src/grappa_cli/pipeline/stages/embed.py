@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from grappa_cli.runtime import Precision
+
 
 @dataclass
 class EmbedResult:
@@ -174,7 +176,7 @@ def run_embedding(
     store: Store, job: EmbedJob, model: torch.nn.Module, transform: Callable[[Image.Image], torch.Tensor], *,
     dim: int, dtype: str = "float16",
     chunk_rows: int = 4096, batch_size: int = 256, num_workers: int = 0, device: Any = None,
-    amp: bool = True, min_side: int | None = None, force: bool = False, refresh: bool = False,
+    amp: bool | Precision = True, min_side: int | None = None, force: bool = False, refresh: bool = False,
     reporter: Reporter | None = None, compile: bool | None = None,
 ) -> EmbedResult:
     """Fill ``job.key`` with ``model(images)`` for every image (see module docstring)."""

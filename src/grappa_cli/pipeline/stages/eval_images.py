@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from torchvision.transforms import Normalize
 
     from grappa_cli.pipeline.stages.embed import EmbedJob
+    from grappa_cli.runtime import Precision
 
 
 class EmbeddingJob(Protocol):
@@ -239,7 +240,7 @@ def ensure_pixel_cache(
 
 def embed_images(
     store: Store, cache: PixelCache, model: torch.nn.Module, *, dim: int, batch_size: int, device: torch.device,
-    amp: bool,
+    amp: bool | Precision,
     compile: bool | None = None, reporter: Reporter | None = None, label: str = "",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(embeddings float32 [n, dim], valid [n], error [n])`` of the cached images, in cache rows.
@@ -321,7 +322,8 @@ def write_task_group(
 
 def embed_jobs_from_cache(
     store: Store, cache: PixelCache, jobs: Sequence[EmbeddingJob], model: torch.nn.Module, *, dim: int,
-    dtype: str, chunk_rows: int, batch_size: int, device: torch.device, amp: bool, compile: bool | None = None,
+    dtype: str, chunk_rows: int, batch_size: int, device: torch.device, amp: bool | Precision,
+    compile: bool | None = None,
     reporter: Reporter | None = None, label: str = "",
 ) -> float:
     """Embed the cached images once with ``model`` and write the group of every job; returns seconds.

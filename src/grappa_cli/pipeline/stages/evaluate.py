@@ -311,7 +311,7 @@ def evaluate(project: Project, options: EvalOptions, reporter: Reporter | None =
     from grappa_cli.pipeline.stages import eval_images
     from grappa_cli.pipeline.stages.embed import run_embedding
     from grappa_cli.pipeline.stages.extract import backbone_spec
-    from grappa_cli.runtime import resolve_device, return_freed_memory
+    from grappa_cli.runtime import Precision, resolve_device, return_freed_memory
     from grappa_cli.train import distributed
 
     reporter = reporter or NullReporter()
@@ -357,7 +357,7 @@ def evaluate(project: Project, options: EvalOptions, reporter: Reporter | None =
                     store, job.embed, model, transform, dim=backbone.embed_dim, dtype=config.data.feature_dtype,
                     chunk_rows=config.data.chunk_size, batch_size=options.batch_size or config.eval.batch_size,
                     num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
-                    device=device, amp=config.runtime.amp, min_side=decode_min_side(backbone.data_config),
+                    device=device, amp=Precision.of(config.runtime), min_side=decode_min_side(backbone.data_config),
                     force=job.embed_state == "stale", reporter=reporter,
                     compile=config.runtime.compile or None,
                 )
@@ -385,6 +385,7 @@ def _embed_from_pixel_caches(store: Store, jobs: list[_Job], model: GrappaModel,
     """
     from grappa_cli.data.images import decode_min_side
     from grappa_cli.pipeline.stages import eval_images
+    from grappa_cli.runtime import Precision
 
     by_images: dict[tuple[str, ...], list[_Job]] = {}
     for job in jobs:
@@ -400,7 +401,8 @@ def _embed_from_pixel_caches(store: Store, jobs: list[_Job], model: GrappaModel,
         spent = eval_images.embed_jobs_from_cache(
             store, caches[images], group, model, dim=backbone.embed_dim, dtype=config.data.feature_dtype,
             chunk_rows=config.data.chunk_size, batch_size=options.batch_size or config.eval.batch_size,
-            device=device, amp=config.runtime.amp, compile=config.runtime.compile or None, reporter=reporter,
+            device=device, amp=Precision.of(config.runtime), compile=config.runtime.compile or None,
+            reporter=reporter,
             label=f" with {group[0].ref.name} ({', '.join(j.task for j in group)})")
         for job in group:
             seconds[job.task] = spent / len(group)

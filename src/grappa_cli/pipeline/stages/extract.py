@@ -15,6 +15,7 @@ from grappa_cli.console import Reporter
 from grappa_cli.pipeline.stages.embed import EmbedJob, EmbedResult, run_embedding
 from grappa_cli.project import Project
 from grappa_cli.records import artifacts
+from grappa_cli.runtime import precision_params
 
 if TYPE_CHECKING:
     from grappa_cli.config import GrappaConfig
@@ -63,6 +64,7 @@ def backbone_params(backbone: Backbone, config: GrappaConfig) -> dict[str, objec
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()},
         "dtype": config.data.feature_dtype,
         "chunk_size": config.data.chunk_size,
+        **precision_params(config.runtime),  # bf16 on the CPU changes the features
     }
 
 
@@ -72,7 +74,7 @@ def extract(project: Project, options: ExtractOptions, reporter: Reporter | None
     from grappa_cli.data.images import decode_min_side
     from grappa_cli.data.transforms import eval_transform
     from grappa_cli.model.backbones.backbone import build_backbone
-    from grappa_cli.runtime import resolve_device
+    from grappa_cli.runtime import Precision, resolve_device
     from grappa_cli.train import distributed
 
     config = project.config()
@@ -104,7 +106,7 @@ def extract(project: Project, options: ExtractOptions, reporter: Reporter | None
             store, job, backbone, transform, dim=backbone.embed_dim, dtype=config.data.feature_dtype,
             chunk_rows=config.data.chunk_size, batch_size=options.batch_size or config.data.batch_size,
             num_workers=config.data.num_workers if options.num_workers is None else options.num_workers,
-            device=device, amp=config.runtime.amp, min_side=decode_min_side(backbone.data_config),
+            device=device, amp=Precision.of(config.runtime), min_side=decode_min_side(backbone.data_config),
             force=options.force, refresh=options.refresh or changed, reporter=reporter,
             compile=config.runtime.compile or None,
         ))
