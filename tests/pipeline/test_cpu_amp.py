@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from grappa_cli.records import artifacts
@@ -107,6 +108,14 @@ def test_turning_cpu_amp_on_and_off_reruns_every_stage_and_off_gives_the_float32
     assert not np.array_equal(bf16, float32)
     cosine = (bf16 * float32).sum(1) / np.linalg.norm(bf16, axis=1) / np.linalg.norm(float32, axis=1)
     assert cosine.min() > 0.99, cosine.min()  # bf16 keeps about three significant digits
+
+    # before a set has trained, adaptation borrows the embedding rate, by bf16's own ratio here
+    from grappa_cli.pipeline.rates import ADAPT_PER_EMBED_CPU_BF16, measured
+
+    for path in [*tiny_project.adaptors_dir.glob("*.safetensors"), *tiny_project.fusion_dir.glob("*.safetensors")]:
+        path.unlink()
+    rates = measured(tiny_project, tiny_project.store(mode="r"))
+    assert rates.adapt == pytest.approx(ADAPT_PER_EMBED_CPU_BF16 * rates.embed) and "adapt" in rates.rough
 
     update_file(tiny_project.config_path, cpu_amp(False))
     nodes = {n.id: n for n in planner.build(tiny_project).nodes}
