@@ -15,6 +15,11 @@ would. Reports, side by side:
     PYTHONPATH=src python benchmarks/default_project.py --tasks digits,photos,stamps,clipart
     PYTHONPATH=src python benchmarks/default_project.py --estimate-only          # extraction, then the estimate
     PYTHONPATH=src python benchmarks/default_project.py --set runtime.cpu_amp=true  # one setting changed
+    PYTHONPATH=src python benchmarks/default_project.py --tasks digits,stamps,clipart --add stamps
+
+``--add TASK`` measures an increment: the first run leaves TASK out, then ``grappa task add TASK
+ROOT --train`` and ``grappa run`` update the project (extraction of the added images, sets trained
+on them, the fusion and every result that changed), timed against the first run.
 
 The images are those of the quality harness's ``--size`` (96-pixel files); the backbone reads
 them at its own 224 pixels, as a user's project of small images would. ``--work`` keeps the data
@@ -118,14 +123,14 @@ def apply_overrides(config_path: Path, overrides: dict[str, object]) -> None:
 
 
 def measure(work: Path, tasks: list[str], size: str, split: str, *, estimate_only: bool,
-            overrides: dict[str, object] | None = None) -> dict:
+            overrides: dict[str, object] | None = None, add: str = "") -> dict:
     roots = write_tasks(work, tasks, size, split)
     project = work / "project"
     shutil.rmtree(project, ignore_errors=True)
     grappa(["init", str(project), "--backbone", "efficientnet_lite0",
-            *[arg for name, root in roots.items() for arg in ("--task", f"{name}={root}")]])
+            *[arg for name, root in roots.items() if name != add for arg in ("--task", f"{name}={root}")]])
     apply_overrides(project / "grappa.toml", overrides or {})
-    images = {name: sum(1 for p in root.rglob("*.png")) for name, root in roots.items()}
+    images = {name: sum(1 for p in root.rglob("*.png")) for name, root in roots.items() if name != add}
     load_before = os.getloadavg()
     wall, usage, _ = grappa(["-C", str(project), "run", *(["--until", "extract"] if estimate_only else [])])
     _, _, status = grappa(["-C", str(project), "status"])
@@ -140,7 +145,25 @@ def measure(work: Path, tasks: list[str], size: str, split: str, *, estimate_onl
     }
     if not estimate_only:
         result["default_minus_backbone"] = default_vs_backbone(project)
+    if add and not estimate_only:
+        result["increment"] = increment(project, add, roots[add])
     return result
+
+
+def increment(project: Path, name: str, root: Path) -> dict:
+    """``grappa task add NAME ROOT --train`` and ``grappa run``: the update's time and what it redid."""
+    add_wall, _, _ = grappa(["-C", str(project), "task", "add", name, str(root), "--train"])
+    _, _, status = grappa(["-C", str(project), "status"])
+    wall, usage, _ = grappa(["-C", str(project), "run"])
+    record = json.loads((project / ".grappa" / "runs.jsonl").read_text().splitlines()[-1])
+    return {
+        "task": name, "images": sum(1 for p in root.rglob("*.png")), "task_add_s": round(add_wall, 1),
+        "wall_s": round(wall, 1), **{k: round(v, 1) for k, v in usage.items()},
+        "stage_s": {s["stage"]: s.get("seconds") for s in record["stages"]},
+        "done": {s["stage"]: len(s.get("done") or []) for s in record["stages"]},
+        "estimate": record.get("estimate") or {}, "status_before": status,
+        "default_minus_backbone": default_vs_backbone(project),
+    }
 
 
 def markdown(info: dict) -> str:
@@ -170,14 +193,27 @@ def markdown(info: dict) -> str:
         said = sum(announced[s] for s in priced)
         lines.append(f"| announced stages, sum | {actual:,.1f} | {said:,.1f} ({said / actual:.2f}x) |")
     lines += ["", *(f"* {line}" for line in info["chosen"])]
-    diff = info.get("default_minus_backbone")
-    if diff:
-        tasks = {task: v for task, v in diff.items() if task != "model"}
-        lines += ["", f"| {diff['model']['name']} − backbone | " + " | ".join(tasks) + " |",
-                  "|---|" + "---:|" * len(tasks),
-                  "| RP / MAP@R | " + " | ".join(f"{v['r_precision']:+.1f} / {v['map@r']:+.1f}" for v in tasks.values())
-                  + " |"]
+    lines += comparison(info.get("default_minus_backbone"))
+    inc = info.get("increment")
+    if inc:
+        minutes, seconds = divmod(inc["wall_s"], 60)
+        stages = ", ".join(f"{stage} {secs:,.1f} s ({inc['done'].get(stage, 0)} made)"
+                           for stage, secs in inc["stage_s"].items())
+        lines += ["", f"Increment: `grappa task add {inc['task']} ... --train` ({inc['images']:,} images) and "
+                  f"`grappa run`: **{int(minutes)} min {seconds:.0f} s**, {inc['wall_s'] / info['wall_s']:.2f}x the "
+                  f"first run; {stages}.", *comparison(inc["default_minus_backbone"])]
     return "\n".join(lines) + "\n"
+
+
+def comparison(diff: dict | None) -> list[str]:
+    """The default model minus the backbone per task, as a table's lines (none without results)."""
+    if not diff:
+        return []
+    tasks = {task: v for task, v in diff.items() if task != "model"}
+    return ["", f"| {diff['model']['name']} − backbone | " + " | ".join(tasks) + " |",
+            "|---|" + "---:|" * len(tasks),
+            "| RP / MAP@R | " + " | ".join(f"{v['r_precision']:+.1f} / {v['map@r']:+.1f}" for v in tasks.values())
+            + " |"]
 
 
 def main() -> None:
@@ -189,6 +225,8 @@ def main() -> None:
     parser.add_argument("--estimate-only", action="store_true", help="stop after extraction; report the estimate")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="change one grappa.toml key after init (values parsed as TOML)")
+    parser.add_argument("--add", default="", metavar="TASK",
+                        help="leave TASK out of the first run, then add it with --train and run again")
     parser.add_argument("--json", default="")
     parser.add_argument("--md", default="")
     args = parser.parse_args()
@@ -197,8 +235,10 @@ def main() -> None:
         if not quality_data.available(name):
             raise SystemExit(f"Error: task {name!r} needs Debian's {quality_data.PACKAGES.get(name, '?')} package")
     overrides = dict(quality.parse_override(o) for o in args.overrides)
+    if args.add and args.add not in tasks:
+        raise SystemExit(f"Error: --add {args.add} must be one of --tasks ({args.tasks})")
     info = measure(Path(args.work), tasks, args.size, args.split, estimate_only=args.estimate_only,
-                   overrides=overrides)
+                   overrides=overrides, add=args.add)
     text = markdown(info)
     print(info["status"])
     print(text)

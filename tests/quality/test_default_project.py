@@ -36,3 +36,16 @@ Remaining work: about 16 min
     assert default_project.chosen_lines(status) == ['[cluster] k = "auto" for 196 training images: 16, 32, 64',
                                                     "[adapt] each set trains 90 steps"]
     assert default_project.chosen_lines("Project /tmp/p\nNothing chosen\n") == []
+
+
+def test_the_increment_is_reported_against_the_first_run() -> None:
+    diff = {"model": {"name": "Grappa-avg"}, "digits": {"r_precision": 1.26, "map@r": 2.11}}
+    info = {"images": {"digits": 850}, "split": "val", "cores": 2, "load_before": (0.5, 0.4, 0.3),
+            "wall_s": 1200.0, "user_s": 2000.0, "system_s": 100.0, "peak_rss_mib": 3000.0,
+            "stage_s": {"adapt": 1000.0}, "estimate": {}, "chosen": [], "default_minus_backbone": diff,
+            "increment": {"task": "stamps", "images": 289, "wall_s": 300.0,
+                          "stage_s": {"extract": 10.0, "adapt": 250.0}, "done": {"extract": 2, "adapt": 2},
+                          "default_minus_backbone": diff}}
+    text = default_project.markdown(info)
+    assert "**5 min 0 s**, 0.25x the first run; extract 10.0 s (2 made), adapt 250.0 s (2 made)." in text
+    assert text.count("| RP / MAP@R | +1.3 / +2.1 |") == 2  # after the first run and after the increment
