@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from grappa_cli.config_sections import RuntimeSection
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available (the local rank's GPU under torchrun), else CPU."""
@@ -51,22 +53,22 @@ class Precision:
     cpu: bool = False
 
     @classmethod
-    def of(cls, runtime: Any) -> Precision:
+    def of(cls, runtime: RuntimeSection) -> Precision:
         """The precision of a ``[runtime]`` section."""
-        return cls(cuda=bool(runtime.amp), cpu=bool(getattr(runtime, "cpu_amp", False)))
+        return cls(cuda=bool(runtime.amp), cpu=bool(runtime.cpu_amp))
 
     def on(self, device: torch.device) -> bool:
         """Whether ``device`` runs under bf16 autocast."""
         return (self.cuda and device.type == "cuda") or (self.cpu and device.type == "cpu")
 
 
-def precision_params(runtime: Any) -> dict[str, object]:
+def precision_params(runtime: RuntimeSection) -> dict[str, object]:
     """The fingerprint entries of ``[runtime]``'s precision: ``{"cpu_amp": True}`` when it is on.
 
     Empty when off, so that results made before the setting existed stay current. ``amp``
     (CUDA) is not part of it: it never was, and the device is not part of a fingerprint either.
     """
-    return {"cpu_amp": True} if getattr(runtime, "cpu_amp", False) else {}
+    return {"cpu_amp": True} if runtime.cpu_amp else {}
 
 
 def autocast(device: torch.device, enabled: bool | Precision = True) -> contextlib.AbstractContextManager[None]:
